@@ -1,0 +1,109 @@
+"""All image reading and writing, with geometry, in one place (SimpleITK).
+
+NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from dgcf_auto.atomic import atomic_path
+from dgcf_auto.errors import DGCFError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
+# Geometry tolerance: SynthRAD2023 files were resampled and rounded by several tools.
+SPACING_TOLERANCE = 1e-3  # relative
+ORIGIN_TOLERANCE_MM = 1e-2
+DIRECTION_TOLERANCE = 1e-4
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+
+
+def strip_suffix(path: str | os.PathLike) -> str:
+    """'1PA001.nii.gz' -> '1PA001'."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def find_image(folder: str | os.PathLike, stem: str) -> list[Path]:
+    """All files `<stem>.{nii.gz,nii,mha}` in `folder` (several means ambiguity, left to the caller)."""
+    folder = Path(folder)
+    return [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+
+
+def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
+    """Read an image; any failure is a DGCFError naming the case and the file."""
+    path = Path(path)
+    where = f"case {case}: file {path.name}" if case else f"file {path}"
+    if not path.is_file():
+        raise DGCFError(f"{where}: not found")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()
+        reason = next((r for r in reason if "ERROR" in r.upper() or "exception" in r.lower()), "unreadable")
+        raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write atomically; the format follows the target's suffix."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix is None:
+        raise DGCFError(f"file {path}: unsupported image format (use one of {', '.join(IMAGE_SUFFIXES)})")
+    with atomic_path(path, suffix=suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+
+
+def to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
+    """Voxel array in SimpleITK's (z, y, x) order."""
+    return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
+
+
+def from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image holding `array` (z, y, x) with the geometry of `reference`."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def geometry(image: sitk.Image) -> dict:
+    """JSON-serialisable geometry: size (x, y, z), spacing, origin, direction (row-major 3x3)."""
+    return {
+        "size": list(image.GetSize()),
+        "spacing": list(image.GetSpacing()),
+        "origin": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+    }
+
+
+def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
+    """None when `a` and `b` share a voxel grid (within tolerance), else what differs, in words."""
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
+    if np.any(np.abs(sa - sb) > SPACING_TOLERANCE * np.maximum(sa, sb)):
+        return f"spacing {_fmt(sa)} vs {_fmt(sb)}"
+    oa, ob = np.array(a.GetOrigin()), np.array(b.GetOrigin())
+    if np.any(np.abs(oa - ob) > max(ORIGIN_TOLERANCE_MM, 0.01 * float(sa.min()))):
+        return f"origin {_fmt(oa)} vs {_fmt(ob)}"
+    da, db = np.array(a.GetDirection()), np.array(b.GetDirection())
+    if np.any(np.abs(da - db) > DIRECTION_TOLERANCE):
+        return f"direction {_fmt(da)} vs {_fmt(db)}"
+    return None
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

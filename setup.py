@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+CONSOLE_SCRIPTS = {
+    "dgcf_make_example_dataset": "dgcf_auto.cli.make_example_dataset:main",
+    "dgcf_convert_synthrad2023": "dgcf_auto.cli.convert_synthrad2023:main",
+    "dgcf_plan_and_preprocess": "dgcf_auto.cli.plan_and_preprocess:main",
+    "dgcf_train": "dgcf_auto.cli.train:main",
+    "dgcf_predict": "dgcf_auto.cli.predict:main",
+    "dgcf_evaluate": "dgcf_auto.cli.evaluate:main",
+    "dgcf_visualize": "dgcf_auto.cli.visualize:main",
+    "dgcf_demo": "dgcf_auto.cli.demo:main",
+}
+
+setup(
+    name="dgcf_auto",
+    version="0.1.0",
+    description="Self-configuring synthetic CT from MRI/CBCT with the DINOv3-guided cross-fusion network (DGCF)",
+    packages=find_packages(include=["dgcf_auto", "dgcf_auto.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "torchvision",
+        "timm>=1.0.20",  # vit_base_patch16_dinov3
+        "safetensors",
+        "SimpleITK>=2.3",
+        "batchgenerators>=0.25",
+        "pytorch-msssim>=1.0",
+        "totalsegmentator>=2.4",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
+)
