@@ -1,0 +1,246 @@
+"""Synthetic pelvis-like phantoms in SynthRAD2023 format, for tests and the demo.
+
+Each case is drawn from its own random stream: a body outline (subcutaneous fat around muscle), bladder,
+prostate, rectum with wall, content and gas, pelvic bones and sacrum (cortical rim around marrow) and two
+femoral heads, at realistic HU. From the same tissue map we simulate:
+
+- an MR-like (T2-weighted) source whose contrast is *not* a monotone function of HU: air, gas and cortical
+  bone are all dark, fat, fatty marrow and urine bright, muscle intermediate; a smooth multiplicative bias
+  field and Rician noise; non-negative arbitrary units.
+- a CBCT-like source: the CT with a global HU scale/offset, cupping (radial low-frequency shading), a few
+  streaks from the femoral heads, and stronger, slightly correlated noise.
+
+Anatomy is laid out in physical (LPS) space: anterior is -y, superior is +z. Cases differ in anatomy
+(sizes, positions, bladder filling, gas) and in geometry (size, spacing, origin, and in some cases a
+non-identity direction: an LPS->RAS axis flip that keeps the anatomy in place, or a small rotation).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from tqdm import tqdm
+
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.imageio import write_image
+
+TASKS = {"mr2ct": ("1", "mr"), "cbct2ct": ("2", "cbct")}
+BASE_SIZE = (96, 80, 24)  # (x, y, z) voxels at size_scale=1: small, so tests are fast
+
+# Tissue labels of the phantom and their (CT HU, T2-MR intensity) centres; per-case jitter is added.
+AIR, FAT, MUSCLE, BLADDER, PROSTATE, RECTAL_WALL, RECTAL_CONTENT, GAS, CORTEX, MARROW = range(10)
+TISSUES = {
+    AIR: ("air", -1000.0, 0.0),
+    FAT: ("fat", -100.0, 800.0),
+    MUSCLE: ("muscle", 50.0, 250.0),
+    BLADDER: ("bladder", 10.0, 1000.0),
+    PROSTATE: ("prostate", 40.0, 520.0),
+    RECTAL_WALL: ("rectal wall", 45.0, 300.0),
+    RECTAL_CONTENT: ("rectal content", 0.0, 420.0),
+    GAS: ("gas", -900.0, 15.0),
+    CORTEX: ("cortical bone", 1500.0, 30.0),
+    MARROW: ("marrow", 300.0, 600.0),
+}
+
+
+def case_name(task: str, case_index: int) -> str:
+    """SynthRAD2023 naming: task digit, P(elvis), centre A, 3-digit number: '1PA001', '2PA001'."""
+    return f"{_task(task)[0]}PA{case_index + 1:03d}"
+
+
+def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
+                      size_scale: float = 1.0) -> dict[str, sitk.Image]:
+    """One phantom: {'source', 'ct', 'mask'} on one shared grid. `case_index` picks the direction variant."""
+    _, modality = _task(task)
+    size = tuple(max(8, int(round(b * size_scale * rng.uniform(0.9, 1.1)))) for b in BASE_SIZE)
+    in_plane = rng.uniform(0.9, 1.3)
+    spacing = (in_plane, in_plane, rng.uniform(2.5, 3.0))
+    labels, coords = _tissue_map(rng, size, spacing)
+
+    ct = _simulate_ct(rng, labels)
+    body = labels != AIR
+    if modality == "mr":
+        source = _simulate_mr(rng, labels, coords)
+    else:
+        source = _simulate_cbct(rng, ct, labels, coords)
+    # SynthRAD masks are the body outline, dilated by a few voxels.
+    mask = ndimage.binary_dilation(body, structure=np.ones((1, 5, 5), bool)).astype(np.uint8)
+
+    origin = tuple(-0.5 * n * s + rng.uniform(-25, 25) for n, s in zip(size, spacing))
+    images = {}
+    for key, array in (("source", source), ("ct", ct), ("mask", mask)):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        images[key] = _vary_direction(image, case_index, rng_angle=_angle(case_index))
+    return images
+
+
+def make_example_dataset(out_dir: str | os.PathLike, task: str = "mr2ct", n: int = 8, seed: int = 0,
+                         size_scale: float = 1.0, progress: bool = False) -> list[str]:
+    """Write `n` cases `<out_dir>/<case>/{mr|cbct,ct,mask}.nii.gz`; returns the case names.
+
+    Case i depends only on (seed, i), so a larger n extends a smaller dataset without changing its cases.
+    """
+    _, modality = _task(task)
+    out_dir = Path(out_dir)
+    names = []
+    for i in tqdm(range(int(n)), desc="example cases", unit="case", disable=not progress):
+        rng = np.random.default_rng([int(seed), i])
+        images = make_example_case(rng, task, i, size_scale=size_scale)
+        name = case_name(task, i)
+        for key, file_stem in (("source", modality), ("ct", "ct"), ("mask", "mask")):
+            write_image(images[key], out_dir / name / f"{file_stem}.nii.gz")
+        names.append(name)
+    return names
+
+
+def write_example_dataset(dataset_id: int, task: str, n: int = 8, seed: int = 0, name: str | None = None,
+                          size_scale: float = 1.0, overwrite: bool = False) -> Path:
+    """`$DGCF_raw/Dataset<id>_<name>/` built atomically; refuses an existing folder unless `overwrite`."""
+    if task not in TASKS:
+        raise DGCFError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if n < 1:
+        raise DGCFError(f"number of cases must be at least 1, got {n}")
+    if not 0.1 <= size_scale <= 16:
+        raise DGCFError(f"size scale must be between 0.1 and 16, got {size_scale}")
+    from dgcf_auto.dataset.writing import atomic_dataset_folder, check_target_free
+
+    name = name or ("ExampleMR" if task == "mr2ct" else "ExampleCBCT")
+    target = check_target_free(dataset_id, name, overwrite)
+    with atomic_dataset_folder(target) as tmp:
+        make_example_dataset(tmp, task, n, seed, size_scale, progress=True)
+    return target
+
+
+def _task(task: str) -> tuple[str, str]:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return TASKS[task]
+
+
+def _angle(case_index: int) -> float:
+    # Deterministic per index so that any dataset with >= 4 cases holds both non-identity variants.
+    return (4.0 + 2.0 * (case_index % 3)) * (1 if case_index % 2 else -1)
+
+
+def _vary_direction(image: sitk.Image, case_index: int, rng_angle: float) -> sitk.Image:
+    """Index 1 mod 4: stored RAS (axes flipped, anatomy unchanged); 3 mod 4: small in-plane rotation."""
+    variant = case_index % 4
+    if variant == 1:
+        return sitk.DICOMOrient(image, "RAS")
+    if variant == 3:
+        a = np.deg2rad(rng_angle)
+        c, s = np.cos(a), np.sin(a)
+        image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, dict]:
+    """Label volume (z, y, x) and the normalised coordinates used to draw it."""
+    nx, ny, nz = size
+    # Physical coordinates (mm) about the volume centre, broadcastable (z, y, x).
+    x = (np.arange(nx) - (nx - 1) / 2) * spacing[0]
+    y = (np.arange(ny) - (ny - 1) / 2) * spacing[1]
+    z = (np.arange(nz) - (nz - 1) / 2) * spacing[2]
+    half_x, half_y = 0.5 * nx * spacing[0], 0.5 * ny * spacing[1]
+    scale = min(half_x, half_y / 0.8) * rng.uniform(0.8, 0.9)   # body half-width in mm
+    aspect = rng.uniform(0.68, 0.8)                             # body AP / LR
+    cx, cy = rng.uniform(-0.04, 0.04, 2) * scale
+    u = ((x - cx) / scale)[None, None, :]
+    v = ((y - cy) / scale)[None, :, None]
+    t = (z / scale)[:, None, None]
+    coords = {"u": u, "v": v, "t": t, "aspect": aspect}
+
+    def ellipsoid(c, axes):
+        q = ((u - c[0]) / axes[0]) ** 2 + ((v - c[1]) / axes[1]) ** 2
+        return q + ((t - c[2]) / axes[2]) ** 2 if len(axes) == 3 else q + 0 * t
+
+    body_r = ellipsoid((0, 0), (1.0, aspect))
+    labels = np.full(body_r.shape, AIR, np.uint8)
+    labels[body_r < 1] = FAT
+    inner = 1 - rng.uniform(0.09, 0.18)                          # subcutaneous fat thickness
+    labels[ellipsoid((0, 0), (inner, aspect * inner - 0.03)) < 1] = MUSCLE
+
+    fill = rng.uniform(0.7, 1.2)                                  # bladder filling
+    labels[ellipsoid((rng.uniform(-0.05, 0.05), -0.33, 0.25), (0.3 * fill, 0.2 * fill, 0.35 * fill)) < 1] = BLADDER
+    labels[ellipsoid((0, -0.12 + rng.uniform(-0.03, 0.03), -0.3), (0.15, 0.11, 0.22) * rng.uniform(0.8, 1.2, 3)) < 1] = PROSTATE
+
+    rect_c = (rng.uniform(-0.04, 0.04), rng.uniform(0.22, 0.3))
+    rect_r = rng.uniform(0.1, 0.14)
+    labels[ellipsoid(rect_c, (rect_r, rect_r * 0.85)) < 1] = RECTAL_WALL
+    lumen = ellipsoid(rect_c, (rect_r * 0.6, rect_r * 0.5)) < 1
+    labels[lumen] = RECTAL_CONTENT
+    # Gas floats anteriorly (patient supine) over a random stretch of the rectum.
+    gas_t = np.sort(rng.uniform(-0.5, 0.6, 2))
+    gas = lumen & (v < rect_c[1] + rng.uniform(-0.02, 0.03)) & (t > gas_t[0]) & (t < gas_t[1])
+    labels[gas] = GAS
+
+    cortex_mm = rng.uniform(1.8, 2.6)
+
+    def bone(c, axes):
+        r = ellipsoid(c, axes)
+        shrink = 1 - cortex_mm / scale / min(axes[:2])
+        labels[r < 1] = CORTEX
+        inner_axes = tuple(a * shrink for a in axes[:2]) + tuple(a * shrink for a in axes[2:])
+        labels[ellipsoid(c, inner_axes) < 1] = MARROW
+
+    for side in (-1, 1):
+        bone((side * rng.uniform(0.58, 0.66), rng.uniform(0.0, 0.12)), (0.12, 0.3) * rng.uniform(0.85, 1.15, 2))
+        r_head = rng.uniform(0.16, 0.2)
+        bone((side * rng.uniform(0.5, 0.56), rng.uniform(-0.08, 0.02), rng.uniform(-0.35, -0.1)), (r_head,) * 3)
+    bone((0, rng.uniform(0.55, 0.6), 0.45), (0.24, 0.09, 0.5))   # sacrum, superior-posterior
+    labels[body_r >= 1] = AIR                                     # nothing sticks out of the skin
+    return labels, coords
+
+
+def _tissue_values(rng: np.random.Generator, column: int, jitter: float) -> np.ndarray:
+    values = np.array([TISSUES[k][column] for k in range(len(TISSUES))])
+    return values * (1 + rng.uniform(-jitter, jitter, values.shape))
+
+
+def _simulate_ct(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    hu = _tissue_values(rng, 1, 0.08)
+    hu[AIR] = -1000.0
+    ct = hu[labels].astype(np.float32)
+    ct = ndimage.gaussian_filter(ct, sigma=(0.3, 0.6, 0.6))      # partial volume at edges
+    ct += rng.normal(0, 8.0, ct.shape).astype(np.float32)
+    return np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
+
+
+def _simulate_mr(rng: np.random.Generator, labels: np.ndarray, coords: dict) -> np.ndarray:
+    signal = _tissue_values(rng, 2, 0.1)
+    signal[AIR] = 0.0
+    mr = ndimage.gaussian_filter(signal[labels].astype(np.float32), sigma=(0.4, 0.8, 0.8))
+    u, v, t = coords["u"], coords["v"], coords["t"]
+    a = rng.normal(0, 0.15, 6)
+    bias = np.exp(a[0] * u + a[1] * v + a[2] * t + a[3] * u * u + a[4] * v * v + a[5] * u * v)
+    mr = mr * bias.astype(np.float32)
+    sigma = 0.02 * float(signal.max())
+    # Rician noise: magnitude of a complex signal with Gaussian noise on both channels.
+    real = mr + rng.normal(0, sigma, mr.shape)
+    imag = rng.normal(0, sigma, mr.shape)
+    return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
+def _simulate_cbct(rng: np.random.Generator, ct: np.ndarray, labels: np.ndarray, coords: dict) -> np.ndarray:
+    u, v, t = coords["u"], coords["v"], coords["t"]
+    cbct = ct.astype(np.float32) * rng.uniform(0.9, 1.05) + rng.uniform(-60, 40)
+    body = labels != AIR
+    radial = u * u + (v / coords["aspect"]) ** 2
+    cbct -= (rng.uniform(40, 100) * np.clip(1 - radial, 0, 1) * body).astype(np.float32)  # cupping
+    streaks = np.zeros(np.broadcast_shapes(u.shape, v.shape), np.float32)
+    for _ in range(int(rng.integers(2, 5))):
+        theta = rng.uniform(0, np.pi)
+        side = rng.choice([-1, 1])
+        # Lines through a femoral head region: distance of each (u, v) to the line.
+        distance = np.abs((u - side * 0.53) * np.sin(theta) - (v + 0.03) * np.cos(theta))
+        streaks += rng.choice([-1, 1]) * rng.uniform(40, 120) * np.exp(-(distance / 0.03) ** 2)
+    weight = np.exp(-((t + 0.22) / 0.25) ** 2)                  # strongest at the femoral heads
+    cbct += (streaks * weight).astype(np.float32)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, cbct.shape), sigma=(0, 0.7, 0.7))
+    cbct += (noise / noise.std() * rng.uniform(15, 35)).astype(np.float32)
+    return np.clip(np.rint(cbct), -1024, 3071).astype(np.int16)

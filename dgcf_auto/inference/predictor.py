@@ -1,0 +1,124 @@
+"""sCT prediction: source volume -> slice grid -> ensemble of folds (+ mirror TTA) -> HU on the input's grid.
+
+Every geometric and intensity step is the preprocessing's own (`preprocess_case` / `restore_ct`); this module
+only batches slices through the networks and averages them.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.imageio import geometry_mismatch, to_array
+from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
+from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+
+HU_MIN, HU_MAX = -1024, 3071  # int16 CT range a treatment-planning system expects
+BACKGROUND_HU = -1000
+# Mirror along the slice's left-right axis (the last array axis of the slice grid). Anatomy stays plausible,
+# unlike an anterior-posterior flip the networks never saw in training (augmentation is off by default).
+TTA_FLIP_DIMS = ((), (-1,))
+
+
+class SCTPredictor:
+    def __init__(self, checkpoint_files: list[Path], device: str | torch.device = "cpu",
+                 use_tta: bool = True, batch_size: int = 16, mask_background: bool = True):
+        self.device = torch.device(device)
+        checkpoints = [load_checkpoint(f, "cpu") for f in checkpoint_files]
+        self.plans = checkpoints[0]["plans"]
+        for file, ckpt in zip(checkpoint_files[1:], checkpoints[1:]):
+            if _grid_and_normalisation(ckpt["plans"]) != _grid_and_normalisation(self.plans):
+                raise DGCFError(f"checkpoint {file}: its plans differ from {checkpoint_files[0]} "
+                                f"(slice grid or normalisation); folds of one model must share plans")
+        self.networks = [build_trained_network(c, self.device) for c in checkpoints]
+        if self.device.type == "cuda":
+            self.networks = [n.to(memory_format=torch.channels_last) for n in self.networks]
+        self.weights_sources = sorted({str(c.get("dinov3_source", "unknown")) for c in checkpoints})
+        self.flips = TTA_FLIP_DIMS if use_tta else ((),)
+        self.batch_size = batch_size
+        self.mask_background = mask_background
+
+    @property
+    def passes_per_slice(self) -> int:
+        return len(self.networks) * len(self.flips)
+
+    def predict_volume(self, source: sitk.Image, mask: sitk.Image | None, case: str = "",
+                       with_uncertainty: bool = False) -> tuple[sitk.Image, sitk.Image | None]:
+        """sCT (int16 HU, the source's exact grid) and optionally the std over folds/TTA in HU."""
+        _check_input(source, mask, case)
+        prepared = preprocess_case(source, None, mask, self.plans)
+        mean, std = self._predict_slices(prepared.source, case, with_uncertainty)
+        sct = restore_ct(mean, prepared.properties, self.plans)
+        sct_hu = to_array(sct)
+        if mask is not None and self.mask_background:
+            sct_hu[sitk.GetArrayViewFromImage(mask) == 0] = BACKGROUND_HU
+        sct_int = _as_int16_image(sct_hu, source)
+        uncertainty = None
+        if with_uncertainty:
+            # Std in normalised units -> HU (the CT normalisation is linear, so only its scale matters).
+            scale = (self.plans["ct_normalization"]["clip_high"] - self.plans["ct_normalization"]["clip_low"]) / 2.0
+            restored = restore_ct(std, prepared.properties, self.plans)  # shifts by the window centre...
+            offset = to_array(restore_ct(np.zeros_like(std), prepared.properties, self.plans))
+            unc = (to_array(restored) - offset).astype(np.float32)
+            unc[offset <= HU_MIN] = 0.0  # outside the slice grid nothing was predicted
+            uncertainty = sitk.GetImageFromArray(np.clip(unc, 0, 2 * scale))
+            uncertainty.CopyInformation(source)
+        return sct_int, uncertainty
+
+    @torch.inference_mode()
+    def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
+        total = np.zeros(slices.shape, np.float64)
+        total_sq = np.zeros(slices.shape, np.float64) if with_uncertainty else None
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        starts = range(0, slices.shape[0], self.batch_size)
+        for start in tqdm(starts, desc=f"predict {case}".strip(), unit="batch", leave=False):
+            x = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size]))[:, None]
+            x = x.to(self.device, torch.float32)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for network in self.networks:
+                for dims in self.flips:
+                    with autocast:
+                        inp = torch.flip(x, dims) if dims else x
+                        out = network(inp)
+                        out = torch.flip(out, dims) if dims else out
+                    out = out.float()[:, 0].cpu().numpy().astype(np.float64)
+                    total[start:start + len(out)] += out
+                    if total_sq is not None:
+                        total_sq[start:start + len(out)] += out ** 2
+        n = self.passes_per_slice
+        mean = (total / n).astype(np.float32)
+        std = None
+        if total_sq is not None:
+            std = np.sqrt(np.maximum(total_sq / n - (total / n) ** 2, 0.0)).astype(np.float32)
+        return mean, std
+
+
+def _grid_and_normalisation(plans: dict) -> tuple:
+    return (repr(plans.get("configurations")), repr(plans.get("ct_normalization")),
+            repr(plans.get("source_normalization")))
+
+
+def _check_input(source: sitk.Image, mask: sitk.Image | None, case: str) -> None:
+    if source.GetDimension() != 3:
+        raise DGCFError(f"case {case}: source image is {source.GetDimension()}D, expected 3D")
+    if not np.isfinite(sitk.GetArrayViewFromImage(source)).all():
+        raise DGCFError(f"case {case}: source image holds NaN or infinite voxels")
+    if mask is not None:
+        problem = geometry_mismatch(source, mask)
+        if problem:
+            raise DGCFError(f"case {case}: mask is not on the source's grid ({problem})")
+        if not sitk.GetArrayViewFromImage(mask).any():
+            raise DGCFError(f"case {case}: mask is empty")
+
+
+def _as_int16_image(hu: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16))
+    image.CopyInformation(reference)
+    return image

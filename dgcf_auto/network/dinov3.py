@@ -1,0 +1,130 @@
+"""The frozen DINOv3 ViT-B/16 encoder shared by the generator (DGCN) and the MLDP loss.
+
+`FrozenDINOv3` wraps timm's `vit_base_patch16_dinov3` (an `Eva` model: 12 blocks, width 768, patch 16,
+1 class + 4 register tokens, RoPE, any input size that is a multiple of 16). It returns the patch-token
+maps after the configured blocks (1-based; the paper's 3, 6, 9, 12) as B x 768 x H/16 x W/16.
+
+Frozen means: no parameter ever requires grad, the module stays in eval mode even inside a parent put in
+train mode, and passes that need no gradient run under `torch.no_grad()`. Gradients can still flow to the
+INPUT (`grad=True`), which the MLDP loss needs for phi(Y').
+
+Weights are resolved by `dgcf_auto.network.dinov3_weights` (explicit path, $DGCF_DINOV3_WEIGHTS, the local
+Hugging Face cache; never a download). Random weights only when asked for, with a loud warning.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Sequence
+
+import timm
+import torch
+import torch.nn as nn
+
+from dgcf_auto.errors import DGCFError
+
+DEFAULT_DINOV3_CFG = {"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12], "model_kwargs": {},
+                      "norm": True}
+
+# DINOv3's LVD-1689M web-image models were trained on RGB in [0, 1] normalised with the ImageNet statistics
+# (Meta's make_transform and timm's pretrained_cfg both use these values).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenDINOv3(nn.Module):
+    """Frozen timm DINOv3 ViT returning patch-token maps after `layers` (1-based block numbers).
+
+    `forward(x, layers=None, grad=False)`: x is B x 1 x H x W in [-1, 1] (a normalised CT/MR/CBCT slice)
+    or B x 3 x H x W in the same range; H and W multiples of 16. Returns a list (one per layer, in order)
+    of B x C x H/16 x W/16 maps. `grad=False` runs under no_grad; `grad=True` keeps the graph so the loss
+    can back-propagate to x (the ViT's own parameters still never receive a gradient).
+    """
+
+    def __init__(self, vit: nn.Module, layers: Sequence[int] = (3, 6, 9, 12), norm: bool = True,
+                 weights_source: str = "random"):
+        super().__init__()
+        self.vit = vit
+        self.depth = len(vit.blocks)
+        self.embed_dim = int(vit.embed_dim)
+        self.patch_size = int(vit.patch_embed.patch_size[0])
+        self.layers = self._check_layers(layers)
+        # norm=True applies the ViT's final LayerNorm to each intermediate map, as DINOv3's own
+        # get_intermediate_layers does by default (and as the authors' released code calls it).
+        self.norm = bool(norm)
+        self.weights_source = weights_source
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.vit.requires_grad_(False)
+        super().train(False)
+
+    def _check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        layers = tuple(int(layer) for layer in layers)
+        if not layers or any(layer < 1 or layer > self.depth for layer in layers):
+            raise DGCFError(f"DINOv3 layers {list(layers)} are invalid: blocks are numbered 1..{self.depth}")
+        return layers
+
+    def train(self, mode: bool = True) -> "FrozenDINOv3":
+        # Frozen means eval forever: a parent's model.train() must not switch us (dropout/drop-path off).
+        return super().train(False)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] slice -> the 3-channel, ImageNet-normalised input DINOv3 was trained on."""
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"FrozenDINOv3 expects B x 1|3 x H x W, got {tuple(x.shape)}")
+        if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
+            raise ValueError(f"FrozenDINOv3 input size {tuple(x.shape[-2:])} is not a multiple of "
+                             f"{self.patch_size}")
+        x = (x + 1.0) * 0.5  # [-1, 1] -> [0, 1], the range before DINOv3's normalisation
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey -> RGB with equal channels (a grey photo)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor, layers: Sequence[int] | None = None,
+                grad: bool = False) -> list[torch.Tensor]:
+        layers = self.layers if layers is None else self._check_layers(layers)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            x = self.prepare_input(x)
+            # timm wants 0-based indices; stop_early skips blocks after the last needed one.
+            wanted = sorted(set(layer - 1 for layer in layers))
+            maps = self.vit.forward_intermediates(x, indices=wanted, intermediates_only=True, norm=self.norm,
+                                                  stop_early=True, output_fmt="NCHW")
+            by_index = dict(zip(wanted, maps))
+            return [by_index[layer - 1] for layer in layers]
+
+    def extra_repr(self) -> str:
+        return f"layers={list(self.layers)}, norm={self.norm}, weights_source={self.weights_source!r}"
+
+
+def create_vit(dinov3_cfg: dict) -> nn.Module:
+    """The bare timm model described by `dinov3_cfg`, randomly initialised, nothing downloaded."""
+    name = dinov3_cfg.get("model", DEFAULT_DINOV3_CFG["model"])
+    kwargs = dict(dinov3_cfg.get("model_kwargs") or {})
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DGCFError(f"cannot create DINOv3 model {name!r} with {kwargs}: {exc}") from exc
+
+
+def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, random: bool = False) -> FrozenDINOv3:
+    """Build the frozen encoder. Weights: `weights` path, else $DGCF_DINOV3_WEIGHTS, else the local HF cache.
+
+    `random=True` skips loading (tests, the demo) and warns loudly; `weights_source` records what was used
+    ("random", the file path, or "hf-cache:<path>") so trainers can store it in checkpoint metadata.
+    """
+    from dgcf_auto.network.dinov3_weights import load_weights_into, resolve_weights
+
+    cfg = {**DEFAULT_DINOV3_CFG, **(dinov3_cfg or {})}
+    vit = create_vit(cfg)
+    if random:
+        if weights:
+            raise DGCFError(f"both DINOv3 weights ({weights}) and --dinov3-random given: choose one")
+        message = ("DINOv3 is RANDOMLY INITIALISED (--dinov3-random): features are meaningless, results do "
+                   "not reproduce the paper; use only for tests and demos")
+        warnings.warn(message, stacklevel=2)
+        print(f"WARNING: {message}", file=sys.stderr)
+        source = "random"
+    else:
+        path, source = resolve_weights(cfg["model"], weights, getattr(vit, "pretrained_cfg", {}))
+        load_weights_into(vit, path)
+    return FrozenDINOv3(vit, cfg["layers"], norm=cfg.get("norm", True), weights_source=source)

@@ -1,0 +1,94 @@
+"""torchrun support: one process per device, detected from RANK / WORLD_SIZE / LOCAL_RANK.
+
+Rank 0 alone writes files, logs and progress bars; every rank samples its own slices (seed offset by rank)
+and takes batch_size / world_size of the global batch, so the optimisation matches a single-process run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dgcf_auto.errors import DGCFError
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_object(self, obj):
+        """rank 0's `obj` on every rank (e.g. the validation result that decides checkpoint_best)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """Mean of a float over ranks (the logged training loss covers the global batch)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+
+def init_distributed(device_type: str) -> DistributedContext:
+    """Join the process group torchrun set up (env://); a plain launch is a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise DGCFError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs visible")
+        torch.cuda.set_device(local_rank)
+    elif device_type == "mps":
+        raise DGCFError("distributed training on mps is not supported; use -device cuda or cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank)
+
+
+def shutdown_distributed(ctx: DistributedContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def resolve_device(name: str | None, ctx: DistributedContext | None = None) -> torch.device:
+    """cuda if available unless told otherwise; under torchrun each rank takes cuda:LOCAL_RANK."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cuda", "cpu", "mps"):
+        raise DGCFError(f"-device must be cuda, cpu or mps, got '{name}'")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise DGCFError("-device cuda: no CUDA device is available (use -device cpu)")
+        return torch.device("cuda", ctx.local_rank if ctx else 0)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DGCFError("-device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def split_batch_size(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise DGCFError(f"batch size {global_batch} is not divisible by the {world_size} processes "
+                        f"(each takes batch_size / world_size slices); choose --batch-size accordingly")
+    return global_batch // world_size
