@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
+from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import write_image
 
@@ -53,7 +54,11 @@ def case_name(task: str, case_index: int) -> str:
 
 def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
                       size_scale: float = 1.0) -> dict[str, sitk.Image]:
-    """One phantom: {'source', 'ct', 'mask'} on one shared grid. `case_index` picks the direction variant."""
+    """One phantom: {'source', 'ct', 'mask', 'labels'} on one shared grid.
+
+    'labels' is the tissue map (keys of TISSUES) the images were simulated from, for tests and checks;
+    `case_index` picks the direction variant.
+    """
     _, modality = _task(task)
     size = tuple(max(8, int(round(b * size_scale * rng.uniform(0.9, 1.1)))) for b in BASE_SIZE)
     in_plane = rng.uniform(0.9, 1.3)
@@ -71,7 +76,7 @@ def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
 
     origin = tuple(-0.5 * n * s + rng.uniform(-25, 25) for n, s in zip(size, spacing))
     images = {}
-    for key, array in (("source", source), ("ct", ct), ("mask", mask)):
+    for key, array in (("source", source), ("ct", ct), ("mask", mask), ("labels", labels)):
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(spacing)
         image.SetOrigin(origin)
@@ -113,6 +118,8 @@ def write_example_dataset(dataset_id: int, task: str, n: int = 8, seed: int = 0,
     target = check_target_free(dataset_id, name, overwrite)
     with atomic_dataset_folder(target) as tmp:
         make_example_dataset(tmp, task, n, seed, size_scale, progress=True)
+        write_json({"name": target.name, "task": task, "source_modality": _task(task)[1], "num_cases": n,
+                    "example": {"seed": seed, "size_scale": size_scale}}, tmp / "dataset.json")
     return target
 
 

@@ -72,14 +72,20 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The network of a checkpoint; the frozen ViT's weights come from the checkpoint itself."""
-    from dgcf_auto.network import build_network
-    from dgcf_auto.network.dinov3 import build_dinov3
+    from dgcf_auto.network import DEFAULT_DINOV3_CFG, FrozenDINOv3, build_network, needs_dinov3
+    from dgcf_auto.network.dinov3 import create_vit
 
-    plans = checkpoint["plans"]
-    network_plans = plans["network"]
+    network_plans = checkpoint["plans"]["network"]
     dinov3 = None
-    if network_plans.get("architecture") != "cnn_only":
-        dinov3 = build_dinov3(network_plans["dinov3"], random=True, quiet=True)
+    if needs_dinov3(network_plans):
+        cfg = {**DEFAULT_DINOV3_CFG, **network_plans.get("dinov3", {})}
+        # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
+        dinov3 = FrozenDINOv3(create_vit(cfg), cfg["layers"], norm=cfg.get("norm", True),
+                              weights_source=str(checkpoint.get("dinov3_source", "checkpoint")))
     network = build_network(network_plans, dinov3)
-    network.load_state_dict(checkpoint["network_weights"])
+    try:
+        network.load_state_dict(checkpoint["network_weights"])
+    except RuntimeError as exc:
+        raise DGCFError(f"checkpoint weights do not fit the network its plans describe: "
+                        f"{str(exc).splitlines()[0][:160]}") from None
     return network.to(device).eval()

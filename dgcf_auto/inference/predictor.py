@@ -16,7 +16,9 @@ from tqdm import tqdm
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry_mismatch, to_array
 from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
+from dgcf_auto.preprocessing.normalization import ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
 
 HU_MIN, HU_MAX = -1024, 3071  # int16 CT range a treatment-planning system expects
 BACKGROUND_HU = -1000
@@ -60,13 +62,11 @@ class SCTPredictor:
         sct_int = _as_int16_image(sct_hu, source)
         uncertainty = None
         if with_uncertainty:
-            # Std in normalised units -> HU (the CT normalisation is linear, so only its scale matters).
-            scale = (self.plans["ct_normalization"]["clip_high"] - self.plans["ct_normalization"]["clip_low"]) / 2.0
-            restored = restore_ct(std, prepared.properties, self.plans)  # shifts by the window centre...
-            offset = to_array(restore_ct(np.zeros_like(std), prepared.properties, self.plans))
-            unc = (to_array(restored) - offset).astype(np.float32)
-            unc[offset <= HU_MIN] = 0.0  # outside the slice grid nothing was predicted
-            uncertainty = sitk.GetImageFromArray(np.clip(unc, 0, 2 * scale))
+            # The CT normalisation is linear, so a spread in normalised units is scale * spread in HU.
+            low, high = ct_window(self.plans)
+            std_hu = std * np.float32((high - low) / 2.0)
+            uncertainty = from_slice_grid(slices_to_image(std_hu, prepared.properties["slice_grid"]),
+                                          prepared.properties["original_geometry"], sitk.sitkLinear, 0.0)
             uncertainty.CopyInformation(source)
         return sct_int, uncertainty
 

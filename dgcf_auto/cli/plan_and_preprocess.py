@@ -1,0 +1,57 @@
+"""dgcf_plan_and_preprocess: fingerprint, plans, folds and preprocessed slices for one raw dataset."""
+from __future__ import annotations
+
+import argparse
+
+from dgcf_auto.errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgcf_plan_and_preprocess",
+        description="Validate $DGCF_raw/Dataset<id>_<Name>, write its fingerprint, plans (DGCFPlans.json), folds "
+                    "(splits_final.json) and preprocessed slice stacks to $DGCF_preprocessed/Dataset<id>_<Name>/. "
+                    "Plans values can be overridden below; overridden values are recorded in plans['overrides'].")
+    parser.add_argument("-d", "--dataset-id", required=True, help="dataset id (1, 001 or Dataset001_Name)")
+    parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo fingerprint, plans, folds and every case (default: skip what is up to date)")
+    parser.add_argument("--split", choices=("5fold", "paper"), default="5fold",
+                        help="5 seeded folds (default) or the paper's single 7:1:2 train/val/test split")
+    parser.add_argument("--plan-only", "--no-preprocess", dest="plan_only", action="store_true",
+                        help="write fingerprint, plans and folds only")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    over = parser.add_argument_group("plans overrides (default: derived from the fingerprint)")
+    over.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"),
+                      help="slice size in pixels, multiples of lcm(16, 2**num_pool)")
+    over.add_argument("--spacing", type=float, metavar="MM", help="in-plane spacing of the slice grid (mm)")
+    over.add_argument("--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="CT clipping window (HU)")
+    over.add_argument("--batch-size", type=int)
+    over.add_argument("--epochs", type=int)
+    over.add_argument("--learning-rate", type=float)
+    over.add_argument("--iterations-per-epoch", type=int)
+    over.add_argument("--features", type=int, nargs="+", metavar="C", help="UNet channels per level")
+    return parser
+
+
+OVERRIDE_ARGS = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate",
+                 "iterations_per_epoch", "features")
+
+
+@cli_entry
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    overrides = {key: getattr(args, key) for key in OVERRIDE_ARGS if getattr(args, key) is not None}
+    summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
+                                  preprocess=not args.plan_only, progress=not args.quiet)
+    grid = summary["plans"]["configurations"]["2d"]
+    window = summary["plans"]["ct_normalization"]
+    print(f"plans: {grid['slice_axis']} slices {grid['patch_size'][0]}x{grid['patch_size'][1]} at "
+          f"{grid['inplane_spacing'][0]:.3g} mm, CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU, "
+          f"{summary['num_folds']} fold(s)")
+    done = summary["preprocessed"]
+    if done is not None:
+        print(f"preprocessed {len(done['done'])} case(s), {len(done['skipped'])} up to date")
+    print(f"output: {summary['output_folder']}")

@@ -1,0 +1,129 @@
+"""DGCN, the DINOv3-Guided Cross-Fusion Network (paper section 2.2), and its Table 2 ablation variants.
+
+One UNet-shaped generator, four ways of feeding decoder level i (i = 1..L, full resolution first):
+
+    cross_fusion  CrossFusion(F_CNN^i, F_DINO^i)   eq. (1)-(3), the paper's DGCN
+    concat        F_CNN^i (+) Bilinear(F_DINO^i)   raw 768-channel DINOv3 map resized and concatenated,
+                                                   no projection ("simply concatenates", Table 2)
+    cnn_only      F_CNN^i                          the plain UNet (no ViT at all)
+    vit_only      Bilinear(Conv1x1(F_DINO^i))      eq. (1) only, no CNN encoder; the bottleneck is a
+                                                   ConvBlock on the last DINOv3 map (H/16)
+
+F_CNN^i is the output of the i-th encoder ConvBlock (before max-pooling); F_DINO^i the patch-token map after
+DINOv3 block 3i (the FrozenDINOv3's configured layers, in order). The CNN encoder has L levels (C = 64, 128,
+256, 512 in the paper), max-pooling between them, and a UNet bottleneck of 2 x C_L channels at H/16; the
+symmetric decoder upsamples with 2x2 transposed convolutions. The head is a plain 1x1 convolution (no tanh):
+targets are CT in [-1, 1] with much air at exactly -1, which tanh could only reach with unbounded
+pre-activations; prediction clamps to [-1, 1] instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dgcf_auto.network.blocks import ConvBlock, CrossFusion, DinoProjection, UpBlock, resize_to
+from dgcf_auto.network.dinov3 import FrozenDINOv3
+
+ARCHITECTURES = ("cross_fusion", "concat", "cnn_only", "vit_only")
+
+
+class DGCN(nn.Module):
+    """Generator f_theta: B x in_channels x H x W (normalised source) -> B x 1 x H x W (normalised CT).
+
+    H and W must be multiples of 2**len(features) (16 for the paper's 4 levels; also the ViT's patch size).
+    `dinov3` is held, not copied: the same instance can serve the MLDP loss. It is always run without
+    gradient here (the source image needs none), so only CNN/fusion/decoder weights are trained.
+    """
+
+    def __init__(self, architecture: str = "cross_fusion", features: Sequence[int] = (64, 128, 256, 512),
+                 dinov3: FrozenDINOv3 | None = None, in_channels: int = 1, out_channels: int = 1):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+        self.architecture = architecture
+        self.features = [int(c) for c in features]
+        self.uses_cnn = architecture != "vit_only"
+        self.uses_vit = architecture != "cnn_only"
+        levels = len(self.features)
+        if self.uses_vit:
+            if dinov3 is None:
+                raise ValueError(f"architecture {architecture!r} needs a FrozenDINOv3 (got None)")
+            if len(dinov3.layers) != levels:
+                raise ValueError(f"{architecture!r} fuses one DINOv3 layer per level: {levels} levels but "
+                                 f"DINOv3 layers {list(dinov3.layers)}")
+        self.dinov3 = dinov3 if self.uses_vit else None
+        dino_ch = dinov3.embed_dim if self.uses_vit else 0
+        bottleneck_ch = 2 * self.features[-1]
+
+        if self.uses_cnn:
+            ins = [in_channels] + self.features[:-1]
+            self.encoder = nn.ModuleList(ConvBlock(i, o) for i, o in zip(ins, self.features))
+            self.bottleneck = ConvBlock(self.features[-1], bottleneck_ch)
+        else:
+            self.encoder = None
+            self.bottleneck = ConvBlock(dino_ch, bottleneck_ch)
+
+        if architecture == "cross_fusion":
+            self.fusions = nn.ModuleList(CrossFusion(c, dino_ch) for c in self.features)
+            skip_channels = list(self.features)
+        elif architecture == "vit_only":
+            self.fusions = nn.ModuleList(DinoProjection(dino_ch, c) for c in self.features)
+            skip_channels = list(self.features)
+        elif architecture == "concat":
+            self.fusions = None
+            skip_channels = [c + dino_ch for c in self.features]
+        else:  # cnn_only
+            self.fusions = None
+            skip_channels = list(self.features)
+
+        below = self.features[1:] + [bottleneck_ch]  # channels arriving from the level below
+        self.decoder = nn.ModuleList(UpBlock(b, s, c) for b, s, c in zip(below, skip_channels, self.features))
+        self.head = nn.Conv2d(self.features[0], out_channels, kernel_size=1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything but the frozen ViT (the optimiser's parameter list)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        multiple = 2 ** len(self.features)
+        if self.uses_vit:
+            multiple = max(multiple, self.dinov3.patch_size)
+        if x.shape[-2] % multiple or x.shape[-1] % multiple:
+            raise ValueError(f"DGCN input size {tuple(x.shape[-2:])} must be a multiple of {multiple}")
+
+    def _skip_inputs(self, cnn: list, dino: list | None, sizes: list) -> list[torch.Tensor]:
+        if self.architecture == "cross_fusion":
+            return [fuse(f, d) for fuse, f, d in zip(self.fusions, cnn, dino)]
+        if self.architecture == "vit_only":
+            return [project(d, size) for project, d, size in zip(self.fusions, dino, sizes)]
+        if self.architecture == "concat":
+            return [torch.cat([f, resize_to(d, size).to(f.dtype)], dim=1) for f, d, size in zip(cnn, dino, sizes)]
+        return cnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_size(x)
+        height, width = x.shape[-2:]
+        sizes = [(height >> i, width >> i) for i in range(len(self.features))]
+        dino = self.dinov3(x, grad=False) if self.uses_vit else None  # frozen: no graph through the ViT
+
+        cnn: list[torch.Tensor] = []
+        if self.uses_cnn:
+            h = x
+            for level, block in enumerate(self.encoder):
+                h = block(h if level == 0 else F.max_pool2d(h, 2))
+                cnn.append(h)
+            h = self.bottleneck(F.max_pool2d(h, 2))
+        else:
+            deepest = (height >> len(self.features), width >> len(self.features))  # H/16 for 4 levels
+            h = self.bottleneck(resize_to(dino[-1], deepest))
+
+        skips = self._skip_inputs(cnn, dino, sizes)
+        for level in reversed(range(len(self.features))):
+            h = self.decoder[level](h, skips[level])
+        return self.head(h)
+
+    def extra_repr(self) -> str:
+        return f"architecture={self.architecture!r}, features={self.features}"

@@ -1,0 +1,131 @@
+"""Find and load DINOv3 weights, offline only.
+
+Resolution order: an explicit path (`--dinov3-weights`), then $DGCF_DINOV3_WEIGHTS, then the local Hugging
+Face cache entry of timm's `timm/vit_base_patch16_dinov3.lvd1689m` (found through huggingface_hub's cache
+lookup; nothing is ever downloaded). Formats: Meta's original release (`dinov3_vitb16_pretrain_lvd1689m-*.pth`,
+keys like `storage_tokens`, `blocks.0.ls1.gamma`) converted with timm's own `checkpoint_filter_fn`, and timm
+state dicts as `.safetensors`, `.bin` or `.pth`. Every key and shape must match the model (strict).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from dgcf_auto.errors import DGCFError
+
+WEIGHTS_ENV = "DGCF_DINOV3_WEIGHTS"
+WHERE_TO_GET = ("get Meta's dinov3_vitb16_pretrain_lvd1689m-*.pth from the DINOv3 release page "
+                "(https://github.com/facebookresearch/dinov3, licence acceptance needed) or timm's "
+                "model.safetensors from Hugging Face 'timm/vit_base_patch16_dinov3.lvd1689m', then pass "
+                f"--dinov3-weights <file> or set {WEIGHTS_ENV}=<file>; --dinov3-random runs with random "
+                "weights (tests/demo only)")
+
+
+def _hf_cache_dir() -> str:
+    # Read the environment now (huggingface_hub freezes its constants at import time).
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if not cache:
+        hf_home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+        cache = os.path.join(hf_home, "hub")
+    return os.path.expanduser(cache)
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """The cached weight file of `repo_id` (revision 'main'), or None. Pure file-system lookup."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = _hf_cache_dir()
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def resolve_weights(model_name: str, weights: str | None, pretrained_cfg: dict | None) -> tuple[Path, str]:
+    """(file, source label). Raises DGCFError saying where to get weights when none is found."""
+    for given, origin in ((weights, "--dinov3-weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise DGCFError(f"DINOv3 weights file {path} (from {origin}) does not exist")
+            return path, str(path.resolve())
+    repo_id = (pretrained_cfg or {}).get("hf_hub_id") or f"timm/{model_name}.lvd1689m"
+    cached = find_in_hf_cache(repo_id)
+    if cached is not None:
+        return cached, f"hf-cache:{cached}"
+    raise DGCFError(f"no DINOv3 weights for {model_name} found (not given, {WEIGHTS_ENV} unset, not in the "
+                    f"Hugging Face cache {_hf_cache_dir()} as {repo_id}): {WHERE_TO_GET}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a torch file (weights_only) with optional wrapper keys."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/unknown files surface in many exception types
+        raise DGCFError(f"cannot read DINOv3 weights file {path}: {type(exc).__name__}: {exc}") from exc
+    for wrapper in ("model_ema", "model", "module", "state_dict", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DGCFError(f"DINOv3 weights file {path} does not hold a state dict of tensors")
+    # Meta's training checkpoints prefix the ViT with 'backbone.'; released weights do not.
+    if state and all(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items()}
+    return state
+
+
+def _drop_zero_qkv_bias(state: dict, vit: nn.Module, path: Path) -> dict:
+    """Meta's ViT-B stores an all-zero (masked) qkv bias that timm's bias-free model omits; never drop real ones."""
+    has_q_bias = any(name.endswith("q_bias") for name, _ in vit.named_parameters())
+    if has_q_bias or not any(k.endswith("qkv.bias") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if key.endswith("qkv.bias"):
+            mask = state.get(key + "_mask")
+            effective = value * torch.nan_to_num(mask, nan=1.0) if mask is not None else value
+            if effective.abs().max() > 0:
+                raise DGCFError(f"DINOv3 weights {path}: {key} is non-zero but the model has no qkv bias; "
+                                f"use model 'vit_base_patch16_dinov3_qkvb'")
+            continue
+        out[key] = value
+    return out
+
+
+def convert_to_timm(state: dict, vit: nn.Module, path: Path) -> dict:
+    """Meta's original key names -> timm's, using timm's own converter (identity for timm files)."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    state = _drop_zero_qkv_bias(state, vit, path)
+    try:
+        return checkpoint_filter_fn(state, vit)
+    except Exception as exc:  # timm's converter assumes well-formed files; report, don't trace back
+        raise DGCFError(f"DINOv3 weights {path} cannot be converted for {type(vit).__name__}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def load_weights_into(vit: nn.Module, path: Path) -> None:
+    """Load `path` into `vit`, strictly: every key present, no extra key, every shape equal."""
+    state = convert_to_timm(read_state_dict(path), vit, path)
+    expected = vit.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+        raise DGCFError(f"DINOv3 weights {path} do not fit {type(vit).__name__} "
+                        f"(embed {getattr(vit, 'embed_dim', '?')}, depth {len(vit.blocks)}): {'; '.join(parts)}")
+    vit.load_state_dict(state, strict=True)

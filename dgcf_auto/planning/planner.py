@@ -1,0 +1,190 @@
+"""Plans (`DGCFPlans.json`): every value derived from the fingerprint by a stated rule, or overridden.
+
+Each derived section carries a `derived_from` note naming the fingerprint values and the rule, so a plans
+file explains itself; command-line overrides replace a value and are listed in plans["overrides"].
+The rules are documented (with their reasons) in documentation/plans.md.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from dgcf_auto.errors import DGCFError
+
+PLANS_FILE = "DGCFPlans.json"
+PLANS_NAME = "DGCFPlans"
+CONFIGURATION = "2d"
+DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
+
+CT_CLIP_LOW = -1024.0
+CT_HIGH_PERCENTILE = "99.9"   # of pooled foreground CT
+CT_HIGH_ROUND = 500.0         # round up to a multiple of this ...
+CT_HIGH_MIN, CT_HIGH_MAX = 1000.0, 3000.0   # ... and keep within these bounds
+MR_PERCENTILE, MR_CLIP_MAX = 99.0, 1.0
+MAX_PATCH_EDGE = 256          # the paper's slice size: the FOV is sampled with at most this many pixels
+FOV_MARGIN_MM = 10.0          # per side, around the largest body bounding box
+VIT_PATCH = 16
+LPS_AXIS_NAMES = ("sagittal", "coronal", "axial")  # slice axis = LPS axis 0, 1, 2
+ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
+# In-plane (row, column) LPS axes of each orientation: the first two letters are column, row.
+INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
+
+DEFAULT_NETWORK = {"architecture": "cross_fusion", "features": [64, 128, 256, 512],
+                   "dinov3": {"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12], "model_kwargs": {}}}
+DEFAULT_TRAINING = {"batch_size": 4, "optimizer": "adam", "learning_rate": 2e-4, "epochs": 100,
+                    "l1_weight": 1.0, "mldp_weight": 1.0, "mldp_layers": [3, 6, 9, 12], "augmentation": False,
+                    "foreground_slice_fraction": 0.0}
+# Override name -> what it sets; the values are validated in `_check_overrides`.
+OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
+             "iterations_per_epoch")
+
+
+def size_multiple(features: list[int]) -> int:
+    """Patch edges must divide by the ViT patch (16) and by 2**num_pool of the UNet (one pool per level)."""
+    return math.lcm(VIT_PATCH, 2 ** (len(features) - 1))
+
+
+def _round_up(value: float, step: float) -> float:
+    return math.ceil(value / step - 1e-9) * step
+
+
+def _slice_axis(pooled: dict) -> str:
+    spacing = np.array(pooled["median_spacing_lps"])
+    # The coarsest axis is the slice axis; axial wins ties (within 1 %), as in SynthRAD's axial scans.
+    coarsest = int(np.argmax(spacing))
+    return "axial" if spacing[2] >= 0.99 * spacing[coarsest] else LPS_AXIS_NAMES[coarsest]
+
+
+def plan_ct_window(pooled_ct: dict, source: str = "CT") -> dict:
+    high_value = pooled_ct["percentiles"][CT_HIGH_PERCENTILE]
+    high = min(CT_HIGH_MAX, max(CT_HIGH_MIN, _round_up(high_value, CT_HIGH_ROUND)))
+    low = CT_CLIP_LOW
+    low_value = pooled_ct["percentiles"]["0.5"]
+    if low_value < CT_CLIP_LOW:  # only CBCT with a negative offset goes below air; keep all of it
+        low = math.floor(low_value / 100.0) * 100.0
+    return {"clip_low": low, "clip_high": high, "target_range": [-1.0, 1.0],
+            "derived_from": f"clip_low: -1024 HU (air), lower only if pooled foreground {source} p0.5 "
+                            f"({low_value:g}) is below it; clip_high: pooled foreground {source} "
+                            f"p{CT_HIGH_PERCENTILE} ({high_value:g}) rounded up to {CT_HIGH_ROUND:g} HU, "
+                            f"kept in [{CT_HIGH_MIN:g}, {CT_HIGH_MAX:g}]"}
+
+
+def plan_slice_grid(fingerprint: dict, features: list[int], overrides: dict) -> dict:
+    pooled = fingerprint["pooled"]
+    axis = _slice_axis(pooled)
+    row_axis, col_axis = INPLANE_AXES[axis]
+    spacing_lps = pooled["median_spacing_lps"]
+    extent = np.array(pooled["mask_bbox_mm_lps"]["max"])
+    fov = np.array([extent[row_axis], extent[col_axis]]) + 2 * FOV_MARGIN_MM
+    median_inplane = float(min(spacing_lps[row_axis], spacing_lps[col_axis]))
+    multiple = size_multiple(features)
+    notes = {"fov_mm": f"largest body-mask bounding box (rows, cols) {extent[row_axis]:.1f} x "
+                       f"{extent[col_axis]:.1f} mm + {FOV_MARGIN_MM:g} mm per side"}
+    if "spacing" in overrides:
+        spacing = float(overrides["spacing"])
+        notes["inplane_spacing"] = "override"
+    elif "patch_size" in overrides:
+        spacing = max(median_inplane, float(np.max(fov / np.array(overrides["patch_size"], float))))
+        notes["inplane_spacing"] = ("max(median in-plane spacing, fov / overridden patch_size): the smallest "
+                                    "spacing at which the overridden patch still covers the fov")
+    else:
+        spacing = max(median_inplane, float(fov.max()) / MAX_PATCH_EDGE)
+        notes["inplane_spacing"] = (f"max(median in-plane spacing {median_inplane:.4g} mm, largest fov edge "
+                                    f"{fov.max():.1f} mm / {MAX_PATCH_EDGE}): native resolution unless the fov "
+                                    f"would need more than {MAX_PATCH_EDGE} pixels (the paper's 256)")
+    if "patch_size" in overrides:
+        patch = [int(v) for v in overrides["patch_size"]]
+        notes["patch_size"] = "override"
+    else:
+        patch = [int(_round_up(f / spacing, multiple)) for f in fov]
+        notes["patch_size"] = f"fov / spacing, rounded up to a multiple of {multiple} (lcm(16, 2**num_pool))"
+    slices = [c["mask_bbox_voxels_lps"][LPS_AXIS_NAMES.index(axis)] for c in fingerprint["cases"]]
+    return {"data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
+            "inplane_spacing": [spacing, spacing], "patch_size": patch, "size_multiple": multiple,
+            "slice_spacing": "native", "interpolation": "bspline", "fov_mm": fov.tolist(),
+            "slices_per_case": {"median": float(np.median(slices)), "total": int(np.sum(slices))},
+            "derived_from": notes}
+
+
+def plan_source_normalization(fingerprint: dict) -> dict:
+    pooled = fingerprint["pooled"]
+    if fingerprint["modality"] == "mr":
+        return {"scheme": "percentile", "percentile": MR_PERCENTILE, "clip_max": MR_CLIP_MAX,
+                "computed_on": "mask",
+                "derived_from": "paper: MRI normalised by its own 99th percentile inside the body mask, "
+                                f"clipped to [0, {MR_CLIP_MAX:g}] and mapped to [-1, 1]; per-case value in the "
+                                f"case properties (dataset median p99 {pooled['source_p99']['median']:.4g})"}
+    window = plan_ct_window(pooled["source"], "CBCT")
+    return {"scheme": "window", "clip_low": window["clip_low"], "clip_high": window["clip_high"],
+            "derived_from": window["derived_from"]}
+
+
+def _check_overrides(overrides: dict) -> None:
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise DGCFError(f"unknown plans override(s): {', '.join(sorted(unknown))}")
+    features = overrides.get("features", DEFAULT_NETWORK["features"])
+    multiple = size_multiple(features)
+    if "patch_size" in overrides:
+        patch = overrides["patch_size"]
+        if len(patch) != 2 or any(int(p) <= 0 or int(p) % multiple for p in patch):
+            raise DGCFError(f"--patch-size {' '.join(map(str, patch))}: give 2 values, each a positive "
+                            f"multiple of {multiple} (lcm of the ViT patch 16 and 2**num_pool)")
+    if "ct_window" in overrides and not overrides["ct_window"][1] > overrides["ct_window"][0]:
+        raise DGCFError(f"--ct-window {overrides['ct_window']}: the upper bound must exceed the lower")
+    for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
+        if key in overrides and not overrides[key] > 0:
+            raise DGCFError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
+    if "features" in overrides and (len(features) < 2 or any(f <= 0 for f in features)):
+        raise DGCFError("--features: give at least 2 positive channel counts")
+
+
+def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None = None,
+                    train_fraction: float = 0.8) -> dict:
+    """The plans dict. `train_fraction`: share of cases a fold trains on (for iterations_per_epoch)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_overrides(overrides)
+    if "ct" not in fingerprint["pooled"]:
+        raise DGCFError("planning needs cases with a CT; the fingerprint has none")
+    network = copy.deepcopy(DEFAULT_NETWORK)
+    if "features" in overrides:
+        network["features"] = [int(f) for f in overrides["features"]]
+    ct_norm = plan_ct_window(fingerprint["pooled"]["ct"])
+    if "ct_window" in overrides:
+        ct_norm.update(clip_low=float(overrides["ct_window"][0]), clip_high=float(overrides["ct_window"][1]),
+                       derived_from="override")
+    grid = plan_slice_grid(fingerprint, network["features"], overrides)
+
+    training = dict(DEFAULT_TRAINING)
+    for key in ("batch_size", "epochs", "learning_rate"):
+        if key in overrides:
+            training[key] = type(DEFAULT_TRAINING[key])(overrides[key])
+    train_slices = grid["slices_per_case"]["total"] * train_fraction
+    training["iterations_per_epoch"] = int(overrides.get(
+        "iterations_per_epoch", max(1, math.ceil(train_slices / training["batch_size"]))))
+    training["derived_from"] = {
+        "iterations_per_epoch": "override" if "iterations_per_epoch" in overrides else
+        f"one pass over the training slices: ceil({grid['slices_per_case']['total']} slices x train fraction "
+        f"{train_fraction:.3g} / batch size {training['batch_size']})",
+        "other": "paper section 3.1: Adam 2e-4, batch 4, 100 epochs, L1 + MLDP (lambda 1) on DINOv3 layers "
+                 "3/6/9/12, no augmentation; foreground_slice_fraction 0: slices are already cropped to the "
+                 "body mask's slice range, so uniform sampling sees body on every slice"}
+
+    return {"plans_name": PLANS_NAME, "dataset_name": dataset_name, "task": fingerprint["task"],
+            "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
+            "source_normalization": plan_source_normalization(fingerprint),
+            "configurations": {CONFIGURATION: grid}, "network": network, "training": training,
+            "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
+            "fingerprint_signature": fingerprint["input_signature"]}
+
+
+def preprocessing_signature_fields(plans: dict) -> dict:
+    """The parts of the plans that change the preprocessed arrays (not network or training settings)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("derived_from", "slices_per_case", "fov_mm")}
+
+    return {"ct_normalization": strip(plans["ct_normalization"]),
+            "source_normalization": strip(plans["source_normalization"]),
+            "configuration": strip(plans["configurations"][CONFIGURATION])}

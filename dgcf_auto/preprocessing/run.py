@@ -1,0 +1,139 @@
+"""`dgcf_plan_and_preprocess`: validate -> fingerprint -> plans -> splits -> preprocessed slice stacks.
+
+Everything that can be checked is checked before the first file is written (dataset validation, plan
+overrides, an existing splits file), so bad input leaves DGCF_preprocessed untouched.
+
+Output, in $DGCF_preprocessed/Dataset<id>_<Name>/:
+  dataset.json, dataset_fingerprint.json, DGCFPlans.json, splits_final.json,
+  DGCFPlans_2d/<case>_source.npy, <case>_ct.npy, <case>_mask.npy (S, H, W), <case>.json (properties).
+A case is up to date when its four files exist and the signature stored in its json (a hash of the
+preprocessing-relevant plans and the input files' paths, sizes and mtimes) matches; such cases are skipped.
+The json is written last, so a case interrupted half-way is redone on the next run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgcf_auto.atomic import read_json, write_json, write_npy
+from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.dataset.validation import load_case, validate_dataset
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
+from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
+from dgcf_auto.planning.planner import (DATA_IDENTIFIER, PLANS_FILE, _check_overrides, plan_experiment,
+                                        preprocessing_signature_fields)
+from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, train_fraction, write_splits
+from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
+from dgcf_auto.preprocessing.workers import map_cases
+
+ARRAY_KEYS = ("source", "ct", "mask")
+
+
+def case_files(folder: Path, name: str) -> dict[str, Path]:
+    files = {key: folder / f"{name}_{key}.npy" for key in ARRAY_KEYS}
+    files["properties"] = folder / f"{name}.json"
+    return files
+
+
+def case_signature(case: Case, plans: dict) -> str:
+    payload = {"version": PROPERTIES_VERSION, "plans": preprocessing_signature_fields(plans),
+               "inputs": input_signature([case])}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_up_to_date(case: Case, plans: dict, folder: Path) -> bool:
+    files = case_files(folder, case.name)
+    needed = [files["source"], files["mask"], files["properties"]] + ([files["ct"]] if case.ct else [])
+    if not all(p.is_file() for p in needed):
+        return False
+    try:
+        return read_json(files["properties"]).get("signature") == case_signature(case, plans)
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class _Job:
+    case: Case
+    plans: dict
+    folder: Path
+
+
+def preprocess_one(job: _Job) -> dict:
+    """Worker: one case from raw files to its four output files (json last)."""
+    start = time.perf_counter()
+    source, ct, mask = load_case(job.case)
+    result = preprocess_case(source, ct, mask, job.plans, job.case.name)
+    del source, ct, mask
+    files = case_files(job.folder, job.case.name)
+    write_npy(result.source, files["source"])
+    if result.ct is not None:
+        write_npy(result.ct, files["ct"])
+    write_npy(result.mask, files["mask"])
+    properties = dict(result.properties, signature=case_signature(job.case, job.plans),
+                      files={k: str(getattr(job.case, k)) for k in ARRAY_KEYS
+                             if getattr(job.case, k) is not None})
+    write_json(properties, files["properties"])
+    return {"case": job.case.name, "shape": list(result.source.shape), "seconds": time.perf_counter() - start}
+
+
+def preprocess_dataset(cases: list[Case], plans: dict, folder: Path, num_processes: int = 1,
+                       overwrite: bool = False, progress: bool = True) -> dict:
+    """Preprocess the cases that are not up to date; returns {'done': [...], 'skipped': [...]}."""
+    todo = [c for c in cases if overwrite or not is_up_to_date(c, plans, folder)]
+    skipped = [c.name for c in cases if c not in todo]
+    jobs = [_Job(c, plans, folder) for c in todo]
+    done = list(map_cases(preprocess_one, jobs, num_processes, "preprocessing", progress))
+    return {"done": done, "skipped": skipped}
+
+
+def _output_folder(raw_dir: Path) -> Path:
+    """$DGCF_preprocessed/<raw folder name>; another folder with the same id there is an error."""
+    root = preprocessed_root()
+    did = int(DATASET_PATTERN.match(raw_dir.name).group(1))
+    if root.is_dir():
+        for other in root.iterdir():
+            match = DATASET_PATTERN.match(other.name)
+            if match and int(match.group(1)) == did and other.name != raw_dir.name and other.is_dir():
+                raise DGCFError(f"dataset {did}: DGCF_preprocessed already holds {other} for this id "
+                                f"(raw folder is {raw_dir.name}); remove or rename one of them")
+    return root / raw_dir.name
+
+
+def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite: bool = False,
+                        split: str = "5fold", overrides: dict | None = None, preprocess: bool = True,
+                        progress: bool = True) -> dict:
+    """The whole command; returns a summary (paths, plans, preprocessing counts)."""
+    if split not in SPLIT_MODES:
+        raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_MODES)})")
+    if int(num_processes) < 1:
+        raise DGCFError(f"-np must be at least 1, got {num_processes}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_overrides(overrides)
+    raw_dir = raw_dataset(dataset_id)
+    cases = validate_dataset(raw_dir, progress=progress)
+    out_dir = _output_folder(raw_dir)
+    names = [c.name for c in cases]
+    write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)  # check before writing
+
+    fingerprint = fingerprint_dataset(cases, out_dir / FINGERPRINT_FILE, num_processes, overwrite, progress)
+    plans = plan_experiment(fingerprint, raw_dir.name, overrides, train_fraction(split, len(cases)))
+    plans_file = out_dir / PLANS_FILE
+    if overwrite or not plans_file.is_file() or read_json(plans_file) != json.loads(json.dumps(plans)):
+        write_json(plans, plans_file)
+    splits = write_splits(names, out_dir / SPLITS_FILE, split, overwrite)
+    info = {"name": raw_dir.name, "task": plans["task"], "source_modality": plans["source_modality"],
+            "num_cases": len(names), "cases": names, "raw_folder": str(raw_dir)}
+    if not (out_dir / "dataset.json").is_file() or read_json(out_dir / "dataset.json") != info:
+        write_json(info, out_dir / "dataset.json")
+
+    summary = {"output_folder": str(out_dir), "plans": plans, "num_folds": len(splits),
+               "preprocessed": None}
+    if preprocess:
+        summary["preprocessed"] = preprocess_dataset(cases, plans, out_dir / DATA_IDENTIFIER, num_processes,
+                                                     overwrite, progress)
+    return summary

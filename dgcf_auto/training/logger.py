@@ -1,0 +1,88 @@
+"""Per-epoch history, the plain-text training log and progress.png (rank 0 only writes)."""
+from __future__ import annotations
+
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from dgcf_auto.atomic import atomic_path
+
+HISTORY_KEYS = ("epoch", "train_loss", "train_l1", "train_mldp", "val_mae", "val_psnr", "lr", "epoch_time", "data_wait")
+
+
+class TrainingLogger:
+    def __init__(self, output_folder: Path | None, enabled: bool = True):
+        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        self.best_val_mae: float | None = None
+        self.enabled = enabled and output_folder is not None
+        self.output_folder = Path(output_folder) if output_folder is not None else None
+        self.log_file = None
+        if self.enabled:
+            stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
+            self.output_folder.mkdir(parents=True, exist_ok=True)
+            self.log_file = self.output_folder / f"training_log_{stamp}.txt"
+
+    def print(self, message: str) -> None:
+        """A line on stdout and in the log file (rank 0 only)."""
+        if not self.enabled:
+            return
+        line = f"{datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
+        print(line, file=sys.stdout, flush=True)
+        with open(self.log_file, "a") as f:  # appended line by line: a crash keeps everything so far
+            f.write(line + "\n")
+
+    def record_epoch(self, **values) -> None:
+        for key in HISTORY_KEYS:
+            self.history[key].append(values.get(key))
+        mae, psnr = values.get("val_mae"), values.get("val_psnr")
+        val = f"val MAE {mae:.2f} HU, PSNR {psnr:.2f} dB" if mae is not None else "val -"
+        self.print(f"epoch {values['epoch']}: train loss {values['train_loss']:.4f} "
+                   f"(l1 {values['train_l1']:.4f}, mldp {values['train_mldp']:.4f}), {val}, "
+                   f"lr {values['lr']:.2e}, {values['epoch_time']:.1f} s "
+                   f"({100 * values.get('data_wait', 0.0):.0f}% waiting for data)")
+
+    def state_dict(self) -> dict:
+        return {"history": {k: list(v) for k, v in self.history.items()}, "best_val_mae": self.best_val_mae}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.best_val_mae = state.get("best_val_mae")
+
+    def plot_progress(self) -> None:
+        if not self.enabled or not self.history["epoch"]:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h, epochs = self.history, self.history["epoch"]
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+        ax = axes[0, 0]
+        for key, label in (("train_loss", "total"), ("train_l1", "L1"), ("train_mldp", "MLDP")):
+            ax.plot(epochs, h[key], label=label)
+        ax.set(title="training loss", xlabel="epoch")
+        ax.legend()
+        ax = axes[0, 1]
+        val = [(e, m, p) for e, m, p in zip(epochs, h["val_mae"], h["val_psnr"]) if m is not None]
+        if val:
+            ax.plot([v[0] for v in val], [v[1] for v in val], "o-", color="tab:red", label="MAE (HU)")
+            ax.set_ylabel("MAE (HU)", color="tab:red")
+            twin = ax.twinx()
+            twin.plot([v[0] for v in val], [v[2] for v in val], "s-", color="tab:blue", label="PSNR (dB)")
+            twin.set_ylabel("PSNR (dB)", color="tab:blue")
+        else:
+            ax.text(0.5, 0.5, "no validation cases in this fold", ha="center", transform=ax.transAxes)
+        ax.set(title="validation (body mask, HU)", xlabel="epoch")
+        axes[1, 0].plot(epochs, h["lr"])
+        axes[1, 0].set(title="learning rate", xlabel="epoch")
+        axes[1, 1].plot(epochs, h["epoch_time"])
+        axes[1, 1].set(title="epoch time (s)", xlabel="epoch")
+        fig.tight_layout()
+        with atomic_path(self.output_folder / "progress.png", suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)

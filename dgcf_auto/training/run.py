@@ -1,0 +1,138 @@
+"""`dgcf_train` end to end: find the preprocessed data and the fold, settle the settings, train.
+
+Everything here is resolution and checking (clear errors before any work starts); the training itself is
+`DGCFTrainer`. Works the same under torchrun, where every rank runs this and rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dgcf_auto import paths
+from dgcf_auto.atomic import read_json
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.training import checkpoint as ckpt
+from dgcf_auto.training.dataloading import open_case
+from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
+from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+from dgcf_auto.training.variants import effective_plans, get_trainer_variant
+
+CONFIGURATIONS = ("2d",)
+
+
+def parse_fold(text: str | int) -> int | str:
+    """'fold0', '0' or 'all' (nnU-Net's spellings)."""
+    value = str(text).strip().lower()
+    if value == "all":
+        return "all"
+    value = value.removeprefix("fold").removeprefix("_")
+    if not value.isdigit():
+        raise DGCFError(f"fold '{text}' is not valid: use e.g. fold0, 0 or all")
+    return int(value)
+
+
+def load_preprocessed(dataset: str | int, plans_name: str) -> tuple[Path, dict, list, Path]:
+    """(preprocessed dataset folder, plans, splits, folder of the 2d arrays)."""
+    folder = paths.preprocessed_dataset(dataset)
+    plans_file, splits_file = folder / f"{plans_name}.json", folder / "splits_final.json"
+    for file in (plans_file, splits_file):
+        if not file.is_file():
+            raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
+                            f"-d {paths.parse_dataset_id(folder.name)} first")
+    data_folder = folder / f"{plans_name}_2d"
+    if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
+        raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
+                        f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
+    return folder, read_json(plans_file), read_json(splits_file), data_folder
+
+
+def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[str], list[str]]:
+    if fold == "all":
+        names = sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
+        return names, []
+    if not 0 <= fold < len(splits):
+        raise DGCFError(f"fold {fold} does not exist: {splits_file} has {len(splits)} folds "
+                        f"(0-{len(splits) - 1}) or use 'all'")
+    return list(splits[fold]["train"]), list(splits[fold]["val"])
+
+
+def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = "DGCFTrainer",
+                 plans_name: str = "DGCFPlans", device: str | None = None, continue_training: bool = False,
+                 epochs: int | None = None, batch_size: int | None = None,
+                 iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
+                 val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
+                 dinov3_random: bool = False) -> Path:
+    """Train one fold; returns the output folder. Raises DGCFError for every user-fixable problem."""
+    if configuration not in CONFIGURATIONS:
+        raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
+    variant = get_trainer_variant(trainer_name)
+    fold = parse_fold(fold)
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size),
+                        ("--iterations-per-epoch", iterations_per_epoch), ("--val-every", val_every)):
+        if value is not None and value < 1:
+            raise DGCFError(f"{name} must be at least 1, got {value}")
+    folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
+    train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
+    output = paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold)
+
+    latest, final = output / "checkpoint_latest.pth", output / "checkpoint_final.pth"
+    resume_state = None
+    if continue_training and latest.is_file():
+        resume_state = ckpt.load_checkpoint(latest)
+        recorded = resume_state["plans"]["training"]  # a resumed run keeps its recorded settings
+        epochs = epochs or recorded["epochs"]
+        batch_size = batch_size or recorded["batch_size"]
+        iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
+    overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
+    run_plans = effective_plans(plans, variant, overrides)
+    train_cases = [open_case(data_folder, n) for n in train_names]
+    val_cases = [open_case(data_folder, n) for n in val_names]
+    training = run_plans["training"]
+    if not training.get("iterations_per_epoch"):
+        # the fallback definition: one epoch shows as many slices as the fold's training set holds
+        total = sum(len(c.source) for c in train_cases)
+        training["iterations_per_epoch"] = max(1, math.ceil(total / training["batch_size"]))
+    settings = TrainingSettings(epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
+                                iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
+                                num_workers=num_workers, val_every=val_every, compile=compile,
+                                dinov3_weights=dinov3_weights, dinov3_random=dinov3_random)
+    if resume_state is not None:
+        ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
+        if final.is_file() and resume_state["epoch"] >= settings.epochs:
+            print(f"dgcf_train: {output} already finished {settings.epochs} epochs (checkpoint_final.pth); "
+                  f"nothing to do (pass a larger --epochs to train on)")
+            return output
+
+    ctx = init_distributed(device or ("cuda" if _cuda() else "cpu"))
+    try:
+        trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
+                              resolve_device(device, ctx), ctx,
+                              run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
+                                        "configuration": configuration,
+                                        "command_line_overrides": {k: v for k, v in overrides.items() if v}})
+        if ctx.is_main:
+            _announce_start(output, continue_training, resume_state is not None)
+        trainer.initialize()
+        if resume_state is not None:
+            trainer.load_checkpoint(latest, resume_state)
+        trainer.run()
+    finally:
+        shutdown_distributed(ctx)
+    return output
+
+
+def _announce_start(output: Path, continue_training: bool, resuming: bool) -> None:
+    if continue_training and not resuming:
+        print(f"dgcf_train: --c given but {output / 'checkpoint_latest.pth'} does not exist; starting from scratch")
+    if not resuming:  # a fresh run must not leave an old run's final/best beside its own new files
+        stale = [f for f in ("checkpoint_final.pth", "checkpoint_best.pth") if (output / f).is_file()]
+        for name in stale:
+            (output / name).unlink()
+        if stale:
+            print(f"dgcf_train: starting over in {output}; removed the previous run's {', '.join(stale)} "
+                  f"(use --c to continue a run instead)")
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()

@@ -1,0 +1,37 @@
+"""Shared tiny settings for tests/test_network.py and tests/test_losses.py (not a test module itself)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from dgcf_auto.network import build_dinov3
+
+TINY_VIT_KWARGS = {"embed_dim": 48, "depth": 4, "num_heads": 2}
+TINY_DINOV3_CFG = {"model": "vit_base_patch16_dinov3", "layers": [1, 2, 3, 4], "model_kwargs": TINY_VIT_KWARGS}
+TINY_FEATURES = [8, 16, 32, 64]
+
+
+def tiny_dinov3(seed: int = 0):
+    """A randomly initialised 4-block, 48-wide DINOv3 (same timm class as ViT-B/16), warning silenced."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_dinov3(TINY_DINOV3_CFG, random=True)
+
+
+def to_meta_keys(timm_state: dict, num_heads: int) -> dict:
+    """Inverse of timm's eva.checkpoint_filter_fn: timm keys -> Meta's original DINOv3 release keys."""
+    meta = {}
+    embed = timm_state["cls_token"].shape[-1]
+    for key, value in timm_state.items():
+        key = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma")
+        meta[key.replace("gamma_2", "ls2.gamma")] = value.clone()
+        if key.endswith("attn.qkv.weight"):  # Meta's ViT-B has a (zero, K-masked) qkv bias
+            meta[key.replace("weight", "bias")] = torch.zeros(3 * embed)
+            mask = torch.ones(3 * embed)
+            mask[embed:2 * embed] = 0
+            meta[key.replace("weight", "bias_mask")] = mask
+    meta["mask_token"] = torch.zeros(1, embed)
+    meta["rope_embed.periods"] = torch.rand(embed // num_heads // 4)
+    return meta
