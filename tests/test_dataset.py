@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -158,7 +157,7 @@ FAULTS = {
                                      (c / "mr.nii.gz").unlink()), "file mr.mha: 1 NaN/inf voxels"),
     "all-zero mask": (lambda c: _rewrite(c / "mask.nii.gz", lambda im: im * 0), "file mask.nii.gz: mask is empty"),
     "2D image": (lambda c: _rewrite(c / "ct.nii.gz", lambda im: im[:, :, 2]), "file ct.nii.gz: is 2D"),
-    "corrupt nii.gz": (lambda c: (c / "ct.nii.gz").write_bytes(os.urandom(400)), "file ct.nii.gz: cannot be read"),
+    "corrupt nii.gz": (lambda c: (c / "ct.nii.gz").write_bytes(b"not a nifti file " * 25), "file ct.nii.gz: cannot be read"),
     "truncated nii.gz": (lambda c: (c / "mask.nii.gz").write_bytes((c / "mask.nii.gz").read_bytes()[:-300]),
                          "file mask.nii.gz: is truncated or corrupt"),
 }

@@ -110,11 +110,13 @@ def test_metric_input_errors():
         metrics.evaluate_pair(ct, sct[:, :30], mask)
 
 
-def test_summarize_mean_std_skips_nan():
-    per_case = {"a": {"mae": 10.0, "mae_bone": math.nan}, "b": {"mae": 20.0, "mae_bone": 4.0}}
+def test_summarize_mean_std_skips_non_finite():
+    per_case = {"a": {"mae": 10.0, "mae_bone": math.nan, "psnr": math.inf},
+                "b": {"mae": 20.0, "mae_bone": 4.0, "psnr": 30.0}, "c": {"mae": 30.0, "psnr": 36.0}}
     out = metrics.summarize(per_case)
-    assert out["mean"]["mae"] == 15.0 and out["std"]["mae"] == 5.0
+    assert out["mean"]["mae"] == 20.0 and out["std"]["mae"] == pytest.approx(math.sqrt(200 / 3))
     assert out["mean"]["mae_bone"] == 4.0 and out["n"]["mae_bone"] == 1
+    assert out["mean"]["psnr"] == 33.0 and out["std"]["psnr"] == 3.0 and out["n"]["psnr"] == 2
 
 
 # ---------------------------------------------------------------- SegScore
@@ -208,7 +210,7 @@ def run_cli(module, argv, capsys):
 def test_evaluate_cli_end_to_end(folders, capsys):
     out = folders / "summary.json"
     code, stdout, _ = run_cli(evaluate_cli, ["-ref", str(folders / "ref"), "-pred", str(folders / "pred"),
-                                             "-o", str(out), "--png", str(folders / "png")], capsys)
+                                             "-o", str(out), "--png", str(folders / "png"), "-np", "2"], capsys)
     assert code == 0 and "case1" in stdout and "mean" in stdout
     summary = json.loads(out.read_text())
     rows = {row["case"]: row["metrics"] for row in summary["metric_per_case"]}
@@ -325,3 +327,30 @@ def test_save_case_figure_and_visualize_cli(folders, capsys):
     code, _, err = run_cli(visualize_cli, ["-i", str(folders / "ref" / "case1"), "-sct",
                                            str(folders / "pred"), "-o", str(folders / "x.png")], capsys)
     assert code == 1 and "not a file" in err and not (folders / "x.png").exists()
+
+
+def test_totalsegmentator_segmenter_round_trip_keeps_grid(tmp_path, monkeypatch):
+    """The real segmenter's plumbing (sitk -> NIfTI -> TotalSegmentator API -> sitk) with a stand-in model."""
+    import nibabel as nib
+    import totalsegmentator.python_api
+
+    calls = []
+
+    def fake_totalsegmentator(input, output, **kwargs):
+        calls.append(kwargs)
+        image = nib.load(str(input))
+        return nib.Nifti1Image((np.asarray(image.dataobj) > 500).astype(np.uint8) * 25, image.affine)
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path))
+    monkeypatch.setattr(segscore, "check_weights", lambda fast=False: None)
+    monkeypatch.setattr(totalsegmentator.python_api, "totalsegmentator", fake_totalsegmentator)
+    ct = np.full((6, 7, 8), -1000, np.int16)
+    ct[1:3, 2:6, 0:3] = 1000
+    image = sitk.GetImageFromArray(ct)
+    image.SetDirection(FLIP_Y)
+    image.SetSpacing(SPACING)
+    labels = segscore.TotalSegmentatorSegmenter(device="cpu")(image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), (ct > 500) * 25)
+    assert labels.GetDirection() == image.GetDirection()
+    assert calls[0]["task"] == "total" and calls[0]["ml"] is True and calls[0]["device"] == "cpu"
+    assert json.loads((tmp_path / "config.json").read_text())["send_usage_stats"] is False

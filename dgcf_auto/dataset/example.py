@@ -157,9 +157,10 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
     scale = min(half_x, half_y / 0.8) * rng.uniform(0.8, 0.9)   # body half-width in mm
     aspect = rng.uniform(0.68, 0.8)                             # body AP / LR
     cx, cy = rng.uniform(-0.04, 0.04, 2) * scale
-    u = ((x - cx) / scale)[None, None, :]
-    v = ((y - cy) / scale)[None, :, None]
-    t = (z / scale)[:, None, None]
+    # float32 keeps the full-volume arithmetic below fast at large size_scale.
+    u = ((x - cx) / scale).astype(np.float32)[None, None, :]
+    v = ((y - cy) / scale).astype(np.float32)[None, :, None]
+    t = (z / scale).astype(np.float32)[:, None, None]
     coords = {"u": u, "v": v, "t": t, "aspect": aspect}
 
     def ellipsoid(c, axes):
@@ -214,7 +215,7 @@ def _simulate_ct(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     hu[AIR] = -1000.0
     ct = hu[labels].astype(np.float32)
     ct = ndimage.gaussian_filter(ct, sigma=(0.3, 0.6, 0.6))      # partial volume at edges
-    ct += rng.normal(0, 8.0, ct.shape).astype(np.float32)
+    ct += 8.0 * rng.standard_normal(ct.shape, dtype=np.float32)
     return np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
 
 
@@ -225,12 +226,12 @@ def _simulate_mr(rng: np.random.Generator, labels: np.ndarray, coords: dict) -> 
     u, v, t = coords["u"], coords["v"], coords["t"]
     a = rng.normal(0, 0.15, 6)
     bias = np.exp(a[0] * u + a[1] * v + a[2] * t + a[3] * u * u + a[4] * v * v + a[5] * u * v)
-    mr = mr * bias.astype(np.float32)
+    mr = mr * bias.astype(np.float32)  # broadcasts to the volume
     sigma = 0.02 * float(signal.max())
     # Rician noise: magnitude of a complex signal with Gaussian noise on both channels.
-    real = mr + rng.normal(0, sigma, mr.shape)
-    imag = rng.normal(0, sigma, mr.shape)
-    return np.sqrt(real * real + imag * imag).astype(np.float32)
+    real = mr + sigma * rng.standard_normal(mr.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(mr.shape, dtype=np.float32)
+    return np.sqrt(real * real + imag * imag, dtype=np.float32)
 
 
 def _simulate_cbct(rng: np.random.Generator, ct: np.ndarray, labels: np.ndarray, coords: dict) -> np.ndarray:
@@ -248,6 +249,6 @@ def _simulate_cbct(rng: np.random.Generator, ct: np.ndarray, labels: np.ndarray,
         streaks += rng.choice([-1, 1]) * rng.uniform(40, 120) * np.exp(-(distance / 0.03) ** 2)
     weight = np.exp(-((t + 0.22) / 0.25) ** 2)                  # strongest at the femoral heads
     cbct += (streaks * weight).astype(np.float32)
-    noise = ndimage.gaussian_filter(rng.normal(0, 1, cbct.shape), sigma=(0, 0.7, 0.7))
+    noise = ndimage.gaussian_filter(rng.standard_normal(cbct.shape, dtype=np.float32), sigma=(0, 0.7, 0.7))
     cbct += (noise / noise.std() * rng.uniform(15, 35)).astype(np.float32)
     return np.clip(np.rint(cbct), -1024, 3071).astype(np.int16)

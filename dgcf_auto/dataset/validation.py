@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dgcf_auto.dataset.discovery import Case, case_folders, expected_names, find_cases, mixed_task_message
+from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
 from dgcf_auto.dataset.nifti_raw import nifti_voxel_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image
@@ -149,4 +149,4 @@ def validate_dataset(dataset_dir: str | os.PathLike, require_ct: bool = True, re
     return cases
 
 
-__all__ = ["validate_cases", "validate_case", "validate_dataset", "load_case", "case_folders"]
+__all__ = ["validate_cases", "validate_case", "validate_dataset", "load_case"]

@@ -39,14 +39,14 @@ class EvalCase:
     source: Path | None = None
 
 
-def _one_image(folder: Path, stem: str, case: str) -> Path | None:
+def one_image(folder: Path, stem: str, case: str) -> Path | None:
     found = find_image(folder, stem)
     if len(found) > 1:
         raise DGCFError(f"case {case}: several files for '{stem}' in {folder} ({', '.join(p.name for p in found)})")
     return found[0] if found else None
 
 
-def _flat_images(folder: Path) -> dict[str, Path]:
+def flat_images(folder: Path) -> dict[str, Path]:
     """{case: file} of `<case>.{nii.gz,nii,mha}` directly in `folder`; a DGCFError on duplicates."""
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -68,15 +68,15 @@ def _check_folder(folder, what: str) -> Path:
 def find_reference_cases(ref_dir) -> dict[str, EvalCase]:
     """Reference CTs by case name, from case folders and flat files (a DGCFError if there are none)."""
     ref_dir = _check_folder(ref_dir, "reference")
-    cases = {name: EvalCase(name, path) for name, path in _flat_images(ref_dir).items()}
+    cases = {name: EvalCase(name, path) for name, path in flat_images(ref_dir).items()}
     for sub in sorted(p for p in ref_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        ct = _one_image(sub, "ct", sub.name)
+        ct = one_image(sub, "ct", sub.name)
         if ct is None:
             continue
         if sub.name in cases:
             raise DGCFError(f"case {sub.name}: both {cases[sub.name].ct.name} and {sub.name}/{ct.name} in {ref_dir}")
-        source = next((p for stem in SOURCE_STEMS if (p := _one_image(sub, stem, sub.name))), None)
-        cases[sub.name] = EvalCase(sub.name, ct, mask=_one_image(sub, "mask", sub.name), source=source)
+        source = next((p for stem in SOURCE_STEMS if (p := one_image(sub, stem, sub.name))), None)
+        cases[sub.name] = EvalCase(sub.name, ct, mask=one_image(sub, "mask", sub.name), source=source)
     if not cases:
         raise DGCFError(f"reference folder {ref_dir}: no CT images (expected <case>/ct.nii.gz or "
                         f"<case>{{{','.join(IMAGE_SUFFIXES)}}})")
@@ -86,9 +86,9 @@ def find_reference_cases(ref_dir) -> dict[str, EvalCase]:
 def find_masks(mask_dir) -> dict[str, Path]:
     """Masks by case name: `<case>.nii.gz` or `<case>/mask.nii.gz`."""
     mask_dir = _check_folder(mask_dir, "mask")
-    masks = _flat_images(mask_dir)
+    masks = flat_images(mask_dir)
     for sub in sorted(p for p in mask_dir.iterdir() if p.is_dir()):
-        found = _one_image(sub, "mask", sub.name)
+        found = one_image(sub, "mask", sub.name)
         if found is not None and sub.name not in masks:
             masks[sub.name] = found
     return masks
@@ -98,7 +98,7 @@ def match_cases(ref_dir, pred_dir, mask_dir=None, warn=None) -> list[EvalCase]:
     """Reference cases that have a prediction; warns about the others; a DGCFError when none match."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     refs = find_reference_cases(ref_dir)
-    preds = _flat_images(_check_folder(pred_dir, "prediction"))
+    preds = flat_images(_check_folder(pred_dir, "prediction"))
     if not preds:
         raise DGCFError(f"prediction folder {pred_dir}: no images (expected <case>{{{','.join(IMAGE_SUFFIXES)}}})")
     common = [name for name in refs if name in preds]

@@ -194,18 +194,18 @@ def evaluate_pair(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = Non
 
 
 def summarize(per_case: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """{"mean": {metric: value}, "std": {...}, "n": {...}} over cases; NaN values (absent tissue) are left out.
+    """{"mean": {metric: value}, "std": {...}, "n": {...}} over cases.
 
-    std is the population standard deviation (numpy's default, ddof=0), as nnU-Net's summary.
+    Non-finite values (NaN for an absent tissue class, +inf PSNR of a perfect case) are left out; "n" counts
+    the cases each mean covers. std is the population standard deviation (numpy's default, ddof=0).
     """
     names = list(dict.fromkeys(k for metrics in per_case.values() for k in metrics))
     out: dict[str, dict[str, float]] = {"mean": {}, "std": {}, "n": {}}
     for name in names:
         values = np.array([metrics[name] for metrics in per_case.values()
                            if name in metrics and metrics[name] is not None], dtype=np.float64)
-        values = values[~np.isnan(values)]
+        values = values[np.isfinite(values)]
         out["n"][name] = int(values.size)
-        with np.errstate(invalid="ignore"):  # inf - inf in std when a PSNR is +inf
-            out["mean"][name] = float(values.mean()) if values.size else math.nan
-            out["std"][name] = float(values.std()) if values.size else math.nan
+        out["mean"][name] = float(values.mean()) if values.size else math.nan
+        out["std"][name] = float(values.std()) if values.size else math.nan
     return out

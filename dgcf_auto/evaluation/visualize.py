@@ -6,13 +6,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.evaluation.evaluate import SOURCE_STEMS, _flat_images, _one_image
+from dgcf_auto.evaluation.evaluate import SOURCE_STEMS, flat_images, one_image
 from dgcf_auto.evaluation.report import save_case_figure
 from dgcf_auto.imageio import geometry_mismatch, read_image, strip_suffix
 
 
 def _is_case_folder(folder: Path) -> bool:
-    return any(_one_image(folder, stem, folder.name) for stem in ("ct", *SOURCE_STEMS))
+    return any(one_image(folder, stem, folder.name) for stem in ("ct", *SOURCE_STEMS))
 
 
 def _figure(case: str, source, sct, ct, mask, out: Path) -> Path:
@@ -26,9 +26,9 @@ def _figure(case: str, source, sct, ct, mask, out: Path) -> Path:
 
 
 def _case_files(folder: Path, ref=None, mask=None):
-    source = next((p for stem in SOURCE_STEMS if (p := _one_image(folder, stem, folder.name))), None)
-    ct = Path(ref) if ref else _one_image(folder, "ct", folder.name)
-    mask = Path(mask) if mask else _one_image(folder, "mask", folder.name)
+    source = next((p for stem in SOURCE_STEMS if (p := one_image(folder, stem, folder.name))), None)
+    ct = Path(ref) if ref else one_image(folder, "ct", folder.name)
+    mask = Path(mask) if mask else one_image(folder, "mask", folder.name)
     return source, ct, mask
 
 
@@ -49,7 +49,7 @@ def visualize(inp, sct, output, ref=None, mask=None) -> list[Path]:
         raise DGCFError(f"sCT {sct}: not a folder (a folder of cases takes a folder of sCT images)")
     if ref or mask:
         raise DGCFError("-ref and -mask apply to a single case; a folder of cases uses each case's ct and mask")
-    preds = _flat_images(sct)
+    preds = flat_images(sct)
     cases = sorted(p for p in inp.iterdir() if p.is_dir() and p.name in preds and _is_case_folder(p))
     if not cases:
         raise DGCFError(f"no case folder in {inp} has an sCT in {sct} (expected {sct}/<case>.nii.gz)")

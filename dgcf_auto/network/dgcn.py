@@ -14,7 +14,7 @@ DINOv3 block 3i (the FrozenDINOv3's configured layers, in order). The CNN encode
 256, 512 in the paper), max-pooling between them, and a UNet bottleneck of 2 x C_L channels at H/16; the
 symmetric decoder upsamples with 2x2 transposed convolutions. The head is a plain 1x1 convolution (no tanh):
 targets are CT in [-1, 1] with much air at exactly -1, which tanh could only reach with unbounded
-pre-activations; prediction clamps to [-1, 1] instead.
+pre-activations; the predictor clips the de-normalised HU instead.
 """
 from __future__ import annotations
 

@@ -24,16 +24,18 @@ CT_AIR_HU = -1024.0
 
 
 def _to_unit(x: np.ndarray, low: float, high: float) -> np.ndarray:
-    """[low, high] -> [-1, 1] after clipping, in float32."""
+    """[low, high] -> [-1, 1] after clipping, in float32 (centre/half-width form: the ends map exactly)."""
+    mid, half = np.float32(0.5 * (low + high)), np.float32(0.5 * (high - low))
     x = np.clip(np.asarray(x, dtype=np.float32), low, high)
-    return ((x - low) * (2.0 / (high - low)) - 1.0).astype(np.float32, copy=False)
+    return np.clip((x - mid) / half, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def _from_unit(x: np.ndarray, low: float, high: float, clip: bool = True) -> np.ndarray:
+    mid, half = np.float32(0.5 * (low + high)), np.float32(0.5 * (high - low))
     x = np.asarray(x, dtype=np.float32)
     if clip:
         x = np.clip(x, -1.0, 1.0)
-    return ((x + 1.0) * (0.5 * (high - low)) + low).astype(np.float32, copy=False)
+    return (x * half + mid).astype(np.float32, copy=False)
 
 
 def normalize_ct(hu: np.ndarray, clip_low: float = -1024.0, clip_high: float = 2000.0) -> np.ndarray:

@@ -1,0 +1,207 @@
+"""Normalisation and slicing round trips, the CT inverse (issue item 9), the command end to end, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dgcf_auto.cli.plan_and_preprocess import main
+from dgcf_auto.dataset.discovery import find_cases
+from dgcf_auto.dataset.example import make_example_dataset
+from dgcf_auto.dataset.validation import load_case
+from dgcf_auto.imageio import geometry
+from dgcf_auto.planning.fingerprint import extract_fingerprint
+from dgcf_auto.planning.planner import plan_experiment
+from dgcf_auto.preprocessing.normalization import (denormalize_ct, denormalize_source, normalize_ct,
+                                                   normalize_source)
+from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+from dgcf_auto.preprocessing.slicing import (canonical_frame, from_slice_grid, slice_grid_reference,
+                                             to_slice_grid)
+
+GEOMETRY = ("GetSize", "GetSpacing", "GetOrigin", "GetDirection")
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
+    return all(getattr(a, g)() == getattr(b, g)() for g in GEOMETRY)
+
+
+def test_ct_normalisation_round_trip():
+    hu = np.array([-2000, -1024, -500, 0, 1000, 2000, 3000], np.float32)
+    x = normalize_ct(hu, -1024, 2000)
+    assert x.min() == -1.0 and x.max() == 1.0 and x.dtype == np.float32
+    np.testing.assert_allclose(denormalize_ct(x, -1024, 2000), np.clip(hu, -1024, 2000), atol=1e-3)
+    assert denormalize_ct(np.array([1.3]), -1024, 2000)[0] == pytest.approx(2000)  # clipped to the window
+
+
+def test_source_normalisation_percentile_and_window():
+    rng = np.random.default_rng(0)
+    mr = rng.uniform(0, 1000, (4, 8, 8)).astype(np.float32)
+    mask = np.zeros(mr.shape, np.uint8)
+    mask[:, 2:6, 2:6] = 1
+    mr[mask == 0] = 0.0  # background must not pull the percentile down
+    x, params = normalize_source(mr, mask, {"scheme": "percentile", "percentile": 99.0, "clip_max": 1.0})
+    assert params["value"] == pytest.approx(np.percentile(mr[mask > 0], 99)) and params["computed_on"] == "mask"
+    assert x.min() == -1.0 and x.max() == 1.0
+    below = mr <= params["value"]
+    np.testing.assert_allclose(denormalize_source(x, params)[below], mr[below], rtol=1e-5, atol=1e-2)
+    cbct = np.array([-1500, -1024, 0, 500, 2500], np.float32)
+    y, wparams = normalize_source(cbct, None, {"scheme": "window", "clip_low": -1024, "clip_high": 2000})
+    np.testing.assert_allclose(y, normalize_ct(cbct, -1024, 2000))
+    np.testing.assert_allclose(denormalize_source(y, wparams), np.clip(cbct, -1024, 2000), atol=1e-3)
+
+
+def oblique_volume(spacing_in_plane=(0.8, 0.8)) -> sitk.Image:
+    """Odd size, anisotropic spacing, flipped + permuted + slightly rotated axes."""
+    rng = np.random.default_rng(1)
+    image = sitk.GetImageFromArray(rng.normal(0, 100, (9, 31, 27)).astype(np.float32))  # (z, y, x)
+    a = np.deg2rad(5)
+    rotation = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    permutation = np.array([[0, -1, 0], [1, 0, 0], [0, 0, -1]], float)  # x->A, y->L, z->I
+    image.SetDirection((rotation @ permutation).ravel().tolist())
+    image.SetSpacing((spacing_in_plane[0], spacing_in_plane[1], 3.1))
+    image.SetOrigin((12.5, -40.25, 7.0))
+    return image
+
+
+def test_canonical_frame_equals_dicom_orient():
+    image = oblique_volume()
+    for code in ("LPS", "LIP", "PIL"):
+        oriented = sitk.DICOMOrient(image, code)
+        frame = canonical_frame(image, code)
+        np.testing.assert_allclose(frame["direction"].ravel(), oriented.GetDirection(), atol=1e-12)
+        np.testing.assert_allclose(frame["origin"], oriented.GetOrigin(), atol=1e-9)
+        assert tuple(frame["size"]) == oriented.GetSize()
+
+
+@pytest.mark.parametrize("spacing", [0.8, 1.3])
+def test_slicing_round_trip_keeps_geometry(spacing):
+    image = oblique_volume()
+    grid = {"orientation": "LPS", "patch_size": [48, 48], "inplane_spacing": [spacing, spacing]}
+    reference = slice_grid_reference(image, None, grid)
+    assert reference.GetSize()[2] == 9 and reference.GetSpacing()[2] == pytest.approx(3.1)
+    slices = to_slice_grid(image, reference, sitk.sitkLinear, 0.0)
+    assert sitk.GetArrayViewFromImage(slices).shape == (9, 48, 48)
+    back = from_slice_grid(slices, geometry(image), sitk.sitkLinear, 0.0)
+    assert same_geometry(back, image)
+    if spacing == 0.8:  # same spacing: the snapped grid copies voxels, the round trip is exact
+        np.testing.assert_allclose(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def mr_dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("raw") / "Dataset997_PreMR"
+    make_example_dataset(folder, "mr2ct", n=4, seed=5)
+    cases = find_cases(folder)
+    plans = plan_experiment(extract_fingerprint(cases, progress=False), folder.name)
+    return cases, plans
+
+
+def test_restore_ct_recovers_geometry_and_hu(mr_dataset):
+    """Issue item 9: preprocess a case's CT, invert it, compare on the original grid."""
+    cases, plans = mr_dataset
+    window = plans["ct_normalization"]
+    for case in cases:  # includes an RAS-stored and a rotated case
+        source, ct, mask = load_case(case)
+        result = preprocess_case(source, ct, mask, plans, case.name)
+        assert result.ct.shape == result.source.shape == result.mask.shape
+        assert result.ct.shape[1:] == tuple(plans["configurations"]["2d"]["patch_size"])
+        assert result.ct.min() >= -1 and result.ct.max() <= 1 and result.mask.dtype == np.uint8
+        restored = restore_ct(result.ct, result.properties, plans)
+        assert same_geometry(restored, ct) and restored.GetPixelID() == sitk.sitkFloat32
+        reference = np.clip(sitk.GetArrayFromImage(ct), window["clip_low"], window["clip_high"])
+        inside = sitk.GetArrayFromImage(mask) > 0
+        mae = float(np.abs(sitk.GetArrayFromImage(restored) - reference)[inside].mean())
+        print(f"{case.name}: spacing {ct.GetSpacing()[0]:.3f} -> {plans['configurations']['2d']['inplane_spacing'][0]:.3f}"
+              f" mm, HU MAE inside mask after round trip {mae:.2f}")
+        assert mae < 20.0
+        json.dumps(result.properties)  # properties must be JSON-serialisable
+
+
+def test_prediction_without_mask_or_ct(mr_dataset):
+    cases, plans = mr_dataset
+    source, _, _ = load_case(cases[0])
+    result = preprocess_case(source, None, None, plans, cases[0].name)
+    assert result.ct is None and result.mask.any() and result.properties["has_ct"] is False
+    restored = restore_ct(np.zeros_like(result.source), result.properties, plans)
+    assert same_geometry(restored, source)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for var in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    return tmp_path
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_command_end_to_end_and_idempotent(env, capsys):
+    make_example_dataset(env / "DGCF_raw" / "Dataset996_CBCT", "cbct2ct", n=3, seed=2)
+    code, out, _ = run_cli(["-d", "996", "-np", "2", "-q", "--patch-size", "96", "96"], capsys)
+    assert code == 0 and "preprocessed 3 case(s), 0 up to date" in out
+    folder = env / "DGCF_preprocessed" / "Dataset996_CBCT"
+    for name in ("dataset.json", "dataset_fingerprint.json", "DGCFPlans.json", "splits_final.json"):
+        assert (folder / name).is_file()
+    plans = json.loads((folder / "DGCFPlans.json").read_text())
+    assert plans["overrides"] == {"patch_size": [96, 96]} and plans["source_normalization"]["scheme"] == "window"
+    data = folder / "DGCFPlans_2d"
+    ct = np.load(data / "2PA001_ct.npy", mmap_mode="r")
+    assert ct.shape[1:] == (96, 96) and ct.dtype == np.float32
+    assert np.load(data / "2PA001_mask.npy", mmap_mode="r").dtype == np.uint8
+    assert json.loads((data / "2PA001.json").read_text())["case"] == "2PA001"
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+
+    code, out, _ = run_cli(["-d", "996", "-q", "--patch-size", "96", "96"], capsys)
+    assert code == 0 and "preprocessed 0 case(s), 3 up to date" in out
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == stamps
+
+    os.utime(env / "DGCF_raw" / "Dataset996_CBCT" / "2PA002" / "cbct.nii.gz")  # an input changed
+    code, out, _ = run_cli(["-d", "996", "-q", "--patch-size", "96", "96", "-np", "1"], capsys)
+    assert "preprocessed 1 case(s), 2 up to date" in out
+
+    code, out, _ = run_cli(["-d", "996", "-q", "--patch-size", "96", "96", "-np", "1", "--overwrite"], capsys)
+    assert code == 0 and "preprocessed 3 case(s), 0 up to date" in out
+
+
+def preprocessed_is_empty(env) -> bool:
+    root = env / "DGCF_preprocessed"
+    return not root.exists() or not any(root.rglob("*"))
+
+
+def test_bad_input_unknown_duplicate_and_empty(env, capsys):
+    code, _, err = run_cli(["-d", "5", "-q"], capsys)
+    assert code == 1 and "dataset 5" in err and "Traceback" not in err
+    (env / "DGCF_raw" / "Dataset007_A").mkdir(parents=True)
+    (env / "DGCF_raw" / "Dataset007_B").mkdir()
+    code, _, err = run_cli(["-d", "7", "-q"], capsys)
+    assert code == 1 and "Dataset007_A" in err and "Dataset007_B" in err
+    (env / "DGCF_raw" / "Dataset008_Empty").mkdir()
+    code, _, err = run_cli(["-d", "8", "-q"], capsys)
+    assert code == 1 and "no cases found" in err
+    assert preprocessed_is_empty(env)
+
+
+def test_bad_input_one_invalid_case_writes_nothing(env, capsys):
+    raw = env / "DGCF_raw" / "Dataset995_Bad"
+    make_example_dataset(raw, "mr2ct", n=3, seed=4)
+    (raw / "1PA002" / "ct.nii.gz").unlink()
+    mask = sitk.ReadImage(str(raw / "1PA003" / "mask.nii.gz"))
+    sitk.WriteImage(mask * 0, str(raw / "1PA003" / "mask.nii.gz"))
+    code, _, err = run_cli(["-d", "995", "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err
+    assert any("1PA002" in line and "ct" in line for line in lines)
+    assert any("1PA003" in line and "mask" in line for line in lines)
+    assert preprocessed_is_empty(env)
+    code, _, err = run_cli(["-d", "995", "-q", "--patch-size", "90", "96"], capsys)  # bad override: nothing
+    assert code == 1 and "multiple of 16" in err and preprocessed_is_empty(env)
+    shutil.rmtree(raw)

@@ -1,0 +1,227 @@
+"""The trainer: data loading, optimisation, checkpoints, resume, torchrun (gloo), clear errors.
+
+Tiny settings throughout: 4 example cases at 32 x 32, UNet features 8..64, a 4-block 48-wide DINOv3 with
+random weights, a few iterations per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dgcf_auto.cli.train import main as train_main
+from dgcf_auto.training import checkpoint as ckpt
+from dgcf_auto.training.dataloading import SliceDataLoader, make_batch_stream, close_batch_stream, open_case
+from dgcf_auto.training.run import load_preprocessed, run_training
+from dgcf_auto.training.variants import TRAINERS, effective_plans
+
+torch.set_num_threads(1)
+TINY = {"epochs": 2, "iterations_per_epoch": 3, "dinov3_random": True, "device": "cpu", "num_workers": 0}
+FOLD0_FILES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth", "progress.png",
+               "training_config.json")
+
+
+@pytest.fixture(scope="module")
+def data_env(tmp_path_factory):
+    """Example MR dataset 999, planned and preprocessed at 32 x 32, plans edited to a tiny ViT."""
+    from dgcf_auto.dataset.example import make_example_dataset
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("train_data")
+    env = {"DGCF_raw": str(root / "raw"), "DGCF_preprocessed": str(root / "pre"), "DGCF_results": str(root / "res")}
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    make_example_dataset(root / "raw" / "Dataset999_Example", "mr2ct", n=4, seed=0, size_scale=0.5)
+    plan_and_preprocess(999, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
+                        progress=False)
+    plans_file = root / "pre" / "Dataset999_Example" / "DGCFPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["network"]["dinov3"].update(layers=[1, 2, 3, 4],
+                                      model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})
+    plans["training"]["mldp_layers"] = [1, 2, 3, 4]
+    plans_file.write_text(json.dumps(plans))
+    yield root, env
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def trained(data_env):
+    """A finished 2-epoch DGCFTrainer run on fold 0 (the reference for the resume test)."""
+    output = run_training(999, "2d", "fold0", seed=3, **TINY)
+    return output
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_fold_folder_has_every_output_and_checkpoints_load(trained):
+    for name in FOLD0_FILES:
+        assert (trained / name).is_file(), name
+    assert trained.parts[-3:] == ("Dataset999_Example", "DGCFTrainer__DGCFPlans__2d", "fold_0")
+    for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"):
+        state = load(trained / name)
+        assert state["trainer_name"] == "DGCFTrainer" and state["dinov3_source"] == "random"
+        assert state["plans"]["network"]["architecture"] == "cross_fusion"
+        assert any(k.startswith("dinov3.") or ".vit." in k for k in state["network_weights"])  # ViT included
+    final = load(trained / "checkpoint_final.pth")
+    assert final["epoch"] == 2 and final["plans"]["training"]["epochs"] == 2
+    history = final["logger"]["history"]
+    assert history["epoch"] == [0, 1] and all(v is not None and v > 0 for v in history["val_mae"])
+    assert final["dataloader_state"]["batches_done"] == [6]
+    config = json.loads((trained / "training_config.json").read_text())
+    assert config["dinov3_random"] is True and config["settings"]["iterations_per_epoch"] == 3
+    assert config["command_line_overrides"] == {"epochs": 2, "iterations_per_epoch": 3}
+    assert config["val_cases"] and not set(config["val_cases"]) & set(config["train_cases"])
+    log = next(trained.glob("training_log_*.txt")).read_text()
+    assert "epoch 1: train loss" in log and "val MAE" in log and "RANDOMLY INITIALISED" in log
+
+
+def test_training_loss_decreases_on_a_fixed_batch(data_env):
+    from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+
+    _, plans, _, data_folder = load_preprocessed(999, "DGCFPlans")
+    case = open_case(data_folder, "1PA002")
+    run_plans = effective_plans(plans, TRAINERS["DGCFTrainer"], {})
+    settings = TrainingSettings(epochs=1, batch_size=4, iterations_per_epoch=1, dinov3_random=True)
+    trainer = DGCFTrainer(TRAINERS["DGCFTrainer"], run_plans, settings, [case], [], data_env[0] / "scratch",
+                          torch.device("cpu"))
+    trainer.initialize()
+    batch = SliceDataLoader([case], 4, seed=1).make_batch(0)
+    losses = [trainer.train_step(batch)[0].item() for _ in range(12)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINERS if n != "DGCFTrainer"])
+def test_every_variant_trains_one_epoch(data_env, name):
+    output = run_training(999, "2d", "1", trainer_name=name, epochs=1, iterations_per_epoch=1,
+                          dinov3_random=True, device="cpu", num_workers=0)
+    state = load(output / "checkpoint_final.pth")
+    assert state["trainer_name"] == name and state["plans"]["training"]["mldp_weight"] == 0.0
+    assert state["plans"]["network"]["architecture"] == TRAINERS[name].architecture
+    assert np.isfinite(state["logger"]["history"]["train_loss"][0])
+
+
+def test_resume_continues_exactly_where_it_stopped(data_env, trained, monkeypatch, capsys):
+    monkeypatch.setenv("DGCF_results", str(data_env[0] / "res_resume"))
+    first = run_training(999, "2d", "0", seed=3, **{**TINY, "epochs": 1})
+    stopped = load(first / "checkpoint_latest.pth")
+    assert stopped["epoch"] == 1 and stopped["logger"]["history"]["epoch"] == [0]
+
+    from dgcf_auto.training.trainer import DGCFTrainer
+    seen = {}
+    original = DGCFTrainer.load_checkpoint
+
+    def spy(self, path, state=None):
+        original(self, path, state)
+        seen["epoch"], seen["optimizer"] = self.start_epoch, copy.deepcopy(self.optimizer.state_dict())
+    monkeypatch.setattr(DGCFTrainer, "load_checkpoint", spy)
+    run_training(999, "2d", "0", seed=3, continue_training=True, **{**TINY, "num_workers": 2})
+    assert seen["epoch"] == 1
+    for key, value in stopped["optimizer_state"]["state"][0].items():
+        assert torch.equal(seen["optimizer"]["state"][0][key], value)
+    resumed, reference = load(first / "checkpoint_final.pth"), load(trained / "checkpoint_final.pth")
+    assert resumed["logger"]["history"]["epoch"] == [0, 1]
+    assert resumed["logger"]["history"]["train_loss"] == reference["logger"]["history"]["train_loss"]
+    for key, value in reference["network_weights"].items():  # as if never stopped (and workers 0 vs 2)
+        assert torch.equal(resumed["network_weights"][key], value), key
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "0", "--c", "-device", "cpu", "--dinov3-random"])
+    assert exit_info.value.code == 0 and "already finished 2 epochs" in capsys.readouterr().out
+
+
+def test_data_stream_is_deterministic_and_worker_independent(data_env):
+    _, _, splits, data_folder = load_preprocessed(999, "DGCFPlans")
+    cases = [open_case(data_folder, n) for n in splits[0]["train"]]
+    batches = {}
+    for workers in (0, 2):
+        loader = SliceDataLoader(cases, 3, seed=7, rank=0, start_batch=5)
+        stream = make_batch_stream(loader, workers)
+        batches[workers] = [next(stream) for _ in range(4)]
+        close_batch_stream(stream)
+    for a, b in zip(batches[0], batches[2]):
+        assert a["batch_number"] == b["batch_number"]
+        assert np.array_equal(a["source"], b["source"]) and np.array_equal(a["ct"], b["ct"])
+    assert [b["batch_number"] for b in batches[0]] == [5, 6, 7, 8]
+    assert batches[0][0]["source"].shape == (3, 1, 32, 32) and batches[0][0]["ct"].dtype == np.float32
+    other_rank = SliceDataLoader(cases, 3, seed=7, rank=1).make_batch(5)
+    assert not np.array_equal(other_rank["source"], batches[0][0]["source"])
+    # foreground fraction 1: every sampled slice shows body
+    loader = SliceDataLoader(cases, 64, seed=0, foreground_fraction=1.0)
+    picks = loader.sample_slices(np.random.default_rng(0))
+    assert set(picks) <= set(loader.foreground_slices)
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    ckpt.seed_everything(11)
+    path = tmp_path / "rng.pth"
+    torch.save({"rng": ckpt.capture_rng_state()}, path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.restore_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_completes(data_env):
+    root, env = data_env
+    results = root / "res_ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "dgcf_auto.cli.train", "999", "2d", "0",
+               "--dinov3-random", "-device", "cpu", "--epochs", "1", "--iterations-per-epoch", "2",
+               "--num-workers", "0"]
+    proc = subprocess.run(command, env={**os.environ, **env, "DGCF_results": str(results), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fold = results / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
+    state = load(fold / "checkpoint_final.pth")
+    assert state["epoch"] == 1 and len(state["rng_state"]) == 2
+    assert state["dataloader_state"]["batches_done"] == [2, 2]
+    config = json.loads((fold / "training_config.json").read_text())
+    assert config["world_size"] == 2 and config["batch_size_per_process"] == 2
+    assert len(list(fold.glob("training_log_*.txt"))) == 1  # rank 0 alone writes
+
+
+def run_cli_error(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_clear_errors(data_env, trained, capsys, monkeypatch):
+    base = ["-device", "cpu", "--dinov3-random"]
+    err = run_cli_error(["998", "2d", "0"] + base, capsys)
+    assert "dgcf_train: error: dataset 998: not preprocessed" in err
+    err = run_cli_error(["999", "2d", "fold7"] + base, capsys)
+    assert "fold 7 does not exist" in err and "4 folds" in err
+    err = run_cli_error(["999", "2d", "0", "-tr", "NoSuchTrainer"] + base, capsys)
+    assert "unknown trainer 'NoSuchTrainer'" in err
+    err = run_cli_error(["999", "2d", "0", "--c", "--batch-size", "2", "--epochs", "5"] + base, capsys)
+    assert "different plans (training.batch_size)" in err
+    monkeypatch.setenv("DGCF_results", str(data_env[0] / "res_corrupt"))
+    broken = data_env[0] / "res_corrupt" / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
+    broken.mkdir(parents=True)
+    (broken / "checkpoint_latest.pth").write_bytes((trained / "checkpoint_latest.pth").read_bytes()[:5000])
+    err = run_cli_error(["999", "2d", "0", "--c"] + base, capsys)
+    assert "checkpoint_latest.pth is corrupt" in err
