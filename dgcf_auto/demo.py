@@ -1,0 +1,94 @@
+"""The demo pipeline behind `dgcf_demo`: every stage through its public function, nothing re-implemented."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from dgcf_auto.atomic import read_json
+from dgcf_auto.errors import DGCFError
+
+DEMO_DATASET_ID = 999
+DEMO_TRAINER = "DGCFTrainer"
+
+
+def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 4,
+             iterations_per_epoch: int = 25, patch_size=(64, 64), features=(16, 32, 64, 128),
+             device: str | None = None, dinov3_weights: str | None = None, overwrite: bool = False,
+             num_workers: int = 2) -> dict:
+    """Run every stage into `output`; returns the evaluation summary."""
+    from dgcf_auto.dataset.example import write_example_dataset
+    from dgcf_auto.evaluation.evaluate import evaluate_folders, format_table
+    from dgcf_auto.inference.model_loading import resolve_folds
+    from dgcf_auto.inference.predictor import SCTPredictor
+    from dgcf_auto.inference.run import predict_inputs
+    from dgcf_auto.inference.sources import collect_inputs
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+    from dgcf_auto.training.run import run_training
+
+    if num_cases < 5:
+        raise DGCFError(f"the demo needs at least 5 cases for its 7:1:2 split, got {num_cases}")
+    output = Path(output).resolve()
+    if overwrite and output.exists():
+        shutil.rmtree(output)
+    for variable in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
+        os.environ[variable] = str(output / variable)  # the demo never touches the user's own data folders
+    started = time.time()
+
+    _stage(1, "example dataset")
+    raw = output / "DGCF_raw"
+    existing = sorted(raw.glob(f"Dataset{DEMO_DATASET_ID:03d}_*")) if raw.is_dir() else []
+    raw_dataset = existing[0] if existing else write_example_dataset(DEMO_DATASET_ID, task, num_cases, seed=0)
+    _stage(2, "plan and preprocess (paper split 7:1:2)")
+    summary = plan_and_preprocess(DEMO_DATASET_ID, num_processes=2, split="paper",
+                                  overrides={"patch_size": list(patch_size), "features": list(features),
+                                             "epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
+    preprocessed = Path(summary["output_folder"])
+    split = read_json(preprocessed / "splits_final.json")[0]
+    _stage(3, f"train fold 0 ({epochs} epochs x {iterations_per_epoch} iterations)")
+    if dinov3_weights is None:
+        print("dgcf_demo: no --dinov3-weights given: DINOv3 is RANDOMLY initialised. The pipeline runs end to end, "
+              "but the numbers below say nothing about the paper's method.", file=sys.stderr)
+    fold_dir = run_training(DEMO_DATASET_ID, "2d", 0, DEMO_TRAINER, device=device, continue_training=True,
+                            num_workers=num_workers, dinov3_weights=dinov3_weights,
+                            dinov3_random=dinov3_weights is None)
+    _stage(4, f"predict the {len(split['test'])} held-out test case(s)")
+    test_input = output / "test_cases"
+    _link_cases(raw_dataset, split["test"], test_input)
+    predictions = output / "predictions"
+    predictor = SCTPredictor(resolve_folds(fold_dir.parent, ["0"], "checkpoint_final.pth"),
+                             device=device or _default_device())
+    predict_inputs(predictor, collect_inputs(test_input), predictions, overwrite=True)
+    _stage(5, "evaluate and draw the report")
+    figures = output / "figures"
+    evaluation = evaluate_folders(test_input, predictions, output / "summary.json", png_dir=figures)
+
+    print("\n" + format_table(evaluation))
+    print(f"\ndgcf_demo: finished in {time.time() - started:.0f} s")
+    for what, where in (("example cases", raw_dataset), ("plans and slices", preprocessed),
+                        ("trained fold", fold_dir), ("training curves", fold_dir / "progress.png"),
+                        ("sCT volumes (HU)", predictions), ("metrics", output / "summary.json"),
+                        ("figures", figures)):
+        print(f"  {what:<18} {where}")
+    return evaluation
+
+
+def _stage(number: int, text: str) -> None:
+    print(f"\n[{number}/5] {text}", flush=True)
+
+
+def _link_cases(raw_dataset: Path, names: list[str], target: Path) -> None:
+    """The held-out cases as a SynthRAD2023-format folder (symlinks, the raw data stays where it is)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        link = target / name
+        if not link.exists():
+            link.symlink_to(raw_dataset / name, target_is_directory=True)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
