@@ -12,7 +12,7 @@ from dgcf_auto.dataset.example import make_example_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning.fingerprint import PERCENTILES, extract_fingerprint, fingerprint_dataset
 from dgcf_auto.planning.planner import plan_ct_window, plan_experiment, size_multiple
-from dgcf_auto.planning.splits import kfold_splits, paper_split, train_fraction, write_splits
+from dgcf_auto.planning.splits import kfold_splits, paper_split, write_splits
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +107,17 @@ def test_synthrad_sized_fov_lands_on_256(fingerprint):
 def test_overrides_are_applied_and_recorded(fingerprint):
     plans = plan_experiment(fingerprint, "x", {"patch_size": [64, 64], "ct_window": [-1000, 1500],
                                                "batch_size": 2, "epochs": 3, "features": [8, 16, 32, 64, 128, 256],
-                                               "iterations_per_epoch": 7})
+                                               "iterations_per_epoch": 7, "interpolation": "linear"})
     grid = plans["configurations"]["2d"]
     assert grid["patch_size"] == [64, 64] and grid["size_multiple"] == 32 == size_multiple([8] * 6)
+    assert grid["interpolation"] == "linear"
     # The overridden patch still covers the field of view: the spacing grows instead.
     assert 64 * grid["inplane_spacing"][0] >= max(grid["fov_mm"]) - 1e-6
     assert plans["ct_normalization"]["clip_high"] == 1500.0 and plans["ct_normalization"]["derived_from"] == "override"
     assert plans["training"]["batch_size"] == 2 and plans["training"]["iterations_per_epoch"] == 7
     assert plans["overrides"] == {"patch_size": [64, 64], "ct_window": [-1000, 1500], "batch_size": 2,
-                                  "epochs": 3, "features": [8, 16, 32, 64, 128, 256], "iterations_per_epoch": 7}
+                                  "epochs": 3, "features": [8, 16, 32, 64, 128, 256], "iterations_per_epoch": 7,
+                                  "interpolation": "linear"}
     with pytest.raises(DGCFError, match="multiple of 16"):
         plan_experiment(fingerprint, "x", {"patch_size": [100, 64]})
     with pytest.raises(DGCFError, match="upper bound"):
@@ -132,7 +134,6 @@ def test_five_folds_are_seeded_disjoint_and_order_independent():
         assert not set(s["train"]) & set(s["val"]) and len(s["train"]) + len(s["val"]) == 23
     assert kfold_splits(list(reversed(names))) == splits
     assert kfold_splits(names[:3]) == kfold_splits(names[:3]) and len(kfold_splits(names[:3])) == 3
-    assert train_fraction("5fold", 23) == 0.8 and train_fraction("paper", 23) == 0.7
 
 
 def test_paper_split_is_7_1_2():

@@ -171,6 +171,12 @@ def test_command_end_to_end_and_idempotent(env, capsys):
     code, out, _ = run_cli(["-d", "996", "-q", "--patch-size", "96", "96", "-np", "1", "--overwrite"], capsys)
     assert code == 0 and "preprocessed 3 case(s), 0 up to date" in out
 
+    code, _, err = run_cli(["-d", "996", "-q", "--split", "paper", "--plan-only"], capsys)  # folds stay stable
+    assert code == 1 and "holds a 5fold split" in err
+    code, out, _ = run_cli(["-d", "996", "-q", "--split", "paper", "--plan-only", "--overwrite"], capsys)
+    (split,) = json.loads((folder / "splits_final.json").read_text())
+    assert code == 0 and len(split["test"]) == 1 and len(split["val"]) == 1 and len(split["train"]) == 1
+
 
 def preprocessed_is_empty(env) -> bool:
     root = env / "DGCF_preprocessed"

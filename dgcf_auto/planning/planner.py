@@ -36,9 +36,10 @@ DEFAULT_NETWORK = {"architecture": "cross_fusion", "features": [64, 128, 256, 51
 DEFAULT_TRAINING = {"batch_size": 4, "optimizer": "adam", "learning_rate": 2e-4, "epochs": 100,
                     "l1_weight": 1.0, "mldp_weight": 1.0, "mldp_layers": [3, 6, 9, 12], "augmentation": False,
                     "foreground_slice_fraction": 0.0}
-# Override name -> what it sets; the values are validated in `_check_overrides`.
+# Override name -> what it sets; the values are validated in `check_overrides`.
 OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
-             "iterations_per_epoch")
+             "iterations_per_epoch", "interpolation")
+INTERPOLATIONS = ("bspline", "linear")
 
 
 def size_multiple(features: list[int]) -> int:
@@ -103,7 +104,8 @@ def plan_slice_grid(fingerprint: dict, features: list[int], overrides: dict) -> 
     slices = [c["mask_bbox_voxels_lps"][LPS_AXIS_NAMES.index(axis)] for c in fingerprint["cases"]]
     return {"data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
             "inplane_spacing": [spacing, spacing], "patch_size": patch, "size_multiple": multiple,
-            "slice_spacing": "native", "interpolation": "bspline", "fov_mm": fov.tolist(),
+            "slice_spacing": "native", "interpolation": overrides.get("interpolation", "bspline"),
+            "fov_mm": fov.tolist(),
             "slices_per_case": {"median": float(np.median(slices)), "total": int(np.sum(slices))},
             "derived_from": notes}
 
@@ -121,7 +123,7 @@ def plan_source_normalization(fingerprint: dict) -> dict:
             "derived_from": window["derived_from"]}
 
 
-def _check_overrides(overrides: dict) -> None:
+def check_overrides(overrides: dict) -> None:
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise DGCFError(f"unknown plans override(s): {', '.join(sorted(unknown))}")
@@ -137,6 +139,8 @@ def _check_overrides(overrides: dict) -> None:
     for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
         if key in overrides and not overrides[key] > 0:
             raise DGCFError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
+    if overrides.get("interpolation", "bspline") not in INTERPOLATIONS:
+        raise DGCFError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}")
     if "features" in overrides and (len(features) < 2 or any(f <= 0 for f in features)):
         raise DGCFError("--features: give at least 2 positive channel counts")
 
@@ -145,7 +149,7 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
                     train_fraction: float = 0.8) -> dict:
     """The plans dict. `train_fraction`: share of cases a fold trains on (for iterations_per_epoch)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check_overrides(overrides)
+    check_overrides(overrides)
     if "ct" not in fingerprint["pooled"]:
         raise DGCFError("planning needs cases with a CT; the fingerprint has none")
     network = copy.deepcopy(DEFAULT_NETWORK)

@@ -60,14 +60,6 @@ def make_splits(case_names: list[str], mode: str = "5fold") -> list[dict]:
     raise DGCFError(f"unknown split {mode!r} (expected one of {', '.join(SPLIT_MODES)})")
 
 
-def train_fraction(mode: str, num_cases: int) -> float:
-    """Share of the cases a fold trains on (used by the planner for iterations_per_epoch)."""
-    if mode == "paper":
-        return PAPER_RATIO[0]
-    folds = min(NUM_FOLDS, num_cases)
-    return (folds - 1) / folds if folds > 1 else 1.0
-
-
 def split_mode_of(splits: list[dict]) -> str:
     return "paper" if any("test" in s for s in splits) else "5fold"
 

@@ -24,9 +24,9 @@ from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
-from dgcf_auto.planning.planner import (DATA_IDENTIFIER, PLANS_FILE, _check_overrides, plan_experiment,
+from dgcf_auto.planning.planner import (DATA_IDENTIFIER, PLANS_FILE, check_overrides, plan_experiment,
                                         preprocessing_signature_fields)
-from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, train_fraction, write_splits
+from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.preprocessing.workers import map_cases
 
@@ -113,15 +113,17 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     if int(num_processes) < 1:
         raise DGCFError(f"-np must be at least 1, got {num_processes}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check_overrides(overrides)
+    check_overrides(overrides)
     raw_dir = raw_dataset(dataset_id)
     cases = validate_dataset(raw_dir, progress=progress)
     out_dir = _output_folder(raw_dir)
     names = [c.name for c in cases]
-    write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)  # check before writing
+    # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
+    folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
+    fraction = sum(len(f["train"]) for f in folds) / (len(folds) * len(names))
 
     fingerprint = fingerprint_dataset(cases, out_dir / FINGERPRINT_FILE, num_processes, overwrite, progress)
-    plans = plan_experiment(fingerprint, raw_dir.name, overrides, train_fraction(split, len(cases)))
+    plans = plan_experiment(fingerprint, raw_dir.name, overrides, fraction)
     plans_file = out_dir / PLANS_FILE
     if overwrite or not plans_file.is_file() or read_json(plans_file) != json.loads(json.dumps(plans)):
         write_json(plans, plans_file)

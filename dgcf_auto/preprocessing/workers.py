@@ -28,6 +28,8 @@ def map_cases(func: Callable[[T], R], items: Iterable[T], num_processes: int = 1
               progress: bool = True) -> Iterator[R]:
     """Yield func(item) in the order of `items`; in-process when num_processes <= 1."""
     items = list(items)
+    if not items:
+        return
     bar = tqdm(total=len(items), desc=desc, unit="case", disable=not progress)
     try:
         if num_processes <= 1 or len(items) <= 1:

@@ -1,0 +1,176 @@
+"""dgcf_predict: geometry exactness, HU range, masking, ensembles/TTA, uncertainty, skipping, bad input."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from dgcf_auto.atomic import torch_save
+from dgcf_auto.errors import DGCFError
+from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES
+
+DATASET_ID = 998
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An example dataset, its plans, and two 'trained' folds (random tiny networks) in DGCF_results."""
+    root = tmp_path_factory.mktemp("predict")
+    saved = {k: os.environ.get(k) for k in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")}
+    for key in saved:
+        os.environ[key] = str(root / key)
+    from dgcf_auto.dataset.example import write_example_dataset
+    from dgcf_auto.network import build_dinov3, build_network
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    raw = write_example_dataset(DATASET_ID, "mr2ct", n=4, seed=3)
+    summary = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
+                                  overrides={"patch_size": [32, 32], "features": TINY_FEATURES})
+    plans = summary["plans"]
+    plans["network"]["dinov3"] = TINY_DINOV3_CFG
+    model_folder = root / "DGCF_results" / raw.name / "DGCFTrainer__DGCFPlans__2d"
+    for fold in (0, 1):
+        torch.manual_seed(fold)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            network = build_network(plans["network"], build_dinov3(TINY_DINOV3_CFG, random=True))
+        torch_save({"network_weights": network.state_dict(), "plans": plans, "epoch": 1,
+                    "trainer_name": "DGCFTrainer", "dinov3_source": "random", "optimizer_state": {}},
+                   model_folder / f"fold_{fold}" / "checkpoint_final.pth")
+    yield {"root": root, "raw": raw, "model_folder": model_folder, "plans": plans}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _predict(argv):
+    from dgcf_auto.cli.predict import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def _assert_same_grid(a: sitk.Image, b: sitk.Image):
+    assert a.GetSize() == b.GetSize()
+    assert a.GetSpacing() == b.GetSpacing()
+    assert a.GetOrigin() == b.GetOrigin()
+    assert a.GetDirection() == b.GetDirection()
+
+
+def test_case_folders_give_int16_hu_on_the_input_grid(trained, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--png", str(tmp_path / "png")]) == 0
+    case_dirs = sorted(d for d in trained["raw"].iterdir() if d.is_dir())
+    directions = set()
+    for case_dir in case_dirs:
+        source = sitk.ReadImage(str(case_dir / "mr.nii.gz"))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / "mask.nii.gz")))
+        sct = sitk.ReadImage(str(out / f"{case_dir.name}.nii.gz"))
+        _assert_same_grid(sct, source)
+        directions.add(np.round(source.GetDirection(), 6).tobytes())
+        values = sitk.GetArrayFromImage(sct)
+        assert values.dtype == np.int16
+        assert values.min() >= -1024 and values.max() <= 3071
+        assert np.all(values[mask == 0] == -1000)
+        assert (tmp_path / "png" / f"{case_dir.name}.png").stat().st_size > 10_000
+    assert len(directions) > 1  # the example set holds non-identity and differing directions
+
+
+def test_odd_anisotropic_rotated_file_keeps_its_geometry(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.uniform(0, 400, (9, 41, 37)).astype(np.float32))
+    image.SetSpacing((0.83, 1.27, 3.1))
+    image.SetOrigin((-12.5, 40.25, 7.0))
+    angle = np.deg2rad(7)
+    image.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, -1))
+    sitk.WriteImage(image, str(tmp_path / "odd.mha"))
+    out = tmp_path / "out"
+    assert _predict(["-i", str(tmp_path / "odd.mha"), "-o", str(out), "-device", "cpu", "-f", "0",
+                     "--output-format", "same", "--disable_tta"]) == 0
+    sct = sitk.ReadImage(str(out / "odd.mha"))
+    _assert_same_grid(sct, image)
+    assert sct.GetPixelID() == sitk.sitkInt16
+
+
+def test_ensemble_is_the_mean_of_folds_and_tta_doubles_passes(trained):
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    folds = sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))
+    slices = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32)).astype(np.float32)
+    single = [SCTPredictor([f], use_tta=False)._predict_slices(slices, "", False)[0] for f in folds]
+    both = SCTPredictor(folds, use_tta=False)
+    mean, std = both._predict_slices(slices, "", True)
+    np.testing.assert_allclose(mean, (single[0] + single[1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(std, np.abs(single[0] - single[1]) / 2, atol=1e-4)
+    assert both.passes_per_slice == 2 and SCTPredictor(folds, use_tta=True).passes_per_slice == 4
+    tta = SCTPredictor(folds[:1], use_tta=True)._predict_slices(slices, "", False)[0]
+    network = SCTPredictor(folds[:1]).networks[0]
+    with torch.no_grad():
+        plain = network(torch.from_numpy(slices)[:, None])[:, 0].numpy()
+        mirrored = torch.flip(network(torch.flip(torch.from_numpy(slices)[:, None], (-1,))), (-1,))[:, 0].numpy()
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_uncertainty_map_and_skipping_existing_outputs(trained, tmp_path):
+    out = tmp_path / "out"
+    args = ["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--save-uncertainty", "--disable_tta"]
+    assert _predict(args) == 0
+    case = sorted(d.name for d in trained["raw"].iterdir() if d.is_dir())[0]
+    uncertainty = sitk.ReadImage(str(out / f"{case}_uncertainty.nii.gz"))
+    _assert_same_grid(uncertainty, sitk.ReadImage(str(trained["raw"] / case / "mr.nii.gz")))
+    values = sitk.GetArrayFromImage(uncertainty)
+    assert values.min() >= 0 and values.max() > 0  # two different folds disagree somewhere
+    stamp = (out / f"{case}.nii.gz").stat().st_mtime_ns
+    assert _predict(args) == 0
+    assert (out / f"{case}.nii.gz").stat().st_mtime_ns == stamp  # skipped
+    assert _predict(args + ["--overwrite"]) == 0
+    assert (out / f"{case}.nii.gz").stat().st_mtime_ns != stamp
+
+
+def _error_line(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_inputs_write_nothing(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _predict(["-i", str(empty), "-o", str(out), "-device", "cpu"]) == 1
+    assert "no images found" in _error_line(capsys)
+
+    cases = tmp_path / "cases"
+    case_dir = trained["raw"] / sorted(d.name for d in trained["raw"].iterdir() if d.is_dir())[0]
+    (cases / "A").mkdir(parents=True)
+    (cases / "B").mkdir()
+    source = sitk.ReadImage(str(case_dir / "mr.nii.gz"))
+    sitk.WriteImage(source, str(cases / "A" / "mr.nii.gz"))
+    small = sitk.Image([s - 1 for s in source.GetSize()], sitk.sitkUInt8) + 1
+    sitk.WriteImage(small, str(cases / "A" / "mask.nii.gz"))
+    (cases / "B" / "mr.nii.gz").write_bytes(b"not a nifti file at all")
+    assert _predict(["-i", str(cases), "-o", str(out), "-device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "case A: file mask.nii.gz: size" in err
+    assert "case B: file mr.nii.gz: cannot be read" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_model_is_a_clear_error(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DGCF_results", str(tmp_path / "nothing_trained"))
+    assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-device", "cpu"]) == 1
+    assert "-d is required: 0 trained datasets" in _error_line(capsys)
+    monkeypatch.setenv("DGCF_results", str(trained["root"] / "DGCF_results"))
+    assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-d", str(DATASET_ID),
+                     "-tr", "DGCFTrainer_L1", "-device", "cpu"]) == 1
+    assert "no trained model DGCFTrainer_L1__DGCFPlans__2d" in _error_line(capsys)
+    assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-d", str(DATASET_ID),
+                     "-f", "3", "-device", "cpu"]) == 1
+    assert "fold 3:" in _error_line(capsys)
+    assert not (tmp_path / "out").exists()
