@@ -164,6 +164,21 @@ def test_data_stream_is_deterministic_and_worker_independent(data_env):
     assert set(picks) <= set(loader.foreground_slices)
 
 
+def test_augmentation_moves_source_and_ct_together():
+    from dgcf_auto.training.dataloading import CaseArrays, augmentation_transform
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (4, 32, 32)).astype(np.float32)
+    case = CaseArrays("a", image, image.copy(), np.ones((4, 32, 32), np.uint8))
+    loader = SliceDataLoader([case], 8, seed=2, transform=augmentation_transform((32, 32)))
+    batch, again = loader.make_batch(0), loader.make_batch(0)
+    assert batch["source"].shape == (8, 1, 32, 32)
+    assert np.array_equal(batch["source"], batch["ct"])  # one spatial transform for both
+    assert np.array_equal(batch["source"], again["source"])  # deterministic per batch number
+    originals = [image[i] for i in range(4)]
+    assert any(not any(np.array_equal(s[0], o) for o in originals) for s in batch["source"])  # it augments
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     ckpt.seed_everything(11)
     path = tmp_path / "rng.pth"

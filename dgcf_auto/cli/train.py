@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, num_workers=args.num_workers, val_every=args.val_every,
                           compile=args.compile, dinov3_weights=args.dinov3_weights,
                           dinov3_random=args.dinov3_random)
-    print(f"dgcf_train: outputs in {output}")
+    if output is not None:  # None on torchrun ranks other than 0
+        print(f"dgcf_train: outputs in {output}")
     return 0
 
 

@@ -44,7 +44,8 @@ class DistributedContext:
         """Mean of a float over ranks (the logged training loss covers the global batch)."""
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        tensor = torch.tensor([value], dtype=dtype, device=device)
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 

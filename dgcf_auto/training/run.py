@@ -61,8 +61,9 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  epochs: int | None = None, batch_size: int | None = None,
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
-                 dinov3_random: bool = False) -> Path:
-    """Train one fold; returns the output folder. Raises DGCFError for every user-fixable problem."""
+                 dinov3_random: bool = False) -> Path | None:
+    """Train one fold; returns the output folder (None on torchrun ranks other than 0).
+    Raises DGCFError for every user-fixable problem."""
     if configuration not in CONFIGURATIONS:
         raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
     variant = get_trainer_variant(trainer_name)
@@ -118,7 +119,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         trainer.run()
     finally:
         shutdown_distributed(ctx)
-    return output
+    return output if ctx.is_main else None
 
 
 def _announce_start(output: Path, continue_training: bool, resuming: bool) -> None:

@@ -136,7 +136,7 @@ class DGCFTrainer:
         self.model.train()
         start = time.perf_counter()
         wait = 0.0
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(3, dtype=torch.float32, device=self.device)  # float32: mps has no float64
         bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
                    leave=False, dynamic_ncols=True)
         for it in bar:
@@ -152,8 +152,9 @@ class DGCFTrainer:
         means = [self.dist.mean(v / s.iterations_per_epoch, self.device) for v in sums.tolist()]
         val = self._maybe_validate(epoch)
         epoch_time = time.perf_counter() - start
+        val_mae, val_psnr = (finite_or_none(val["mae"]), finite_or_none(val["psnr"])) if val else (None, None)
         self.logger.record_epoch(epoch=epoch, train_loss=means[0], train_l1=means[1], train_mldp=means[2],
-                                 val_mae=val and finite_or_none(val["mae"]), val_psnr=val and finite_or_none(val["psnr"]),
+                                 val_mae=val_mae, val_psnr=val_psnr,
                                  lr=self.optimizer.param_groups[0]["lr"], epoch_time=epoch_time,
                                  data_wait=wait / epoch_time)
         payload = self.checkpoint_payload(epoch + 1)
@@ -179,7 +180,7 @@ class DGCFTrainer:
             total, parts = self.loss(prediction.float(), ct)
         total.backward()
         self.optimizer.step()
-        return torch.stack([total.detach(), parts["l1"].detach(), parts["mldp"].detach()]).double()
+        return torch.stack([total.detach(), parts["l1"].detach(), parts["mldp"].detach()]).float()
 
     def _maybe_validate(self, epoch: int) -> dict | None:
         s = self.settings
@@ -229,8 +230,9 @@ class DGCFTrainer:
 
     def _log_start(self) -> None:
         s, log = self.settings, self.logger
+        weights = self.plans["training"]
         log.print(f"{self.variant.name} ({self.variant.paper_row}); network {self.variant.architecture}, "
-                  f"L1 weight {self.plans['training']['l1_weight']}, MLDP weight {self.plans['training']['mldp_weight']}")
+                  f"L1 weight {weights['l1_weight']}, MLDP weight {weights['mldp_weight']}")
         log.print(f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; {s.epochs} epochs x "
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
                   f"x {self.dist.world_size}), device {self.device}, bf16 {self.use_amp}, compile {s.compile}")
