@@ -25,6 +25,7 @@ from dgcf_auto.training.run import load_preprocessed, run_training
 from dgcf_auto.training.variants import TRAINERS, effective_plans
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
 TINY = {"epochs": 2, "iterations_per_epoch": 3, "dinov3_random": True, "device": "cpu", "num_workers": 0}
 FOLD0_FILES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth", "progress.png",
                "training_config.json")
