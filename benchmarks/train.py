@@ -129,7 +129,7 @@ def main() -> None:
             batch = largest_batch(args, device, cases, Path(tmp) / "out")
             if batch:
                 trainer = make_trainer(args.trainer, batch, device, cases, Path(tmp) / "out", args.compile)
-                rows.append((f"bf16 (largest batch)", batch,
+                rows.append(("bf16 (largest batch)", batch,
                              measure(trainer, cases, batch, max(10, iterations // 4), 3, workers)))
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{args.trainer} at {args.size}x{args.size}, DINOv3 ViT-B/16 (random weights), device {name}, "

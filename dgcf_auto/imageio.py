@@ -52,6 +52,21 @@ def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
         raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
 
 
+def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3) -> sitk.ImageFileReader:
+    """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file."""
+    path = Path(path)
+    where = f"case {case}: file {path.name}" if case else f"file {path}"
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DGCFError(f"{where}: cannot be read as an image") from None
+    if dimension is not None and reader.GetDimension() != dimension:
+        raise DGCFError(f"{where}: expected a {dimension}D image, got {reader.GetDimension()}D")
+    return reader
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write atomically; the format follows the target's suffix."""
     path = Path(path)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto.atomic import torch_save
-from dgcf_auto.errors import DGCFError
 from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES
 
 DATASET_ID = 998
@@ -155,10 +153,20 @@ def test_bad_inputs_write_nothing(trained, tmp_path, capsys):
     small = sitk.Image([s - 1 for s in source.GetSize()], sitk.sitkUInt8) + 1
     sitk.WriteImage(small, str(cases / "A" / "mask.nii.gz"))
     (cases / "B" / "mr.nii.gz").write_bytes(b"not a nifti file at all")
+    (cases / "C").mkdir()
+    with_nan = sitk.GetArrayFromImage(source)
+    with_nan[2, 3, 4] = np.nan  # SimpleITK would read this NaN as 0; validation looks at the raw bytes
+    nan_image = sitk.GetImageFromArray(with_nan)
+    nan_image.CopyInformation(source)
+    sitk.WriteImage(nan_image, str(cases / "C" / "mr.nii.gz"))
+    (cases / "D").mkdir()
+    sitk.WriteImage(source, str(cases / "D" / "cbct.nii.gz"))
     assert _predict(["-i", str(cases), "-o", str(out), "-device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert "case A: file mask.nii.gz: size" in err
+    assert "case A: file mask.nii.gz: grid does not match mr.nii.gz: size" in err
     assert "case B: file mr.nii.gz: cannot be read" in err
+    assert "case C: file mr.nii.gz: 1 NaN/inf voxels" in err
+    assert "case D: file cbct.nii.gz: a cbct source, but the model was trained on mr" in err
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
-from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_image, strip_suffix
+from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
 
 SOURCE_STEMS = ("mr", "cbct")
 DEFINITIONS = ("mae/psnr/ssim: SynthRAD2023 metrics functions/image_metrics.py, HU range [-1024, 3000]; "
@@ -127,26 +127,14 @@ def _names(names, limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _header(path: Path, case: str) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DGCFError(f"case {case}: file {path.name}: cannot be read as an image") from None
-    if reader.GetDimension() != 3:
-        raise DGCFError(f"case {case}: file {path.name}: expected a 3D image, got {reader.GetDimension()}D")
-    return reader
-
-
 def check_cases(cases: list[EvalCase]) -> None:
     """Every file readable and on the CT's grid, from headers only; all problems at once."""
     problems = []
     for case in cases:
         try:
-            ref = _header(case.ct, case.name)
+            ref = read_header(case.ct, case.name)
             for path in (case.sct, case.mask):
-                if path is not None and (diff := geometry_mismatch(ref, _header(path, case.name))):
+                if path is not None and (diff := geometry_mismatch(ref, read_header(path, case.name))):
                     problems.append(f"case {case.name}: file {path.name}: not on the grid of {case.ct.name} ({diff})")
         except DGCFError as exc:
             problems.append(str(exc))

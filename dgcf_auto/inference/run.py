@@ -1,4 +1,4 @@
-"""Predict a list of inputs into an output folder: checks first, then read-ahead / write-behind threads."""
+"""Predict a list of cases into an output folder: checks first, then read-ahead / write-behind threads."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -7,42 +7,24 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, read_image, write_image
+from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.imageio import IMAGE_SUFFIXES, image_suffix, read_image, write_image
 from dgcf_auto.inference.predictor import SCTPredictor
-from dgcf_auto.inference.sources import SOURCE_STEMS, PredictionInput
+from dgcf_auto.inference.sources import check_inputs, reference_ct
 
 
-def output_path(item: PredictionInput, output_dir: Path, output_format: str) -> Path:
-    suffix = item.suffix if output_format == "same" else output_format
+def output_path(item: Case, output_dir: Path, output_format: str) -> Path:
+    suffix = image_suffix(item.source) if output_format == "same" else output_format
     return output_dir / f"{item.name}{suffix}"
 
 
-def check_inputs(inputs: list[PredictionInput]) -> None:
-    """Header-only checks of every input before any output is written (all problems at once)."""
-    problems = []
-    for item in inputs:
-        try:
-            source = _header(item.source, item.name)
-            if source.GetDimension() != 3:
-                problems.append(f"case {item.name}: file {item.source.name}: image is {source.GetDimension()}D, expected 3D")
-            if item.mask is not None:
-                mask = _header(item.mask, item.name)
-                if mask.GetSize() != source.GetSize():
-                    problems.append(f"case {item.name}: file {item.mask.name}: size {mask.GetSize()} "
-                                    f"differs from the source's {source.GetSize()}")
-        except DGCFError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise DGCFInputErrors(problems)
-
-
-def predict_inputs(predictor: SCTPredictor, inputs: list[PredictionInput], output_dir: Path,
+def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path,
                    output_format: str = ".nii.gz", overwrite: bool = False, num_workers: int = 2,
                    save_uncertainty: bool = False, png_dir: Path | None = None) -> list[Path]:
     if output_format not in IMAGE_SUFFIXES + ("same",):
         raise DGCFError(f"output format {output_format!r} is not one of {', '.join(IMAGE_SUFFIXES)} or 'same'")
-    check_inputs(inputs)
+    check_inputs(inputs, predictor.plans.get("source_modality"))
     todo = [i for i in inputs if overwrite or not output_path(i, output_dir, output_format).exists()]
     skipped = len(inputs) - len(todo)
     if skipped:
@@ -70,26 +52,15 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[PredictionInput], outpu
     return written
 
 
-def _read(item: PredictionInput) -> tuple[sitk.Image, sitk.Image | None]:
+def _read(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
     source = read_image(item.source, item.name)
     mask = read_image(item.mask, item.name) if item.mask is not None else None
     return source, mask
 
 
-def _header(path: Path, case: str) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DGCFError(f"case {case}: file {path.name}: cannot be read as an image") from None
-    return reader
-
-
-def _figure(item: PredictionInput, source, sct, mask, png_dir: Path) -> None:
+def _figure(item: Case, source, sct, mask, png_dir: Path) -> None:
     from dgcf_auto.evaluation.report import save_case_figure
 
-    in_case_folder = item.source.name.split(".")[0] in SOURCE_STEMS  # SynthRAD layout: ct beside the source
-    cts = find_image(item.source.parent, "ct") if in_case_folder else []
-    ct = read_image(cts[0], item.name) if cts else None
+    ct_file = reference_ct(item)
+    ct = read_image(ct_file, item.name) if ct_file else None
     save_case_figure(source, sct, ct, mask, png_dir / f"{item.name}.png", title=item.name)

@@ -1,38 +1,32 @@
-"""What `dgcf_predict -i` accepts: SynthRAD2023 case folders, a folder of source images, or one file."""
+"""What `dgcf_predict -i` accepts: SynthRAD2023 case folders, a folder of source images, or one file.
+
+Inputs become `dataset.Case`s (CT left out: prediction never reads it) and are checked by the dataset
+package's own validation, so prediction rejects exactly what training would (NaN in NIfTI, truncated files,
+masks on another grid, ...).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-from dgcf_auto.errors import DGCFError
+from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, read_case_folder
+from dgcf_auto.dataset.validation import validate_cases
+from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
 
-SOURCE_STEMS = ("mr", "cbct")
 
-
-@dataclass(frozen=True)
-class PredictionInput:
-    name: str
-    source: Path
-    mask: Path | None
-
-    @property
-    def suffix(self) -> str:
-        return image_suffix(self.source)
-
-
-def collect_inputs(path: str | Path) -> list[PredictionInput]:
+def collect_inputs(path: str | Path) -> list[Case]:
     """Cases under `path`, sorted by name; an error when there is nothing to predict."""
     path = Path(path)
     if path.is_file():
         if image_suffix(path) is None:
             raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
-        return [PredictionInput(strip_suffix(path), path, None)]
+        return [Case(strip_suffix(path), None, path)]
     if not path.is_dir():
         raise DGCFError(f"input {path}: no such file or folder")
-    cases = [_case_folder_input(d) for d in sorted(path.iterdir()) if d.is_dir()]
-    cases = [c for c in cases if c is not None]
-    flat = [PredictionInput(strip_suffix(f), f, None) for f in sorted(path.iterdir())
+    folders = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    cases = [replace(read_case_folder(d), ct=None) for d in folders if _holds_source(d)]
+    flat = [Case(strip_suffix(f), None, f) for f in sorted(path.iterdir())
             if f.is_file() and image_suffix(f) and not f.name.startswith(".")]
     if cases and flat:
         raise DGCFError(f"input {path}: holds both case folders and image files; give one kind")
@@ -47,13 +41,24 @@ def collect_inputs(path: str | Path) -> list[PredictionInput]:
     return inputs
 
 
-def _case_folder_input(folder: Path) -> PredictionInput | None:
-    sources = [p for stem in SOURCE_STEMS for p in find_image(folder, stem)]
-    if not sources:
+def check_inputs(cases: list[Case], source_modality: str | None) -> None:
+    """Every problem of every input at once, before anything is written."""
+    problems = validate_cases(cases, require_ct=False, require_mask=False)
+    for case in cases:
+        if case.modality and source_modality and case.modality != source_modality:
+            problems.append(f"case {case.name}: file {case.source.name}: a {case.modality} source, but the "
+                            f"model was trained on {source_modality}")
+    if problems:
+        raise DGCFInputErrors(problems)
+
+
+def reference_ct(case: Case) -> Path | None:
+    """The CT beside a SynthRAD2023-format source (for figures only)."""
+    if case.modality is None:
         return None
-    if len(sources) > 1:
-        raise DGCFError(f"case {folder.name}: several source images ({', '.join(p.name for p in sources)}); keep one")
-    masks = find_image(folder, "mask")
-    if len(masks) > 1:
-        raise DGCFError(f"case {folder.name}: several masks ({', '.join(p.name for p in masks)}); keep one")
-    return PredictionInput(folder.name, sources[0], masks[0] if masks else None)
+    found = find_image(case.source.parent, "ct")
+    return found[0] if found else None
+
+
+def _holds_source(folder: Path) -> bool:
+    return any(find_image(folder, modality) for modality in SOURCE_MODALITIES)
