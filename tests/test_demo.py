@@ -1,0 +1,36 @@
+"""The newcomer path: `dgcf_demo` end to end on tiny settings (real ViT-B/16 shapes, 32x32 slices)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dgcf_auto.cli.demo import main
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    for variable in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
+        monkeypatch.setenv(variable, str(tmp_path / "user_data" / variable))  # the demo must not use these
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-o", str(out), "--cases", "5", "--epochs", "1", "--iterations-per-epoch", "2",
+              "--patch-size", "32", "32", "--features", "8", "16", "32", "64", "-device", "cpu"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr()
+    assert "RANDOMLY" in printed.err
+    assert "mean" in printed.out and "mae" in printed.out
+
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = summary["metric_per_case"]  # 5 cases, 7:1:2 -> 1 test case
+    case = row["case"]
+    assert 0 < summary["mean"]["mae"] < 3000
+    sct = sitk.ReadImage(str(out / "predictions" / f"{case}.nii.gz"))
+    source = sitk.ReadImage(str(next((out / "test_cases" / case).glob("cbct.*"))))
+    assert sct.GetSize() == source.GetSize() and sct.GetDirection() == source.GetDirection()
+    assert sitk.GetArrayViewFromImage(sct).dtype == np.int16
+    assert (out / "figures" / f"{case}.png").stat().st_size > 10_000
+    fold = out / "DGCF_results" / "Dataset999_ExampleCBCT" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
+    assert {"checkpoint_final.pth", "progress.png", "training_config.json"} <= {p.name for p in fold.iterdir()}
+    assert not (tmp_path / "user_data").exists()
