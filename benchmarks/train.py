@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgcf_auto.network.execution import autocast_dtype
+
 from dgcf_auto.planning.planner import DEFAULT_NETWORK, DEFAULT_TRAINING
 from dgcf_auto.training.dataloading import SliceDataLoader, close_batch_stream, make_batch_stream, open_case
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
@@ -116,10 +118,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = write_cases(Path(tmp), args.size)
-        precisions = ["bf16", "fp32"] if cuda else ["fp32"]
+        native_bf16 = autocast_dtype(device, "auto") is not None  # CUDA, or a CPU with AVX512-BF16/AMX
+        precisions = ["bf16", "fp32"] if native_bf16 else ["fp32"]
         for precision in precisions:
             trainer = make_trainer(args.trainer, args.batch_size, device, cases, Path(tmp) / "out", args.compile)
-            trainer.use_amp = precision == "bf16"
+            trainer.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
             r = measure(trainer, cases, args.batch_size, iterations, warmup, workers)
             rows.append((precision, args.batch_size, r))
             del trainer

@@ -120,7 +120,7 @@ def test_ensemble_is_the_mean_of_folds_and_tta_doubles_passes(trained):
 
 
 def test_precision_choice(monkeypatch):
-    from dgcf_auto.inference import predictor
+    from dgcf_auto.network import execution as predictor
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert predictor.autocast_dtype(cpu, "fp32") is None and predictor.autocast_dtype(cuda, "fp32") is None

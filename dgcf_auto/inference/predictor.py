@@ -5,17 +5,16 @@ only batches slices through the networks and averages them.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry_mismatch, to_array
 from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
+from dgcf_auto.network.execution import autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
@@ -25,25 +24,6 @@ BACKGROUND_HU = -1000
 # Mirror along the slice's left-right axis (the last array axis of the slice grid). Anatomy stays plausible,
 # unlike an anterior-posterior flip the networks never saw in training (augmentation is off by default).
 TTA_FLIP_DIMS = ((), (-1,))
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """bf16 where the hardware computes it natively (CUDA; CPUs with AVX512-BF16/AMX), else fp32 (None).
-
-    On a CPU without native bf16, autocast would emulate it and run slower than fp32.
-    """
-    if precision not in PRECISIONS:
-        raise DGCFError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 class SCTPredictor:
@@ -91,32 +71,9 @@ class SCTPredictor:
             uncertainty.CopyInformation(source)
         return sct_int, uncertainty
 
-    @torch.inference_mode()
     def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
-        total = np.zeros(slices.shape, np.float64)
-        total_sq = np.zeros(slices.shape, np.float64) if with_uncertainty else None
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
-        starts = range(0, slices.shape[0], self.batch_size)
-        for start in tqdm(starts, desc=f"predict {case}".strip(), unit="batch", leave=False):
-            x = torch.from_numpy(np.ascontiguousarray(slices[start:start + self.batch_size]))[:, None]
-            x = x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
-            for network in self.networks:
-                for dims in self.flips:
-                    with autocast:
-                        inp = torch.flip(x, dims) if dims else x
-                        out = network(inp)
-                        out = torch.flip(out, dims) if dims else out
-                    out = out.float()[:, 0].cpu().numpy().astype(np.float64)
-                    total[start:start + len(out)] += out
-                    if total_sq is not None:
-                        total_sq[start:start + len(out)] += out ** 2
-        n = self.passes_per_slice
-        mean = (total / n).astype(np.float32)
-        std = None
-        if total_sq is not None:
-            std = np.sqrt(np.maximum(total_sq / n - (total / n) ** 2, 0.0)).astype(np.float32)
-        return mean, std
+        return predict_slice_stack(self.networks, slices, self.device, self.batch_size, self.autocast_dtype,
+                                   self.flips, with_uncertainty, desc=f"predict {case}".strip())
 
 
 def _grid_and_normalisation(plans: dict) -> tuple:

@@ -61,7 +61,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  epochs: int | None = None, batch_size: int | None = None,
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
-                 dinov3_random: bool = False) -> Path | None:
+                 dinov3_random: bool = False, precision: str = "auto") -> Path | None:
     """Train one fold; returns the output folder (None on torchrun ranks other than 0).
     Raises DGCFError for every user-fixable problem."""
     if configuration not in CONFIGURATIONS:
@@ -96,7 +96,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     settings = TrainingSettings(epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
                                 iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
                                 num_workers=num_workers, val_every=val_every, compile=compile,
-                                dinov3_weights=dinov3_weights, dinov3_random=dinov3_random)
+                                dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
+                                precision=precision)
     if resume_state is not None:
         ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
         if final.is_file() and resume_state["epoch"] >= settings.epochs:

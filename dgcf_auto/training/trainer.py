@@ -7,7 +7,6 @@ wrapped in DistributedDataParallel and only rank 0 touches the output folder.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.network.execution import autocast, autocast_dtype
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream)
@@ -40,6 +40,7 @@ class TrainingSettings:
     compile: bool = False
     dinov3_weights: str | None = None
     dinov3_random: bool = False
+    precision: str = "auto"    # see network.execution.autocast_dtype
 
 
 class DGCFTrainer:
@@ -52,7 +53,7 @@ class DGCFTrainer:
         self.dist = dist_ctx or DistributedContext()
         self.run_info = run_info or {}
         self.local_batch_size = split_batch_size(settings.batch_size, self.dist.world_size)
-        self.use_amp = device.type == "cuda"  # bf16 autocast: no GradScaler needed
+        self.autocast_dtype = autocast_dtype(device, settings.precision)  # bf16 needs no GradScaler
         self.logger = TrainingLogger(self.output_folder, enabled=self.dist.is_main)
         self.start_epoch = 0
         self.batches_done = 0  # batches this rank has consumed; the data stream's resumable state
@@ -75,8 +76,7 @@ class DGCFTrainer:
         self.network = build_network(self.plans["network"], self.dinov3).to(self.device)
         self.loss = SynthesisLoss(self.dinov3, training["l1_weight"], training["mldp_weight"],
                                   training.get("mldp_layers", [3, 6, 9, 12])).to(self.device)
-        if self.device.type == "cuda":
-            self.network = self.network.to(memory_format=torch.channels_last)
+        self.network = self.network.to(memory_format=torch.channels_last)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=training["learning_rate"],
                                           betas=tuple(training.get("adam_betas", (0.9, 0.999))))
@@ -171,11 +171,9 @@ class DGCFTrainer:
     def train_step(self, batch: dict) -> torch.Tensor:
         source = torch.from_numpy(batch["source"]).to(self.device, non_blocking=True)
         ct = torch.from_numpy(batch["ct"]).to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            source = source.contiguous(memory_format=torch.channels_last)
+        source = source.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else contextlib.nullcontext()
-        with amp:
+        with autocast(self.device, self.autocast_dtype):
             prediction = self.model(source)
             total, parts = self.loss(prediction.float(), ct)
         total.backward()
@@ -189,7 +187,7 @@ class DGCFTrainer:
         result = None
         if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
             result = validate_cases(self.network, self.val_cases, self.plans, self.device,
-                                    VALIDATION_BATCH_SIZE, self.use_amp)
+                                    VALIDATION_BATCH_SIZE, self.autocast_dtype)
             result.pop("per_case")
         return self.dist.broadcast_object(result)
 
@@ -224,7 +222,7 @@ class DGCFTrainer:
                 "architecture": self.variant.architecture, "dinov3_source": self.dinov3_source,
                 "dinov3_random": self.dinov3_source == "random", "settings": asdict(self.settings),
                 "world_size": self.dist.world_size, "batch_size_per_process": self.local_batch_size,
-                "device": str(self.device), "bf16_autocast": self.use_amp, **self.run_info,
+                "device": str(self.device), "bf16_autocast": self.autocast_dtype is not None, **self.run_info,
                 "train_cases": [c.name for c in self.train_cases], "val_cases": [c.name for c in self.val_cases],
                 "plans": self.plans}
 
@@ -235,7 +233,7 @@ class DGCFTrainer:
                   f"L1 weight {weights['l1_weight']}, MLDP weight {weights['mldp_weight']}")
         log.print(f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; {s.epochs} epochs x "
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
-                  f"x {self.dist.world_size}), device {self.device}, bf16 {self.use_amp}, compile {s.compile}")
+                  f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, compile {s.compile}")
         if self.dinov3_source == "random":
             log.print("WARNING: DINOv3 is RANDOMLY INITIALISED (--dinov3-random); results do not reproduce the paper")
         if not self.val_cases:

@@ -6,34 +6,16 @@ predictor's job and too slow for every few epochs), with the SynthRAD2023 defini
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from dgcf_auto.evaluation import metrics
+from dgcf_auto.network.execution import predict_slice_stack
 from dgcf_auto.training.dataloading import CaseArrays
 
 
-@torch.no_grad()
-def predict_slices(network: torch.nn.Module, source: np.ndarray, device: torch.device,
-                   batch_size: int, autocast: bool) -> np.ndarray:
-    """(S, H, W) normalised source -> (S, H, W) float32 prediction in the network's [-1, 1] CT range."""
-    out = np.empty(source.shape, dtype=np.float32)
-    for start in range(0, len(source), batch_size):
-        x = torch.from_numpy(np.array(source[start:start + batch_size], dtype=np.float32))  # a copy: mmap is read-only
-        x = x[:, None].to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        with ctx:
-            y = network(x)
-        out[start:start + len(x)] = y[:, 0].float().cpu().numpy()
-    return out
-
-
 def validate_cases(network: torch.nn.Module, cases: list[CaseArrays], plans: dict, device: torch.device,
-                   batch_size: int, autocast: bool) -> dict:
+                   batch_size: int, dtype: torch.dtype | None) -> dict:
     """Mean over cases of MAE (HU) and PSNR (dB) in the body mask; per-case values too."""
     from dgcf_auto.preprocessing.normalization import ct_window, denormalize_ct
 
@@ -43,7 +25,7 @@ def validate_cases(network: torch.nn.Module, cases: list[CaseArrays], plans: dic
     per_case = {}
     try:
         for case in cases:
-            prediction = predict_slices(network, case.source, device, batch_size, autocast)
+            prediction, _ = predict_slice_stack([network], case.source, device, batch_size, dtype)
             sct_hu = denormalize_ct(prediction, low, high)
             ct_hu = denormalize_ct(np.asarray(case.ct, dtype=np.float32), low, high)
             mask = np.asarray(case.mask) > 0
