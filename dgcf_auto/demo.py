@@ -14,8 +14,8 @@ DEMO_DATASET_ID = 999
 DEMO_TRAINER = "DGCFTrainer"
 
 
-def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 4,
-             iterations_per_epoch: int = 25, patch_size=(64, 64), features=(16, 32, 64, 128),
+def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 10,
+             iterations_per_epoch: int = 50, patch_size=(64, 64), features=(16, 32, 64, 128),
              device: str | None = None, dinov3_weights: str | None = None, overwrite: bool = False,
              num_workers: int = 2) -> dict:
     """Run every stage into `output`; returns the evaluation summary."""

@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demo folder (its own DGCF_raw/DGCF_preprocessed/DGCF_results inside)")
     p.add_argument("--task", default="cbct2ct", choices=["cbct2ct", "mr2ct"])
     p.add_argument("-n", "--cases", type=int, default=10, help="example cases (7:1:2 train/val/test)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--iterations-per-epoch", type=int, default=25)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iterations-per-epoch", type=int, default=50)
     p.add_argument("--patch-size", type=int, nargs=2, default=[64, 64],
                    help="slice grid of the demo (the paper's is 256 256; small keeps a CPU run short)")
     p.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128],
