@@ -209,4 +209,10 @@ def test_missing_model_is_a_clear_error(trained, tmp_path, capsys, monkeypatch):
     assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-d", str(DATASET_ID),
                      "-f", "3", "-device", "cpu"]) == 1
     assert "fold 3:" in _error_line(capsys)
+    broken = tmp_path / "results" / trained["raw"].name / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
+    broken.mkdir(parents=True)
+    (broken / "checkpoint_final.pth").write_bytes(b"\x80\x02 truncated")
+    monkeypatch.setenv("DGCF_results", str(tmp_path / "results"))
+    assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-device", "cpu"]) == 1
+    assert "checkpoint_final.pth is corrupt" in _error_line(capsys)
     assert not (tmp_path / "out").exists()

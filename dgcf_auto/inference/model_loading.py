@@ -59,15 +59,11 @@ def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: 
     return files
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise DGCFError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    for key in ("network_weights", "plans"):
-        if key not in checkpoint:
-            raise DGCFError(f"checkpoint {path}: not a dgcf_auto checkpoint (no '{key}')")
-    return checkpoint
+def load_checkpoint(path: Path) -> dict:
+    """A fold's checkpoint, for prediction: only the weights and the plans are needed."""
+    from dgcf_auto.training.checkpoint import load_checkpoint as load
+
+    return load(path, required=("network_weights", "plans"))
 
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") -> torch.nn.Module:

@@ -32,7 +32,7 @@ class SCTPredictor:
                  precision: str = "auto"):
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        checkpoints = [load_checkpoint(f, "cpu") for f in checkpoint_files]
+        checkpoints = [load_checkpoint(f) for f in checkpoint_files]
         self.plans = checkpoints[0]["plans"]
         for file, ckpt in zip(checkpoint_files[1:], checkpoints[1:]):
             if _grid_and_normalisation(ckpt["plans"]) != _grid_and_normalisation(self.plans):

@@ -56,18 +56,19 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     torch_save(payload, path)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Read a training checkpoint; a truncated, foreign or corrupt file is one clear DGCFError line."""
+def load_checkpoint(path: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """Read a checkpoint (training: every key; prediction asks only for weights and plans); a missing,
+    truncated, foreign or corrupt file is one clear DGCFError line."""
     path = Path(path)
     if not path.is_file():
-        raise DGCFError(f"checkpoint {path} does not exist; nothing to continue (--c) from")
+        raise DGCFError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated (killed mid-copy), garbage, or pickled foreign objects
         raise DGCFError(f"checkpoint {path} is corrupt or not a dgcf_auto checkpoint (torch.load with "
                         f"weights_only=True failed: {type(exc).__name__}); delete it to start over") from None
-    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
-        raise DGCFError(f"checkpoint {path} is not a dgcf_auto training checkpoint (missing keys)")
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in required):
+        raise DGCFError(f"checkpoint {path} is not a dgcf_auto checkpoint (missing keys)")
     return checkpoint
 
 
