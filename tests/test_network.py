@@ -49,10 +49,10 @@ def test_dinov3_maps_have_patch_grid_shape_and_drop_prefix_tokens():
     assert dinov3.vit.num_prefix_tokens == 5  # cls + 4 registers exist, and are not in the maps
 
 
-def test_real_vit_b16_has_12_blocks_768_channels_and_h_over_16_maps():
+def test_real_vit_b16_has_12_blocks_768_channels_and_h_over_16_maps(capsys):
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
-        dinov3 = build_dinov3({"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12]}, random=True)
+    dinov3 = build_dinov3({"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12]}, random=True)
+    assert "WARNING: DINOv3 is RANDOMLY INITIALISED" in capsys.readouterr().err
     assert dinov3.depth == 12 and dinov3.embed_dim == 768 and dinov3.patch_size == 16
     assert dinov3.weights_source == "random"
     maps = dinov3(torch.zeros(1, 1, 32, 48))

@@ -14,7 +14,6 @@ Hugging Face cache; never a download). Random weights only when asked for, with 
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Sequence
 
 import timm
@@ -121,7 +120,6 @@ def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, ran
             raise DGCFError(f"both DINOv3 weights ({weights}) and --dinov3-random given: choose one")
         message = ("DINOv3 is RANDOMLY INITIALISED (--dinov3-random): features are meaningless, results do "
                    "not reproduce the paper; use only for tests and demos")
-        warnings.warn(message, stacklevel=2)
         print(f"WARNING: {message}", file=sys.stderr)
         source = "random"
     else:
