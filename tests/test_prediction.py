@@ -64,9 +64,10 @@ def _assert_same_grid(a: sitk.Image, b: sitk.Image):
     assert a.GetDirection() == b.GetDirection()
 
 
-def test_case_folders_give_int16_hu_on_the_input_grid(trained, tmp_path):
+def test_case_folders_give_int16_hu_on_the_input_grid(trained, tmp_path, capsys):
     out = tmp_path / "out"
     assert _predict(["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--png", str(tmp_path / "png")]) == 0
+    assert "outside the planned slice grid" not in capsys.readouterr().err  # planned to fit these bodies
     case_dirs = sorted(d for d in trained["raw"].iterdir() if d.is_dir())
     directions = set()
     for case_dir in case_dirs:
@@ -97,6 +98,21 @@ def test_odd_anisotropic_rotated_file_keeps_its_geometry(trained, tmp_path):
     sct = sitk.ReadImage(str(out / "odd.mha"))
     _assert_same_grid(sct, image)
     assert sct.GetPixelID() == sitk.sitkInt16
+
+
+def test_body_outside_the_planned_field_of_view_is_reported(trained, tmp_path, capsys):
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    fold = sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1]
+    predictor = SCTPredictor(fold, use_tta=False)
+    wide = sitk.GetImageFromArray(np.full((4, 120, 160), 300.0, np.float32))
+    wide.SetSpacing((2.0, 2.0, 3.0))  # a 32 x 24 cm body, far wider than the phantoms' planned grid
+    mask = sitk.GetImageFromArray(np.ones((4, 120, 160), np.uint8))
+    mask.CopyInformation(wide)
+    sct, _ = predictor.predict_volume(wide, mask, "WIDE")
+    err = capsys.readouterr().err
+    assert "WARNING: case WIDE:" in err and "of the body mask lies outside the planned slice grid" in err
+    assert sitk.GetArrayViewFromImage(sct)[2, 0, 0] == -1024  # body, but never predicted
 
 
 def test_ensemble_is_the_mean_of_folds_and_tta_doubles_passes(trained):

@@ -5,17 +5,19 @@ only batches slices through the networks and averages them.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry_mismatch, to_array
 from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
 from dgcf_auto.network.execution import autocast_dtype, predict_slice_stack
-from dgcf_auto.preprocessing.normalization import ct_window
+from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
 
@@ -58,6 +60,8 @@ class SCTPredictor:
         mean, std = self._predict_slices(prepared.source, case, with_uncertainty)
         sct = restore_ct(mean, prepared.properties, self.plans)
         sct_hu = to_array(sct)
+        if mask is not None:
+            _warn_if_body_outside_grid(mask, prepared.properties, case)
         if mask is not None and self.mask_background:
             sct_hu[sitk.GetArrayViewFromImage(mask) == 0] = BACKGROUND_HU
         sct_int = _as_int16_image(sct_hu, source)
@@ -92,6 +96,20 @@ def _check_input(source: sitk.Image, mask: sitk.Image | None, case: str) -> None
             raise DGCFError(f"case {case}: mask is not on the source's grid ({problem})")
         if not sitk.GetArrayViewFromImage(mask).any():
             raise DGCFError(f"case {case}: mask is empty")
+
+
+def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, tolerance: float = 1e-3) -> None:
+    """A body wider than the planned field of view gets no prediction there (air): never silently."""
+    grid = properties["slice_grid"]
+    ones = np.ones([int(v) for v in reversed(grid["size"])], np.uint8)
+    covered = from_slice_grid(slices_to_image(ones, grid), properties["original_geometry"],
+                              sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    body = sitk.GetArrayFromImage(mask) > 0
+    outside = float(np.count_nonzero(body & (sitk.GetArrayFromImage(covered) == 0))) / max(np.count_nonzero(body), 1)
+    if outside > tolerance:
+        tqdm.write(f"WARNING: case {case}: {outside:.1%} of the body mask lies outside the planned slice grid "
+                   f"and gets no prediction ({CT_AIR_HU:.0f} HU); re-plan with a larger field of view "
+                   f"(--patch-size / --spacing) and retrain, or check the mask", file=sys.stderr)
 
 
 def _as_int16_image(hu: np.ndarray, reference: sitk.Image) -> sitk.Image:
