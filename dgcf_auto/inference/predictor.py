@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.imageio import geometry_mismatch, to_array
+from dgcf_auto.imageio import to_array
 from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
 from dgcf_auto.network.execution import autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
@@ -55,8 +55,8 @@ class SCTPredictor:
     def predict_volume(self, source: sitk.Image, mask: sitk.Image | None, case: str = "",
                        with_uncertainty: bool = False) -> tuple[sitk.Image, sitk.Image | None]:
         """sCT (int16 HU, the source's exact grid) and optionally the std over folds/TTA in HU."""
-        _check_input(source, mask, case)
-        prepared = preprocess_case(source, None, mask, self.plans)
+        # Files were validated on the way in (dataset validation); preprocess_case checks dimension and grids.
+        prepared = preprocess_case(source, None, mask, self.plans, case)
         mean, std = self._predict_slices(prepared.source, case, with_uncertainty)
         sct = restore_ct(mean, prepared.properties, self.plans)
         sct_hu = to_array(sct)
@@ -83,19 +83,6 @@ class SCTPredictor:
 def _grid_and_normalisation(plans: dict) -> tuple:
     return (repr(plans.get("configurations")), repr(plans.get("ct_normalization")),
             repr(plans.get("source_normalization")))
-
-
-def _check_input(source: sitk.Image, mask: sitk.Image | None, case: str) -> None:
-    if source.GetDimension() != 3:
-        raise DGCFError(f"case {case}: source image is {source.GetDimension()}D, expected 3D")
-    if not np.isfinite(sitk.GetArrayViewFromImage(source)).all():
-        raise DGCFError(f"case {case}: source image holds NaN or infinite voxels")
-    if mask is not None:
-        problem = geometry_mismatch(source, mask)
-        if problem:
-            raise DGCFError(f"case {case}: mask is not on the source's grid ({problem})")
-        if not sitk.GetArrayViewFromImage(mask).any():
-            raise DGCFError(f"case {case}: mask is empty")
 
 
 def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, tolerance: float = 1e-3) -> None:
