@@ -5,6 +5,8 @@ import argparse
 
 from dgcf_auto.errors import cli_entry
 
+PROFILE_NAMES = ("synthrad2023", "synthrad2025", "dgcf-paper")  # dgcf_auto.evaluation.profiles.PROFILES (cheap import)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device for TotalSegmentator (gpu falls back to cpu when CUDA is absent)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,
+                        help="metric definitions (default synthrad2023); see documentation/evaluation.md")
     return parser
 
 
@@ -34,6 +38,7 @@ def main(argv=None):
 
     summary = evaluate_folders(args.ref, args.pred, args.output, mask_dir=args.mask,
                                segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
-                               device=args.device, png_dir=args.png, num_processes=max(1, args.np))
+                               device=args.device, png_dir=args.png, num_processes=max(1, args.np),
+                               profile=args.profile)
     print(format_table(summary))
     print(f"summary written to {args.output}")

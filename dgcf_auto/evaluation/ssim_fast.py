@@ -1,0 +1,149 @@
+"""Fast masked SSIM and MS-SSIM: the definitions of `metrics.ssim` / `metrics.ms_ssim`, computed with torch in tiles.
+
+`metrics.py` holds the readable reference (a line-by-line image of the official code); this module computes the
+same numbers (within 1e-6, tests pin both) in a fraction of the time and memory:
+- Only the 3-voxel-cropped map is ever averaged, so each map voxel needs the 7x7x7 window around it and no
+  boundary padding: local statistics are 'valid' box sums (torch `unfold`), computed tile by tile over the
+  bounding box of the mask, so tiles stay in cache and memory does not grow with the volume.
+- The five window sums (x, y, x^2, y^2, xy) go through one stacked box filter; L*C*S is raised to the scale
+  weight once ((L C S)^w = L^w C^w S^w for non-negative factors).
+- The 2x2x2 'same' fftconvolve + [::2] of the official MS-SSIM is (a[2j] + a[2j-1]) / 2 per axis with
+  a[-1] = 0, computed directly instead of through FFTs.
+Float64 on every device, so the CPU and the CUDA path agree with the reference to rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from dgcf_auto.evaluation.metrics import (HU_RANGE_SYNTHRAD2023, HU_RANGE_SYNTHRAD2025, MS_SSIM_MIN_SIZE,
+                                          MS_SSIM_SCALE_WEIGHTS, SSIM_K1, SSIM_K2, SSIM_WINDOW,
+                                          _binary_mask, _check_pair, _clip_mask_shift)
+
+HALO = SSIM_WINDOW - 1          # input voxels a 'valid' window adds along an axis
+CPU_TILE_ROWS = 8               # z rows per CPU tile: 8 + 6 halo rows of a slice fit in cache best (measured)
+CPU_TILE_VOXELS = 1_000_000     # input voxels per CPU tile (y rows are cut to stay below this)
+
+
+def metric_device(device: str | None = None) -> torch.device:
+    """`device`, or CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _window_stats(x: torch.Tensor, y: torch.Tensor):
+    """Uniform-window means and sample (co)variances over every full 7x7x7 window ('valid' output)."""
+    stack = torch.stack([x, y, x * x, y * y, x * y])
+    for dim in (1, 2, 3):  # z first: it shrinks the tile most
+        stack = stack.unfold(dim, SSIM_WINDOW, 1).sum(-1)
+    n_points = SSIM_WINDOW ** 3
+    stack /= n_points
+    ux, uy, uxx, uyy, uxy = stack
+    cov_norm = n_points / (n_points - 1)
+    vx = (uxx - ux * ux).mul_(cov_norm)
+    vy = (uyy - uy * uy).mul_(cov_norm)
+    vxy = (uxy - ux * uy).mul_(cov_norm)
+    return ux, uy, vx, vy, vxy
+
+
+def _ssim_map(x, y, data_range: float, weight: float | None):
+    """weight None: skimage SSIM; else SynthRAD2025's L^w C^w S^w (each factor clipped at 0)."""
+    ux, uy, vx, vy, vxy = _window_stats(x, y)
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    if weight is None:
+        return (2 * ux * uy + c1).mul_(2 * vxy + c2).div_((ux * ux + uy * uy + c1).mul_(vx + vy + c2))
+    sxy = vx.clamp(min=0).sqrt_().mul_(vy.clamp(min=0).sqrt_())
+    luminance = (2 * ux * uy + c1).div_(ux * ux + uy * uy + c1).clamp_(min=0)
+    contrast = (2 * sxy + c2).div_(vx + vy + c2).clamp_(min=0)
+    structure = (vxy + c2 / 2).div_(sxy + c2 / 2).clamp_(min=0)
+    return luminance.mul_(contrast).mul_(structure).pow_(weight)
+
+
+def _bounds(inside: np.ndarray):
+    """Per axis (first, last + 1) of the True voxels."""
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(inside.any(axis=other))
+        out.append((int(present[0]), int(present[-1]) + 1))
+    return out
+
+
+def masked_map_mean(x: np.ndarray, y: np.ndarray, m: np.ndarray, data_range: float, weight: float | None,
+                    device: torch.device) -> float:
+    """Mean of the SSIM map over the mask voxels of the 3-voxel-cropped grid (skimage's crop), tile by tile."""
+    pad = HALO // 2
+    inside = m[pad:-pad, pad:-pad, pad:-pad] if min(m.shape) > HALO else np.zeros((0, 0, 0), bool)
+    if not inside.any():
+        return math.nan
+    (z0, z1), (y0, y1), (x0, x1) = _bounds(inside)
+    if device.type == "cpu":
+        tile_z = CPU_TILE_ROWS
+        tile_y = max(8, CPU_TILE_VOXELS // ((tile_z + HALO) * (x1 - x0 + HALO)) - HALO)
+    else:
+        tile_z, tile_y = z1 - z0, y1 - y0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for za in range(z0, z1, tile_z):
+        zb = min(za + tile_z, z1)
+        for ya in range(y0, y1, tile_y):
+            yb = min(ya + tile_y, y1)
+            selected = inside[za:zb, ya:yb, x0:x1]
+            if not selected.any():
+                continue
+            # map voxel (i, j, k) of the cropped grid = window over input voxels [i, i + 7) per axis
+            tiles = [torch.from_numpy(np.ascontiguousarray(a[za:zb + HALO, ya:yb + HALO, x0:x1 + HALO])).to(device)
+                     for a in (x, y)]
+            values = _ssim_map(*tiles, data_range, weight)
+            chosen = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
+            total += values[chosen].sum()
+            count += int(selected.sum())
+    return float(total.item() / count)
+
+
+def ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_range=HU_RANGE_SYNTHRAD2023,
+         device: str | None = None) -> float:
+    """`metrics.ssim` (SynthRAD2023 masked SSIM), fast."""
+    _check_pair(ct, sct)
+    m = _binary_mask(mask, ct.shape)
+    if min(ct.shape) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {SSIM_WINDOW} voxels along every axis, got shape {ct.shape}")
+    x = _clip_mask_shift(ct, m, hu_range, np.float64)
+    y = _clip_mask_shift(sct, m, hu_range, np.float64)
+    return masked_map_mean(x, y, m, hu_range[1] - hu_range[0], None, metric_device(device))
+
+
+def _halve(a: np.ndarray) -> np.ndarray:
+    """scipy fftconvolve(a, ones((2,2,2))/8, 'same')[::2, ::2, ::2], exactly: per axis (a[2j] + a[2j-1]) / 2."""
+    for axis in range(a.ndim):
+        moved = np.moveaxis(a, axis, 0)
+        out = moved[0::2].copy()
+        out[1:] += moved[1::2][:out.shape[0] - 1]
+        out *= 0.5
+        a = np.moveaxis(out, 0, axis)
+    return np.ascontiguousarray(a)
+
+
+def ms_ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_range=HU_RANGE_SYNTHRAD2025,
+            scale_weights=MS_SSIM_SCALE_WEIGHTS, device: str | None = None) -> float:
+    """`metrics.ms_ssim` (SynthRAD2025 masked MS-SSIM), fast."""
+    _check_pair(ct, sct)
+    dev = metric_device(device)
+    m = _binary_mask(mask, ct.shape)
+    x = _clip_mask_shift(ct, m, hu_range, np.float64)
+    y = _clip_mask_shift(sct, m, hu_range, np.float64)
+    if min(x.shape) < MS_SSIM_MIN_SIZE:
+        widths = [(max((MS_SSIM_MIN_SIZE - d) // 2, 0), max(MS_SSIM_MIN_SIZE - d - (MS_SSIM_MIN_SIZE - d) // 2, 0))
+                  for d in x.shape]
+        x, y, m = (np.pad(a, widths, mode="edge") for a in (x, y, m))
+    data_range = hu_range[1] - hu_range[0]
+    factors = []
+    for level, weight in enumerate(scale_weights):
+        factors.append(masked_map_mean(x, y, m, data_range, float(weight), dev))
+        if level + 1 < len(scale_weights):
+            x, y, m = _halve(x), _halve(y), np.ascontiguousarray(m[::2, ::2, ::2])
+    return float(np.prod(np.clip(factors, 0, 1)))
