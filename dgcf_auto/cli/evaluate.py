@@ -13,11 +13,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dgcf_evaluate",
         description="MAE, PSNR, SSIM, MS-SSIM (SynthRAD definitions) and per-tissue MAE inside the body mask, "
                     "per case and mean +- std. See documentation/evaluation.md.")
-    parser.add_argument("-ref", required=True, help="reference CTs: SynthRAD2023 case folders "
+    parser.add_argument("-ref", default=None, help="reference CTs: SynthRAD2023 case folders "
                         "(<case>/ct.nii.gz, <case>/mask.nii.gz used automatically) or files <case>.nii.gz")
-    parser.add_argument("-pred", required=True, help="sCT folder holding <case>.{nii.gz,nii,mha}")
+    parser.add_argument("-pred", default=None, help="sCT folder holding <case>.{nii.gz,nii,mha}; with --split "
+                        "default: every trained model's fold_F/validation|test folder")
     parser.add_argument("-mask", default=None, help="mask folder (<case>.nii.gz); overrides case-folder masks")
-    parser.add_argument("-o", "--output", required=True, help="summary JSON to write")
+    parser.add_argument("-o", "--output", default=None, help="summary JSON to write (required with -ref; with "
+                        "--split default <predictions>/summary_<profile>.json)")
+    parser.add_argument("-d", default=None, help="dataset id: with --split, reference CTs and masks come from it")
+    parser.add_argument("--split", default=None, choices=("val", "test"),
+                        help="instead of -ref: the cases fold -f records as val or test (dgcf_predict --split)")
+    parser.add_argument("-f", default="0", help="fold whose split is evaluated (default 0)")
+    parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
+                        "that have predictions)")
+    parser.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
@@ -34,11 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from dgcf_auto.evaluation.evaluate import evaluate_folders, format_table
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.evaluation.evaluate import evaluate_folders, evaluate_split, format_table
 
-    summary = evaluate_folders(args.ref, args.pred, args.output, mask_dir=args.mask,
-                               segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
-                               device=args.device, png_dir=args.png, num_processes=max(1, args.np),
-                               profile=args.profile)
-    print(format_table(summary))
-    print(f"summary written to {args.output}")
+    options = dict(mask_dir=args.mask, segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
+                   device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile)
+    if args.split:
+        if args.d is None or args.ref is not None:
+            raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
+        results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, pred_dir=args.pred,
+                                 output_json=args.output, **options)
+    elif args.ref is None or args.pred is None or args.output is None:
+        raise DGCFError("give -ref CT_DIR -pred SCT_DIR -o summary.json, or -d ID --split val|test")
+    else:
+        results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]
+    for path, summary in results:
+        label = f" ({summary['trainer']})" if summary.get("trainer") else ""
+        print(format_table(summary))
+        print(f"summary{label} written to {path}")

@@ -1,4 +1,4 @@
-"""dgcf_predict -i IN -o OUT [-d 1] [-f 0 1 ...]: sCT volumes in HU on the inputs' own grids."""
+"""dgcf_predict -i IN -o OUT [-d 1] [-f 0 1 ...] | -d 1 -f 0 --split val|test: sCT volumes in HU on the inputs' own grids."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,12 @@ from dgcf_auto.errors import cli_entry
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__)
-    p.add_argument("-i", required=True, help="SynthRAD2023 case folders, a folder of source images, or one file")
-    p.add_argument("-o", required=True, help="output folder (<case>.nii.gz)")
+    p.add_argument("-i", default=None, help="SynthRAD2023 case folders, a folder of source images, or one file")
+    p.add_argument("-o", default=None, help="output folder (<case>.nii.gz); with --split default "
+                   "$DGCF_results/<Dataset>/<Trainer>__<Plans>__2d/fold_F/validation|test")
+    p.add_argument("--split", default=None, choices=["val", "test"],
+                   help="instead of -i: the cases fold -f F records as val or test (test: --split paper datasets), "
+                        "read from the raw dataset")
     p.add_argument("-d", default=None, help="dataset id or name; optional when exactly one dataset is trained")
     p.add_argument("-c", default="2d", choices=["2d"], help="configuration (only 2d exists)")
     p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
@@ -43,10 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
     from dgcf_auto.inference.predictor import SCTPredictor
     from dgcf_auto.inference.run import predict_inputs
-    from dgcf_auto.inference.sources import collect_inputs
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.inference.sources import collect_inputs, split_inputs
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    inputs = collect_inputs(args.i)
+    if (args.i is None) == (args.split is None) or (args.i is not None and args.o is None):
+        raise DGCFError("give either -i IN -o OUT, or -d ID -f F --split val|test")
+    if args.split:
+        inputs, output = split_inputs(args.d, args.split, args.f, args.tr, args.p, args.c, args.o)
+    else:
+        inputs, output = collect_inputs(args.i), Path(args.o)
     model_folder = resolve_model_folder(args.d, args.tr, args.p)
     checkpoints = resolve_folds(model_folder, args.f, args.chk)
     predictor = SCTPredictor(checkpoints, device=device, use_tta=not args.disable_tta,
@@ -57,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'bf16' if predictor.autocast_dtype else 'fp32'}")
     if "random" in predictor.weights_sources:
         print("dgcf_predict: WARNING: this model was trained with RANDOM DINOv3 weights (a test/demo model)")
-    written = predict_inputs(predictor, inputs, Path(args.o), args.output_format, args.overwrite, args.np,
+    written = predict_inputs(predictor, inputs, output, args.output_format, args.overwrite, args.np,
                              args.save_uncertainty, args.png)
-    print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {args.o}")
+    print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 
 

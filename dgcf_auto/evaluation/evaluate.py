@@ -248,3 +248,43 @@ def format_table(summary: dict, metrics=None) -> str:
     for key in ("mean", "std"):
         lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m)) for m in shown))
     return "\n".join(lines)
+
+
+def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str] | None = None,
+                   plans: str = "DGCFPlans", configuration: str = "2d", pred_dir=None, output_json=None,
+                   profile: str = DEFAULT_PROFILE, **kwargs) -> list[tuple[Path, dict]]:
+    """`dgcf_evaluate -d ID --split val|test`: the fold's recorded cases, reference CTs and masks from the raw
+    dataset, against each trained model's fold_F/validation|test predictions (or `pred_dir`).
+
+    Writes `summary_<profile>.json` beside each model's predictions (or `output_json`); returns [(path, summary)].
+    """
+    from dgcf_auto.dataset.discovery import task_of
+    from dgcf_auto.paths import SPLIT_FOLDERS, results_root, split_prediction_folder, summary_file_name
+    from dgcf_auto.planning.splits import split_cases
+
+    raw, cases = split_cases(dataset, split, fold)
+    if no_ct := [c for c in cases if c.ct is None]:
+        raise DGCFError(f"case {no_ct[0].name}: no ct.nii.gz in {no_ct[0].folder}; the reference CT is needed "
+                        f"({len(no_ct)} {split} case(s) without one)")
+    reference = [EvalCase(c.name, c.ct, mask=c.mask, source=c.source) for c in cases]
+    if pred_dir is not None:
+        targets = [(trainers[0] if trainers else None, Path(pred_dir))]
+    else:
+        if trainers is None:
+            model_root = results_root() / raw.name
+            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(f"*__{plans}__{configuration}")
+                              if (p / f"fold_{fold}" / SPLIT_FOLDERS[split]).is_dir())
+            if not trainers:
+                raise DGCFError(f"dataset {raw.name}: no fold_{fold}/{SPLIT_FOLDERS[split]} predictions under "
+                                f"{model_root}; run dgcf_predict -d {dataset} -f {fold} --split {split} first")
+        targets = [(t, split_prediction_folder(raw.name, t, plans, configuration, fold, split)) for t in trainers]
+    if output_json is not None and len(targets) > 1:
+        raise DGCFError(f"-o names one summary, but {len(targets)} models are evaluated; leave -o out or give -tr")
+    results = []
+    for trainer, folder in targets:
+        extra = {"dataset": raw.name, "task": task_of(cases), "split": split, "fold": int(fold),
+                 "trainer": trainer, "plans": plans, "configuration": configuration}
+        target = Path(output_json) if output_json else folder / summary_file_name(profile)
+        results.append((target, evaluate_folders(None, folder, target, profile=profile, cases=reference,
+                                                 extra=extra, **kwargs)))
+    return results

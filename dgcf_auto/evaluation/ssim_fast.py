@@ -24,7 +24,7 @@ from dgcf_auto.evaluation.metrics import (HU_RANGE_SYNTHRAD2023, HU_RANGE_SYNTHR
 
 HALO = SSIM_WINDOW - 1          # input voxels a 'valid' window adds along an axis
 CPU_TILE_ROWS = 8               # z rows per CPU tile: 8 + 6 halo rows of a slice fit in cache best (measured)
-CPU_TILE_VOXELS = 1_000_000     # input voxels per CPU tile (y rows are cut to stay below this)
+CPU_TILE_VOXELS = 300_000       # input voxels per CPU tile (y rows are cut to stay below this; measured)
 
 
 def metric_device(device: str | None = None) -> torch.device:

@@ -62,3 +62,18 @@ def reference_ct(case: Case) -> Path | None:
 
 def _holds_source(folder: Path) -> bool:
     return any(find_image(folder, modality) for modality in SOURCE_MODALITIES)
+
+
+def split_inputs(dataset, split: str, folds: list[str] | None, trainer: str, plans: str, configuration: str,
+                 output: str | None) -> tuple[list[Case], Path]:
+    """`dgcf_predict --split`: the fold's recorded cases from the raw dataset, and where their sCTs go
+    (`-o`, else the fold's validation/ or test/ folder)."""
+    from dgcf_auto.paths import split_prediction_folder
+    from dgcf_auto.planning.splits import split_cases
+
+    if dataset is None or not folds or len(folds) != 1:
+        raise DGCFError(f"--split {split} needs a dataset and exactly one fold: -d ID -f F")
+    raw, cases = split_cases(dataset, split, folds[0])
+    folder = Path(output) if output else split_prediction_folder(raw.name, trainer, plans, configuration,
+                                                                 folds[0], split)
+    return [replace(case, ct=None) for case in cases], folder

@@ -22,10 +22,11 @@ class Profile:
     description: str
     source: str
     metrics: dict[str, MetricDefinition]
+    table: tuple[str, ...]  # the columns dgcf_compare shows by default (segscore is added when present)
     compute: Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "str | None"], dict[str, float]] = field(
         repr=False, compare=False)
 
     def describe(self) -> dict:
         """The profile as written into summary.json."""
         return {"name": self.name, "description": self.description, "source": self.source,
-                "metrics": {key: asdict(d) for key, d in self.metrics.items()}}
+                "table": list(self.table), "metrics": {key: asdict(d) for key, d in self.metrics.items()}}

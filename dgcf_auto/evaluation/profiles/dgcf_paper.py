@@ -78,4 +78,4 @@ def compute(ct, sct, mask, device=None) -> dict[str, float]:
 PROFILE = Profile("dgcf-paper", "the DGCF authors' released evaluation: MS-SSIM ('SSIM') and PSNR without mask on "
                   "[-1024, 2000], in the body mask on the case's own CT range, and per HU class",
                   "HiLab-git/DGCF code_util/metrics/calculate.py (calculate_folder_SynthRAD2023) with "
-                  "file_config/evaluation.json", _definitions(), compute)
+                  "file_config/evaluation.json", _definitions(), ("ms_ssim_body", "psnr_body"), compute)

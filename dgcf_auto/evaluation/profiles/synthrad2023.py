@@ -38,4 +38,4 @@ def compute(ct, sct, mask, device=None) -> dict[str, float]:
 
 
 PROFILE = Profile("synthrad2023", "MAE, PSNR and SSIM of the SynthRAD2023 challenge (masked, 3D) and per-tissue MAE",
-                  "SynthRAD2023/metrics functions/image_metrics.py", METRICS, compute)
+                  "SynthRAD2023/metrics functions/image_metrics.py", METRICS, ("mae", "psnr", "ssim"), compute)

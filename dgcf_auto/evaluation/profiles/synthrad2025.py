@@ -30,4 +30,4 @@ def compute(ct, sct, mask, device=None) -> dict[str, float]:
 
 
 PROFILE = Profile("synthrad2025", "MAE, PSNR and masked MS-SSIM of the SynthRAD2025 challenge (3D, [-1024, 3071])",
-                  "SynthRAD2025/evaluation image_metrics.py", METRICS, compute)
+                  "SynthRAD2025/evaluation image_metrics.py", METRICS, ("mae", "psnr", "ms_ssim"), compute)
