@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
                         help="use TotalSegmentator's 3 mm 'fast' model for SegScore")
+    parser.add_argument("--segscore-cache", default=None, metavar="DIR",
+                        help="cache of the reference CTs' segmentations, per case, model and TotalSegmentator "
+                             "version (default $DGCF_results/segscore_cache)")
     parser.add_argument("-device", default="gpu", choices=("gpu", "cpu", "mps"),
                         help="device for TotalSegmentator (gpu falls back to cpu when CUDA is absent)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
@@ -46,7 +49,8 @@ def main(argv=None):
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.evaluation.evaluate import evaluate_folders, evaluate_split, format_table
 
-    options = dict(mask_dir=args.mask, segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
+    options = dict(segscore_cache=args.segscore_cache or "default", mask_dir=args.mask,
+                   segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
                    device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile)
     if args.split:
         if args.d is None or args.ref is not None:

@@ -201,10 +201,12 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
                      segscore_fast: bool = False, device: str = "gpu", png_dir=None,
                      num_processes: int = 1, segmenter=None, profile: str = DEFAULT_PROFILE,
                      cases: list[EvalCase] | None = None, extra: dict | None = None,
-                     metrics_device: str | None = None) -> dict:
+                     metrics_device: str | None = None, segscore_cache=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it.
 
     `cases` (reference cases with CT/mask already resolved, e.g. a split's cases) replaces `ref_dir`.
+    `segscore_cache`: folder caching the reference CTs' segmentations (None: no cache; "default":
+    $DGCF_results/segscore_cache).
     """
     chosen = get_profile(profile)
     missing: list[str] = []
@@ -221,12 +223,17 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
     extra = dict(extra or {})
     if segscore:
-        from dgcf_auto.evaluation.segscore import segscore as compute_segscore
+        from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
 
+        if segscore_cache == "default":
+            from dgcf_auto.paths import results_root
+
+            segscore_cache = results_root() / "segscore_cache"
+        scorer = SegScorer(segmenter, segscore_cache)
         for case in tqdm(cases, desc="SegScore", unit="case"):
-            per_case[case.name].update(compute_segscore(read_image(case.ct, case.name),
-                                                        read_image(case.sct, case.name), segmenter))
-        extra["segscore"] = getattr(segmenter, "settings", {"segmenter": "injected"})
+            per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
+                                              read_image(case.sct, case.name)))
+        extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
     summary = build_summary(cases, per_case, chosen, missing, extra)
     write_json(summary, output_json)
     return summary
