@@ -20,8 +20,8 @@ from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
-from dgcf_auto.preprocessing.workers import map_cases  # shared worker pool (may move to a low-level module)
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
+from dgcf_auto.workers import map_cases
 
 SOURCE_STEMS = ("mr", "cbct")
 DEFINITIONS = "what each metric computes: see \"profile\" and documentation/evaluation.md"
