@@ -82,7 +82,7 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     print(f"threads {args.threads}, device {args.device or 'auto'}, load average {os.getloadavg()[0]:.1f}")
-    print("| volume (x*y*z) | row | metrics | s/case | peak RSS (MB) | of which inputs (MB) | SSIM | MS-SSIM |")
+    print("| volume (x*y*z) | row | metrics | s/case | peak RSS (MB) | RSS before the metrics (MB) | SSIM | MS-SSIM |")
     print("|---|---|---|---|---|---|---|---|")
     for volume in args.volumes:
         for row in args.rows:
