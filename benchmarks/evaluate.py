@@ -50,7 +50,7 @@ def measure(row: str, volume: str, device: str | None) -> dict:
     x, y, z = (int(v) for v in volume.split("x"))
     ct, sct, mask = synthetic_case(x, y, z)
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if row == "before":
         values = metrics.evaluate_pair(ct, sct, mask)
     elif row == "after":
@@ -58,8 +58,8 @@ def measure(row: str, volume: str, device: str | None) -> dict:
         values["ms_ssim"] = ssim_fast.ms_ssim(ct, sct, mask, device=device)
     else:
         values = get_profile(row).compute(ct, sct, mask, device)
-    seconds = time.perf_counter() - start
-    return {"row": row, "volume": volume, "seconds": seconds, "inputs_rss_mb": before_rss,
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"row": row, "volume": volume, "seconds": seconds, "cpu_seconds": cpu_seconds, "inputs_rss_mb": before_rss,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "ms_ssim": values.get("ms_ssim"), "ssim": values.get("ssim"),
             "metrics": len([v for v in values.values() if v is not None and np.isfinite(v)])}
@@ -82,8 +82,9 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     print(f"threads {args.threads}, device {args.device or 'auto'}, load average {os.getloadavg()[0]:.1f}")
-    print("| volume (x*y*z) | row | metrics | s/case | peak RSS (MB) | RSS before the metrics (MB) | SSIM | MS-SSIM |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| volume (x*y*z) | row | metrics | s/case (wall) | CPU s/case | peak RSS (MB) | RSS before the metrics (MB) "
+          "| SSIM | MS-SSIM |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for volume in args.volumes:
         for row in args.rows:
             command = [sys.executable, __file__, "--child", f"{row}:{volume}", "--threads", str(args.threads)]
@@ -92,7 +93,8 @@ def main() -> None:
             out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             fmt = lambda v: "-" if v is None else f"{v:.7f}"  # noqa: E731
-            print(f"| {volume} | {row} | {r['metrics']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
+            print(f"| {volume} | {row} | {r['metrics']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+                  f"{r['peak_rss_mb']:.0f} | "
                   f"{r['inputs_rss_mb']:.0f} | {fmt(r['ssim'])} | {fmt(r['ms_ssim'])} |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

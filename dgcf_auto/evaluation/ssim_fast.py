@@ -5,11 +5,12 @@ same numbers (within 1e-6, tests pin both) in a fraction of the time and memory:
 - Only the 3-voxel-cropped map is ever averaged, so each map voxel needs the 7x7x7 window around it and no
   boundary padding: local statistics are 'valid' box sums (torch `unfold`), computed tile by tile over the
   bounding box of the mask, so tiles stay in cache and memory does not grow with the volume.
-- The five window sums (x, y, x^2, y^2, xy) go through one stacked box filter; L*C*S is raised to the scale
-  weight once ((L C S)^w = L^w C^w S^w for non-negative factors).
+- The five window sums (x, y, x^2, y^2, xy) go through one stacked box filter (in-place adds of shifted views);
+  L*C*S is raised to the scale weight once ((L C S)^w = L^w C^w S^w for non-negative factors).
 - The 2x2x2 'same' fftconvolve + [::2] of the official MS-SSIM is (a[2j] + a[2j-1]) / 2 per axis with
   a[-1] = 0, computed directly instead of through FFTs.
-Float64 on every device, so the CPU and the CUDA path agree with the reference to rounding.
+Tiles are computed in float64 on every device, so the CPU and the CUDA path agree with the reference to rounding;
+the clipped full-resolution images are held in float32 (exact for integer HU).
 """
 from __future__ import annotations
 
@@ -34,11 +35,25 @@ def metric_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _box_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sums over every full window of SSIM_WINDOW along `dim` (in-place adds of shifted views: fastest measured)."""
+    n = t.shape[dim] - HALO
+    out = t.narrow(dim, 0, n).clone()
+    for shift in range(1, SSIM_WINDOW):
+        out += t.narrow(dim, shift, n)
+    return out
+
+
 def _window_stats(x: torch.Tensor, y: torch.Tensor):
-    """Uniform-window means and sample (co)variances over every full 7x7x7 window ('valid' output)."""
-    stack = torch.stack([x, y, x * x, y * y, x * y])
+    """Uniform-window means and sample (co)variances over every full 7x7x7 window ('valid' output), float64."""
+    stack = torch.empty((5, *x.shape), dtype=torch.float64, device=x.device)
+    stack[0].copy_(x)
+    stack[1].copy_(y)
+    torch.mul(stack[0], stack[0], out=stack[2])
+    torch.mul(stack[1], stack[1], out=stack[3])
+    torch.mul(stack[0], stack[1], out=stack[4])
     for dim in (1, 2, 3):  # z first: it shrinks the tile most
-        stack = stack.unfold(dim, SSIM_WINDOW, 1).sum(-1)
+        stack = _box_sum(stack, dim)
     n_points = SSIM_WINDOW ** 3
     stack /= n_points
     ux, uy, uxx, uyy, uxy = stack
@@ -49,7 +64,7 @@ def _window_stats(x: torch.Tensor, y: torch.Tensor):
     return ux, uy, vx, vy, vxy
 
 
-def _ssim_map(x, y, data_range: float, weight: float | None):
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, weight: float | None):
     """weight None: skimage SSIM; else SynthRAD2025's L^w C^w S^w (each factor clipped at 0)."""
     ux, uy, vx, vy, vxy = _window_stats(x, y)
     c1 = (SSIM_K1 * data_range) ** 2
@@ -73,9 +88,13 @@ def _bounds(inside: np.ndarray):
     return out
 
 
-def masked_map_mean(x: np.ndarray, y: np.ndarray, m: np.ndarray, data_range: float, weight: float | None,
-                    device: torch.device) -> float:
-    """Mean of the SSIM map over the mask voxels of the 3-voxel-cropped grid (skimage's crop), tile by tile."""
+def masked_map_mean(x: torch.Tensor, y: torch.Tensor, m: np.ndarray, data_range: float,
+                    weight: float | None) -> float:
+    """Mean of the SSIM map over the mask voxels of the 3-voxel-cropped grid (skimage's crop), tile by tile.
+
+    x, y: the prepared images (any float dtype) on the compute device; m: the mask (numpy bool, same shape).
+    """
+    device = x.device
     pad = HALO // 2
     inside = m[pad:-pad, pad:-pad, pad:-pad] if min(m.shape) > HALO else np.zeros((0, 0, 0), bool)
     if not inside.any():
@@ -96,8 +115,7 @@ def masked_map_mean(x: np.ndarray, y: np.ndarray, m: np.ndarray, data_range: flo
             if not selected.any():
                 continue
             # map voxel (i, j, k) of the cropped grid = window over input voxels [i, i + 7) per axis
-            tiles = [torch.from_numpy(np.ascontiguousarray(a[za:zb + HALO, ya:yb + HALO, x0:x1 + HALO])).to(device)
-                     for a in (x, y)]
+            tiles = [a[za:zb + HALO, ya:yb + HALO, x0:x1 + HALO] for a in (x, y)]
             values = _ssim_map(*tiles, data_range, weight)
             chosen = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
             total += values[chosen].sum()
@@ -112,20 +130,22 @@ def ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_ran
     m = _binary_mask(mask, ct.shape)
     if min(ct.shape) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs at least {SSIM_WINDOW} voxels along every axis, got shape {ct.shape}")
-    x = _clip_mask_shift(ct, m, hu_range, np.float64)
-    y = _clip_mask_shift(sct, m, hu_range, np.float64)
-    return masked_map_mean(x, y, m, hu_range[1] - hu_range[0], None, metric_device(device))
+    dev = metric_device(device)
+    # the official code's dtype for the images; every tile is computed in float64
+    x, y = (torch.from_numpy(_clip_mask_shift(a, m, hu_range, np.float32)).to(dev) for a in (ct, sct))
+    return masked_map_mean(x, y, m, hu_range[1] - hu_range[0], None)
 
 
-def _halve(a: np.ndarray) -> np.ndarray:
+def _halve(a: torch.Tensor) -> torch.Tensor:
     """scipy fftconvolve(a, ones((2,2,2))/8, 'same')[::2, ::2, ::2], exactly: per axis (a[2j] + a[2j-1]) / 2."""
-    for axis in range(a.ndim):
-        moved = np.moveaxis(a, axis, 0)
-        out = moved[0::2].copy()
-        out[1:] += moved[1::2][:out.shape[0] - 1]
-        out *= 0.5
-        a = np.moveaxis(out, 0, axis)
-    return np.ascontiguousarray(a)
+    for dim in range(a.dim()):
+        lead = (slice(None),) * dim
+        out = a[lead + (slice(0, None, 2),)].to(torch.float64, copy=True)
+        pairs = out.shape[dim] - 1
+        if pairs > 0:
+            out.narrow(dim, 1, pairs).add_(a[lead + (slice(1, 2 * pairs, 2),)])
+        a = out.mul_(0.5)
+    return a
 
 
 def ms_ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_range=HU_RANGE_SYNTHRAD2025,
@@ -134,16 +154,19 @@ def ms_ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
     _check_pair(ct, sct)
     dev = metric_device(device)
     m = _binary_mask(mask, ct.shape)
-    x = _clip_mask_shift(ct, m, hu_range, np.float64)
-    y = _clip_mask_shift(sct, m, hu_range, np.float64)
+    # Level 0 is kept in float32 (half the memory; exact for the integer HU of CT files and dgcf_predict's
+    # int16 sCTs); every tile and every coarser level is float64.
+    x = _clip_mask_shift(ct, m, hu_range, np.float32)
+    y = _clip_mask_shift(sct, m, hu_range, np.float32)
     if min(x.shape) < MS_SSIM_MIN_SIZE:
         widths = [(max((MS_SSIM_MIN_SIZE - d) // 2, 0), max(MS_SSIM_MIN_SIZE - d - (MS_SSIM_MIN_SIZE - d) // 2, 0))
                   for d in x.shape]
         x, y, m = (np.pad(a, widths, mode="edge") for a in (x, y, m))
+    x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     data_range = hu_range[1] - hu_range[0]
     factors = []
     for level, weight in enumerate(scale_weights):
-        factors.append(masked_map_mean(x, y, m, data_range, float(weight), dev))
+        factors.append(masked_map_mean(x, y, m, data_range, float(weight)))
         if level + 1 < len(scale_weights):
             x, y, m = _halve(x), _halve(y), np.ascontiguousarray(m[::2, ::2, ::2])
     return float(np.prod(np.clip(factors, 0, 1)))
