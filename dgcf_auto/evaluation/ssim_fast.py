@@ -58,9 +58,9 @@ def _window_stats(x: torch.Tensor, y: torch.Tensor):
     stack /= n_points
     ux, uy, uxx, uyy, uxy = stack
     cov_norm = n_points / (n_points - 1)
-    vx = (uxx - ux * ux).mul_(cov_norm)
-    vy = (uyy - uy * uy).mul_(cov_norm)
-    vxy = (uxy - ux * uy).mul_(cov_norm)
+    vx = uxx.sub_(ux * ux).mul_(cov_norm)  # in place: the stack is this tile's scratch
+    vy = uyy.sub_(uy * uy).mul_(cov_norm)
+    vxy = uxy.sub_(ux * uy).mul_(cov_norm)
     return ux, uy, vx, vy, vxy
 
 
@@ -69,12 +69,14 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, weight: float
     ux, uy, vx, vy, vxy = _window_stats(x, y)
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
+    uxuy = (ux * uy).mul_(2).add_(c1)           # 2 ux uy + C1
+    uu = ux.mul_(ux).add_(uy.mul_(uy)).add_(c1)  # ux^2 + uy^2 + C1 (ux, uy no longer needed)
     if weight is None:
-        return (2 * ux * uy + c1).mul_(2 * vxy + c2).div_((ux * ux + uy * uy + c1).mul_(vx + vy + c2))
-    sxy = vx.clamp(min=0).sqrt_().mul_(vy.clamp(min=0).sqrt_())
-    luminance = (2 * ux * uy + c1).div_(ux * ux + uy * uy + c1).clamp_(min=0)
-    contrast = (2 * sxy + c2).div_(vx + vy + c2).clamp_(min=0)
-    structure = (vxy + c2 / 2).div_(sxy + c2 / 2).clamp_(min=0)
+        return uxuy.mul_(vxy.mul_(2).add_(c2)).div_(uu.mul_(vx.add_(vy).add_(c2)))
+    sxy = vx.clamp(min=0).mul_(vy.clamp(min=0)).sqrt_()  # sqrt(vx+) sqrt(vy+) in one root
+    luminance = uxuy.div_(uu).clamp_(min=0)
+    contrast = (sxy * 2).add_(c2).div_(vx.add_(vy).add_(c2)).clamp_(min=0)
+    structure = vxy.add_(c2 / 2).div_(sxy.add_(c2 / 2)).clamp_(min=0)
     return luminance.mul_(contrast).mul_(structure).pow_(weight)
 
 
@@ -118,7 +120,7 @@ def masked_map_mean(x: torch.Tensor, y: torch.Tensor, m: np.ndarray, data_range:
             tiles = [a[za:zb + HALO, ya:yb + HALO, x0:x1 + HALO] for a in (x, y)]
             values = _ssim_map(*tiles, data_range, weight)
             chosen = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
-            total += values[chosen].sum()
+            total += values.mul_(chosen).sum()  # the map is finite (C1, C2 > 0): a product masks it
             count += int(selected.sum())
     return float(total.item() / count)
 
