@@ -8,7 +8,7 @@ fast path (profile synthrad2023 + fast MS-SSIM); the profile rows are what `dgcf
 Prints a markdown table.
 
     python benchmarks/evaluate.py                                  # 256x256x100 and 512x512x100, CPU
-    python benchmarks/evaluate.py --threads 1 --rows before after  # one core
+    python benchmarks/evaluate.py --rows before after               # the comparison only
     python benchmarks/evaluate.py --device cuda                    # the torch path on a GPU
 """
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volumes", nargs="+", default=["256x256x100", "512x512x100"], help="XxYxZ voxels")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--threads", type=int, default=1, help="threads of the child process (torch, OpenMP); the numpy reference uses one")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the child process (OpenMP); the numpy reference uses one, the fast CPU path one "
+                        "per case (cases run in parallel with dgcf_evaluate -np)")
     parser.add_argument("--device", default=None, help="torch device of the fast path (default: cuda if available)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

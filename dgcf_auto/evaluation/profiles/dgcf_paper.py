@@ -47,9 +47,13 @@ def _definitions() -> dict[str, MetricDefinition]:
     return out
 
 
-def hu_classes(ct: np.ndarray) -> dict[str, np.ndarray]:
-    """The authors' class masks of the reference CT (see the module docstring)."""
-    return {"air": ct < -250, "soft_tissue": (ct >= -250) & (ct < 250), "bone": ct >= 250}
+def hu_class(ct: np.ndarray, name: str) -> np.ndarray:
+    """The authors' class mask `name` of the reference CT (see the module docstring)."""
+    if name == "air":
+        return ct < -250
+    if name == "soft_tissue":
+        return (ct >= -250) & (ct < 250)
+    return ct >= 250
 
 
 def _pair(ct, sct, mask, hu_range, device) -> tuple[float, float]:
@@ -67,7 +71,8 @@ def compute(ct, sct, mask, device=None) -> dict[str, float]:
         result["ms_ssim_body"], result["psnr_body"] = _pair(ct, sct, mask, own, device)
     else:
         result["ms_ssim_body"] = result["psnr_body"] = math.nan
-    for name, selected in hu_classes(ct).items():
+    for name in CLASS_RANGES:  # one class mask at a time: memory
+        selected = hu_class(ct, name)
         if selected.any():
             result[f"ms_ssim_{name}"], result[f"psnr_{name}"] = _pair(ct, sct, selected, CLASS_RANGES[name], device)
         else:
