@@ -26,7 +26,7 @@ from dgcf_auto.evaluation.metrics import (HU_RANGE_SYNTHRAD2023, HU_RANGE_SYNTHR
 
 HALO = SSIM_WINDOW - 1          # input voxels a 'valid' window adds along an axis
 CPU_TILE_ROWS = 8               # z rows per CPU tile: 8 + 6 halo rows of a slice fit in cache best (measured)
-CPU_TILE_VOXELS = 300_000       # input voxels per CPU tile (y rows are cut to stay below this; measured)
+CPU_TILE_VOXELS = 150_000       # input voxels per CPU tile (y rows are cut to stay below this; measured)
 
 
 def metric_device(device: str | None = None) -> torch.device:
@@ -129,11 +129,13 @@ def masked_map_mean(x: torch.Tensor, y: torch.Tensor, m: np.ndarray, data_range:
         zb = min(za + tile_z, z1)
         for ya in range(y0, y1, tile_y):
             yb = min(ya + tile_y, y1)
-            selected = inside[za:zb, ya:yb, x0:x1]
-            if not selected.any():
+            columns = np.flatnonzero(inside[za:zb, ya:yb, x0:x1].any(axis=(0, 1)))
+            if columns.size == 0:
                 continue
+            xa, xb = x0 + int(columns[0]), x0 + int(columns[-1]) + 1  # the mask's extent in these rows
+            selected = inside[za:zb, ya:yb, xa:xb]
             # map voxel (i, j, k) of the cropped grid = window over input voxels [i, i + 7) per axis
-            tiles = [a[za:zb + HALO, ya:yb + HALO, x0:x1 + HALO] for a in (x, y)]
+            tiles = [a[za:zb + HALO, ya:yb + HALO, xa:xb + HALO] for a in (x, y)]
             values = _ssim_map(*tiles, data_range, weight)
             chosen = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
             total += values.mul_(chosen).sum()  # the map is finite (C1, C2 > 0): a product masks it
