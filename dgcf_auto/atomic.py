@@ -104,17 +104,25 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 
 def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
-    """Fail in one line, before any expensive work, when files cannot be created in `folder`."""
+    """Fail in one line, before any expensive work, when files cannot be created in `folder`.
+
+    Nothing is created: the probe goes into the nearest folder that exists (a missing folder is made later,
+    by the first write). Stale temporary files in `folder` are removed on the way.
+    """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DGCFError(f"{what} {folder}: is a file, not a folder")
-    probe = folder / f".write-check{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DGCFError(f"{what} {folder}: {existing} is a file, not a folder")
+    probe = existing / f".write-check{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        prepare_folder(folder)
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as exc:
         raise DGCFError(f"{what} {folder}: not writable: {exc.strerror or exc}") from None
+    if existing == folder:
+        remove_stale_temps(folder)
     return folder
 
 
