@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from dgcf_auto.atomic import TEMP_MARKER
 from test_prediction import DATASET_ID, _predict, trained  # noqa: F401 - the fixture is used by name
@@ -208,3 +209,84 @@ def test_8_temp_file_of_a_killed_run_is_removed_by_the_next(trained, tmp_path):
     assert len(_temps(out)) == 1 and not (out / "X.nii.gz").exists()  # what the kill leaves
     assert _predict(["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--disable_tta", "-f", "0"]) == 0
     assert _temps(out) == []
+
+
+# 9. Tests that catch a wrong sCT: a network of known output, HU computed independently.
+class _Identity(torch.nn.Module):
+    """Returns its normalised input: the sCT must then be the source mapped through both normalisations."""
+
+    def forward(self, x):
+        return x
+
+
+def _identity_predictor(trained, plans_update=None):
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    predictor = SCTPredictor(sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1],
+                             use_tta=True, precision="fp32")
+    predictor.networks = [_Identity()]
+    if plans_update:
+        predictor.plans = {**predictor.plans, **plans_update}
+    return predictor
+
+
+def _ramp_case():
+    """A rotated, flipped, anisotropic MR whose intensity is linear in x, y and z (world mm), with a mask."""
+    shape = (11, 61, 71)  # (z, y, x); the mask keeps > 15 mm from the image border (B-spline support)
+    image = sitk.Image(shape[::-1], sitk.sitkFloat32)
+    image.SetSpacing((0.83, 1.27, 3.1))
+    image.SetOrigin((-12.5, 40.25, 7.0))
+    angle = np.deg2rad(7)
+    image.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, -1))
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape[::-1]], indexing="ij"), -1).reshape(-1, 3)
+    world = (np.array(image.GetDirection()).reshape(3, 3) @ (index * image.GetSpacing()).T).T + image.GetOrigin()
+    centre = world.mean(0)
+    ramp = 300 + (world - centre) @ np.array([2.0, 1.5, 4.0])
+    array = ramp.reshape(shape[::-1]).transpose(2, 1, 0).astype(np.float32)  # (x, y, z) -> (z, y, x)
+    source = sitk.GetImageFromArray(array)
+    source.CopyInformation(image)
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    inside = ((x - 35) / 15.0) ** 2 + ((y - 30) / 14.0) ** 2 < 1
+    mask_array = np.broadcast_to(inside & (z >= 1) & (z <= 9), shape).astype(np.uint8)
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(image)
+    return source, mask, array, mask_array
+
+
+def test_9_known_network_gives_independently_computed_hu_on_a_rotated_anisotropic_case(trained):
+    from scipy import ndimage
+
+    predictor = _identity_predictor(trained)
+    source, mask, array, mask_array = _ramp_case()
+    sct, _ = predictor.predict_volume(source, mask, "RAMP")
+    hu = sitk.GetArrayFromImage(sct).astype(np.float64)
+    low, high = (predictor.plans["ct_normalization"][k] for k in ("clip_low", "clip_high"))
+    p99 = np.percentile(array[mask_array > 0], 99)  # the paper's MR normalisation, inside the mask
+    expected = low + np.clip(array / p99, 0, 1) * (high - low)
+    # Compare away from the p99 kink, where resampling (B-spline, both ways) is exact for a linear ramp.
+    core = ndimage.binary_erosion(mask_array, np.ones((1, 3, 3), bool)) & (array < 0.85 * p99)
+    assert core.sum() > 1000
+    assert np.abs(hu[core] - expected[core]).max() <= 1.0  # int16 rounding only
+    assert np.all(hu[mask_array == 0] == -1000)
+
+
+def test_9_known_network_reproduces_a_3d_phantom_and_a_z_flip_would_show(trained):
+    """CBCT phantom, identity network, window normalisation equal to the CT's, slice grid at the case's own
+    spacing (resampling copies voxels): the sCT is the clipped CBCT. The phantom changes along z, so a
+    flipped or shifted slice axis cannot pass."""
+    from dgcf_auto.dataset.example import make_example_case
+
+    case = make_example_case(np.random.default_rng([5, 3]), "cbct2ct", case_index=3)  # a rotated case
+    source, mask = case["source"], case["mask"]
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[source.GetSpacing()[1]] * 2,
+                patch_size=[128, 128])
+    window = {"scheme": "window", "clip_low": -1024.0, "clip_high": 2000.0}
+    predictor = _identity_predictor(trained, {"configurations": {"2d": grid}, "source_normalization": window,
+                                              "ct_normalization": {"clip_low": -1024.0, "clip_high": 2000.0}})
+    sct, _ = predictor.predict_volume(source, mask, "PHANTOM")
+    hu = sitk.GetArrayFromImage(sct).astype(np.float64)
+    body = sitk.GetArrayFromImage(mask) > 0
+    expected = np.clip(sitk.GetArrayFromImage(source), -1024, 2000)
+    assert np.abs(hu[body] - expected[body]).max() <= 1.0
+    flipped = expected[::-1]  # what a z-flip in the predictor would produce: the anatomy differs slice to slice
+    assert np.abs(flipped[body] - expected[body]).mean() > 50
