@@ -23,6 +23,7 @@ setup(
         "timm>=1.0.20",  # vit_base_patch16_dinov3
         "safetensors",
         "SimpleITK>=2.3",
+        "nibabel>=5",  # NIfTI voxel checks: raises on short voxel blocks and cut gzip, keeps NaN/inf
         "batchgenerators>=0.25",
         "pytorch-msssim>=1.0",
         "totalsegmentator>=2.4",
