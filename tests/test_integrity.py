@@ -290,3 +290,125 @@ def test_9_known_network_reproduces_a_3d_phantom_and_a_z_flip_would_show(trained
     assert np.abs(hu[body] - expected[body]).max() <= 1.0
     flipped = expected[::-1]  # what a z-flip in the predictor would produce: the anatomy differs slice to slice
     assert np.abs(flipped[body] - expected[body]).mean() > 50
+
+
+# 5. Direction matrices that are not orthonormal are refused, one line per case (intake: test_dataset.py).
+def test_5_non_orthonormal_direction_is_refused_by_predict(trained, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = sitk.ReadImage(str(trained["raw"] / _cases(trained)[0] / "mr.nii.gz"))
+    for name, direction in (("sheared", "1 0.2 0 0 1 0 0 0 1"), ("scaled", "2 0 0 0 2 0 0 0 2")):
+        sitk.WriteImage(source, str(folder / f"{name}.mha"))
+        text = (folder / f"{name}.mha").read_bytes()
+        start = text.index(b"TransformMatrix = ")
+        end = text.index(b"\n", start)
+        (folder / f"{name}.mha").write_bytes(text[:start] + b"TransformMatrix = " + direction.encode() + text[end:])
+    assert _predict(["-i", str(folder), "-o", str(tmp_path / "out"), "-device", "cpu"]) == 1
+    lines = _error_lines(capsys)
+    assert len(lines) == 2
+    for line, name in zip(lines, ("scaled", "sheared")):
+        assert line.startswith(f"dgcf_predict: error: case {name}: file {name}.mha: direction matrix (")
+        assert "is not orthonormal" in line
+    assert not (tmp_path / "out").exists()
+
+
+# 6. Preprocessing: one run per dataset at a time, and "up to date" means the arrays agree with json and plans.
+@pytest.fixture()
+def small_dataset(tmp_path, monkeypatch):
+    from dgcf_auto.dataset.example import write_example_dataset
+
+    for key in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
+        monkeypatch.setenv(key, str(tmp_path / key))
+    return write_example_dataset(997, "cbct2ct", n=3, seed=1, size_scale=0.5)
+
+
+def test_6_up_to_date_means_arrays_agree_with_json_and_plans(small_dataset, capsys):
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    first = plan_and_preprocess(997, num_processes=1, progress=False, overrides={"patch_size": [32, 32]})
+    folder = Path(first["output_folder"]) / "DGCFPlans_2d"
+    name = first["preprocessed"]["done"][0]["case"]
+    # What an interleaved second run with another --patch-size left behind: one array on another grid.
+    np.save(folder / f"{name}_source.npy", np.zeros((5, 64, 64), np.float32))
+    again = plan_and_preprocess(997, num_processes=1, progress=False, overrides={"patch_size": [32, 32]})
+    assert [d["case"] for d in again["preprocessed"]["done"]] == [name] and len(again["preprocessed"]["skipped"]) == 2
+    shapes = {np.load(folder / f"{name}_{key}.npy").shape for key in ("source", "ct", "mask")}
+    assert shapes == {tuple(json_shape) for json_shape in [__import__("json").loads(
+        (folder / f"{name}.json").read_text())["shape"]]}
+    other = plan_and_preprocess(997, num_processes=1, progress=False, overrides={"patch_size": [64, 64]})
+    assert len(other["preprocessed"]["done"]) == 3  # new plans: nothing is up to date
+
+
+def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, capsys):
+    import fcntl
+    import threading
+
+    from dgcf_auto.preprocessing.run import LOCK_FILE, plan_and_preprocess
+
+    out = Path(os.environ["DGCF_preprocessed"]) / small_dataset.name
+    out.mkdir(parents=True)
+    results = []
+    with open(out / LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another run holds the dataset
+        worker = threading.Thread(target=lambda: results.append(plan_and_preprocess(
+            997, num_processes=1, progress=False, overrides={"patch_size": [32, 32]})))
+        worker.start()
+        time.sleep(3)
+        assert worker.is_alive() and not (out / "DGCFPlans.json").exists()  # waiting, nothing written
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(120)
+    assert results and len(results[0]["preprocessed"]["done"]) == 3
+    assert "is in use by another run; waiting for it to finish" in capsys.readouterr().err
+
+
+# 7. Prediction without a mask derives the body, as training used it: normalisation, centring, FOV warning.
+def test_7_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(trained, tmp_path, capsys):
+    from dgcf_auto.dataset.example import make_example_case
+    from dgcf_auto.inference.body_mask import derive_body_mask
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    predictor = SCTPredictor(sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1],
+                             use_tta=False, precision="fp32")
+    case = make_example_case(np.random.default_rng([7, 1]), "mr2ct", case_index=1)
+    derived = derive_body_mask(case["source"], predictor.plans, case="P")
+    body = sitk.GetArrayFromImage(case["labels"]) > 0
+    found = sitk.GetArrayFromImage(derived) > 0
+    assert 2 * np.count_nonzero(body & found) / (body.sum() + found.sum()) > 0.95  # Dice with the true body
+    without, _ = predictor.predict_volume(case["source"], None, "P")
+    given, _ = predictor.predict_volume(case["source"], derived, "P")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(without), sitk.GetArrayFromImage(given))
+    assert np.all(sitk.GetArrayFromImage(without)[~found] == -1000)
+
+    # A body far wider than the planned grid, no mask given: warned about, once per case.
+    array = np.zeros((4, 120, 160), np.float32)
+    yy, xx = np.ogrid[:120, :160]
+    array[:, ((xx - 80) / 75.0) ** 2 + ((yy - 60) / 50.0) ** 2 < 1] = 300.0
+    wide = sitk.GetImageFromArray(array)
+    wide.SetSpacing((2.0, 2.0, 3.0))
+    sitk.WriteImage(wide, str(tmp_path / "WIDE.nii.gz"))
+    capsys.readouterr()
+    assert _predict(["-i", str(tmp_path / "WIDE.nii.gz"), "-o", str(tmp_path / "out"), "-device", "cpu",
+                     "-f", "0", "--disable_tta"]) == 0
+    printed = capsys.readouterr()
+    assert "no body mask given for 1 case(s): masks derived from the source (plans)" in printed.out
+    assert "WARNING: case WIDE:" in printed.err and "of the body mask lies outside the planned slice grid" in printed.err
+
+
+# 10. Dataset folders as users receive them: overview/ and hidden files are skipped with a note.
+def test_10_overview_folder_and_hidden_files_are_skipped_with_a_note(small_dataset, capsys):
+    from dgcf_auto.dataset.validation import validate_dataset
+    from dgcf_auto.errors import DGCFInputErrors
+
+    (small_dataset / "overview").mkdir()
+    (small_dataset / "overview" / "Task2_pelvis.xlsx").write_bytes(b"PK spreadsheet")
+    (small_dataset / ".DS_Store").write_bytes(b"\0")
+    (small_dataset / "._2PA001").write_bytes(b"\0")
+    cases = validate_dataset(small_dataset, progress=False)
+    assert [c.name for c in cases] == ["2PA001", "2PA002", "2PA003"]
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert note.endswith("skipped 3 entries holding no case images: overview, .DS_Store, ._2PA001")
+    (small_dataset / "2PA004").mkdir()  # some case images, some missing: still an error
+    shutil.copy(small_dataset / "2PA001" / "ct.nii.gz", small_dataset / "2PA004" / "ct.nii.gz")
+    with pytest.raises(DGCFInputErrors) as info:
+        validate_dataset(small_dataset, progress=False)
+    assert info.value.problems[0].startswith("case 2PA004: file mr.nii.gz or cbct.nii.gz: no source image")
