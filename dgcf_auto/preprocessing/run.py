@@ -32,7 +32,7 @@ from dgcf_auto.planning.planner import (CONFIGURATION, DATA_IDENTIFIER, PLANS_FI
                                         preprocessing_signature_fields)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
-from dgcf_auto.preprocessing.workers import map_cases
+from dgcf_auto.workers import map_cases
 
 ARRAY_KEYS = ("source", "ct", "mask")
 LOCK_FILE = ".dgcf_plan_and_preprocess.lock"
