@@ -23,6 +23,7 @@ setup(
         "timm>=1.0.20",  # vit_base_patch16_dinov3
         "safetensors",
         "SimpleITK>=2.3",
+        "pydicom>=2.4",  # DICOM series output (and header scanning of DICOM input)
         "batchgenerators>=0.25",
         "pytorch-msssim>=1.0",
         "totalsegmentator>=2.4",

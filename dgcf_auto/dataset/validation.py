@@ -52,7 +52,10 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
     for role, path in (("source", case.source), ("ct", case.ct), ("mask", case.mask)):
         if path is None:
             continue
-        reader, problem = _check_file(case.name, path, is_mask=(role == "mask"))
+        if path.is_dir():
+            reader, problem = _check_dicom_folder(case, path, is_mask=(role == "mask"))
+        else:
+            reader, problem = _check_file(case.name, path, is_mask=(role == "mask"))
         if problem:
             problems.append(problem)
         else:
@@ -109,6 +112,20 @@ def _check_file(case_name: str, path: Path, is_mask: bool) -> tuple[sitk.ImageFi
     return reader, None
 
 
+def _check_dicom_folder(case: Case, path: Path, is_mask: bool):
+    """(series header, None) when the folder's series reads as one regular volume, else (None, problem)."""
+    from dgcf_auto.dicomio import open_series, read_checked_series, series_header
+
+    try:
+        series = open_series(path, case.name, case.series_uids)
+        image = read_checked_series(series, case.name)
+    except DGCFError as exc:
+        return None, str(exc)
+    if is_mask and not np.any(sitk.GetArrayViewFromImage(image)):
+        return None, f"case {case.name}: folder {path.name}/: mask is empty (all voxels are 0)"
+    return series_header(series, image), None
+
+
 def _reason(exc: Exception) -> str:
     if "Unable to determine ImageIO reader" in str(exc):
         return "not a valid NIfTI or MetaImage file"
@@ -124,9 +141,9 @@ def load_case(case: Case) -> tuple[sitk.Image, sitk.Image | None, sitk.Image | N
     """(source, ct, mask) as SimpleITK images; ct/mask are None when the case has none."""
     if case.source is None:
         raise DGCFError(case.problems[0] if case.problems else f"case {case.name}: no source image")
-    source = read_image(case.source, case.name)
-    ct = read_image(case.ct, case.name) if case.ct is not None else None
-    mask = read_image(case.mask, case.name) if case.mask is not None else None
+    source = read_image(case.source, case.name, case.series_uids)
+    ct = read_image(case.ct, case.name, case.series_uids) if case.ct is not None else None
+    mask = read_image(case.mask, case.name, case.series_uids) if case.mask is not None else None
     return source, ct, mask
 
 

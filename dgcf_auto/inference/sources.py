@@ -1,4 +1,6 @@
 """What `dgcf_predict -i` accepts: SynthRAD2023 case folders, a folder of source images, or one file.
+Sources may be DICOM: `<case>/mr/` in a case folder, a folder of DICOM series folders (one case each), or
+one bare DICOM folder (one case).
 
 Inputs become `dataset.Case`s (CT left out: prediction never reads it) and are checked by the dataset
 package's own validation, so prediction rejects exactly what training would (NaN in NIfTI, truncated files,
@@ -11,29 +13,36 @@ from pathlib import Path
 
 from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, read_case_folder
 from dgcf_auto.dataset.validation import validate_cases
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
 
 
-def collect_inputs(path: str | Path) -> list[Case]:
-    """Cases under `path`, sorted by name; an error when there is nothing to predict."""
+def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = ()) -> list[Case]:
+    """Cases under `path`, sorted by name; an error when there is nothing to predict. `series_uids` picks
+    the series in DICOM folders that hold several."""
     path = Path(path)
+    series_uids = tuple(series_uids or ())
     if path.is_file():
         if image_suffix(path) is None:
-            raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+            raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a DICOM folder")
         return [Case(strip_suffix(path), None, path)]
     if not path.is_dir():
         raise DGCFError(f"input {path}: no such file or folder")
+    if is_dicom_folder(path):
+        return [Case(path.name, None, path, series_uids=series_uids)]
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    cases = [replace(read_case_folder(d), ct=None) for d in folders if _holds_source(d)]
+    cases = [replace(read_case_folder(d), ct=None, series_uids=series_uids) if _holds_source(d)
+             else Case(d.name, None, d, series_uids=series_uids)
+             for d in folders if _holds_source(d) or is_dicom_folder(d)]
     flat = [Case(strip_suffix(f), None, f) for f in sorted(path.iterdir())
             if f.is_file() and image_suffix(f) and not f.name.startswith(".")]
     if cases and flat:
         raise DGCFError(f"input {path}: holds both case folders and image files; give one kind")
     inputs = cases or flat
     if not inputs:
-        raise DGCFError(f"input {path}: no images found (expected <case>/mr|cbct.nii.gz folders "
-                        f"or image files {', '.join(IMAGE_SUFFIXES)})")
+        raise DGCFError(f"input {path}: no images found (expected <case>/mr|cbct.nii.gz folders, "
+                        f"image files {', '.join(IMAGE_SUFFIXES)} or DICOM folders)")
     names = [i.name for i in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
