@@ -6,13 +6,19 @@ reads it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from dgcf_auto.atomic import atomic_path
+from dgcf_auto.atomic import WriteFailed, atomic_path
 from dgcf_auto.errors import DGCFError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
@@ -98,8 +104,58 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     suffix = image_suffix(path)
     if suffix is None:
         raise DGCFError(f"file {path}: unsupported image format (use one of {', '.join(IMAGE_SUFFIXES)})")
-    with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+    verify = lambda tmp: written_image_problem(tmp, image)  # noqa: E731
+    with _c_stderr_held_back(), atomic_path(path, suffix=suffix, verify=verify) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:  # ITK reports failed writes as RuntimeError; keep its reason
+            raise WriteFailed(_itk_reason(exc)) from None
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _c_stderr_held_back():
+    """Hold back what ITK's C code prints on stderr while writing; on failure drop it (one line suffices).
+
+    Redirecting file descriptor 2 is process-wide, hence the lock (image writes are serialised).
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    sys.stderr.write(text.decode(errors="replace"))
+
+
+def written_image_problem(path: Path, image: sitk.Image) -> str | None:
+    """None when `path` holds exactly `image`'s voxels (read back in full), else what is wrong.
+
+    ITK's NIfTI writer ignores failed writes (a full disk leaves a short file that SimpleITK still reads),
+    so NIfTI files are read back with nibabel, which raises on a short voxel block or a cut gzip stream.
+    """
+    expected = sitk.GetArrayViewFromImage(image)
+    try:
+        if image_suffix(path) in (".nii", ".nii.gz"):
+            back = np.asarray(nib.load(str(path)).dataobj).T  # nibabel's (x, y, z) -> SimpleITK's (z, y, x)
+        else:
+            back = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any failure to read back means the file is not complete
+        return f"the written file cannot be read back ({' '.join(str(exc).split())[:120]})"
+    if back.shape != expected.shape or not np.array_equal(back, expected, equal_nan=back.dtype.kind == "f"):
+        return "the written file differs from the image"
+    return None
 
 
 def to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
@@ -142,6 +198,13 @@ def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
 
 def _fmt(values: np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _itk_reason(exc: Exception) -> str:
+    """'No space left on device' out of ITK's multi-line exception text."""
+    text = str(exc)
+    match = re.search(r"Reason: (.+)", text)
+    return match.group(1).strip() if match else _short(text.strip().splitlines()[-1] if text.strip() else "unknown")
 
 
 def _short(text: str, limit: int = 160) -> str:

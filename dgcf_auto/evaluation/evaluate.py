@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dgcf_auto.atomic import write_json
+from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
@@ -174,6 +174,9 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
                      segscore_fast: bool = False, device: str = "gpu", png_dir=None,
                      num_processes: int = 1, segmenter=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it."""
+    check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics
+    if png_dir is not None:
+        check_writable(png_dir, "figure folder")
     cases = match_cases(ref_dir, pred_dir, mask_dir)
     check_cases(cases)
     if not any(c.mask for c in cases):

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import to_array
+from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
 from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
 from dgcf_auto.network.execution import autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
@@ -31,8 +32,9 @@ TTA_FLIP_DIMS = ((), (-1,))
 class SCTPredictor:
     def __init__(self, checkpoint_files: list[Path], device: str | torch.device = "cpu",
                  use_tta: bool = True, batch_size: int = 16, mask_background: bool = True,
-                 precision: str = "auto"):
+                 precision: str = "auto", mask_from: str = "plans"):
         self.device = torch.device(device)
+        self.checkpoint_files = [Path(f) for f in checkpoint_files]
         self.autocast_dtype = autocast_dtype(self.device, precision)
         checkpoints = [load_checkpoint(f) for f in checkpoint_files]
         self.plans = checkpoints[0]["plans"]
@@ -47,6 +49,14 @@ class SCTPredictor:
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_size = batch_size
         self.mask_background = mask_background
+        self.mask_from = effective_method(mask_from, self.plans)
+        # Everything that changes the output voxels besides the weights (for the provenance record).
+        self.options = {"tta": use_tta, "precision": "bf16" if self.autocast_dtype else "fp32",
+                        "mask_background": mask_background, "mask_from": self.mask_from}
+
+    @property
+    def derives_masks(self) -> bool:
+        return self.mask_from != "none"
 
     @property
     def passes_per_slice(self) -> int:
@@ -56,6 +66,8 @@ class SCTPredictor:
                        with_uncertainty: bool = False) -> tuple[sitk.Image, sitk.Image | None]:
         """sCT (int16 HU, the source's exact grid) and optionally the std over folds/TTA in HU."""
         # Files were validated on the way in (dataset validation); preprocess_case checks dimension and grids.
+        if mask is None:  # as in training: normalise, centre and mask with the body, not the whole image
+            mask = derive_body_mask(source, self.plans, self.mask_from, case)
         prepared = preprocess_case(source, None, mask, self.plans, case)
         mean, std = self._predict_slices(prepared.source, case, with_uncertainty)
         sct = restore_ct(mean, prepared.properties, self.plans)

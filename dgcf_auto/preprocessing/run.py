@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgcf_auto.atomic import read_json, write_json, write_npy
+from dgcf_auto.atomic import check_writable, read_json, write_json, write_npy
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
@@ -115,8 +115,8 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_overrides(overrides)
     raw_dir = raw_dataset(dataset_id)
+    out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
-    out_dir = _output_folder(raw_dir)
     names = [c.name for c in cases]
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
