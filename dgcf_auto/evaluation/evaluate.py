@@ -171,7 +171,7 @@ def _finite_or_none(value):
 
 
 def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bool = False,
-                     segscore_fast: bool = False, device: str = "gpu", png_dir=None,
+                     segscore_fast: bool = False, device: str | None = None, png_dir=None,
                      num_processes: int = 1, segmenter=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it."""
     check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics

@@ -100,14 +100,15 @@ def _load_vit_file(path: str, mtime_ns: int, size: int) -> dict:
     return load(Path(path), required=())
 
 
-def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The network of a checkpoint; the frozen ViT's weights come from the checkpoint itself."""
+def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
+                          dinov3: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The network of a checkpoint; the frozen ViT's weights come from the checkpoint itself. `dinov3`: an
+    existing FrozenDINOv3 holding these very weights (another fold's), shared instead of built again."""
     from dgcf_auto.network import DEFAULT_DINOV3_CFG, FrozenDINOv3, build_network, needs_dinov3
     from dgcf_auto.network.dinov3 import create_vit
 
     network_plans = checkpoint["plans"]["network"]
-    dinov3 = None
-    if needs_dinov3(network_plans):
+    if dinov3 is None and needs_dinov3(network_plans):
         cfg = {**DEFAULT_DINOV3_CFG, **network_plans.get("dinov3", {})}
         # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
         dinov3 = FrozenDINOv3(create_vit(cfg), cfg["layers"], norm=cfg.get("norm", True),
