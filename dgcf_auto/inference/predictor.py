@@ -55,7 +55,7 @@ class SCTPredictor:
                 reference_vit = vit_weights
             elif sharing and not _same_tensors(vit_weights, reference_vit):
                 sharing = False  # folds trained from different ViT weights: each keeps its own
-                tqdm.write(f"note: {file}: frozen DINOv3 weights differ from fold {self.checkpoint_files[0].parent.name}'s; "
+                tqdm.write(f"note: {file}: frozen DINOv3 weights differ from {self.checkpoint_files[0].parent.name}'s; "
                            f"every fold runs its own ViT", file=sys.stderr)
             network = build_trained_network(checkpoint, self.device, shared_vit if sharing else None)
             if index == 0:
