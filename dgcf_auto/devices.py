@@ -27,7 +27,7 @@ def resolve_device(name: str | None = None):
     import torch
 
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if not _PATTERN.match(str(name)):
         raise DGCFError(f"-device {name}: invalid device; use {DEVICE_HELP}")
     device = torch.device(name)

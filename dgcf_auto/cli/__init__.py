@@ -9,6 +9,14 @@ COMMANDS = ("make_example_dataset", "convert_synthrad2023", "plan_and_preprocess
             "evaluate", "export_model_to_zip", "install_model_from_zip", "visualize", "demo")
 
 
+def add_version(parser):
+    """`--version` on every command: the program name and the dgcf_auto version."""
+    from dgcf_auto import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
 def commands_markdown(width: int = 100) -> str:
     """documentation/commands.md: every command's --help, generated so the page never drifts from the code."""
     previous = os.environ.get("COLUMNS")

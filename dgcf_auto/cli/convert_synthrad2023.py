@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
                         help="in DICOM folders (mr/, cbct/, ct/) holding several image series, use the series "
                              "with this Series Instance UID")
+    add_version(parser)
     return parser
 
 

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov3-weights", default=None,
                    help="real DINOv3 ViT-B/16 weights; without them the demo uses RANDOM weights")
     p.add_argument("--overwrite", action="store_true", help="start the demo folder afresh")
+    add_version(p)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"device for TotalSegmentator: {DEVICE_HELP}; 'gpu' is accepted for 'cuda'")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    add_version(parser)
     return parser
 
 

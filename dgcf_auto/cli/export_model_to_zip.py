@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dgcf_auto import __version__
-
     p = argparse.ArgumentParser(
         prog="dgcf_export_model_to_zip",
         description="Write one zip holding a trained model's weights (no optimiser state), plans, dataset "
@@ -20,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: folds 0..4 that exist, else all)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_version(p)
     return p
 
 

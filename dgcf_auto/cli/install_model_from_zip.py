@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dgcf_auto import __version__
-
     p = argparse.ArgumentParser(
         prog="dgcf_install_model_from_zip",
         description="Check a model zip written by dgcf_export_model_to_zip (paths, links, SHA-256 manifest, "
                     "weights-only loading) and install it under $DGCF_results atomically.")
     p.add_argument("zip", help="model zip")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_version(p)
     return p
 
 

@@ -5,12 +5,11 @@ import argparse
 from pathlib import Path
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dgcf_auto import __version__
-
     p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__)
     p.add_argument("-i", required=True, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
                    "of source images or DICOM folders, one image file, or one DICOM folder")
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines/GPUs)")
     p.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0..num_parts-1)")
     p.add_argument("--disable-progress-bar", action="store_true", help="no progress bars (logs, batch jobs)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_version(p)
     return p
 
 

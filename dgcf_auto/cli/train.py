@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4, help="background data workers (0: main process)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and slice sampling")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    add_version(p)
     return p
 
 
