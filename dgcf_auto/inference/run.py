@@ -219,7 +219,7 @@ def dicom_description(predictor: SCTPredictor) -> dict:
     """SeriesDescription (64 characters at most) and DerivationDescription of a DICOM sCT series."""
     folder = predictor.checkpoint_files[0].parent.parent
     folds = [p.parent.name.replace("fold_", "") for p in predictor.checkpoint_files]
-    checkpoint = predictor.checkpoint_files[0].name.replace(".pth", "")
+    checkpoint = predictor.checkpoint_files[0].name.replace(".pth", "").replace("checkpoint_", "chk ")
     dataset = folder.parent.name
     description = f"dgcf_auto sCT {dataset} {folder.name.split('__')[0]} f{','.join(folds)} {checkpoint}"
     derivation = (f"Synthetic CT predicted by dgcf_auto from the source series; model {dataset}/{folder.name}, "
