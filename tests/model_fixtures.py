@@ -59,3 +59,13 @@ def save_tiny_folds(model_folder, plans: dict, folds=(0, 1), shared_vit: bool = 
                     **(extra or {})}, path)
         files.append(path)
     return files
+
+
+def write_vgg19_features(path, seed: int = 0):
+    """A randomly initialised torchvision VGG19 `features` state dict under torchvision's key names."""
+    from torchvision.models import vgg19
+
+    torch.manual_seed(seed)
+    features = vgg19(weights=None).features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return features

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from dgcf_auto import checkpoint as checkpoint_format
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 
@@ -70,9 +71,7 @@ def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: 
 def load_checkpoint(path: Path, merge_shared_vit: bool = True) -> dict:
     """A fold's checkpoint, for prediction: only the weights and the plans are needed. The checkpoint of an
     installed model names a shared ViT file (`shared_vit`); its weights are merged back in."""
-    from dgcf_auto.training.checkpoint import load_checkpoint as load
-
-    checkpoint = load(path, required=("network_weights", "plans"))
+    checkpoint = checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS)
     if merge_shared_vit and "shared_vit" in checkpoint:
         vit = load_shared_vit(path, checkpoint["shared_vit"])
         checkpoint["network_weights"] = {**{VIT_PREFIX + k: v for k, v in vit.items()},
@@ -95,25 +94,22 @@ def load_shared_vit(checkpoint_path: Path, name: str) -> dict:
 @functools.lru_cache(maxsize=1)
 def _load_vit_file(path: str, mtime_ns: int, size: int) -> dict:
     """Cached: every fold of an ensemble names the same file (the key changes when the file does)."""
-    from dgcf_auto.training.checkpoint import load_checkpoint as load
-
-    return load(Path(path), required=())
+    return checkpoint_format.load_checkpoint(Path(path), required=())
 
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
                           dinov3: torch.nn.Module | None = None) -> torch.nn.Module:
-    """The network of a checkpoint; the frozen ViT's weights come from the checkpoint itself. `dinov3`: an
-    existing FrozenDINOv3 holding these very weights (another fold's), shared instead of built again."""
-    from dgcf_auto.network import DEFAULT_DINOV3_CFG, FrozenDINOv3, build_network, needs_dinov3
-    from dgcf_auto.network.dinov3 import create_vit
+    """The registered network of a checkpoint; the frozen ViT's weights come from the checkpoint itself.
+    `dinov3`: an existing FrozenDINOv3 holding these very weights (another fold's), shared, not built again."""
+    from dgcf_auto.network import build_network, network_needs_dinov3
+    from dgcf_auto.network.dinov3 import empty_dinov3
+    from dgcf_auto.plans import network_plans
 
-    network_plans = checkpoint["plans"]["network"]
-    if dinov3 is None and needs_dinov3(network_plans):
-        cfg = {**DEFAULT_DINOV3_CFG, **network_plans.get("dinov3", {})}
+    plans = network_plans(checkpoint["plans"])
+    if dinov3 is None and network_needs_dinov3(plans):
         # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
-        dinov3 = FrozenDINOv3(create_vit(cfg), cfg["layers"], norm=cfg.get("norm", True),
-                              weights_source=str(checkpoint.get("dinov3_source", "checkpoint")))
-    network = build_network(network_plans, dinov3)
+        dinov3 = empty_dinov3(plans.dinov3, str(checkpoint.get("dinov3_source", "checkpoint")))
+    network = build_network(plans, dinov3)
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as exc:
