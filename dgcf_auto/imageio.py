@@ -150,7 +150,7 @@ def written_image_problem(path: Path, image: sitk.Image) -> str | None:
         if image_suffix(path) in (".nii", ".nii.gz"):
             back = np.asarray(nib.load(str(path)).dataobj).T  # nibabel's (x, y, z) -> SimpleITK's (z, y, x)
         else:
-            back = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
+            back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except Exception as exc:  # noqa: BLE001 - any failure to read back means the file is not complete
         return f"the written file cannot be read back ({' '.join(str(exc).split())[:120]})"
     if back.shape != expected.shape or not np.array_equal(back, expected, equal_nan=back.dtype.kind == "f"):
