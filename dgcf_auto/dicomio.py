@@ -391,3 +391,77 @@ def _ds(value) -> str:
     if isinstance(value, str) or not isinstance(value, (float, int, np.floating, np.integer)):
         return str(value)
     return format_number_as_ds(float(value))
+
+
+# ------------------------------------------------------------------------------------------ RTSTRUCT masks
+def rtstruct_files(folders) -> list[Path]:
+    """RT Structure Set files directly in any of `folders` (DICOM folders and case folders)."""
+    import pydicom
+
+    found = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and is_dicom_file(path):
+                try:
+                    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+                except Exception:
+                    continue
+                if str(getattr(header, "Modality", "")).upper() == "RTSTRUCT":
+                    found.append(path)
+    return found
+
+
+def roi_mask(files: list[Path], roi_name: str, reference: sitk.Image, where: str,
+             frame_of_reference: str | None = None) -> sitk.Image:
+    """The ROI `roi_name` (case-insensitive) of the RTSTRUCT among `files`, rasterised on `reference`'s grid
+    (uint8; a voxel is inside when its centre is; nested contours of one slice are holes, even-odd)."""
+    import pydicom
+    from matplotlib.path import Path as Polygon
+
+    names, chosen = [], None
+    for path in files:
+        ds = pydicom.dcmread(path)
+        rois = {int(r.ROINumber): str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])}
+        names += list(rois.values())
+        number = next((n for n, name in rois.items() if name.strip().lower() == roi_name.strip().lower()), None)
+        if number is not None:
+            chosen = (path, ds, number)
+            break
+    if chosen is None:
+        listed = ", ".join(sorted(set(names))) or "none"
+        raise DGCFError(f"{where}: no RTSTRUCT ROI named '{roi_name}' (ROIs found: {listed})")
+    path, ds, number = chosen
+    references = [str(r.FrameOfReferenceUID) for r in getattr(ds, "ReferencedFrameOfReferenceSequence", [])
+                  if "FrameOfReferenceUID" in r]
+    if frame_of_reference and references and frame_of_reference not in references:
+        raise DGCFError(f"{where}: file {path.name}: the RTSTRUCT refers to another frame of reference than the "
+                        f"image series; it belongs to another scan")
+    contours = next((c for c in getattr(ds, "ROIContourSequence", []) if int(c.ReferencedROINumber) == number), None)
+    nx, ny, nz = reference.GetSize()
+    mask = np.zeros((nz, ny, nx), np.uint8)
+    origin = np.array(reference.GetOrigin())
+    # physical point -> continuous index: inverse of (direction * spacing)
+    to_index = np.linalg.inv(np.array(reference.GetDirection()).reshape(3, 3) @ np.diag(reference.GetSpacing()))
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    centres = np.column_stack([xx.ravel(), yy.ravel()])
+    for contour in getattr(contours, "ContourSequence", []) if contours is not None else []:
+        if str(getattr(contour, "ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
+            continue
+        points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+        index = (points - origin) @ to_index.T
+        k = int(np.rint(index[:, 2].mean()))
+        if np.abs(index[:, 2] - k).max() > 0.25:
+            raise DGCFError(f"{where}: file {path.name}: a contour of ROI '{roi_name}' does not lie on a slice "
+                            f"of the image (index {index[:, 2].mean():.2f}); is the RTSTRUCT for this series?")
+        if not 0 <= k < nz or len(points) < 3:
+            continue
+        inside = Polygon(index[:, :2]).contains_points(centres).reshape(ny, nx)
+        mask[k] ^= inside.astype(np.uint8)  # even-odd: a contour inside another is a hole
+    if not mask.any():
+        raise DGCFError(f"{where}: RTSTRUCT ROI '{roi_name}' covers no voxel of the image")
+    image = sitk.GetImageFromArray(mask)
+    image.CopyInformation(reference)
+    return image

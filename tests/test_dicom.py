@@ -305,3 +305,56 @@ def test_ct_series_validates_with_dciodvfy(tmp_path):
         result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], "\n".join(errors)
+
+
+def _rtstruct_with_roi(folder: Path, image: sitk.Image, name: str, frame_uid: str, contours) -> Path:
+    """An RTSTRUCT whose ROI `name` has one CLOSED_PLANAR contour per (slice k, [(i, j), ...] index corners)."""
+    path = _rtstruct(folder)
+    ds = pydicom.dcmread(path)
+    roi = pydicom.Dataset()
+    roi.ROINumber, roi.ROIName = 7, name
+    other = pydicom.Dataset()
+    other.ROINumber, other.ROIName = 3, "PTV"
+    ds.StructureSetROISequence = [other, roi]
+    frame = pydicom.Dataset()
+    frame.FrameOfReferenceUID = frame_uid
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    items = []
+    for k, corners in contours:
+        item = pydicom.Dataset()
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        points = [image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k))) for i, j in corners]
+        item.ContourData = [f"{v:.6f}" for p in points for v in p]
+        item.NumberOfContourPoints = len(points)
+        items.append(item)
+    contour = pydicom.Dataset()
+    contour.ReferencedROINumber = 7
+    contour.ContourSequence = items
+    ds.ROIContourSequence = [contour]
+    ds.save_as(path)
+    return path
+
+
+def _box(x0, x1, y0, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def test_rtstruct_roi_is_rasterised_on_the_image_grid(tmp_path):
+    mr = _int16(_case(3)["source"])  # rotated grid
+    _write(mr, tmp_path / "mr")
+    frame = pydicom.dcmread(_files(tmp_path / "mr")[0]).FrameOfReferenceUID
+    # Corners on half-integer indices: voxel centres 10..29 x 8..25 are inside (20 x 18 = 360 voxels);
+    # the nested box on slice 3 is a hole of 15..19 x 12..14 (5 x 3 = 15 voxels).
+    outer = _box(9.5, 29.5, 7.5, 25.5)
+    rs = _rtstruct_with_roi(tmp_path / "mr", mr, "Body", frame,
+                            [(2, outer), (3, outer), (3, _box(14.5, 19.5, 11.5, 14.5)), (4, outer), (5, outer)])
+    mask = dicomio.roi_mask([rs], "BODY", mr, "case X", frame)
+    array = sitk.GetArrayFromImage(mask)
+    assert int(array.sum()) == 4 * 360 - 15
+    assert array[3, 12:15, 15:20].sum() == 0 and array[3, 8:26, 10:30].sum() == 345
+    assert array[2, 8, 10] == 1 and array[2, 7, 10] == 0 and array[2, 8, 30] == 0 and array[1].sum() == 0
+    assert mask.GetDirection() == mr.GetDirection() and mask.GetOrigin() == mr.GetOrigin()
+    with pytest.raises(DGCFError, match=r"no RTSTRUCT ROI named 'Skin' \(ROIs found: Body, PTV\)"):
+        dicomio.roi_mask([rs], "Skin", mr, "case X", frame)
+    with pytest.raises(DGCFError, match="another frame of reference"):
+        dicomio.roi_mask([rs], "Body", mr, "case X", "1.2.3.4")

@@ -249,3 +249,27 @@ def test_model_folder_errors_are_one_line(trained, tmp_path, capsys):
     assert "holds no fold_* folders" in capsys.readouterr().err
     assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "o"), "-d", "Dataset001_Wrong"]) == 1
     assert "dataset Dataset001_Wrong: no such folder in DGCF_results" in capsys.readouterr().err
+
+
+def test_mask_roi_from_an_rtstruct_masks_the_sct(trained, tmp_path, capsys):
+    from test_dicom import _box, _rtstruct_with_roi
+
+    case = _cases(trained)[0]
+    folder = tmp_path / "cases" / case.name
+    series = _mr_dicom(case, folder / "mr")
+    mr = dicomio.read_series(series)
+    frame = pydicom.dcmread(next(series.iterdir())).FrameOfReferenceUID
+    nx, ny, _ = mr.GetSize()
+    (x0, x1), (y0, y1) = (nx // 4, 3 * nx // 4), (ny // 4, 3 * ny // 4)
+    box = _box(x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5)  # voxel centres x0..x1-1, y0..y1-1
+    _rtstruct_with_roi(folder / "RS", mr, "BODY", frame, [(k, box) for k in range(3, 9)])
+    args = ["-i", str(tmp_path / "cases"), "-o", str(tmp_path / "out"), "-f", "0", "-device", "cpu", "--disable_tta",
+            "--disable-progress-bar"]
+    assert _predict(args + ["--mask-roi", "Body"]) == 0
+    sct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case.name}.nii.gz")))
+    inside = np.zeros(sct.shape, bool)
+    inside[3:9, y0:y1, x0:x1] = True
+    assert np.all(sct[~inside] == -1000) and np.mean(sct[inside] != -1000) > 0.9
+    assert _predict(args + ["--mask-roi", "Skin", "-o", str(tmp_path / "out2")]) == 1
+    assert f"case {case.name}: no RTSTRUCT ROI named 'Skin' (ROIs found: BODY, PTV)" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("*.nii.gz"))

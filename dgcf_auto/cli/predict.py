@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root for new DICOM UIDs, e.g. your organisation's '1.2.3.4.' (default: pydicom's)")
     p.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
                    help="in DICOM folders holding several image series, use the series with this UID")
+    p.add_argument("--mask-roi", default=None, metavar="NAME",
+                   help="body mask = this ROI of an RTSTRUCT in the DICOM source folder or the case folder, "
+                        "rasterised on the source grid (replaces mask.nii.gz)")
     p.add_argument("--keep-background", action="store_true",
                    help="do not set voxels outside the body mask to -1000 HU")
     p.add_argument("--save-uncertainty", action="store_true",
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     written = predict(args.i, args.o, model=args.m if args.m is not None else args.d, folds=args.f,
                       device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p,
                       checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
-                      output_format=args.output_format, series_uids=tuple(args.series_uid),
+                      output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
                       mask_from=args.mask_from, keep_background=args.keep_background,
                       save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
                       num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,

@@ -36,6 +36,7 @@ class Case:
     mask: Path | None = None
     problems: list[str] = field(default_factory=list)  # one line each, naming case and file
     series_uids: tuple[str, ...] = ()  # DICOM folders holding several series: read the one with this UID
+    mask_roi: str | None = None        # the body mask is this RTSTRUCT ROI (dgcf_predict --mask-roi)
 
     @property
     def folder(self) -> Path | None:

@@ -52,7 +52,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             device: str | None = None, tta: bool = True, *, mask: sitk.Image | PathLike | None = None,
             trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
             precision: str = "auto", batch_size: int | None = None, output_format: str = ".nii.gz",
-            series_uids=(), mask_from: str = "plans", keep_background: bool = False,
+            series_uids=(), mask_roi: str | None = None, mask_from: str = "plans", keep_background: bool = False,
             save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
             png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None):
@@ -73,7 +73,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
     from dgcf_auto.inference.run import check_outputs, predict_inputs
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
-    inputs = collect_inputs(input, tuple(series_uids or ()))[part_id::num_parts]
+    inputs = collect_inputs(input, tuple(series_uids or ()), mask_roi)[part_id::num_parts]
     if not inputs:
         raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(collect_inputs(input))} in {input})")
     if output is not None:  # where outputs go is checked before any model is loaded

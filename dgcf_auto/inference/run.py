@@ -25,7 +25,7 @@ from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
 from dgcf_auto.inference.report import PeakMemory, RunReport, report_name
-from dgcf_auto.inference.sources import check_inputs, reference_ct
+from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 
 
 OUTPUT_FORMATS = IMAGE_SUFFIXES + ("dicom", "same")
@@ -100,8 +100,9 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     recorder.save()
     report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
     dicom = dict(uid_prefix=dicom_uid_prefix or DEFAULT_UID_PREFIX, **dicom_description(predictor))
-    if predictor.derives_masks and any(item.mask is None for item in todo):
-        tqdm.write(f"dgcf_predict: no body mask given for {sum(i.mask is None for i in todo)} case(s): masks "
+    unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
+    if predictor.derives_masks and unmasked:
+        tqdm.write(f"dgcf_predict: no body mask given for {unmasked} case(s): masks "
                    f"derived from the source ({predictor.mask_from}); see documentation/prediction.md")
 
     written = []
@@ -248,6 +249,8 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
 
 def _read(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
     source = read_image(item.source, item.name, item.series_uids)
+    if item.mask_roi:
+        return source, read_roi_mask(item, source)
     mask = read_image(item.mask, item.name, item.series_uids) if item.mask is not None else None
     return source, mask
 
