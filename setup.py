@@ -26,6 +26,7 @@ setup(
         "safetensors",
         "SimpleITK>=2.3",
         "pydicom>=2.4",  # DICOM series output (and header scanning of DICOM input)
+        "nibabel>=5",  # NIfTI voxel checks: raises on short voxel blocks and cut gzip, keeps NaN/inf
         "batchgenerators>=0.25",
         "pytorch-msssim>=1.0",
         "totalsegmentator>=2.4",

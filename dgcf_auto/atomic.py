@@ -159,6 +159,34 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     return folder
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.
+
+    A second holder waits, after printing `waiting` once (to stderr). The lock goes with the process: a killed
+    run never leaves a stale lock behind.
+    """
+    import fcntl
+    import sys
+
+    folder = prepare_folder(folder)
+    try:
+        handle = open(folder / name, "a")
+    except OSError as exc:
+        raise write_error(folder / name, exc) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_bytes(data: bytes, target: str | os.PathLike, suffix: str | None = None) -> None:
     """Write `data` atomically; the check is that the file on disk holds exactly len(data) bytes."""
     with atomic_path(target, suffix=suffix,

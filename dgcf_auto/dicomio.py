@@ -238,10 +238,11 @@ def series_header(series: Series, image: sitk.Image | None = None):
     return SeriesHeader(series)
 
 
-def open_series(folder: str | os.PathLike, case: str | None = None, series_uids=()) -> Series:
-    """The folder's chosen image series, checked and in slice order (a DGCFError otherwise)."""
+def open_series(folder: str | os.PathLike, case: str | None = None, series_uids=(), where: str | None = None) -> Series:
+    """The folder's chosen image series, checked and in slice order (a DGCFError otherwise, starting with
+    `where`, by default 'case <case>: folder <name>/')."""
     folder = Path(folder)
-    where = f"case {case}: folder {folder.name}/" if case else f"folder {folder}"
+    where = where or (f"case {case}: folder {folder.name}/" if case else f"folder {folder}")
     series = select_series(folder, where, series_uids)
     check_series(series, where)
     return series
@@ -253,8 +254,8 @@ def read_series(folder: str | os.PathLike, case: str | None = None, series_uids=
     return read_checked_series(series, case)
 
 
-def read_checked_series(series: Series, case: str | None = None) -> sitk.Image:
-    where = f"case {case}: folder {series.folder.name}/" if case else f"folder {series.folder}"
+def read_checked_series(series: Series, case: str | None = None, where: str | None = None) -> sitk.Image:
+    where = where or (f"case {case}: folder {series.folder.name}/" if case else f"folder {series.folder}")
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing was checked above, with a clearer message
     try:

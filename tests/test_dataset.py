@@ -130,6 +130,18 @@ def _with_array(image: sitk.Image, edit) -> sitk.Image:
     return out
 
 
+def _as_mha(case: Path, stem: str, direction) -> None:
+    """Rewrite `<stem>.nii.gz` as `<stem>.mha` with a raw direction matrix (MetaImage stores it as given)."""
+    image = sitk.ReadImage(str(case / f"{stem}.nii.gz"))
+    sitk.WriteImage(image, str(case / f"{stem}.mha"))
+    (case / f"{stem}.nii.gz").unlink()
+    text = (case / f"{stem}.mha").read_bytes()
+    start = text.index(b"TransformMatrix = ")
+    end = text.index(b"\n", start)
+    matrix = " ".join(f"{v:g}" for v in direction).encode()
+    (case / f"{stem}.mha").write_bytes(text[:start] + b"TransformMatrix = " + matrix + text[end:])
+
+
 def test_valid_dataset_passes_and_loads(dataset):
     cases = validate_dataset(dataset, progress=False)
     assert [c.name for c in cases] == ["1PA001", "1PA002"] and task_of(cases) == "mr2ct"
@@ -158,6 +170,9 @@ FAULTS = {
     "all-zero mask": (lambda c: _rewrite(c / "mask.nii.gz", lambda im: im * 0), "file mask.nii.gz: mask is empty"),
     "2D image": (lambda c: _rewrite(c / "ct.nii.gz", lambda im: im[:, :, 2]), "file ct.nii.gz: is 2D"),
     "corrupt nii.gz": (lambda c: (c / "ct.nii.gz").write_bytes(b"not a nifti file " * 25), "file ct.nii.gz: cannot be read"),
+    # Issue 10, fault 5: NIfTI cannot hold these and SimpleITK coerces them; .mha keeps them as written.
+    "sheared direction": (lambda c: _as_mha(c, "mr", (1, 0.2, 0, 0, 1, 0, 0, 0, 1)), "file mr.mha: direction matrix"),
+    "direction 2I": (lambda c: _as_mha(c, "mr", (2, 0, 0, 0, 2, 0, 0, 0, 2)), "file mr.mha: direction matrix"),
     "truncated nii.gz": (lambda c: (c / "mask.nii.gz").write_bytes((c / "mask.nii.gz").read_bytes()[:-300]),
                          "file mask.nii.gz: is truncated or corrupt"),
 }

@@ -45,3 +45,9 @@ def main(argv=None):
                                device=args.device, png_dir=args.png, num_processes=max(1, args.np))
     print(format_table(summary))
     print(f"summary written to {args.output}")
+    if summary["not_evaluated"]:  # scored what could be scored; the bad predictions still fail the command
+        from dgcf_auto.errors import DGCFInputErrors
+
+        raise DGCFInputErrors([row["reason"] for row in summary["not_evaluated"]],
+                              header=f"{len(summary['not_evaluated'])} prediction(s) not evaluated "
+                                     f"(listed under not_evaluated in {args.output}):")

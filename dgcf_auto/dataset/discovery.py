@@ -15,6 +15,7 @@ validation's job (`dgcf_auto.dataset.validation`).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from dgcf_auto.imageio import IMAGE_SUFFIXES, image_suffix, strip_suffix
 SOURCE_MODALITIES = ("mr", "cbct")
 TASK_OF_MODALITY = {"mr": "mr2ct", "cbct": "cbct2ct"}
 ROLES = SOURCE_MODALITIES + ("ct", "mask")
+DATASET_FILES = {"dataset.json"}  # written beside the cases by our own converters; not worth a note
 
 
 @dataclass
@@ -107,9 +109,28 @@ def case_folders(dataset_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in dataset_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def find_cases(dataset_dir: str | os.PathLike) -> list[Case]:
-    """Every case folder of a dataset, in name order (a folder without images becomes a case with a problem)."""
-    return [read_case_folder(folder) for folder in case_folders(dataset_dir)]
+def find_cases(dataset_dir: str | os.PathLike, note=None) -> list[Case]:
+    """Every case folder of a dataset, in name order.
+
+    Entries that hold no image at all (an official download's `overview/` spreadsheets, copied hidden
+    files, notes) are skipped with one note line; a folder with some images is a case, and what it lacks
+    is a problem of that case.
+    """
+    folders, skipped = [], []
+    for folder in case_folders(dataset_dir):
+        (folders if any(image_suffix(p) for p in folder.iterdir() if p.is_file()) else skipped).append(folder.name)
+    skipped += sorted(p.name for p in Path(dataset_dir).iterdir()
+                      if p.is_file() and p.name not in DATASET_FILES and not image_suffix(p))
+    if skipped:
+        (note or _note)(f"note: {dataset_dir}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} "
+                        f"holding no case images: {', '.join(skipped[:8])}{', ...' if len(skipped) > 8 else ''}")
+    return [read_case_folder(Path(dataset_dir) / name) for name in folders]
+
+
+def _note(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def task_of(cases: list[Case]) -> str:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
+from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
@@ -129,19 +130,29 @@ def _names(names, limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def check_cases(cases: list[EvalCase]) -> None:
-    """Every file readable and on the CT's grid, from headers only; all problems at once."""
-    problems = []
+def check_cases(cases: list[EvalCase]) -> dict[str, str]:
+    """Reference/mask problems raise, all at once (headers only). A prediction gets the checks the inputs get
+    (complete voxel block, finite, orthonormal direction) and the CT's grid; a bad one is not scored:
+    returns {case: why} for those."""
+    problems, unusable = [], {}
     for case in cases:
         try:
             ref = read_header(case.ct, case.name)
-            for path in (case.sct, case.mask):
-                if path is not None and (diff := geometry_mismatch(ref, read_header(path, case.name))):
-                    problems.append(f"case {case.name}: file {path.name}: not on the grid of {case.ct.name} ({diff})")
+            if problem := direction_problem(np.array(ref.GetDirection()).reshape(3, 3)):
+                problems.append(f"case {case.name}: file {case.ct.name}: {problem}")
+            if case.mask is not None and (diff := geometry_mismatch(ref, read_header(case.mask, case.name))):
+                problems.append(f"case {case.name}: file {case.mask.name}: not on the grid of {case.ct.name} ({diff})")
         except DGCFError as exc:
             problems.append(str(exc))
+            continue
+        reader, problem = check_image_file(case.sct, f"case {case.name}: file {case.sct.name}")
+        if problem is None and (diff := geometry_mismatch(ref, reader)):
+            problem = f"case {case.name}: file {case.sct.name}: not on the grid of {case.ct.name} ({diff})"
+        if problem:
+            unusable[case.name] = problem
     if problems:
         raise DGCFInputErrors(problems)
+    return unusable
 
 
 def _evaluate_one(case: EvalCase, png_dir: Path | None) -> dict:
@@ -178,7 +189,10 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
     cases = match_cases(ref_dir, pred_dir, mask_dir)
-    check_cases(cases)
+    unusable = check_cases(cases)
+    if len(unusable) == len(cases):
+        raise DGCFInputErrors(list(unusable.values()))
+    cases = [c for c in cases if c.name not in unusable]
     if not any(c.mask for c in cases):
         print("warning: no masks found; metrics cover the whole image", file=sys.stderr)
     if segscore and segmenter is None:  # fail on missing weights before the long image metrics
@@ -214,6 +228,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         ],
         **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
         "definitions": DEFINITIONS,
+        "not_evaluated": [{"case": name, "reason": why} for name, why in unusable.items()],
     }
     write_json(summary, output_json)
     return summary
