@@ -29,6 +29,10 @@ DEFAULT_DINOV3_CFG = {"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12
 # (Meta's make_transform and timm's pretrained_cfg both use these values).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# "imagenet": [-1, 1] -> [0, 1] -> ImageNet mean/std, what DINOv3 was trained on (the default).
+# "release": the slice as given, grey repeated to 3 channels, no normalisation: what the authors' released
+#            code feeds the ViT (their feature_prepare.py and perceptual.py).
+INPUT_MODES = ("imagenet", "release")
 
 
 class FrozenDINOv3(nn.Module):
@@ -41,7 +45,7 @@ class FrozenDINOv3(nn.Module):
     """
 
     def __init__(self, vit: nn.Module, layers: Sequence[int] = (3, 6, 9, 12), norm: bool = True,
-                 weights_source: str = "random"):
+                 weights_source: str = "random", input_mode: str = "imagenet"):
         super().__init__()
         self.vit = vit
         self.depth = len(vit.blocks)
@@ -52,6 +56,9 @@ class FrozenDINOv3(nn.Module):
         # get_intermediate_layers does by default (and as the authors' released code calls it).
         self.norm = bool(norm)
         self.weights_source = weights_source
+        if input_mode not in INPUT_MODES:
+            raise DGCFError(f"DINOv3 input_mode {input_mode!r} is unknown; known: {', '.join(INPUT_MODES)}")
+        self.input_mode = input_mode
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.vit.requires_grad_(False)
@@ -68,12 +75,14 @@ class FrozenDINOv3(nn.Module):
         return super().train(False)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] slice -> the 3-channel, ImageNet-normalised input DINOv3 was trained on."""
+        """[-1, 1] slice -> the 3-channel ViT input: ImageNet-normalised, or as given ("release")."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"FrozenDINOv3 expects B x 1|3 x H x W, got {tuple(x.shape)}")
         if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
             raise ValueError(f"FrozenDINOv3 input size {tuple(x.shape[-2:])} is not a multiple of "
                              f"{self.patch_size}")
+        if self.input_mode == "release":
+            return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         x = (x + 1.0) * 0.5  # [-1, 1] -> [0, 1], the range before DINOv3's normalisation
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grey -> RGB with equal channels (a grey photo)
@@ -92,7 +101,8 @@ class FrozenDINOv3(nn.Module):
             return [by_index[layer - 1] for layer in layers]
 
     def extra_repr(self) -> str:
-        return f"layers={list(self.layers)}, norm={self.norm}, weights_source={self.weights_source!r}"
+        return (f"layers={list(self.layers)}, norm={self.norm}, input_mode={self.input_mode!r}, "
+                f"weights_source={self.weights_source!r}")
 
 
 def create_vit(dinov3_cfg: dict) -> nn.Module:
@@ -125,4 +135,5 @@ def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, ran
     else:
         path, source = resolve_weights(cfg["model"], weights, getattr(vit, "pretrained_cfg", {}))
         load_weights_into(vit, path)
-    return FrozenDINOv3(vit, cfg["layers"], norm=cfg.get("norm", True), weights_source=source)
+    return FrozenDINOv3(vit, cfg["layers"], norm=cfg.get("norm", True), weights_source=source,
+                        input_mode=cfg.get("input_mode", "imagenet"))

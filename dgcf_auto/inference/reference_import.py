@@ -1,0 +1,82 @@
+"""Import a generator trained with the authors' released code into a dgcf_auto fold checkpoint.
+
+Their training saves `DINOGuidedGenerator.state_dict()` (`<epoch>_net_G.pth`); the frozen DINOv3 is not in
+it (their features were precomputed), so its weights come from a separate file. The key mapping is the
+network's own `reference_key_map()` (dgcf_auto/network/dgcn_release.py) and strict both ways: every
+tensor of ours must come from their file with the same shape, and every key in their file must be used,
+except the fusion blocks their class builds but never runs when `use_cnn=False` ("ViT only"), which are
+dropped by name and reported.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from dgcf_auto.errors import DGCFError
+
+# Their ViT-only generator (use_cnn=False) still builds fuse1..fuse4; its forward never calls them.
+UNUSED_WITHOUT_CNN = re.compile(r"^fuse[1-4]\.")
+
+
+def read_reference_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Their saved state_dict (weights_only); a missing/corrupt/foreign file is one DGCFError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DGCFError(f"reference generator checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DGCFError(f"reference generator checkpoint {path} is corrupt or not a PyTorch state_dict "
+                        f"(torch.load with weights_only=True failed: {type(exc).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise DGCFError(f"reference generator checkpoint {path} is not a state_dict of tensors "
+                        f"(expected the file saved by their save_networks, e.g. best_net_G.pth)")
+    return state
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def convert_reference_state_dict(network: torch.nn.Module, reference: dict[str, torch.Tensor],
+                                 source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Their generator state_dict -> ours (every tensor but the frozen ViT) and the keys dropped by name.
+
+    Raises DGCFError (one line) for missing keys, keys we have no use for, and shape mismatches.
+    """
+    mapping = network.reference_key_map()  # ours -> theirs
+    ours_by_theirs = {theirs: ours for ours, theirs in mapping.items()}
+    missing = [theirs for theirs in ours_by_theirs if theirs not in reference]
+    dropped = [k for k in reference if k not in ours_by_theirs and not network.use_cnn
+               and UNUSED_WITHOUT_CNN.match(k)]
+    unmatched = [k for k in reference if k not in ours_by_theirs and k not in dropped]
+    if missing:
+        raise DGCFError(f"{source}: {len(missing)} tensors of the released generator this -tr expects are "
+                        f"missing: {_examples(missing)}; is it a checkpoint of another configuration (-tr)?")
+    if unmatched:
+        raise DGCFError(f"{source}: {len(unmatched)} keys match no layer of the released generator this -tr "
+                        f"builds: {_examples(unmatched)}; is it a checkpoint of another configuration (-tr)?")
+    target = network.state_dict()
+    converted = {}
+    for theirs, ours in ours_by_theirs.items():
+        value = reference[theirs]
+        if tuple(value.shape) != tuple(target[ours].shape):
+            raise DGCFError(f"{source}: {theirs} has shape {list(value.shape)}, the released generator this "
+                            f"-tr builds needs {list(target[ours].shape)} (other base channels or DINOv3 width?)")
+        converted[ours] = value.to(target[ours].dtype)
+    return converted, sorted(dropped)
+
+
+def load_reference_weights(network: torch.nn.Module, reference: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load their weights into `network` in place (strict for everything but the frozen ViT); returns the
+    keys dropped by name."""
+    converted, dropped = convert_reference_state_dict(network, reference, source)
+    vit = {k: v for k, v in network.state_dict().items() if k.startswith("dinov3.")}
+    network.load_state_dict({**converted, **vit}, strict=True)
+    return dropped
