@@ -70,7 +70,7 @@ def test_release_input_mode_is_grey_repeated_without_normalisation():
 
 
 def test_unknown_input_mode_is_a_clear_error():
-    with pytest.raises(DGCFError, match="input_mode 'rgb' is unknown"):
+    with pytest.raises(DGCFError, match="input_mode .rgb. is not one of imagenet, release"):
         build_dinov3({**TINY_DINOV3_CFG, "input_mode": "rgb"}, random=True)
 
 
@@ -119,3 +119,52 @@ def test_frozen_vit_gets_no_gradient_and_the_rest_trains():
     assert all(p.grad is None for p in dinov3.parameters())
     assert all(p.grad is not None for n, p in net.named_parameters() if not n.startswith("dinov3."))
     assert not dinov3.training
+
+
+def _plans(modality):
+    from dgcf_auto.plans import NetworkPlans, TrainingPlans
+
+    return {"source_modality": modality, "network": NetworkPlans().to_dict(), "training": TrainingPlans().to_dict()}
+
+
+@pytest.mark.parametrize("modality,offset", [("mr", 1.0), ("cbct", 0.0)])
+def test_release_variants_plan_the_released_reading(modality, offset):
+    from dgcf_auto.plans import network_plans, training_plans
+    from dgcf_auto.training.variants import TRAINERS, effective_plans
+
+    for name in ("DGCFTrainer_release", "DGCFTrainer_release_L1", "DGCFTrainer_release_vitOnly_L1"):
+        plans = effective_plans(_plans(modality), TRAINERS[name], {})
+        net, training = network_plans(plans), training_plans(plans)
+        assert net.dinov3.input_mode == "release" and net.options == {"vit_input_offset": offset}
+        assert training.schedule == "release" and training.adam_betas == [0.99, 0.999]
+        assert training.learning_rate == 2e-4 and training.epochs == 20
+        assert training.lr_scheduler == {"name": "step", "step_size": 5, "gamma": 0.1}
+        assert training.loss_options["mldp"] == {"layers": [3, 6, 9, 12], "reduction": "mean"}
+    cnn = effective_plans(_plans(modality), TRAINERS["DGCFTrainer_release_cnnOnly_L1"], {})
+    assert cnn["network"]["architecture"] == "dgcn_release_cnn_only" and cnn["network"]["options"] == {}
+    assert TRAINERS["DGCFTrainer_release"].loss == {"l1": 1.0, "mldp": 1.0}
+    assert TRAINERS["DGCFTrainer_release_VGG"].loss == {"l1": 1.0, "vgg": 1.0}
+
+
+def test_release_variant_without_a_known_modality_is_a_clear_error():
+    from dgcf_auto.training.variants import TRAINERS, effective_plans
+
+    with pytest.raises(DGCFError, match="source_modality"):
+        effective_plans(_plans(None), TRAINERS["DGCFTrainer_release"], {})
+
+
+def test_registered_builders_read_base_width_and_offset_from_the_plans(vit_b16):
+    from dgcf_auto.network import build_network, get_network_spec, network_size_multiple
+
+    plans = {"architecture": "dgcn_release", "options": {"vit_input_offset": 1.0}}
+    net = build_network(plans, vit_b16)
+    assert trainable(net) == 30_816_673 and net.vit_input_offset == 1.0 and net.dinov3 is vit_b16
+    assert network_size_multiple(plans) == 16
+    assert network_size_multiple({"architecture": "dgcn_release_cnn_only"}) == 8
+    assert not get_network_spec("dgcn_release_cnn_only").needs_dinov3
+    assert trainable(build_network({"architecture": "dgcn_release_cnn_only"}, None)) == 10_939_553
+    assert trainable(build_network({"architecture": "dgcn_release_vit_only"}, vit_b16)) == 9_755_489
+    with pytest.raises(DGCFError, match="4 levels doubling"):
+        build_network({"architecture": "dgcn_release", "features": [64, 128, 256]}, vit_b16)
+    with pytest.raises(DGCFError, match="unknown network option"):
+        build_network({"architecture": "dgcn_release", "options": {"bogus": 1}}, vit_b16)

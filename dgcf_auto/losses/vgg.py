@@ -1,89 +1,122 @@
-"""`vgg`: the VGG perceptual loss of Table 1's "DGCN + L_VGG" row, as the authors' released code computes it.
+"""The VGG perceptual loss of Table 1's "DGCN + L_VGG" row, as the authors' released code computes it.
 
-    L_VGG = mean | V(Y') - V(Y) |        V = torchvision VGG-19 `features` (all 16 convs with ReLU and the
-                                          5 max-pools: B x 512 x H/32 x W/32), frozen, eval mode
+Their `PerceptualLoss(feature_extractor="vgg")` runs torchvision's ImageNet VGG19 `features` (all 37
+modules, ending with the fifth max-pool: 512 x H/32 x W/32) on the slices repeated to 3 channels, with no
+ImageNet normalisation (the [-1, 1] values go in as they are), and takes the L1 (mean absolute error)
+between the two feature maps. Defaults reproduce that; `layers` (indices into `features` whose outputs are
+compared, averaged) and `input_mode: "imagenet"` give the classic multi-layer variant.
 
-Input as theirs (code_network/tools/loss/perceptual.py): the [-1, 1] slice repeated to 3 channels, no
-ImageNet normalisation. Their reduction is L1 (mean) per sample over the first four samples of the batch,
-averaged (their layer flags zip over the batch dimension of the single feature tensor); with their batch
-size of 4, as here by default, that equals the plain mean above. We average over the whole batch.
+Known difference, not copied: `features` returns one tensor, so their loop over "layers" actually runs over
+the first four *samples* of the batch; at their batch size of 4 that equals the L1 over the whole batch,
+which is what we compute for any batch size.
 
-Weights are ImageNet VGG-19 from torchvision (`vgg19-dcbb9e9d.pth`), read from a local file only: the
-`--vgg-weights` path, $DGCF_VGG_WEIGHTS, or the torch hub cache (<torch hub dir>/checkpoints/). Never
-downloaded; a missing file is one line saying where to put it.
+Weights are never downloaded: a file given by `--vgg-weights`, else $DGCF_VGG_WEIGHTS, else torchvision's
+own download cache ($TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth). Either a full torchvision VGG19 state
+dict or just its `features.*` entries.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.losses.registry import LossContext, register_loss
 
-VGG_WEIGHTS_ENV = "DGCF_VGG_WEIGHTS"
-VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 file name (what vgg19(pretrained=True) loads)
+TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's VGG19_Weights.IMAGENET1K_V1
+VGG19_LAST = 36                          # index of the final max-pool in vgg19().features
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_MODES = ("release", "imagenet")
 
 
-def hub_cache_file() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+def torch_hub_checkpoint() -> Path:
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(home) / "hub" / "checkpoints" / TORCHVISION_FILE
 
 
-def resolve_vgg_weights(given: str | None) -> Path:
-    for path, origin in ((given, "--vgg-weights"), (os.environ.get(VGG_WEIGHTS_ENV), VGG_WEIGHTS_ENV)):
-        if path:
-            path = Path(path).expanduser()
-            if not path.is_file():
-                raise DGCFError(f"VGG-19 weights file {path} (from {origin}) does not exist")
-            return path
-    cached = hub_cache_file()
+def resolve_vgg_weights(path: str | None) -> Path:
+    candidates = [("--vgg-weights", path), ("DGCF_VGG_WEIGHTS", os.environ.get("DGCF_VGG_WEIGHTS"))]
+    for origin, value in candidates:
+        if value:
+            if not Path(value).is_file():
+                raise DGCFError(f"VGG weights {value} (from {origin}) do not exist")
+            return Path(value)
+    cached = torch_hub_checkpoint()
     if cached.is_file():
         return cached
-    raise DGCFError(f"the vgg loss needs torchvision's ImageNet VGG-19 weights ({VGG19_FILE}, never downloaded "
-                    f"here): put the file at {cached}, or pass --vgg-weights FILE, or set {VGG_WEIGHTS_ENV}=FILE")
+    raise DGCFError(f"the vgg loss term needs torchvision's ImageNet VGG19 weights ({TORCHVISION_FILE}), "
+                    f"which are never downloaded: put the file at {cached}, or pass --vgg-weights FILE "
+                    f"or set DGCF_VGG_WEIGHTS")
 
 
-def load_vgg19_features(path: Path) -> nn.Module:
-    """torchvision's vgg19().features with the file's weights (strict), frozen and in eval mode."""
-    from torchvision.models.vgg import cfgs, make_layers
+def load_vgg19_features(path: Path) -> nn.Sequential:
+    from torchvision.models import vgg19
 
-    features = make_layers(cfgs["E"], batch_norm=False)  # == vgg19().features, without the 120M-weight head
+    features = vgg19(weights=None).features
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DGCFError(f"VGG-19 weights file {path} is corrupt or not a PyTorch state_dict "
-                        f"({type(exc).__name__})") from None
+        raise DGCFError(f"VGG weights {path} are corrupt or not a state dict ({type(exc).__name__})") from None
     if not isinstance(state, dict):
-        raise DGCFError(f"VGG-19 weights file {path} is not a state_dict")
-    wanted = {k[len("features."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
+        raise DGCFError(f"VGG weights {path} are not a state dict")
+    state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     try:
-        features.load_state_dict(wanted, strict=True)
+        features.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise DGCFError(f"VGG-19 weights file {path} does not fit torchvision's vgg19 features: "
+        raise DGCFError(f"VGG weights {path} do not fit torchvision's VGG19 features: "
                         f"{str(exc).splitlines()[0][:160]}") from None
-    features.requires_grad_(False)
-    return features.eval()
+    return features
 
 
 class VGGPerceptualLoss(nn.Module):
-    """forward(pred, target) -> mean |V(pred) - V(target)|; gradient reaches pred, never VGG."""
-
-    def __init__(self, features: nn.Module):
+    def __init__(self, features: nn.Sequential, layers: Sequence[int] = (VGG19_LAST,), input_mode: str = "release"):
         super().__init__()
-        self.features = features
-        self.features.requires_grad_(False)
+        layers = sorted(int(i) for i in layers)
+        if not layers or layers[0] < 0 or layers[-1] >= len(features):
+            raise DGCFError(f"loss_options.vgg.layers {layers}: indices must lie in 0..{len(features) - 1}")
+        if input_mode not in INPUT_MODES:
+            raise DGCFError(f"loss_options.vgg.input_mode {input_mode!r} is not one of {', '.join(INPUT_MODES)}")
+        self.features = features[:layers[-1] + 1].requires_grad_(False)
+        self.layers, self.input_mode = layers, input_mode
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         super().train(False)
 
     def train(self, mode: bool = True) -> "VGGPerceptualLoss":
-        return super().train(False)  # frozen feature extractor: always eval
+        return super().train(False)  # frozen: eval forever
 
-    @staticmethod
-    def _rgb(x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.float().expand(-1, 3, -1, -1)
+        if self.input_mode == "imagenet":
+            x = ((x + 1) / 2 - self.mean) / self.std
+        maps = []
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.layers:
+                maps.append(x)
+        return maps
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target_features = self.features(self._rgb(target))
-        return F.l1_loss(self.features(self._rgb(pred)).float(), target_features.float())
+            target_maps = self._maps(target)
+        terms = [F.l1_loss(p, t) for p, t in zip(self._maps(pred), target_maps)]
+        return torch.stack(terms).mean()
+
+    def extra_repr(self) -> str:
+        return f"layers={self.layers}, input_mode={self.input_mode!r}"
+
+
+@register_loss("vgg", description="L1 between ImageNet VGG19 feature maps of sCT and CT (Table 1, + L_VGG)")
+def build_vgg(ctx: LossContext) -> nn.Module:
+    unknown = set(ctx.options) - {"layers", "input_mode"}
+    if unknown:
+        raise DGCFError(f"loss_options.vgg: unknown option(s) {', '.join(sorted(unknown))}")
+    features = load_vgg19_features(resolve_vgg_weights(ctx.weights.get("vgg")))
+    return VGGPerceptualLoss(features, ctx.options.get("layers", (VGG19_LAST,)),
+                             ctx.options.get("input_mode", "release"))

@@ -36,6 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgcf_auto.network.dinov3 import FrozenDINOv3
+from dgcf_auto.network.registry import register_network
+from dgcf_auto.plans import NetworkPlans
 
 LEVELS = 4  # their class is fixed at 4 levels (3 poolings) and 4 DINO layers
 
@@ -221,3 +223,37 @@ class DGCNRelease(nn.Module):
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, dino_levels={list(self.dino_levels)}, use_cnn={self.use_cnn}, "
                 f"vit_input_offset={self.vit_input_offset}")
+
+
+OPTIONS = ("vit_input_offset",)
+
+
+def _build(plans: NetworkPlans, dinov3: FrozenDINOv3 | None, dino_levels: Sequence[bool],
+           use_cnn: bool) -> DGCNRelease:
+    base = int(plans.features[0])
+    if list(plans.features) != [base * 2 ** i for i in range(LEVELS)]:
+        raise ValueError(f"features {list(plans.features)}: the released DGCN has 4 levels doubling from the "
+                         f"base width, e.g. [64, 128, 256, 512]")
+    unknown = sorted(set(plans.options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown network option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+    return DGCNRelease(dinov3, base, plans.in_channels, plans.out_channels, dino_levels, use_cnn,
+                       float(plans.options.get("vit_input_offset", 0.0)))
+
+
+@register_network("dgcn_release", needs_dinov3=True, size_multiple=16,
+                  description="the authors' released DGCN (DINOGuidedGenerator, fusion 'cnn'): 30,816,673 at 64")
+def build_dgcn_release(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module:
+    return _build(plans, dinov3, (True,) * LEVELS, use_cnn=True)
+
+
+@register_network("dgcn_release_cnn_only", needs_dinov3=False, size_multiple=2 ** (LEVELS - 1),
+                  description="Table 2 CNN only as released: dgcn_release with all four DINO inputs off")
+def build_dgcn_release_cnn_only(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module:
+    return _build(plans, None, (False,) * LEVELS, use_cnn=True)
+
+
+@register_network("dgcn_release_vit_only", needs_dinov3=True, size_multiple=16,
+                  description="Table 2 ViT-B/16 only as released: dgcn_release with use_cnn=False")
+def build_dgcn_release_vit_only(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module:
+    return _build(plans, dinov3, (True,) * LEVELS, use_cnn=False)
