@@ -9,6 +9,7 @@ CONSOLE_SCRIPTS = {
     "dgcf_evaluate": "dgcf_auto.cli.evaluate:main",
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",
     "dgcf_demo": "dgcf_auto.cli.demo:main",
+    "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
 }
 
 setup(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.inference.reference_import import convert_reference_state_dict, load_reference_weights
+from dgcf_auto.reference_import import convert_reference_state_dict, load_reference_weights
 from dgcf_auto.network import build_dinov3
 from dgcf_auto.network.dgcn_release import DGCNRelease
 from model_fixtures import TINY_DINOV3_CFG

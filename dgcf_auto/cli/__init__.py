@@ -6,7 +6,7 @@ import os
 
 # In pipeline order; the console script is "dgcf_" + the module name.
 COMMANDS = ("make_example_dataset", "convert_synthrad2023", "plan_and_preprocess", "train", "predict",
-            "evaluate", "visualize", "demo")
+            "evaluate", "visualize", "demo", "import_reference_checkpoint")
 
 
 def commands_markdown(width: int = 100) -> str:

@@ -25,7 +25,7 @@ FrozenDINOv3 input_mode "release"); for MR it scaled the slice to [0, 2] instead
 
 `reference_key_map()` gives, for every tensor of this module's state dict except the frozen ViT, the name
 the same tensor has in the authors' `DINOGuidedGenerator.state_dict()`; the checkpoint importer
-(dgcf_auto/inference/reference_import.py) uses it to load their trained weights strictly.
+(dgcf_auto/reference_import.py) uses it to load their trained weights strictly.
 """
 from __future__ import annotations
 
