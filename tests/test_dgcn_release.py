@@ -146,11 +146,13 @@ def test_release_variants_plan_the_released_reading(modality, offset):
     assert TRAINERS["DGCFTrainer_release_VGG"].loss == {"l1": 1.0, "vgg": 1.0}
 
 
-def test_release_variant_without_a_known_modality_is_a_clear_error():
+def test_release_variant_with_an_unknown_modality_is_a_clear_error():
     from dgcf_auto.training.variants import TRAINERS, effective_plans
 
     with pytest.raises(DGCFError, match="source_modality"):
-        effective_plans(_plans(None), TRAINERS["DGCFTrainer_release"], {})
+        effective_plans(_plans("pet"), TRAINERS["DGCFTrainer_release"], {})
+    plans = {k: v for k, v in _plans("mr").items() if k != "source_modality"}  # hand-made plans
+    assert effective_plans(plans, TRAINERS["DGCFTrainer_release"], {})["network"]["options"] == {}
 
 
 def test_registered_builders_read_base_width_and_offset_from_the_plans(vit_b16):

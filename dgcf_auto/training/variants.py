@@ -83,8 +83,8 @@ def effective_plans(plans: dict, variant: TrainerVariant, overrides: dict) -> di
     if schedule is not None:
         apply_schedule(training, schedule)
     deep_update(result, variant.plans_overrides)
-    if variant.modality_overrides:
-        modality = result.get("source_modality")
+    modality = result.get("source_modality")  # absent only in hand-made plans: the networks' defaults apply
+    if variant.modality_overrides and modality is not None:
         if modality not in variant.modality_overrides:
             raise DGCFError(f"trainer {variant.name} needs plans['source_modality'] to be one of "
                             f"{', '.join(variant.modality_overrides)} (got {modality!r}); re-run planning")
