@@ -8,13 +8,13 @@ from the paper's text (dgcf_auto/network/dgcn.py); documentation/model.md lists 
     Residual(c)          = x + BN(Conv3x3(GELU(BN(Conv3x3(x)))))                  no activation after the sum
     encoder level 1      = Residual(ConvBNGELU(in, C1)(x))                         full resolution
     encoder level i>1    = Residual(ConvBNGELU(C_{i-1}, C_i)(MaxPool2(e_{i-1})))   3 poolings: H/8 at level 4
-    DINO input, level i  = Bilinear(ConvBNGELU(768, C_i)(F_DINO^{block 3i}), size H/2^(i-1))
-    fusion (level i)     = Residual(GELU(BN(Conv1x1(ConvBNGELU(C,C)(e_i) (+) ConvBNGELU(C,C)(d_i)))))
+    DINO input p_i       = Bilinear(ConvBNGELU(768, C_i)(F_DINO^{block 3i}), size H/2^(i-1))
+    fusion (level i)     = Residual(GELU(BN(Conv1x1(ConvBNGELU(C,C)(e_i) (+) ConvBNGELU(C,C)(p_i)))))
     decoder              = d4 = fused e4; d_{i} = Residual(ConvBNGELU(C_{i+1}, C_i)(Up2(d_{i+1}))) + e_i
     head                 = tanh(Conv3x3 with bias(ConvBNGELU(C1, C1/2)(d1)))
 Up2 is bilinear x2 with align_corners=False, the skips are ADDED, and the fused deepest level starts the
 decoder. Their Table 2 siblings are switches of the same class: `dino_levels` (which DINO inputs are used;
-all off = "CNN only") and `use_cnn=False` ("ViT only": the projected DINO maps replace e_1..e_4). Unused
+all off = "CNN only") and `use_cnn=False` ("ViT only": p_1..p_4 replace e_1..e_4). Unused
 modules of their class (the fusion blocks when use_cnn=False) are not built here.
 
 The DINO maps are the ViT's final-LayerNorm'ed patch tokens after blocks 3, 6, 9, 12 (their
