@@ -14,6 +14,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from dgcf_auto.network.registry import register_network
+from dgcf_auto.plans import NetworkPlans
+
 
 class ResidualUnit(nn.Module):
     """Pre-activation residual unit: (BN -> ReLU -> 3x3 conv) x 2, first conv strided; conv + BN shortcut."""
@@ -64,3 +67,9 @@ class ResUNet(nn.Module):
         for up, unit in zip(self.up, self.decode):
             x = unit(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)
+
+
+@register_network("resunet", needs_dinov3=False, size_multiple=lambda plans: 2 ** (len(plans.features) - 1),
+                  description="ResUNet [17] as the DGCF authors ran it (Table 1); features = the 4 level widths")
+def build_resunet(plans: NetworkPlans, dinov3: None) -> ResUNet:
+    return ResUNet(plans.features, plans.in_channels, plans.out_channels, **plans.options)

@@ -24,6 +24,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from dgcf_auto.network.registry import register_network
+from dgcf_auto.plans import NetworkPlans
+
 
 def double_conv(in_channels: int, out_channels: int, pre_norm: bool) -> nn.Sequential:
     if pre_norm:  # decoder nodes: their input is a concat of already-activated maps
@@ -71,3 +74,9 @@ class UNetPlusPlus(nn.Module):
                 grid[i].append(self.nodes[key](torch.cat([self.up[key](grid[i + 1][j - 1]), *grid[i]], dim=1)))
         outputs = [head(grid[0][int(j)]) for j, head in self.heads.items()]
         return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(dim=0)
+
+
+@register_network("unetpp", needs_dinov3=False, size_multiple=lambda plans: 2 ** len(plans.features),
+                  description="UNet++ [16] as the DGCF authors ran it (Table 1); options: deep_supervision")
+def build_unetpp(plans: NetworkPlans, dinov3: None) -> UNetPlusPlus:
+    return UNetPlusPlus(plans.features, plans.in_channels, plans.out_channels, **plans.options)
