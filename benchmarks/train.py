@@ -23,7 +23,7 @@ import torch
 
 from dgcf_auto.network.execution import autocast_dtype
 
-from dgcf_auto.planning.planner import DEFAULT_NETWORK, DEFAULT_TRAINING
+from dgcf_auto.plans import NetworkPlans, TrainingPlans
 from dgcf_auto.training.dataloading import SliceDataLoader, close_batch_stream, make_batch_stream, open_case
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import TRAINERS, effective_plans
@@ -42,7 +42,7 @@ def write_cases(folder: Path, size: int, n_cases: int = 4, slices: int = 32) -> 
 
 def make_trainer(trainer_name: str, batch: int, device: torch.device, cases: list, out: Path,
                  compile: bool) -> DGCFTrainer:
-    plans = {"network": DEFAULT_NETWORK, "training": {**DEFAULT_TRAINING, "iterations_per_epoch": 1}}
+    plans = {"network": NetworkPlans().to_dict(), "training": {**TrainingPlans().to_dict(), "iterations_per_epoch": 1}}
     variant = TRAINERS[trainer_name]
     plans = effective_plans(plans, variant, {"batch_size": batch})
     settings = TrainingSettings(epochs=1, batch_size=batch, iterations_per_epoch=1, dinov3_random=True,

@@ -1,14 +1,18 @@
-"""SynthesisLoss: eq. (4)-(5) of the paper on a tiny frozen DINOv3."""
+"""The loss registry and its terms: L1, MLDP (eq. 4-5 of the paper, sum or mean over layers), SSIM."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
+from pytorch_msssim import ssim
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.losses import SynthesisLoss
+from dgcf_auto.losses import LOSSES, CompositeLoss, LossContext, loss_needs_dinov3, register_loss
+from dgcf_auto.losses import registry as loss_registry
 from model_fixtures import tiny_dinov3
 
 LAYERS = [1, 2, 3, 4]
+MLDP_OPTIONS = {"mldp": {"layers": LAYERS}}
 
 
 def images(seed: int = 0, size: int = 32):
@@ -16,8 +20,14 @@ def images(seed: int = 0, size: int = 32):
     return torch.rand(2, 1, size, size, generator=generator) * 2 - 1
 
 
+def test_registry_lists_the_terms_and_which_need_the_vit():
+    assert {"l1", "mldp", "ssim"} <= set(LOSSES)
+    assert LOSSES["mldp"].needs_dinov3 and not LOSSES["l1"].needs_dinov3 and not LOSSES["ssim"].needs_dinov3
+    assert loss_needs_dinov3({"l1": 1.0, "mldp": 1.0}) and not loss_needs_dinov3({"l1": 1.0, "mldp": 0.0})
+
+
 def test_mldp_is_zero_for_identical_images_and_positive_otherwise():
-    loss_fn = SynthesisLoss(tiny_dinov3(), layers=LAYERS)
+    loss_fn = CompositeLoss({"l1": 1.0, "mldp": 1.0}, tiny_dinov3(), MLDP_OPTIONS)
     target = images(0)
     total, parts = loss_fn(target.clone(), target)
     assert parts["l1"].item() == 0.0 and parts["mldp"].item() == 0.0 and total.item() == 0.0
@@ -27,7 +37,7 @@ def test_mldp_is_zero_for_identical_images_and_positive_otherwise():
 
 def test_mldp_gradient_reaches_the_prediction_but_not_the_vit():
     dinov3 = tiny_dinov3()
-    loss_fn = SynthesisLoss(dinov3, l1_weight=0.0, mldp_weight=1.0, layers=LAYERS)
+    loss_fn = CompositeLoss({"mldp": 1.0}, dinov3, MLDP_OPTIONS)
     pred = images(1).requires_grad_(True)
     total, _ = loss_fn(pred, images(0))
     total.backward()
@@ -35,35 +45,72 @@ def test_mldp_gradient_reaches_the_prediction_but_not_the_vit():
     assert all(p.grad is None and not p.requires_grad for p in dinov3.parameters())
 
 
-def test_total_is_l1_plus_lambda_times_sum_of_per_layer_mean_absolute_errors():
+@pytest.mark.parametrize("reduction, factor", [("sum", 1.0), ("mean", 0.25)])
+def test_total_is_weighted_l1_plus_lambda_times_reduced_per_layer_mean_absolute_errors(reduction, factor):
     dinov3 = tiny_dinov3()
-    loss_fn = SynthesisLoss(dinov3, l1_weight=2.0, mldp_weight=0.5, layers=LAYERS)
+    loss_fn = CompositeLoss({"l1": 2.0, "mldp": 0.5}, dinov3, {"mldp": {"layers": LAYERS, "reduction": reduction}})
     pred, target = images(1), images(0)
     total, parts = loss_fn(pred, target)
-    expected_mldp = sum((p - t).abs().mean() for p, t in zip(dinov3(pred), dinov3(target)))
+    # eq. (4): sum over the 4 layers; the released code's "mean" is a quarter of it
+    expected_mldp = factor * sum((p - t).abs().mean() for p, t in zip(dinov3(pred), dinov3(target)))
     expected_l1 = (pred - target).abs().mean()
     assert parts["mldp"].item() == pytest.approx(expected_mldp.item(), rel=1e-5)
     assert parts["l1"].item() == pytest.approx(expected_l1.item(), rel=1e-6)
     assert total.item() == pytest.approx(2.0 * expected_l1.item() + 0.5 * expected_mldp.item(), rel=1e-5)
 
 
-def test_l1_only_setting_never_runs_the_vit(monkeypatch):
+def test_zero_weight_term_is_not_built_and_never_runs_the_vit(monkeypatch):
     dinov3 = tiny_dinov3()
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("the ViT must not run when mldp_weight is 0")
+        raise AssertionError("the ViT must not run when the mldp weight is 0")
 
     monkeypatch.setattr(dinov3, "forward", forbidden)
     pred, target = images(1), images(0)
-    total, parts = SynthesisLoss(dinov3, mldp_weight=0.0)(pred, target)
+    loss_fn = CompositeLoss({"l1": 1.0, "mldp": 0.0}, dinov3)
+    total, parts = loss_fn(pred, target)
+    assert loss_fn.names == ["l1"] and set(parts) == {"l1"}
     assert total.item() == pytest.approx((pred - target).abs().mean().item())
-    assert parts["mldp"].item() == 0.0
-    total, _ = SynthesisLoss(None, mldp_weight=0.0)(pred, target)  # no ViT needed at all
+    total, _ = CompositeLoss({"l1": 1.0}, None)(pred, target)  # no ViT needed at all
     assert total.item() > 0
 
 
-def test_mldp_without_vit_or_with_bad_layers_is_a_clear_error():
-    with pytest.raises(DGCFError, match="mldp_weight > 0 needs the DINOv3 encoder"):
-        SynthesisLoss(None, mldp_weight=1.0)
+def test_ssim_term_is_one_minus_ssim_of_the_slices_in_unit_range():
+    pred, target = images(1, 48), images(0, 48)
+    total, parts = CompositeLoss({"ssim": 1.0}, None, {"ssim": {"win_size": 7}})(pred, target)
+    expected = 1 - ssim((pred + 1) / 2, (target + 1) / 2, data_range=1.0, win_size=7)
+    assert parts["ssim"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert CompositeLoss({"ssim": 1.0}, None)(target, target)[0].item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(DGCFError, match="MS-SSIM loss needs slices larger than 160"):
+        CompositeLoss({"ssim": 1.0}, None, {"ssim": {"multiscale": True}})(pred, target)
+
+
+def test_bad_loss_plans_are_clear_errors():
+    with pytest.raises(DGCFError, match="loss term 'mldp' needs the DINOv3 encoder"):
+        CompositeLoss({"l1": 1.0, "mldp": 1.0}, None)
     with pytest.raises(DGCFError, match=r"blocks are numbered 1\.\.4"):
-        SynthesisLoss(tiny_dinov3(), layers=(3, 6, 9, 12))
+        CompositeLoss({"mldp": 1.0}, tiny_dinov3(), {"mldp": {"layers": (3, 6, 9, 12)}})
+    with pytest.raises(DGCFError, match="unknown loss term 'gan'"):
+        CompositeLoss({"l1": 1.0, "gan": 1.0}, None)
+    with pytest.raises(DGCFError, match="weights must be >= 0"):
+        CompositeLoss({"l1": -1.0}, None)
+    with pytest.raises(DGCFError, match="no term with a positive weight"):
+        CompositeLoss({"l1": 0.0}, None)
+    with pytest.raises(DGCFError, match="MLDP reduction 'max'"):
+        CompositeLoss({"mldp": 1.0}, tiny_dinov3(), {"mldp": {"layers": LAYERS, "reduction": "max"}})
+
+
+def test_a_new_term_is_one_registration(monkeypatch):
+    monkeypatch.setattr(loss_registry, "LOSSES", dict(LOSSES))
+
+    class MaxError(nn.Module):
+        def forward(self, pred, target):
+            return (pred - target).abs().amax()
+
+    @register_loss("max_error", description="largest absolute error")
+    def build(ctx: LossContext) -> nn.Module:
+        return MaxError()
+
+    pred, target = images(1), images(0)
+    total, parts = CompositeLoss({"max_error": 3.0}, None)(pred, target)
+    assert total.item() == pytest.approx(3.0 * (pred - target).abs().max().item())

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.losses import SynthesisLoss
+from dgcf_auto.losses import CompositeLoss
 from dgcf_auto.network import NETWORKS, DGCN, FrozenDINOv3, build_dinov3, build_network
 from dgcf_auto.network.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, TINY_VIT_KWARGS, tiny_dinov3, to_meta_keys
@@ -75,7 +75,7 @@ def test_input_becomes_imagenet_normalised_rgb():
 def test_variant_trains_cnn_only_and_never_touches_the_vit(architecture):
     dinov3 = tiny_dinov3()
     net = tiny_net(architecture, dinov3)
-    loss_fn = SynthesisLoss(dinov3, layers=[1, 2, 3, 4])
+    loss_fn = CompositeLoss({"l1": 1.0, "mldp": 1.0}, dinov3, {"mldp": {"layers": [1, 2, 3, 4]}})
     vit_before = {k: v.clone() for k, v in dinov3.state_dict().items()}
     net.train()
     assert not dinov3.training and not any(m.training for m in dinov3.modules())
@@ -110,8 +110,8 @@ def test_channels_last_and_bf16_autocast_forward():
 
 
 def test_plan_errors_are_clear():
-    with pytest.raises(DGCFError, match="unknown network architecture 'transunet'"):
-        build_network({"architecture": "transunet"}, None)
+    with pytest.raises(DGCFError, match="unknown network architecture 'no_such_net'"):
+        build_network({"architecture": "no_such_net"}, None)
     with pytest.raises(DGCFError, match="needs the DINOv3 encoder"):
         build_network({"architecture": "vit_only", "features": TINY_FEATURES}, None)
     with pytest.raises(DGCFError, match="3 levels but DINOv3 layers"):

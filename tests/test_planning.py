@@ -12,6 +12,7 @@ from dgcf_auto.dataset.example import make_example_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning.fingerprint import PERCENTILES, extract_fingerprint, fingerprint_dataset
 from dgcf_auto.planning.planner import plan_ct_window, plan_experiment, size_multiple
+from dgcf_auto.plans import NetworkPlans
 from dgcf_auto.planning.splits import kfold_splits, paper_split, write_splits
 
 
@@ -109,7 +110,8 @@ def test_overrides_are_applied_and_recorded(fingerprint):
                                                "batch_size": 2, "epochs": 3, "features": [8, 16, 32, 64, 128, 256],
                                                "iterations_per_epoch": 7, "interpolation": "linear"})
     grid = plans["configurations"]["2d"]
-    assert grid["patch_size"] == [64, 64] and grid["size_multiple"] == 32 == size_multiple([8] * 6)
+    # 6 levels pool 6 times: every planned size must divide by 2**6 (one source of truth: the registry)
+    assert grid["patch_size"] == [64, 64] and grid["size_multiple"] == 64 == size_multiple(NetworkPlans(features=[8] * 6))
     assert grid["interpolation"] == "linear"
     # The overridden patch still covers the field of view: the spacing grows instead.
     assert 64 * grid["inplane_spacing"][0] >= max(grid["fov_mm"]) - 1e-6
@@ -120,6 +122,9 @@ def test_overrides_are_applied_and_recorded(fingerprint):
                                   "interpolation": "linear"}
     with pytest.raises(DGCFError, match="multiple of 16"):
         plan_experiment(fingerprint, "x", {"patch_size": [100, 64]})
+    # 5 levels: 48 divides by lcm(16, 2**4) but not by the 2**5 the DGCN's five poolings need
+    with pytest.raises(DGCFError, match="multiple of 32"):
+        plan_experiment(fingerprint, "x", {"patch_size": [48, 48], "features": [8, 16, 32, 64, 128]})
     with pytest.raises(DGCFError, match="upper bound"):
         plan_experiment(fingerprint, "x", {"ct_window": [100, -100]})
 

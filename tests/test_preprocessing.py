@@ -19,7 +19,8 @@ from dgcf_auto.planning.planner import plan_experiment
 from dgcf_auto.preprocessing.normalization import (denormalize_ct, denormalize_source, normalize_ct,
                                                    normalize_source)
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
-from dgcf_auto.preprocessing.slicing import (canonical_frame, from_slice_grid, slice_grid_reference,
+from dgcf_auto.geometry import canonical_frame
+from dgcf_auto.preprocessing.slicing import (from_slice_grid, slice_grid_reference,
                                              to_slice_grid)
 
 GEOMETRY = ("GetSize", "GetSpacing", "GetOrigin", "GetDirection")

@@ -49,7 +49,7 @@ def data_env(tmp_path_factory):
     plans = json.loads(plans_file.read_text())
     plans["network"]["dinov3"].update(layers=[1, 2, 3, 4],
                                       model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})
-    plans["training"]["mldp_layers"] = [1, 2, 3, 4]
+    plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
     plans_file.write_text(json.dumps(plans))
     yield root, env
     mp.undo()
@@ -108,9 +108,14 @@ def test_every_variant_trains_one_epoch(data_env, name):
     output = run_training(999, "2d", "1", trainer_name=name, epochs=1, iterations_per_epoch=1,
                           dinov3_random=True, device="cpu", num_workers=0)
     state = load(output / "checkpoint_final.pth")
-    assert state["trainer_name"] == name and state["plans"]["training"]["mldp_weight"] == 0.0
-    assert state["plans"]["network"]["architecture"] == TRAINERS[name].architecture
-    assert np.isfinite(state["logger"]["history"]["train_loss"][0])
+    variant = TRAINERS[name]
+    assert state["trainer_name"] == name and state["plans"]["training"]["loss"] == variant.loss
+    assert state["plans"]["network"]["architecture"] == variant.network
+    history = state["logger"]["history"]
+    assert np.isfinite(history["train_loss"][0])
+    # every loss term has its own series, and the weighted terms add up to the total
+    terms = sum(weight * history[f"train_{term}"][0] for term, weight in variant.loss.items())
+    assert terms == pytest.approx(history["train_loss"][0], rel=1e-5)
 
 
 def test_resume_continues_exactly_where_it_stopped(data_env, trained, monkeypatch, capsys):
@@ -241,3 +246,20 @@ def test_clear_errors(data_env, trained, capsys, monkeypatch):
     (broken / "checkpoint_latest.pth").write_bytes((trained / "checkpoint_latest.pth").read_bytes()[:5000])
     err = run_cli_error(["999", "2d", "0", "--c"] + base, capsys)
     assert "checkpoint_latest.pth is corrupt" in err
+
+
+def test_step_lr_schedule_from_the_plans_changes_the_rate_per_epoch_and_resumes(data_env, tmp_path):
+    from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+
+    _, plans, splits, data_folder = load_preprocessed(999, "DGCFPlans")
+    variant = TRAINERS["DGCFTrainer_cnnOnly_L1"]
+    run_plans = effective_plans(plans, variant, {})
+    run_plans["training"]["lr_scheduler"] = {"name": "step", "step_size": 2, "gamma": 0.1}
+    cases = [open_case(data_folder, n) for n in splits[0]["train"]]
+    settings = TrainingSettings(epochs=3, batch_size=2, iterations_per_epoch=1, num_workers=0)
+    trainer = DGCFTrainer(variant, run_plans, settings, cases, [], tmp_path / "out", torch.device("cpu"))
+    trainer.initialize()
+    trainer.run()
+    state = load(tmp_path / "out" / "checkpoint_final.pth")
+    assert state["logger"]["history"]["lr"] == pytest.approx([2e-4, 2e-4, 2e-5])
+    assert state["scheduler_state"]["last_epoch"] == 3

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations-per-epoch", type=int, default=None, help="override (recorded)")
     p.add_argument("--dinov3-weights", default=None, help="DINOv3 ViT-B/16 weight file (Meta .pth or timm safetensors)")
     p.add_argument("--dinov3-random", action="store_true", help="random DINOv3 weights: tests and demos only")
+    p.add_argument("--vgg-weights", default=None,
+                   help="torchvision VGG weight file for trainers with the vgg loss term (or $DGCF_VGG_WEIGHTS)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, iterations_per_epoch=args.iterations_per_epoch,
                           seed=args.seed, num_workers=args.num_workers, val_every=args.val_every,
                           compile=args.compile, dinov3_weights=args.dinov3_weights,
-                          dinov3_random=args.dinov3_random, precision=args.precision)
+                          dinov3_random=args.dinov3_random, precision=args.precision,
+                          vgg_weights=args.vgg_weights)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from dgcf_auto import checkpoint as checkpoint_format
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 
@@ -61,24 +62,21 @@ def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: 
 
 def load_checkpoint(path: Path) -> dict:
     """A fold's checkpoint, for prediction: only the weights and the plans are needed."""
-    from dgcf_auto.training.checkpoint import load_checkpoint as load
-
-    return load(path, required=("network_weights", "plans"))
+    return checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS)
 
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The network of a checkpoint; the frozen ViT's weights come from the checkpoint itself."""
-    from dgcf_auto.network import DEFAULT_DINOV3_CFG, FrozenDINOv3, build_network, needs_dinov3
-    from dgcf_auto.network.dinov3 import create_vit
+    """The registered network of a checkpoint; the frozen ViT's weights come from the checkpoint itself."""
+    from dgcf_auto.network import build_network, network_needs_dinov3
+    from dgcf_auto.network.dinov3 import empty_dinov3
+    from dgcf_auto.plans import network_plans
 
-    network_plans = checkpoint["plans"]["network"]
+    plans = network_plans(checkpoint["plans"])
     dinov3 = None
-    if needs_dinov3(network_plans):
-        cfg = {**DEFAULT_DINOV3_CFG, **network_plans.get("dinov3", {})}
+    if network_needs_dinov3(plans):
         # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
-        dinov3 = FrozenDINOv3(create_vit(cfg), cfg["layers"], norm=cfg.get("norm", True),
-                              weights_source=str(checkpoint.get("dinov3_source", "checkpoint")))
-    network = build_network(network_plans, dinov3)
+        dinov3 = empty_dinov3(plans.dinov3, str(checkpoint.get("dinov3_source", "checkpoint")))
+    network = build_network(plans, dinov3)
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as exc:

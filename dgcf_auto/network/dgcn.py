@@ -18,6 +18,7 @@ pre-activations; the predictor clips the de-normalised HU instead.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -26,6 +27,10 @@ import torch.nn.functional as F
 
 from dgcf_auto.network.blocks import ConvBlock, CrossFusion, DinoProjection, UpBlock, resize_to
 from dgcf_auto.network.dinov3 import FrozenDINOv3
+from dgcf_auto.network.registry import register_network
+from dgcf_auto.plans import NetworkPlans
+
+VIT_PATCH_SIZE = 16
 
 ARCHITECTURES = ("cross_fusion", "concat", "cnn_only", "vit_only")
 
@@ -127,3 +132,24 @@ class DGCN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"architecture={self.architecture!r}, features={self.features}"
+
+
+def _dgcn_multiple(plans: NetworkPlans) -> int:
+    """2**L for the L max-poolings down to the bottleneck; the ViT's patch (16) too when it is used."""
+    multiple = 2 ** len(plans.features)
+    return multiple if plans.architecture == "cnn_only" else math.lcm(multiple, VIT_PATCH_SIZE)
+
+
+def _register(architecture: str, description: str) -> None:
+    def build(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module:
+        return DGCN(architecture, plans.features, dinov3, in_channels=plans.in_channels,
+                    out_channels=plans.out_channels)
+    build.__name__ = f"build_{architecture}"
+    register_network(architecture, needs_dinov3=architecture != "cnn_only", size_multiple=_dgcn_multiple,
+                     description=description)(build)
+
+
+_register("cross_fusion", "DGCN as the paper's text writes it: eq. (1)-(3) Cross Fusion at every level")
+_register("concat", "Table 2 DGCN (concat): raw DINOv3 maps resized and concatenated to the skips")
+_register("cnn_only", "the UNet of the paper-literal DGCN without the ViT (Table 1 UNet, 31.0 M)")
+_register("vit_only", "Table 2 ViT-B/16 only: projected DINOv3 maps feed the decoder, no CNN encoder")

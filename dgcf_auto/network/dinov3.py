@@ -14,6 +14,7 @@ Hugging Face cache; never a download). Random weights only when asked for, with 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from typing import Sequence
 
 import timm
@@ -21,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import DINOV3_INPUT_MODES, DinoV3Plans
 
-DEFAULT_DINOV3_CFG = {"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12], "model_kwargs": {},
-                      "norm": True}
+DEFAULT_DINOV3_CFG = asdict(DinoV3Plans())
 
 # DINOv3's LVD-1689M web-image models were trained on RGB in [0, 1] normalised with the ImageNet statistics
 # (Meta's make_transform and timm's pretrained_cfg both use these values).
@@ -41,7 +42,7 @@ class FrozenDINOv3(nn.Module):
     """
 
     def __init__(self, vit: nn.Module, layers: Sequence[int] = (3, 6, 9, 12), norm: bool = True,
-                 weights_source: str = "random"):
+                 weights_source: str = "random", input_mode: str = "imagenet"):
         super().__init__()
         self.vit = vit
         self.depth = len(vit.blocks)
@@ -51,6 +52,9 @@ class FrozenDINOv3(nn.Module):
         # norm=True applies the ViT's final LayerNorm to each intermediate map, as DINOv3's own
         # get_intermediate_layers does by default (and as the authors' released code calls it).
         self.norm = bool(norm)
+        if input_mode not in DINOV3_INPUT_MODES:
+            raise DGCFError(f"DINOv3 input_mode {input_mode!r} is not one of {', '.join(DINOV3_INPUT_MODES)}")
+        self.input_mode = input_mode
         self.weights_source = weights_source
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -68,12 +72,15 @@ class FrozenDINOv3(nn.Module):
         return super().train(False)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] slice -> the 3-channel, ImageNet-normalised input DINOv3 was trained on."""
+        """[-1, 1] slice -> the ViT's 3-channel input (input_mode "imagenet": ImageNet-normalised, as DINOv3
+        was trained)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"FrozenDINOv3 expects B x 1|3 x H x W, got {tuple(x.shape)}")
         if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
             raise ValueError(f"FrozenDINOv3 input size {tuple(x.shape[-2:])} is not a multiple of "
                              f"{self.patch_size}")
+        if self.input_mode != "imagenet":
+            raise NotImplementedError(f"DINOv3 input_mode {self.input_mode!r}")
         x = (x + 1.0) * 0.5  # [-1, 1] -> [0, 1], the range before DINOv3's normalisation
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grey -> RGB with equal channels (a grey photo)
@@ -92,20 +99,36 @@ class FrozenDINOv3(nn.Module):
             return [by_index[layer - 1] for layer in layers]
 
     def extra_repr(self) -> str:
-        return f"layers={list(self.layers)}, norm={self.norm}, weights_source={self.weights_source!r}"
+        return (f"layers={list(self.layers)}, norm={self.norm}, input_mode={self.input_mode!r}, "
+                f"weights_source={self.weights_source!r}")
 
 
-def create_vit(dinov3_cfg: dict) -> nn.Module:
+def _as_cfg(dinov3_cfg: dict | DinoV3Plans | None) -> dict:
+    if isinstance(dinov3_cfg, DinoV3Plans):
+        return asdict(dinov3_cfg)
+    return {**DEFAULT_DINOV3_CFG, **(dinov3_cfg or {})}
+
+
+def create_vit(dinov3_cfg: dict | DinoV3Plans) -> nn.Module:
     """The bare timm model described by `dinov3_cfg`, randomly initialised, nothing downloaded."""
-    name = dinov3_cfg.get("model", DEFAULT_DINOV3_CFG["model"])
-    kwargs = dict(dinov3_cfg.get("model_kwargs") or {})
+    cfg = _as_cfg(dinov3_cfg)
+    name = cfg["model"]
+    kwargs = dict(cfg.get("model_kwargs") or {})
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DGCFError(f"cannot create DINOv3 model {name!r} with {kwargs}: {exc}") from exc
 
 
-def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, random: bool = False) -> FrozenDINOv3:
+def empty_dinov3(dinov3_cfg: dict | DinoV3Plans | None, weights_source: str) -> FrozenDINOv3:
+    """A frozen encoder of the right shape with random weights, to be filled by a checkpoint's state dict."""
+    cfg = _as_cfg(dinov3_cfg)
+    return FrozenDINOv3(create_vit(cfg), cfg["layers"], norm=cfg["norm"], weights_source=weights_source,
+                        input_mode=cfg["input_mode"])
+
+
+def build_dinov3(dinov3_cfg: dict | DinoV3Plans | None = None, weights: str | None = None,
+                 random: bool = False) -> FrozenDINOv3:
     """Build the frozen encoder. Weights: `weights` path, else $DGCF_DINOV3_WEIGHTS, else the local HF cache.
 
     `random=True` skips loading (tests, the demo) and warns loudly; `weights_source` records what was used
@@ -113,7 +136,7 @@ def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, ran
     """
     from dgcf_auto.network.dinov3_weights import load_weights_into, resolve_weights
 
-    cfg = {**DEFAULT_DINOV3_CFG, **(dinov3_cfg or {})}
+    cfg = _as_cfg(dinov3_cfg)
     vit = create_vit(cfg)
     if random:
         if weights:
@@ -125,4 +148,4 @@ def build_dinov3(dinov3_cfg: dict | None = None, weights: str | None = None, ran
     else:
         path, source = resolve_weights(cfg["model"], weights, getattr(vit, "pretrained_cfg", {}))
         load_weights_into(vit, path)
-    return FrozenDINOv3(vit, cfg["layers"], norm=cfg.get("norm", True), weights_source=source)
+    return FrozenDINOv3(vit, cfg["layers"], norm=cfg["norm"], weights_source=source, input_mode=cfg["input_mode"])

@@ -23,8 +23,8 @@ from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dataset.validation import load_case
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry
-from dgcf_auto.preprocessing.slicing import canonical_frame, mask_box
-from dgcf_auto.preprocessing.workers import map_cases
+from dgcf_auto.geometry import canonical_frame, mask_box
+from dgcf_auto.workers import map_cases
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 99.9)

@@ -6,12 +6,13 @@ The rules are documented (with their reasons) in documentation/plans.md.
 """
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import NetworkPlans, TrainingPlans
 
 PLANS_FILE = "DGCFPlans.json"
 PLANS_NAME = "DGCFPlans"
@@ -25,26 +26,27 @@ CT_HIGH_MIN, CT_HIGH_MAX = 1000.0, 3000.0   # ... and keep within these bounds
 MR_PERCENTILE, MR_CLIP_MAX = 99.0, 1.0
 MAX_PATCH_EDGE = 256          # the paper's slice size: the FOV is sampled with at most this many pixels
 FOV_MARGIN_MM = 10.0          # per side, around the largest body bounding box
-VIT_PATCH = 16
 LPS_AXIS_NAMES = ("sagittal", "coronal", "axial")  # slice axis = LPS axis 0, 1, 2
 ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 # In-plane (row, column) LPS axes of each orientation: the first two letters are column, row.
 INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 
-DEFAULT_NETWORK = {"architecture": "cross_fusion", "features": [64, 128, 256, 512],
-                   "dinov3": {"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12], "model_kwargs": {}}}
-DEFAULT_TRAINING = {"batch_size": 4, "optimizer": "adam", "learning_rate": 2e-4, "epochs": 100,
-                    "l1_weight": 1.0, "mldp_weight": 1.0, "mldp_layers": [3, 6, 9, 12], "augmentation": False,
-                    "foreground_slice_fraction": 0.0}
 # Override name -> what it sets; the values are validated in `check_overrides`.
 OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
              "iterations_per_epoch", "interpolation")
 INTERPOLATIONS = ("bspline", "linear")
 
 
-def size_multiple(features: list[int]) -> int:
-    """Patch edges must divide by the ViT patch (16) and by 2**num_pool of the UNet (one pool per level)."""
-    return math.lcm(VIT_PATCH, 2 ** (len(features) - 1))
+def network_multiples(network: NetworkPlans) -> dict[str, int]:
+    """Each registered network's slice-size multiple at these plans' depth (the registry's declaration)."""
+    from dgcf_auto.network import NETWORKS
+
+    return {name: spec.size_multiple(replace(network, architecture=name)) for name, spec in NETWORKS.items()}
+
+
+def size_multiple(network: NetworkPlans) -> int:
+    """Patch edges divide by every registered network's multiple, so one set of plans serves every -tr."""
+    return math.lcm(*network_multiples(network).values())
 
 
 def _round_up(value: float, step: float) -> float:
@@ -72,7 +74,7 @@ def plan_ct_window(pooled_ct: dict, source: str = "CT") -> dict:
                             f"kept in [{CT_HIGH_MIN:g}, {CT_HIGH_MAX:g}]"}
 
 
-def plan_slice_grid(fingerprint: dict, features: list[int], overrides: dict) -> dict:
+def plan_slice_grid(fingerprint: dict, network: NetworkPlans, overrides: dict) -> dict:
     pooled = fingerprint["pooled"]
     axis = _slice_axis(pooled)
     row_axis, col_axis = INPLANE_AXES[axis]
@@ -80,7 +82,7 @@ def plan_slice_grid(fingerprint: dict, features: list[int], overrides: dict) -> 
     extent = np.array(pooled["mask_bbox_mm_lps"]["max"])
     fov = np.array([extent[row_axis], extent[col_axis]]) + 2 * FOV_MARGIN_MM
     median_inplane = float(min(spacing_lps[row_axis], spacing_lps[col_axis]))
-    multiple = size_multiple(features)
+    multiple = size_multiple(network)
     notes = {"fov_mm": f"largest body-mask bounding box (rows, cols) {extent[row_axis]:.1f} x "
                        f"{extent[col_axis]:.1f} mm + {FOV_MARGIN_MM:g} mm per side"}
     if "spacing" in overrides:
@@ -100,7 +102,9 @@ def plan_slice_grid(fingerprint: dict, features: list[int], overrides: dict) -> 
         notes["patch_size"] = "override"
     else:
         patch = [int(_round_up(f / spacing, multiple)) for f in fov]
-        notes["patch_size"] = f"fov / spacing, rounded up to a multiple of {multiple} (lcm(16, 2**num_pool))"
+        notes["patch_size"] = f"fov / spacing, rounded up to a multiple of {multiple}"
+    notes["size_multiple"] = ("lcm of every registered network's input-size multiple at these features: " +
+                              ", ".join(f"{k} {v}" for k, v in network_multiples(network).items()))
     slices = [c["mask_bbox_voxels_lps"][LPS_AXIS_NAMES.index(axis)] for c in fingerprint["cases"]]
     return {"data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
             "inplane_spacing": [spacing, spacing], "patch_size": patch, "size_multiple": multiple,
@@ -127,13 +131,13 @@ def check_overrides(overrides: dict) -> None:
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise DGCFError(f"unknown plans override(s): {', '.join(sorted(unknown))}")
-    features = overrides.get("features", DEFAULT_NETWORK["features"])
-    multiple = size_multiple(features)
+    features = overrides.get("features", NetworkPlans().features)
+    multiple = size_multiple(NetworkPlans(features=[int(f) for f in features]))
     if "patch_size" in overrides:
         patch = overrides["patch_size"]
         if len(patch) != 2 or any(int(p) <= 0 or int(p) % multiple for p in patch):
             raise DGCFError(f"--patch-size {' '.join(map(str, patch))}: give 2 values, each a positive "
-                            f"multiple of {multiple} (lcm of the ViT patch 16 and 2**num_pool)")
+                            f"multiple of {multiple} (what every registered network accepts)")
     if "ct_window" in overrides and not overrides["ct_window"][1] > overrides["ct_window"][0]:
         raise DGCFError(f"--ct-window {overrides['ct_window']}: the upper bound must exceed the lower")
     for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
@@ -152,19 +156,19 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
     check_overrides(overrides)
     if "ct" not in fingerprint["pooled"]:
         raise DGCFError("planning needs cases with a CT; the fingerprint has none")
-    network = copy.deepcopy(DEFAULT_NETWORK)
+    network = NetworkPlans()
     if "features" in overrides:
-        network["features"] = [int(f) for f in overrides["features"]]
+        network.features = [int(f) for f in overrides["features"]]
     ct_norm = plan_ct_window(fingerprint["pooled"]["ct"])
     if "ct_window" in overrides:
         ct_norm.update(clip_low=float(overrides["ct_window"][0]), clip_high=float(overrides["ct_window"][1]),
                        derived_from="override")
-    grid = plan_slice_grid(fingerprint, network["features"], overrides)
+    grid = plan_slice_grid(fingerprint, network, overrides)
 
-    training = dict(DEFAULT_TRAINING)
+    training = TrainingPlans().to_dict()
     for key in ("batch_size", "epochs", "learning_rate"):
         if key in overrides:
-            training[key] = type(DEFAULT_TRAINING[key])(overrides[key])
+            training[key] = type(training[key])(overrides[key])
     train_slices = grid["slices_per_case"]["total"] * train_fraction
     training["iterations_per_epoch"] = int(overrides.get(
         "iterations_per_epoch", max(1, math.ceil(train_slices / training["batch_size"]))))
@@ -179,7 +183,7 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
     return {"plans_name": PLANS_NAME, "dataset_name": dataset_name, "task": fingerprint["task"],
             "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
             "source_normalization": plan_source_normalization(fingerprint),
-            "configurations": {CONFIGURATION: grid}, "network": network, "training": training,
+            "configurations": {CONFIGURATION: grid}, "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}
 

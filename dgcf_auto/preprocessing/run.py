@@ -28,7 +28,7 @@ from dgcf_auto.planning.planner import (DATA_IDENTIFIER, PLANS_FILE, check_overr
                                         preprocessing_signature_fields)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
-from dgcf_auto.preprocessing.workers import map_cases
+from dgcf_auto.workers import map_cases
 
 ARRAY_KEYS = ("source", "ct", "mask")
 

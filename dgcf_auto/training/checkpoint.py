@@ -1,7 +1,7 @@
-"""Checkpoints that `torch.load(..., weights_only=True)` reads: only tensors and plain containers.
+"""What a training run adds to the checkpoint format (dgcf_auto/checkpoint.py): RNG state and the --c checks.
 
 RNG states are converted to tensors/lists (numpy's state tuple holds an ndarray, python's a tuple of ints),
-and back on resume. Files are written atomically, so a kill leaves the previous checkpoint intact.
+so `torch.load(..., weights_only=True)` reads them, and back on resume.
 """
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgcf_auto.atomic import torch_save
+from dgcf_auto.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from dgcf_auto.errors import DGCFError
-
-CHECKPOINT_KEYS = ("network_weights", "optimizer_state", "epoch", "plans", "trainer_name", "dinov3_source")
 
 
 def seed_everything(seed: int) -> None:
@@ -48,28 +46,6 @@ def restore_rng_state(state: dict) -> None:
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in states])
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
-    assert not missing, f"checkpoint payload lacks {missing}"
-    torch_save(payload, path)
-
-
-def load_checkpoint(path: Path, required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
-    """Read a checkpoint (training: every key; prediction asks only for weights and plans); a missing,
-    truncated, foreign or corrupt file is one clear DGCFError line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DGCFError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated (killed mid-copy), garbage, or pickled foreign objects
-        raise DGCFError(f"checkpoint {path} is corrupt or not a dgcf_auto checkpoint (torch.load with "
-                        f"weights_only=True failed: {type(exc).__name__}); delete it to start over") from None
-    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in required):
-        raise DGCFError(f"checkpoint {path} is not a dgcf_auto checkpoint (missing keys)")
-    return checkpoint
 
 
 def check_compatible(checkpoint: dict, path: Path, trainer_name: str, plans: dict) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dgcf_auto.atomic import atomic_path
 
-HISTORY_KEYS = ("epoch", "train_loss", "train_l1", "train_mldp", "val_mae", "val_psnr", "lr", "epoch_time", "data_wait")
+HISTORY_KEYS = ("epoch", "train_loss", "val_mae", "val_psnr", "lr", "epoch_time", "data_wait")
+TERM_PREFIX = "train_"  # one history series per loss term: train_l1, train_mldp, ...
 
 
 class TrainingLogger:
@@ -32,13 +33,20 @@ class TrainingLogger:
         with open(self.log_file, "a") as f:  # appended line by line: a crash keeps everything so far
             f.write(line + "\n")
 
-    def record_epoch(self, **values) -> None:
+    @property
+    def term_names(self) -> list[str]:
+        return [k[len(TERM_PREFIX):] for k in self.history if k.startswith(TERM_PREFIX) and k not in HISTORY_KEYS]
+
+    def record_epoch(self, terms: dict[str, float], **values) -> None:
+        """One epoch's values; `terms` holds the mean of each loss term (whatever the plans name)."""
         for key in HISTORY_KEYS:
             self.history[key].append(values.get(key))
+        for name, value in terms.items():
+            self.history.setdefault(TERM_PREFIX + name, []).append(value)
         mae, psnr = values.get("val_mae"), values.get("val_psnr")
         val = f"val MAE {mae:.2f} HU, PSNR {psnr:.2f} dB" if mae is not None else "val -"
-        self.print(f"epoch {values['epoch']}: train loss {values['train_loss']:.4f} "
-                   f"(l1 {values['train_l1']:.4f}, mldp {values['train_mldp']:.4f}), {val}, "
+        parts = ", ".join(f"{name} {value:.4f}" for name, value in terms.items())
+        self.print(f"epoch {values['epoch']}: train loss {values['train_loss']:.4f} ({parts}), {val}, "
                    f"lr {values['lr']:.2e}, {values['epoch_time']:.1f} s "
                    f"({100 * values.get('data_wait', 0.0):.0f}% waiting for data)")
 
@@ -47,6 +55,7 @@ class TrainingLogger:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
+        self.history.update({k: list(v) for k, v in state["history"].items() if k.startswith(TERM_PREFIX)})
         self.best_val_mae = state.get("best_val_mae")
 
     def plot_progress(self) -> None:
@@ -59,8 +68,9 @@ class TrainingLogger:
         h, epochs = self.history, self.history["epoch"]
         fig, axes = plt.subplots(2, 2, figsize=(12, 8))
         ax = axes[0, 0]
-        for key, label in (("train_loss", "total"), ("train_l1", "L1"), ("train_mldp", "MLDP")):
-            ax.plot(epochs, h[key], label=label)
+        ax.plot(epochs, h["train_loss"], label="total")
+        for name in self.term_names:
+            ax.plot(epochs, h[TERM_PREFIX + name], label=name)
         ax.set(title="training loss", xlabel="epoch")
         ax.legend()
         ax = axes[0, 1]

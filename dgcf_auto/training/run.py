@@ -61,7 +61,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  epochs: int | None = None, batch_size: int | None = None,
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
-                 dinov3_random: bool = False, precision: str = "auto") -> Path | None:
+                 dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None) -> Path | None:
     """Train one fold; returns the output folder (None on torchrun ranks other than 0).
     Raises DGCFError for every user-fixable problem."""
     if configuration not in CONFIGURATIONS:
@@ -86,6 +86,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
     overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
     run_plans = effective_plans(plans, variant, overrides)
+    _check_patch_fits(run_plans, variant.name)
     train_cases = [open_case(data_folder, n) for n in train_names]
     val_cases = [open_case(data_folder, n) for n in val_names]
     training = run_plans["training"]
@@ -97,7 +98,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                                 iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
                                 num_workers=num_workers, val_every=val_every, compile=compile,
                                 dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
-                                precision=precision)
+                                precision=precision, vgg_weights=vgg_weights)
     if resume_state is not None:
         ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
         if final.is_file() and resume_state["epoch"] >= settings.epochs:
@@ -133,6 +134,19 @@ def _announce_start(output: Path, continue_training: bool, resuming: bool) -> No
         if stale:
             print(f"dgcf_train: starting over in {output}; removed the previous run's {', '.join(stale)} "
                   f"(use --c to continue a run instead)")
+
+
+def _check_patch_fits(plans: dict, trainer_name: str) -> None:
+    """Plans made before a network was registered may have a slice size that network cannot take."""
+    from dgcf_auto.network import network_size_multiple
+    from dgcf_auto.plans import network_plans
+
+    multiple = network_size_multiple(plans)
+    patch = plans["configurations"]["2d"]["patch_size"]
+    if any(int(p) % multiple for p in patch):
+        raise DGCFError(f"trainer {trainer_name}: network {network_plans(plans).architecture!r} needs slices "
+                        f"whose sides are multiples of {multiple}, but the plans' patch size is {patch}; "
+                        f"re-run dgcf_plan_and_preprocess (it plans for every registered network)")
 
 
 def _cuda() -> bool:

@@ -1,6 +1,7 @@
 """DGCFTrainer: the paper's training (section 3.1) with nnU-Net's checkpoints, resume and logging.
 
-One object per run. `initialize()` builds the frozen DINOv3, the network of the variant, the loss, Adam and
+One object per run. `initialize()` builds the frozen DINOv3 (when the network or a loss term needs it), the
+registered network the plans name, the composite loss of the plans' terms, Adam (+ an optional StepLR) and
 the data stream; `run()` trains epoch by epoch (an epoch = iterations_per_epoch batches), validates every
 `val_every` epochs and the last, and writes checkpoint_latest / _best / _final. Under torchrun the network is
 wrapped in DistributedDataParallel and only rank 0 touches the output folder.
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.network.execution import autocast, autocast_dtype
+from dgcf_auto.plans import network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream)
@@ -41,6 +43,7 @@ class TrainingSettings:
     dinov3_weights: str | None = None
     dinov3_random: bool = False
     precision: str = "auto"    # see network.execution.autocast_dtype
+    vgg_weights: str | None = None  # weight file for the "vgg" loss term, when the plans use it
 
 
 class DGCFTrainer:
@@ -60,26 +63,23 @@ class DGCFTrainer:
 
     # ---------------------------------------------------------------- setup
     def initialize(self) -> None:
-        from dgcf_auto.losses.mldp import SynthesisLoss
-        from dgcf_auto.network import build_network
-        from dgcf_auto.network.dinov3 import build_dinov3
+        from dgcf_auto.losses import CompositeLoss, loss_needs_dinov3
+        from dgcf_auto.network import build_dinov3, build_network, network_needs_dinov3
 
-        s, training = self.settings, self.plans["training"]
+        s, net_plans, training = self.settings, network_plans(self.plans), training_plans(self.plans)
         torch.manual_seed(s.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-        needs_vit = self.variant.architecture != "cnn_only" or training["mldp_weight"] > 0
         self.dinov3 = None
         self.dinov3_source = "none (not used by this trainer)"
-        if needs_vit:
-            self.dinov3 = build_dinov3(self.plans["network"]["dinov3"], weights=s.dinov3_weights,
-                                       random=s.dinov3_random)
+        if network_needs_dinov3(net_plans) or loss_needs_dinov3(training.loss):
+            self.dinov3 = build_dinov3(net_plans.dinov3, weights=s.dinov3_weights, random=s.dinov3_random)
             self.dinov3_source = str(self.dinov3.weights_source)
-        self.network = build_network(self.plans["network"], self.dinov3).to(self.device)
-        self.loss = SynthesisLoss(self.dinov3, training["l1_weight"], training["mldp_weight"],
-                                  training.get("mldp_layers", [3, 6, 9, 12])).to(self.device)
+        self.network = build_network(net_plans, self.dinov3).to(self.device)
+        self.loss = CompositeLoss(training.loss, self.dinov3, training.loss_options,
+                                  weights={"vgg": s.vgg_weights}).to(self.device)
         self.network = self.network.to(memory_format=torch.channels_last)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=training["learning_rate"],
-                                          betas=tuple(training.get("adam_betas", (0.9, 0.999))))
+        self.optimizer = torch.optim.Adam(trainable, lr=training.learning_rate, betas=tuple(training.adam_betas))
+        self.scheduler = _lr_scheduler(self.optimizer, training.lr_scheduler)
         self.model = self.network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -98,6 +98,8 @@ class DGCFTrainer:
         try:
             self.network.load_state_dict(state["network_weights"])
             self.optimizer.load_state_dict(state["optimizer_state"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise DGCFError(f"checkpoint {path} does not fit this network ({str(exc).splitlines()[0][:160]})") from None
         if len(state["rng_state"]) != self.dist.world_size:
@@ -115,10 +117,11 @@ class DGCFTrainer:
         if self.dist.is_main:
             write_json(self.training_config(), self.output_folder / "training_config.json")
         self._log_start()
+        training = training_plans(self.plans)
         transform = (augmentation_transform(tuple(self.train_cases[0].source.shape[1:]))
-                     if self.plans["training"].get("augmentation") else None)
+                     if training.augmentation else None)
         loader = SliceDataLoader(self.train_cases, self.local_batch_size, s.seed, self.dist.rank,
-                                 self.plans["training"].get("foreground_slice_fraction"), transform,
+                                 training.foreground_slice_fraction, transform,
                                  start_batch=self.batches_done, num_workers=s.num_workers)
         stream = make_batch_stream(loader, s.num_workers)
         try:
@@ -136,7 +139,7 @@ class DGCFTrainer:
         self.model.train()
         start = time.perf_counter()
         wait = 0.0
-        sums = torch.zeros(3, dtype=torch.float32, device=self.device)  # float32: mps has no float64
+        sums = torch.zeros(1 + len(self.loss.names), dtype=torch.float32, device=self.device)  # mps: no float64
         bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
                    leave=False, dynamic_ncols=True)
         for it in bar:
@@ -153,10 +156,12 @@ class DGCFTrainer:
         val = self._maybe_validate(epoch)
         epoch_time = time.perf_counter() - start
         val_mae, val_psnr = (finite_or_none(val["mae"]), finite_or_none(val["psnr"])) if val else (None, None)
-        self.logger.record_epoch(epoch=epoch, train_loss=means[0], train_l1=means[1], train_mldp=means[2],
+        self.logger.record_epoch(epoch=epoch, train_loss=means[0], terms=dict(zip(self.loss.names, means[1:])),
                                  val_mae=val_mae, val_psnr=val_psnr,
                                  lr=self.optimizer.param_groups[0]["lr"], epoch_time=epoch_time,
                                  data_wait=wait / epoch_time)
+        if self.scheduler is not None:
+            self.scheduler.step()  # per epoch, as StepLR's step_size counts epochs
         payload = self.checkpoint_payload(epoch + 1)
         if self.dist.is_main:
             if val is not None and np.isfinite(val["mae"]) and (self.logger.best_val_mae is None
@@ -178,7 +183,7 @@ class DGCFTrainer:
             total, parts = self.loss(prediction.float(), ct)
         total.backward()
         self.optimizer.step()
-        return torch.stack([total.detach(), parts["l1"].detach(), parts["mldp"].detach()]).float()
+        return torch.stack([total.detach()] + [parts[name] for name in self.loss.names]).float()
 
     def _maybe_validate(self, epoch: int) -> dict | None:
         s = self.settings
@@ -207,6 +212,7 @@ class DGCFTrainer:
         return {
             "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
             "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": int(next_epoch),
             "plans": self.plans,
             "trainer_name": self.variant.name,
@@ -219,7 +225,8 @@ class DGCFTrainer:
 
     def training_config(self) -> dict:
         return {"trainer_name": self.variant.name, "paper_row": self.variant.paper_row,
-                "architecture": self.variant.architecture, "dinov3_source": self.dinov3_source,
+                "network": self.variant.network, "loss": dict(self.loss.weights),
+                "dinov3_source": self.dinov3_source,
                 "dinov3_random": self.dinov3_source == "random", "settings": asdict(self.settings),
                 "world_size": self.dist.world_size, "batch_size_per_process": self.local_batch_size,
                 "device": str(self.device), "bf16_autocast": self.autocast_dtype is not None, **self.run_info,
@@ -228,9 +235,9 @@ class DGCFTrainer:
 
     def _log_start(self) -> None:
         s, log = self.settings, self.logger
-        weights = self.plans["training"]
-        log.print(f"{self.variant.name} ({self.variant.paper_row}); network {self.variant.architecture}, "
-                  f"L1 weight {weights['l1_weight']}, MLDP weight {weights['mldp_weight']}")
+        terms = " + ".join(f"{w:g} x {name}" for name, w in self.loss.weights.items())
+        log.print(f"{self.variant.name} ({self.variant.paper_row}); network {self.variant.network}, loss {terms}, "
+                  f"schedule {training_plans(self.plans).schedule}")
         log.print(f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; {s.epochs} epochs x "
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
                   f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, compile {s.compile}")
@@ -238,3 +245,13 @@ class DGCFTrainer:
             log.print("WARNING: DINOv3 is RANDOMLY INITIALISED (--dinov3-random); results do not reproduce the paper")
         if not self.val_cases:
             log.print("this fold has no validation cases: no validation, no checkpoint_best.pth")
+
+
+def _lr_scheduler(optimizer: torch.optim.Optimizer, config: dict | None):
+    """None (a constant learning rate) or the plans' per-epoch schedule."""
+    if config is None:
+        return None
+    if config.get("name") != "step":
+        raise DGCFError(f"training.lr_scheduler {config}: only {{'name': 'step', 'step_size', 'gamma'}} exists")
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(config["step_size"]),
+                                           gamma=float(config["gamma"]))

@@ -1,34 +1,38 @@
-"""Trainer variants for `-tr`: each is one row of the paper's Table 1 / Table 2 we can reproduce.
+"""Trainer variants for `-tr`: each is one row of the paper's Table 1 / Table 2.
 
-A variant only fixes the network architecture and the loss weights; everything else (optimiser, schedule,
-data) comes from the plans, so the rows differ in exactly what the paper varies.
+A variant names a registered network, the loss terms with their weights, and any other plans values its
+row needs (`plans_overrides`, merged into the plans); everything else comes from the plans, so the rows
+differ in exactly what the paper varies.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import apply_schedule, deep_update
 
 
 @dataclass(frozen=True)
 class TrainerVariant:
     name: str
-    architecture: str           # a key of dgcf_auto.network's registry
-    l1_weight: float | None     # None: take plans["training"]["l1_weight"]
-    mldp_weight: float | None   # None: take plans["training"]["mldp_weight"]; 0 switches MLDP off
+    network: str                       # a key of dgcf_auto.network.registry.NETWORKS
+    loss: dict[str, float] | None      # term -> weight; None keeps plans["training"]["loss"]
     paper_row: str
+    plans_overrides: dict = field(default_factory=dict)   # nested plans values this row fixes
 
+
+L1_ONLY = {"l1": 1.0}
 
 TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
-    TrainerVariant("DGCFTrainer", "cross_fusion", None, None, "Table 1: DGCN + L_MLDP (the paper's method)"),
-    TrainerVariant("DGCFTrainer_L1", "cross_fusion", 1.0, 0.0,
-                   "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
-    TrainerVariant("DGCFTrainer_concat_L1", "concat", 1.0, 0.0, "Table 2: DGCN (concat)"),
-    TrainerVariant("DGCFTrainer_cnnOnly_L1", "cnn_only", 1.0, 0.0, "Table 2: CNN only (Table 1: UNet, L1)"),
-    TrainerVariant("DGCFTrainer_vitOnly_L1", "vit_only", 1.0, 0.0, "Table 2: ViT-B/16 only"),
+    TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
+    TrainerVariant("DGCFTrainer_L1", "cross_fusion", L1_ONLY, "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
+    TrainerVariant("DGCFTrainer_SSIM", "cross_fusion", {"l1": 1.0, "ssim": 1.0},
+                   "not in the paper: DGCN, L1 + SSIM (the pixel-level alternative the paper names)"),
+    TrainerVariant("DGCFTrainer_concat_L1", "concat", L1_ONLY, "Table 2: DGCN (concat)"),
+    TrainerVariant("DGCFTrainer_cnnOnly_L1", "cnn_only", L1_ONLY, "Table 2: CNN only (Table 1: UNet, L1)"),
+    TrainerVariant("DGCFTrainer_vitOnly_L1", "vit_only", L1_ONLY, "Table 2: ViT-B/16 only"),
 )}
-# Not provided: DGCN + L_VGG (needs ImageNet VGG weights, which we never download) and the other Table 1
-# baselines (ResUNet, UNet++, TransUNet, I2I-Mamba), which are other papers' networks.
 
 
 def get_trainer_variant(name: str) -> TrainerVariant:
@@ -38,17 +42,20 @@ def get_trainer_variant(name: str) -> TrainerVariant:
 
 
 def effective_plans(plans: dict, variant: TrainerVariant, overrides: dict) -> dict:
-    """A copy of the plans as this run uses them: the variant's architecture and loss weights, and the
-    command-line overrides (epochs, batch size, iterations) written into plans["training"]."""
-    import copy
-
+    """A copy of the plans as this run uses them: the variant's network, loss and plans values (a named
+    schedule first, so the row's own values win), then the command-line overrides (epochs, batch size,
+    iterations) written into plans["training"]."""
     result = copy.deepcopy(plans)
-    result["network"]["architecture"] = variant.architecture
+    result["network"]["architecture"] = variant.network
     training = result["training"]
-    if variant.l1_weight is not None:
-        training["l1_weight"] = variant.l1_weight
-    if variant.mldp_weight is not None:
-        training["mldp_weight"] = variant.mldp_weight
+    schedule = variant.plans_overrides.get("training", {}).get("schedule")
+    if schedule is not None:
+        apply_schedule(training, schedule)
+    deep_update(result, variant.plans_overrides)
+    if variant.loss is not None:
+        training["loss"] = dict(variant.loss)
+        for key in ("l1_weight", "mldp_weight"):  # plans written before the loss registry
+            training.pop(key, None)
     for key, value in overrides.items():
         if value is not None:
             training[key] = value

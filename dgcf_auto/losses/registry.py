@@ -1,0 +1,109 @@
+"""The loss registry: every term a plans file may name in `training.loss = {"l1": 1.0, "mldp": 1.0}`.
+
+A term is one module under `dgcf_auto/losses/` that defines an nn.Module with `forward(pred, target) ->
+scalar` (pred and target B x 1 x H x W in [-1, 1], pred carrying the graph) and registers its builder:
+
+    @register_loss("ssim", description="1 - SSIM")
+    def build_ssim(ctx: LossContext) -> nn.Module: ...
+
+plus one import line in `dgcf_auto/losses/__init__.py`. `CompositeLoss` sums the weighted terms; the
+trainer, logger and checkpoint iterate over whatever terms the plans name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn as nn
+
+from dgcf_auto.errors import DGCFError
+
+if TYPE_CHECKING:
+    from dgcf_auto.network.dinov3 import FrozenDINOv3
+
+
+@dataclass
+class LossContext:
+    dinov3: "FrozenDINOv3 | None" = None   # the generator's own frozen ViT instance, when one is built
+    options: dict = field(default_factory=dict)   # training.loss_options[name]
+    weights: dict = field(default_factory=dict)   # user-given weight files, e.g. {"vgg": "/path/vgg16.pth"}
+
+
+LossBuilder = Callable[[LossContext], nn.Module]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    builder: LossBuilder
+    needs_dinov3: bool
+    description: str
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, needs_dinov3: bool = False, description: str) -> Callable[[LossBuilder], LossBuilder]:
+    def add(builder: LossBuilder) -> LossBuilder:
+        if name in LOSSES and LOSSES[name].builder is not builder:
+            raise ValueError(f"loss term {name!r} is registered twice")
+        LOSSES[name] = LossSpec(name, builder, needs_dinov3, description)
+        return builder
+    return add
+
+
+def get_loss_spec(name: str) -> LossSpec:
+    if name not in LOSSES:
+        raise DGCFError(f"unknown loss term {name!r} in plans; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def active_terms(terms: dict[str, float]) -> dict[str, float]:
+    """The terms with a positive weight (a zero weight switches a term off: it is not even built)."""
+    for name, weight in terms.items():
+        get_loss_spec(name)
+        if not float(weight) >= 0:
+            raise DGCFError(f"loss term {name!r} has weight {weight}; weights must be >= 0")
+    return {name: float(weight) for name, weight in terms.items() if float(weight) > 0}
+
+
+def loss_needs_dinov3(terms: dict[str, float]) -> bool:
+    return any(get_loss_spec(name).needs_dinov3 for name in active_terms(terms))
+
+
+class CompositeLoss(nn.Module):
+    """sum_k weight_k * term_k(pred, target); `forward -> (total, {name: detached value})`.
+
+    Terms needing DINOv3 get the generator's own instance, so only one ViT lives in memory.
+    """
+
+    def __init__(self, terms: dict[str, float], dinov3: "FrozenDINOv3 | None" = None,
+                 options: dict[str, dict] | None = None, weights: dict[str, str | None] | None = None):
+        super().__init__()
+        self.weights = active_terms(terms)
+        if not self.weights:
+            raise DGCFError(f"the loss {terms} has no term with a positive weight")
+        options, files = options or {}, weights or {}
+        modules = {}
+        for name in self.weights:
+            spec = get_loss_spec(name)
+            if spec.needs_dinov3 and dinov3 is None:
+                raise DGCFError(f"loss term {name!r} needs the DINOv3 encoder, but none was built")
+            modules[name] = spec.builder(LossContext(dinov3 if spec.needs_dinov3 else None,
+                                                     dict(options.get(name, {})), files))
+        self.terms = nn.ModuleDict(modules)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.weights)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        parts = {name: term(pred, target) for name, term in self.terms.items()}
+        total = sum(self.weights[name] * value for name, value in parts.items())
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={weight:g}" for name, weight in self.weights.items())

@@ -1,0 +1,82 @@
+"""The network registry: every generator the trainer and predictor can build, by name.
+
+A network is one module under `dgcf_auto/network/` that defines its nn.Module and registers a builder:
+
+    @register_network("resunet", needs_dinov3=False, size_multiple=8, description="...")
+    def build_resunet(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module: ...
+
+plus one import line in `dgcf_auto/network/__init__.py`. The registration declares what the rest of the
+pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
+predictor build the ViT only then, or when a loss term needs it) and the multiple the slice size must be
+(the planner plans the patch size from it, so a planned size can never fail the first forward pass).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
+
+import torch.nn as nn
+
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import NetworkPlans, network_plans
+
+if TYPE_CHECKING:
+    from dgcf_auto.network.dinov3 import FrozenDINOv3
+
+NetworkBuilder = Callable[[NetworkPlans, "FrozenDINOv3 | None"], nn.Module]
+SizeMultiple = Union[int, Callable[[NetworkPlans], int]]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    builder: NetworkBuilder
+    needs_dinov3: bool
+    multiple: SizeMultiple
+    description: str
+
+    def size_multiple(self, plans: NetworkPlans) -> int:
+        """H and W of the network's input must be multiples of this (for these plans' depth)."""
+        return int(self.multiple(plans) if callable(self.multiple) else self.multiple)
+
+
+NETWORKS: dict[str, NetworkSpec] = {}
+
+
+def register_network(name: str, *, needs_dinov3: bool, size_multiple: SizeMultiple,
+                     description: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
+    def add(builder: NetworkBuilder) -> NetworkBuilder:
+        if name in NETWORKS and NETWORKS[name].builder is not builder:
+            raise ValueError(f"network {name!r} is registered twice")
+        NETWORKS[name] = NetworkSpec(name, builder, needs_dinov3, size_multiple, description)
+        return builder
+    return add
+
+
+def get_network_spec(name: str) -> NetworkSpec:
+    if name not in NETWORKS:
+        raise DGCFError(f"unknown network architecture {name!r} in plans; known: {', '.join(sorted(NETWORKS))}")
+    return NETWORKS[name]
+
+
+def network_size_multiple(plans: dict | NetworkPlans) -> int:
+    plans = network_plans(plans)
+    return get_network_spec(plans.architecture).size_multiple(plans)
+
+
+def network_needs_dinov3(plans: dict | NetworkPlans) -> bool:
+    """Whether the generator itself runs the frozen ViT (a loss term may need it regardless)."""
+    return get_network_spec(network_plans(plans).architecture).needs_dinov3
+
+
+def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None") -> nn.Module:
+    """The generator the network plans name. It holds the very `dinov3` passed in (not a copy) when it
+    needs one; plans problems raise DGCFError."""
+    plans = network_plans(plans)
+    spec = get_network_spec(plans.architecture)
+    if spec.needs_dinov3 and dinov3 is None:
+        raise DGCFError(f"network architecture {spec.name!r} needs the DINOv3 encoder, but none was built")
+    try:
+        return spec.builder(plans, dinov3 if spec.needs_dinov3 else None)
+    except (ValueError, TypeError) as exc:
+        raise DGCFError(f"cannot build network {spec.name!r}: {exc}") from exc
