@@ -118,6 +118,18 @@ def test_unknown_option_is_a_clear_error():
         build_network({"architecture": "resunet", "options": {"wings": 2}}, None)
 
 
+def test_deep_supervision_variant_sets_the_option():
+    from dgcf_auto.plans import TrainingPlans, network_plans
+    from dgcf_auto.training.variants import TRAINERS, effective_plans
+
+    plans = {"network": NetworkPlans(features=TINY_FEATURES).to_dict(), "training": TrainingPlans().to_dict()}
+    run = network_plans(effective_plans(plans, TRAINERS["DGCFTrainer_unetppDS_L1"], {}))
+    assert run.architecture == "unetpp" and run.options == {"deep_supervision": True}
+    assert len(build_network(run, None).heads) == 4
+    assert len(build_network(network_plans(effective_plans(plans, TRAINERS["DGCFTrainer_unetpp_L1"], {})),
+                             None).heads) == 1
+
+
 def test_unetpp_deep_supervision_output_is_the_mean_of_its_four_heads():
     net = tiny("unetpp").eval()
     captured = []
