@@ -35,3 +35,13 @@ def to_meta_keys(timm_state: dict, num_heads: int) -> dict:
     meta["mask_token"] = torch.zeros(1, embed)
     meta["rope_embed.periods"] = torch.rand(embed // num_heads // 4)
     return meta
+
+
+def write_vgg19_features(path, seed: int = 0):
+    """A randomly initialised torchvision VGG19 `features` state dict under torchvision's key names."""
+    from torchvision.models import vgg19
+
+    torch.manual_seed(seed)
+    features = vgg19(weights=None).features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return features

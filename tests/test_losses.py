@@ -114,3 +114,48 @@ def test_a_new_term_is_one_registration(monkeypatch):
     pred, target = images(1), images(0)
     total, parts = CompositeLoss({"max_error": 3.0}, None)(pred, target)
     assert total.item() == pytest.approx(3.0 * (pred - target).abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory):
+    from model_fixtures import write_vgg19_features
+
+    path = tmp_path_factory.mktemp("vgg") / "vgg19-dcbb9e9d.pth"
+    return path, write_vgg19_features(path)
+
+
+def test_vgg_term_is_l1_of_the_final_vgg19_pool_on_grey_repeated_unnormalised_input(vgg_file, monkeypatch):
+    path, features = vgg_file
+    monkeypatch.delenv("DGCF_VGG_WEIGHTS", raising=False)
+    loss_fn = CompositeLoss({"vgg": 1.0}, None, weights={"vgg": str(path)})
+    pred, target = images(1, 64), images(0, 64)
+    _, parts = loss_fn(pred, target)
+    with torch.no_grad():  # independently: the whole features stack, 3 equal channels, values as they are
+        expected = (features(pred.repeat(1, 3, 1, 1)) - features(target.repeat(1, 3, 1, 1))).abs().mean()
+    assert features(pred.repeat(1, 3, 1, 1)).shape == (2, 512, 2, 2)
+    assert parts["vgg"].item() == pytest.approx(expected.item(), rel=1e-5)
+    grad_pred = pred.clone().requires_grad_(True)
+    loss_fn(grad_pred, target)[0].backward()
+    assert grad_pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss_fn.parameters())
+
+
+def test_vgg_weights_come_from_the_env_or_torch_cache_and_a_missing_file_says_where(vgg_file, monkeypatch, tmp_path):
+    path, _ = vgg_file
+    monkeypatch.setenv("DGCF_VGG_WEIGHTS", str(path))
+    assert CompositeLoss({"vgg": 1.0}, None).names == ["vgg"]
+    monkeypatch.delenv("DGCF_VGG_WEIGHTS")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(DGCFError, match=r"never downloaded: put the file at .*torch/hub/checkpoints/vgg19-dcbb9e9d"):
+        CompositeLoss({"vgg": 1.0}, None)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "vgg19-dcbb9e9d.pth").write_bytes(path.read_bytes())
+    assert CompositeLoss({"vgg": 1.0}, None).names == ["vgg"]
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)
+    with pytest.raises(DGCFError, match="do not fit torchvision's VGG19 features"):
+        CompositeLoss({"vgg": 1.0}, None, weights={"vgg": str(bad)})
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DGCFError, match="are corrupt"):
+        CompositeLoss({"vgg": 1.0}, None, weights={"vgg": str(bad)})

@@ -51,6 +51,9 @@ def data_env(tmp_path_factory):
                                       model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})
     plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
     plans_file.write_text(json.dumps(plans))
+    from model_fixtures import write_vgg19_features
+    write_vgg19_features(root / "vgg19.pth")  # for the DGCN + L_VGG trainer
+    mp.setenv("DGCF_VGG_WEIGHTS", str(root / "vgg19.pth"))
     yield root, env
     mp.undo()
 

@@ -13,6 +13,7 @@ _REGISTERED_MODULES = (
     "dgcf_auto.losses.l1",
     "dgcf_auto.losses.mldp",
     "dgcf_auto.losses.ssim",
+    "dgcf_auto.losses.vgg",
 )
 for _module in _REGISTERED_MODULES:
     importlib.import_module(_module)

@@ -27,6 +27,8 @@ L1_ONLY = {"l1": 1.0}
 TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
     TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
     TrainerVariant("DGCFTrainer_L1", "cross_fusion", L1_ONLY, "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
+    TrainerVariant("DGCFTrainer_VGG", "cross_fusion", {"l1": 1.0, "vgg": 1.0},
+                   "Table 1: DGCN + L_VGG (needs torchvision VGG19 weights: --vgg-weights)"),
     TrainerVariant("DGCFTrainer_SSIM", "cross_fusion", {"l1": 1.0, "ssim": 1.0},
                    "not in the paper: DGCN, L1 + SSIM (the pixel-level alternative the paper names)"),
     TrainerVariant("DGCFTrainer_concat_L1", "concat", L1_ONLY, "Table 2: DGCN (concat)"),
