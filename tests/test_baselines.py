@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.network import NETWORKS, build_network, network_size_multiple
-from dgcf_auto.network.i2i_mamba import Mamba, linear_recurrence, selective_scan, spiral_order
+from dgcf_auto.network import i2i_mamba
+from dgcf_auto.network.i2i_mamba import (Mamba, parallel_linear_recurrence, selective_scan,
+                                         sequential_linear_recurrence, spiral_order)
 from dgcf_auto.network.transunet import WEIGHTS_ENV, TransUNet, hybrid_vit
 from dgcf_auto.plans import NetworkPlans
 
@@ -160,15 +162,25 @@ def random_scan_inputs(length, batch=2, channels=6, state=5, seed=0):
             r(batch, state, length), r(batch, state, length), r(channels), r(batch, channels, length), r(channels))
 
 
+RECURRENCES = [sequential_linear_recurrence, parallel_linear_recurrence]  # the CPU and the GPU form
+
+
+@pytest.fixture(params=RECURRENCES, ids=lambda f: f.__name__)
+def recurrence(request, monkeypatch):
+    """Run the pure-PyTorch scan with each form of the linear recurrence, whatever the device."""
+    monkeypatch.setattr(i2i_mamba, "linear_recurrence", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("length", [1, 2, 37, 64, 301])
-def test_selective_scan_matches_the_sequential_loop(length):
+def test_selective_scan_matches_the_sequential_loop(length, recurrence):
     u, delta, A, B, C, D, z, bias = random_scan_inputs(length)
     expected = naive_selective_scan(u, delta, A, B, C, D, z, bias)
     got = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_selective_scan_gradients_match_the_sequential_loop():
+def test_selective_scan_gradients_match_the_sequential_loop(recurrence):
     inputs = [t.double().requires_grad_() for t in random_scan_inputs(23, channels=3, state=2)]
     u, delta, A, B, C, D, z, bias = inputs
     naive_selective_scan(u, delta, A, B, C, D, z, bias).square().sum().backward()
@@ -180,11 +192,12 @@ def test_selective_scan_gradients_match_the_sequential_loop():
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_linear_recurrence_of_known_sequence():
+@pytest.mark.parametrize("solve", RECURRENCES)
+def test_linear_recurrence_of_known_sequence(solve):
     a = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0]).view(1, 5, 1)
     b = torch.tensor([1.0, 1.0, -2.0, 4.0, 1.0]).view(1, 5, 1)
     # h0 = 1, h1 = 2*1 + 1 = 3, h2 = 3 - 2 = 1, h3 = 0 + 4 = 4, h4 = 12 + 1 = 13
-    assert linear_recurrence(a, b).flatten().tolist() == [1.0, 3.0, 1.0, 4.0, 13.0]
+    assert solve(a, b).flatten().tolist() == [1.0, 3.0, 1.0, 4.0, 13.0]
 
 
 def test_mamba_block_is_causal_and_its_conv_taps_equal_the_conv1d():

@@ -38,12 +38,27 @@ from dgcf_auto.plans import NetworkPlans
 # Selective scan: h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  y *= silu(z)
 # ---------------------------------------------------------------------------------------------------------
 def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """All h_t of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim -2, in O(log L) tensor operations.
+    """All h_t of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim -2.
 
-    Odd/even pairs are composed into one step of a half-length recurrence, solved recursively; the even
-    states then follow from the odd ones. Only products of the a_t are formed (no division, no log), so
-    it is as stable as the sequential loop.
+    On CPU a step-by-step loop is the least work; on a GPU, where each step would be a kernel launch, the
+    same values come from `parallel_linear_recurrence` in O(log L) tensor operations.
     """
+    return parallel_linear_recurrence(a, b) if a.is_cuda else sequential_linear_recurrence(a, b)
+
+
+def sequential_linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # unbind, not indexing per step: its backward is one stack instead of L zero-filled full-size gradients
+    h, states = torch.zeros_like(b[..., 0, :]), []
+    for a_t, b_t in zip(a.unbind(-2), b.unbind(-2)):
+        h = a_t * h + b_t
+        states.append(h)
+    return torch.stack(states, dim=-2)
+
+
+def parallel_linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Odd/even pairs are composed into one step of a half-length recurrence, solved recursively; the even
+    states then follow from the odd ones. Only products of the a_t are formed (no division, no log), so
+    it is as stable as the sequential loop."""
     length = a.shape[-2]
     if length == 1:
         return b
@@ -53,8 +68,8 @@ def linear_recurrence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # unbind of a (pairs x 2) view, not strided slices: its backward is one stack, not zero-fill + copy
     a_even, a_odd = a.unflatten(-2, (-1, 2)).unbind(-2)
     b_even, b_odd = b.unflatten(-2, (-1, 2)).unbind(-2)
-    h_odd = linear_recurrence(a_odd * a_even, a_odd * b_even + b_odd)     # h_1, h_3, ...
-    h_even = a_even * F.pad(h_odd[..., :-1, :], (0, 0, 1, 0)) + b_even    # h_0, h_2, ...
+    h_odd = parallel_linear_recurrence(a_odd * a_even, a_odd * b_even + b_odd)   # h_1, h_3, ...
+    h_even = a_even * F.pad(h_odd[..., :-1, :], (0, 0, 1, 0)) + b_even           # h_0, h_2, ...
     return torch.stack([h_even, h_odd], dim=-2).flatten(-3, -2)[..., :length, :]
 
 
