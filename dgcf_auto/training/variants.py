@@ -63,6 +63,13 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
              "released code, Table 2: CNN only (DGCN with its four DINO inputs off)"),
     _release("DGCFTrainer_release_vitOnly_L1", "dgcn_release_vit_only", L1_ONLY,
              "released code, Table 2: ViT-B/16 only (use_cnn=False)"),
+    TrainerVariant("DGCFTrainer_resunet_L1", "resunet", L1_ONLY, "Table 1: ResUNet [17], L1"),
+    TrainerVariant("DGCFTrainer_unetpp_L1", "unetpp", L1_ONLY, "Table 1: UNet++ [16], L1"),
+    TrainerVariant("DGCFTrainer_unetppDS_L1", "unetpp", L1_ONLY,
+                   "not in the paper: UNet++ with deep supervision (mean of its four heads), L1",
+                   {"network": {"options": {"deep_supervision": True}}}),
+    TrainerVariant("DGCFTrainer_transunet_L1", "transunet", L1_ONLY, "Table 1: TransUNet [19] (R50-ViT-B/16), L1"),
+    TrainerVariant("DGCFTrainer_i2imamba_L1", "i2i_mamba", L1_ONLY, "Table 1: I2I-Mamba [20], L1"),
 )}
 
 
