@@ -75,7 +75,7 @@ def test_predict_evaluate_compare_without_hand_written_python(data, capsys):
                                          "-device", "cpu", "--disable_tta"], capsys)
         assert code == 0, err
         folder = results / f"{trainer}__DGCFPlans__2d" / "fold_0" / "test"
-        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{c}.nii.gz" for c in data["test"])
+        assert sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in data["test"])
     dropped = data["test"][1]
     (results / f"{TRAINERS[1]}__DGCFPlans__2d" / "fold_0" / "test" / f"{dropped}.nii.gz").unlink()
     code, out, err = run("evaluate", ["-d", str(PAPER_ID), "--split", "test", "--profile", "dgcf-paper"], capsys)

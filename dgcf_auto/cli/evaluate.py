@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 PROFILE_NAMES = ("synthrad2023", "synthrad2025", "dgcf-paper")  # dgcf_auto.evaluation.profiles.PROFILES (cheap import)
+
+
+def _device(value: str) -> str:
+    """The shared device words, plus TotalSegmentator's own 'gpu'/'gpu:N' (older scripts use them)."""
+    return device_argument(value.lower().replace("gpu", "cuda"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--segscore-cache", default=None, metavar="DIR",
                         help="cache of the reference CTs' segmentations, per case, model and TotalSegmentator "
                              "version (default $DGCF_results/segscore_cache)")
-    parser.add_argument("-device", default="gpu", choices=("gpu", "cpu", "mps"),
-                        help="device for TotalSegmentator (gpu falls back to cpu when CUDA is absent)")
+    parser.add_argument("-device", default=None, type=_device,
+                        help=f"device for TotalSegmentator: {DEVICE_HELP}; 'gpu' is accepted for 'cuda'")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
     parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,
                         help="metric definitions (default synthrad2023); see documentation/evaluation.md")
+    add_version(parser)
     return parser
 
 
@@ -65,3 +73,10 @@ def main(argv=None):
         label = f" ({summary['trainer']})" if summary.get("trainer") else ""
         print(format_table(summary))
         print(f"summary{label} written to {path}")
+    not_evaluated = [(path, row) for path, summary in results for row in summary["not_evaluated"]]
+    if not_evaluated:  # scored what could be scored; the bad predictions still fail the command
+        from dgcf_auto.errors import DGCFInputErrors
+
+        raise DGCFInputErrors([row["reason"] for _, row in not_evaluated],
+                              header=f"{len(not_evaluated)} prediction(s) not evaluated (listed under "
+                                     f"not_evaluated in {', '.join(sorted({str(p) for p, _ in not_evaluated}))}):")
