@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", default="ttest", choices=("ttest", "wilcoxon"),
                         help="paired two-sided Student's t-test (default, as the paper) or Wilcoxon signed-rank")
     parser.add_argument("-o", default=None, help="output folder (default $DGCF_results/comparison_<split>_<profile>)")
+    add_version(parser)
     return parser
 
 
