@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache of the reference CTs' segmentations, per case, model and TotalSegmentator "
                              "version (default $DGCF_results/segscore_cache)")
     parser.add_argument("-device", default=None, type=_device,
-                        help=f"device for TotalSegmentator: {DEVICE_HELP}; 'gpu' is accepted for 'cuda'")
+                        help=f"device for TotalSegmentator and the SSIM/MS-SSIM metrics: {DEVICE_HELP}; 'gpu' is "
+                             "accepted for 'cuda' (metrics on mps run on the CPU: no float64 there)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
     parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,

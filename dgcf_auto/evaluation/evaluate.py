@@ -239,7 +239,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter
 
         segmenter = TotalSegmentatorSegmenter(fast=segscore_fast, device=device)
-    jobs = [(c, chosen.name, png_dir, metrics_device) for c in cases]
+    jobs = [(c, chosen.name, png_dir, metrics_device or device) for c in cases]
     results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
     per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
     extra = dict(extra or {})

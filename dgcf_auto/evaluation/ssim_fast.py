@@ -30,10 +30,11 @@ CPU_TILE_VOXELS = 150_000       # input voxels per CPU tile (y rows are cut to s
 
 
 def metric_device(device: str | None = None) -> torch.device:
-    """`device`, or CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The torch device of a device word (None: CUDA when available, else CPU); MPS has no float64: CPU."""
+    from dgcf_auto.devices import resolve_device
+
+    resolved = resolve_device(device)
+    return torch.device("cpu") if resolved.type == "mps" else resolved
 
 
 @contextmanager

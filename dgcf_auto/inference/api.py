@@ -56,7 +56,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
             png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None):
-    """Synthetic CT for `input` (see the module doc). `model`: a trained-model folder, or a dataset id/name
+    """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). Returns the sCT image(s) when `output` is None, else the list of written outputs."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
