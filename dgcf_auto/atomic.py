@@ -1,44 +1,204 @@
-"""Atomic writes: write to a temporary file in the target folder, then rename over the target.
+"""Verified atomic writes: every file the project writes is complete or absent.
 
-A crash or kill at any moment leaves either the old file or the new one, never half of one.
+Each write goes to a hidden temporary file in the target folder, is flushed and fsynced, checked (its size,
+or the file read back), and only then renamed onto the target. Any OSError on the way (ENOSPC, EROFS,
+EACCES, EDQUOT, ...) and any failed check becomes one `DGCFError("cannot write <target>: <reason>")`, and
+the temporary file is removed. A run killed mid-write (SIGKILL) leaves its temporary file behind; the next
+write into that folder removes it: temporary names carry host and process id, and only those of processes
+that no longer exist on this host are removed, so parallel runs never delete each other's files.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from dgcf_auto.errors import DGCFError
+
+TEMP_MARKER = ".dgcf-tmp."
+_TEMP_PATTERN = re.compile(re.escape(TEMP_MARKER) + r"(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]+")
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_cleaned_folders: set[tuple[int, str]] = set()
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+class WriteFailed(Exception):
+    """Raised by a writer or a check inside `atomic_path`: the reason, in words (becomes a DGCFError)."""
+
+
+def write_error(target: str | os.PathLike, exc: BaseException | str) -> DGCFError:
+    """`cannot write <target>: <reason>`: the one line every failed write ends in."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or os.strerror(exc.errno) if exc.errno else str(exc)
+    else:
+        reason = " ".join(str(exc).split())
+    return DGCFError(f"cannot write {target}: {reason}")
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success it is renamed onto `target`.
+def atomic_path(target: str | os.PathLike, suffix: str | None = None,
+                verify: Callable[[Path], str | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; when the block succeeds, fsync, verify and rename it.
 
     `suffix` keeps extension-sensitive writers (SimpleITK, numpy) happy; defaults to the target's own.
+    `verify(tmp)` returns None when the written file is complete, else the problem in words.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp files are private (0600); outputs should not be
+    tmp = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
     try:
+        prepare_folder(target.parent)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies, like any output
         yield tmp
+        _fsync(tmp)
+        problem = verify(tmp) if verify is not None else None
+        if problem:
+            raise WriteFailed(problem)
         os.replace(tmp, target)
+        _fsync(target.parent)
+    except OSError as exc:
+        if exc.errno is None and _disk_full(target.parent):  # numpy: "N requested and M written"
+            exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise write_error(target, exc) from None
+    except WriteFailed as exc:
+        # Writers that swallow errno (ITK's NIfTI writer) leave a short file; say why when the disk is full.
+        raise write_error(target, os.strerror(errno.ENOSPC) if _disk_full(target.parent) else str(exc)) from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` (an old one is
+    removed), so readers see the old folder or the complete new one, never a partial one. The temporary
+    folder carries the same host/pid marker as temporary files, so a killed run's folder is removed later."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        prepare_folder(target.parent)
+        tmp.mkdir(mode=0o777)  # umask applies, like any output
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync(target.parent)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` (parents too) and remove stale temporary files there, once per process."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = (os.getpid(), str(folder.resolve()))
+    if key not in _cleaned_folders:
+        remove_stale_temps(folder)
+        _cleaned_folders.add(key)
+    return folder
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left in `folder` by killed processes of this host; returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TEMP_PATTERN.search(entry.name) if entry.name.startswith(".") else None
+            if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):  # an atomic_folder's temporary folder
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fail in one line, before any expensive work, when files cannot be created in `folder`.
+
+    Nothing is created: the probe goes into the nearest folder that exists (a missing folder is made later,
+    by the first write). Stale temporary files in `folder` are removed on the way.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DGCFError(f"{what} {folder}: {existing} is a file, not a folder")
+    probe = existing / f".write-check{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise DGCFError(f"{what} {folder}: not writable: {exc.strerror or exc}") from None
+    if existing == folder:
+        remove_stale_temps(folder)
+    return folder
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.
+
+    A second holder waits, after printing `waiting` once (to stderr). The lock goes with the process: a killed
+    run never leaves a stale lock behind.
+    """
+    import fcntl
+    import sys
+
+    folder = prepare_folder(folder)
+    try:
+        handle = open(folder / name, "a")
+    except OSError as exc:
+        raise write_error(folder / name, exc) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_bytes(data: bytes, target: str | os.PathLike, suffix: str | None = None) -> None:
+    """Write `data` atomically; the check is that the file on disk holds exactly len(data) bytes."""
+    with atomic_path(target, suffix=suffix,
+                     verify=lambda tmp: None if tmp.stat().st_size == len(data) else
+                     f"only {tmp.stat().st_size} of {len(data)} bytes written") as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+
 def write_json(obj: Any, target: str | os.PathLike, indent: int = 2) -> None:
-    with atomic_path(target, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n"
+    write_bytes(text.encode(), target, suffix=".json")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -46,15 +206,81 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_npy(array: np.ndarray, target: str | os.PathLike) -> None:
-    with atomic_path(target, suffix=".npy") as tmp:
-        np.save(tmp, np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+
+    def verify(tmp: Path) -> str | None:
+        try:
+            back = np.load(tmp, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            return f"written array cannot be read back ({exc})"
+        return None if back.shape == array.shape and back.dtype == array.dtype else "written array differs"
+
+    with atomic_path(target, suffix=".npy", verify=verify) as tmp:
+        np.save(tmp, array)
 
 
 def torch_save(obj: Any, target: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(target, suffix=".pth") as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(target, suffix=".pth", verify=zip_complete) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write as a RuntimeError
+            raise WriteFailed(str(exc).splitlines()[0] if str(exc) else "torch.save failed") from None
+
+
+def zip_complete(path: Path) -> str | None:
+    """torch checkpoints are zip archives: every member's CRC must check out."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"written checkpoint is incomplete ({exc})"
+    return f"written checkpoint is corrupt (member {bad})" if bad else None
+
+
+def png_complete(path: Path) -> str | None:
+    """A PNG is complete when it ends with its IEND chunk."""
+    with open(path, "rb") as handle:
+        handle.seek(max(path.stat().st_size - len(PNG_END), 0))
+        return None if handle.read() == PNG_END else "written PNG is incomplete"
+
+
+def save_figure(fig, target: str | os.PathLike, **savefig_kwargs) -> Path:
+    """matplotlib figure -> PNG, atomically and verified."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_kwargs)
+    write_bytes(buffer.getvalue(), target, suffix=".png")
+    return Path(target)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):  # folders on some filesystems
+            raise
+    finally:
+        os.close(fd)
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _json_default(value: Any) -> Any:
@@ -65,9 +291,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

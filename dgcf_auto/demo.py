@@ -60,7 +60,7 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
     predictions = output / "predictions"
     predictor = SCTPredictor(resolve_folds(fold_dir.parent, ["0"], "checkpoint_final.pth"),
                              device=device or _default_device())
-    predict_inputs(predictor, collect_inputs(test_input), predictions, overwrite=True)
+    predict_inputs(predictor, collect_inputs(test_input), predictions, input_root=test_input)
     _stage(5, "evaluate and draw the report")
     figures = output / "figures"
     evaluation = evaluate_folders(test_input, predictions, output / "summary.json", png_dir=figures)

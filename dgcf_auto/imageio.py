@@ -1,16 +1,24 @@
 """All image reading and writing, with geometry, in one place (SimpleITK).
 
-NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name.
+NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name. A folder of
+DICOM files stands for its image series wherever a file does (`mr/` for `mr.nii.gz`); `dgcf_auto.dicomio`
+reads it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from dgcf_auto.atomic import atomic_path
+from dgcf_auto.atomic import WriteFailed, atomic_path
 from dgcf_auto.errors import DGCFError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
@@ -26,22 +34,39 @@ def image_suffix(path: str | os.PathLike) -> str | None:
 
 
 def strip_suffix(path: str | os.PathLike) -> str:
-    """'1PA001.nii.gz' -> '1PA001'."""
+    """'1PA001.nii.gz' -> '1PA001' (a folder keeps its name)."""
     name = Path(path).name
     suffix = image_suffix(name)
     return name[: -len(suffix)] if suffix else name
 
 
+def is_image_path(path: str | os.PathLike) -> bool:
+    """An image file of a supported format, or a folder of DICOM files."""
+    from dgcf_auto.dicomio import is_dicom_folder
+
+    path = Path(path)
+    return (path.is_file() and image_suffix(path) is not None) or is_dicom_folder(path)
+
+
 def find_image(folder: str | os.PathLike, stem: str) -> list[Path]:
-    """All files `<stem>.{nii.gz,nii,mha}` in `folder` (several means ambiguity, left to the caller)."""
+    """All files `<stem>.{nii.gz,nii,mha}` and a DICOM folder `<stem>/` in `folder` (several means
+    ambiguity, left to the caller)."""
+    from dgcf_auto.dicomio import is_dicom_folder
+
     folder = Path(folder)
-    return [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    found = [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    return found + ([folder / stem] if is_dicom_folder(folder / stem) else [])
 
 
-def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
-    """Read an image; any failure is a DGCFError naming the case and the file."""
+def read_image(path: str | os.PathLike, case: str | None = None, series_uids=()) -> sitk.Image:
+    """Read an image (a DICOM folder: its image series, chosen by `series_uids` when it holds several);
+    any failure is a DGCFError naming the case and the file."""
     path = Path(path)
     where = f"case {case}: file {path.name}" if case else f"file {path}"
+    if path.is_dir():
+        from dgcf_auto.dicomio import read_series
+
+        return read_series(path, case, series_uids)
     if not path.is_file():
         raise DGCFError(f"{where}: not found")
     try:
@@ -52,10 +77,16 @@ def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
         raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
 
 
-def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3) -> sitk.ImageFileReader:
-    """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file."""
+def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3,
+                series_uids=()) -> sitk.ImageFileReader:
+    """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file.
+    A DICOM folder gives a `dicomio.SeriesHeader` with the same getters."""
     path = Path(path)
     where = f"case {case}: file {path.name}" if case else f"file {path}"
+    if path.is_dir():
+        from dgcf_auto.dicomio import open_series, series_header
+
+        return series_header(open_series(path, case, series_uids))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -73,8 +104,58 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     suffix = image_suffix(path)
     if suffix is None:
         raise DGCFError(f"file {path}: unsupported image format (use one of {', '.join(IMAGE_SUFFIXES)})")
-    with atomic_path(path, suffix=suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+    verify = lambda tmp: written_image_problem(tmp, image)  # noqa: E731
+    with _c_stderr_held_back(), atomic_path(path, suffix=suffix, verify=verify) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:  # ITK reports failed writes as RuntimeError; keep its reason
+            raise WriteFailed(_itk_reason(exc)) from None
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _c_stderr_held_back():
+    """Hold back what ITK's C code prints on stderr while writing; on failure drop it (one line suffices).
+
+    Redirecting file descriptor 2 is process-wide, hence the lock (image writes are serialised).
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    sys.stderr.write(text.decode(errors="replace"))
+
+
+def written_image_problem(path: Path, image: sitk.Image) -> str | None:
+    """None when `path` holds exactly `image`'s voxels (read back in full), else what is wrong.
+
+    ITK's NIfTI writer ignores failed writes (a full disk leaves a short file that SimpleITK still reads),
+    so NIfTI files are read back with nibabel, which raises on a short voxel block or a cut gzip stream.
+    """
+    expected = sitk.GetArrayViewFromImage(image)
+    try:
+        if image_suffix(path) in (".nii", ".nii.gz"):
+            back = np.asarray(nib.load(str(path)).dataobj).T  # nibabel's (x, y, z) -> SimpleITK's (z, y, x)
+        else:
+            back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except Exception as exc:  # noqa: BLE001 - any failure to read back means the file is not complete
+        return f"the written file cannot be read back ({' '.join(str(exc).split())[:120]})"
+    if back.shape != expected.shape or not np.array_equal(back, expected, equal_nan=back.dtype.kind == "f"):
+        return "the written file differs from the image"
+    return None
 
 
 def to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
@@ -117,6 +198,13 @@ def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
 
 def _fmt(values: np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _itk_reason(exc: Exception) -> str:
+    """'No space left on device' out of ITK's multi-line exception text."""
+    text = str(exc)
+    match = re.search(r"Reason: (.+)", text)
+    return match.group(1).strip() if match else _short(text.strip().splitlines()[-1] if text.strip() else "unknown")
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -39,7 +39,7 @@ def test_ct_hounsfield_units_per_tissue_are_realistic():
     arrays = _arrays(_case("mr2ct", 0))
     labels, ct = arrays["labels"], arrays["ct"].astype(float)
     expected = {ex.AIR: (-1010, -990), ex.FAT: (-130, -70), ex.MUSCLE: (30, 70), ex.BLADDER: (-5, 25),
-                ex.PROSTATE: (25, 60), ex.CORTEX: (1000, 1900), ex.MARROW: (200, 500), ex.GAS: (-1000, -500)}
+                ex.PROSTATE: (25, 60), ex.CORTEX: (1000, 1900), ex.MARROW: (250, 650), ex.GAS: (-1000, -500)}
     for tissue, (low, high) in expected.items():
         assert np.any(labels == tissue), ex.TISSUES[tissue][0]
         median = np.median(ct[labels == tissue])
@@ -51,7 +51,7 @@ def test_mr_contrast_is_not_a_monotone_function_of_hu():
     arrays = _arrays(_case("mr2ct", 1))
     labels, mr = arrays["labels"], arrays["source"].astype(float)
     mean = {t: mr[labels == t].mean() for t in (ex.AIR, ex.FAT, ex.MUSCLE, ex.CORTEX, ex.MARROW, ex.BLADDER)}
-    # Air (-1000 HU) and cortical bone (~1500 HU) are both darker than fat (-100 HU): not monotone.
+    # Air (-1000 HU) and cortical bone (~1700 HU) are both darker than fat (-100 HU): not monotone.
     assert mean[ex.AIR] < 0.2 * mean[ex.FAT] and mean[ex.CORTEX] < 0.3 * mean[ex.FAT]
     assert mean[ex.MUSCLE] < mean[ex.FAT] and mean[ex.MUSCLE] < mean[ex.MARROW] > mean[ex.CORTEX]
     assert mean[ex.BLADDER] > mean[ex.MUSCLE]  # urine bright on T2
@@ -130,6 +130,18 @@ def _with_array(image: sitk.Image, edit) -> sitk.Image:
     return out
 
 
+def _as_mha(case: Path, stem: str, direction) -> None:
+    """Rewrite `<stem>.nii.gz` as `<stem>.mha` with a raw direction matrix (MetaImage stores it as given)."""
+    image = sitk.ReadImage(str(case / f"{stem}.nii.gz"))
+    sitk.WriteImage(image, str(case / f"{stem}.mha"))
+    (case / f"{stem}.nii.gz").unlink()
+    text = (case / f"{stem}.mha").read_bytes()
+    start = text.index(b"TransformMatrix = ")
+    end = text.index(b"\n", start)
+    matrix = " ".join(f"{v:g}" for v in direction).encode()
+    (case / f"{stem}.mha").write_bytes(text[:start] + b"TransformMatrix = " + matrix + text[end:])
+
+
 def test_valid_dataset_passes_and_loads(dataset):
     cases = validate_dataset(dataset, progress=False)
     assert [c.name for c in cases] == ["1PA001", "1PA002"] and task_of(cases) == "mr2ct"
@@ -158,6 +170,9 @@ FAULTS = {
     "all-zero mask": (lambda c: _rewrite(c / "mask.nii.gz", lambda im: im * 0), "file mask.nii.gz: mask is empty"),
     "2D image": (lambda c: _rewrite(c / "ct.nii.gz", lambda im: im[:, :, 2]), "file ct.nii.gz: is 2D"),
     "corrupt nii.gz": (lambda c: (c / "ct.nii.gz").write_bytes(b"not a nifti file " * 25), "file ct.nii.gz: cannot be read"),
+    # Issue 10, fault 5: NIfTI cannot hold these and SimpleITK coerces them; .mha keeps them as written.
+    "sheared direction": (lambda c: _as_mha(c, "mr", (1, 0.2, 0, 0, 1, 0, 0, 0, 1)), "file mr.mha: direction matrix"),
+    "direction 2I": (lambda c: _as_mha(c, "mr", (2, 0, 0, 0, 2, 0, 0, 0, 2)), "file mr.mha: direction matrix"),
     "truncated nii.gz": (lambda c: (c / "mask.nii.gz").write_bytes((c / "mask.nii.gz").read_bytes()[:-300]),
                          "file mask.nii.gz: is truncated or corrupt"),
 }

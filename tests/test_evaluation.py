@@ -254,8 +254,6 @@ def test_evaluate_self_gives_perfect_scores_and_null_psnr(folders):
 @pytest.mark.parametrize("problem, message", [
     ("empty_ref", "no CT images"),
     ("mask_grid", "case1: file mask.nii.gz: not on the grid of ct.nii.gz (spacing"),
-    ("pred_grid", "case2: file case2.nii.gz: not on the grid of ct.nii.gz (size"),
-    ("unreadable", "case1: file case1.nii.gz: cannot be read as an image"),
     ("no_match", "no case in"),
 ])
 def test_evaluate_bad_input_clear_error_no_summary(folders, capsys, problem, message):
@@ -266,10 +264,6 @@ def test_evaluate_bad_input_clear_error_no_summary(folders, capsys, problem, mes
         (ref / "notes.txt").write_text("no images here")
     elif problem == "mask_grid":
         write(smooth_pair()[2], ref / "case1" / "mask.nii.gz", FLIP_Y, spacing=(1.0, 1.0, 1.0), dtype=np.uint8)
-    elif problem == "pred_grid":
-        write(smooth_pair()[1][:, :30], pred / "case2.nii.gz")
-    elif problem == "unreadable":
-        (pred / "case1.nii.gz").write_bytes(b"not a nifti at all")
     elif problem == "no_match":
         (pred / "case1.nii.gz").rename(pred / "other.nii.gz")
         (pred / "case2.nii.gz").unlink()
@@ -278,6 +272,38 @@ def test_evaluate_bad_input_clear_error_no_summary(folders, capsys, problem, mes
     assert code == 1 and message in err and "Traceback" not in err
     assert err.startswith("dgcf_evaluate: error: ")
     assert not out.exists() and not list(folders.glob(".summary.json*"))
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("pred_grid", "case2: file case2.nii.gz: not on the grid of ct.nii.gz (size"),
+    ("unreadable", "case2: file case2.nii.gz: cannot be read as an image"),
+    ("truncated", "case2: file case2.nii.gz: is truncated or corrupt"),
+    ("nan", "case2: file case2.nii.gz: 1 NaN/inf voxels"),
+])
+def test_evaluate_scores_no_bad_prediction_and_records_it(folders, capsys, problem, message):
+    """Issue 10: predictions get the input checks; a bad one is recorded, never scored; exit 1."""
+    ref, pred = folders / "ref", folders / "pred"
+    target = pred / "case2.nii.gz"
+    if problem == "pred_grid":
+        write(smooth_pair()[1][:, :30], target)
+    elif problem == "unreadable":
+        target.write_bytes(b"not a nifti at all")
+    elif problem == "truncated":  # SimpleITK would read this file without complaint
+        target.write_bytes(target.read_bytes()[:-200])
+    else:
+        image = sitk.ReadImage(str(target), sitk.sitkFloat32)
+        array = sitk.GetArrayFromImage(image)
+        array[1, 2, 3] = np.nan
+        nan_image = sitk.GetImageFromArray(array)
+        nan_image.CopyInformation(image)
+        sitk.WriteImage(nan_image, str(target))
+    out = folders / "summary.json"
+    code, _, err = run_cli(evaluate_cli, ["-ref", str(ref), "-pred", str(pred), "-o", str(out)], capsys)
+    assert code == 1 and message in err and "Traceback" not in err
+    summary = json.loads(out.read_text())
+    assert [r["case"] for r in summary["metric_per_case"]] == ["case1"] and summary["n"]["mae"] == 1
+    assert summary["not_evaluated"] == [{"case": "case2", "reason": next(
+        line for line in err.splitlines() if message in line).split("error: ", 1)[1]}]
 
 
 def test_evaluate_segscore_missing_weights_fails_before_work(folders, capsys, monkeypatch):

@@ -171,10 +171,10 @@ def test_uncertainty_map_and_skipping_existing_outputs(trained, tmp_path):
     values = sitk.GetArrayFromImage(uncertainty)
     assert values.min() >= 0 and values.max() > 0  # two different folds disagree somewhere
     stamp = (out / f"{case}.nii.gz").stat().st_mtime_ns
+    assert _predict(args + ["--continue-prediction"]) == 0
+    assert (out / f"{case}.nii.gz").stat().st_mtime_ns == stamp  # skipped: this model wrote it
     assert _predict(args) == 0
-    assert (out / f"{case}.nii.gz").stat().st_mtime_ns == stamp  # skipped
-    assert _predict(args + ["--overwrite"]) == 0
-    assert (out / f"{case}.nii.gz").stat().st_mtime_ns != stamp
+    assert (out / f"{case}.nii.gz").stat().st_mtime_ns != stamp  # nnU-Net's default: overwrite
 
 
 def _error_line(capsys) -> str:

@@ -42,7 +42,7 @@ TISSUES = {
     RECTAL_WALL: ("rectal wall", 45.0, 300.0),
     RECTAL_CONTENT: ("rectal content", 0.0, 420.0),
     GAS: ("gas", -900.0, 15.0),
-    CORTEX: ("cortical bone", 1500.0, 30.0),
+    CORTEX: ("cortical bone", 1700.0, 30.0),
     MARROW: ("marrow", 300.0, 600.0),
 }
 
@@ -167,17 +167,20 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
         q = ((u - c[0]) / axes[0]) ** 2 + ((v - c[1]) / axes[1]) ** 2
         return q + ((t - c[2]) / axes[2]) ** 2 if len(axes) == 3 else q + 0 * t
 
-    body_r = ellipsoid((0, 0), (1.0, aspect))
+    # The pelvis is widest at the hips (t ~ -0.2) and narrows above and below.
+    taper = 1 - 0.1 * (t + 0.2) ** 2
+    body_r = ellipsoid((0, 0), (taper, aspect * taper))
     labels = np.full(body_r.shape, AIR, np.uint8)
     labels[body_r < 1] = FAT
     inner = 1 - rng.uniform(0.09, 0.18)                          # subcutaneous fat thickness
-    labels[ellipsoid((0, 0), (inner, aspect * inner - 0.03)) < 1] = MUSCLE
+    labels[ellipsoid((0, 0), (inner * taper, (aspect * inner - 0.03) * taper)) < 1] = MUSCLE
 
-    fill = rng.uniform(0.7, 1.2)                                  # bladder filling
-    labels[ellipsoid((rng.uniform(-0.05, 0.05), -0.33, 0.25), (0.3 * fill, 0.2 * fill, 0.35 * fill)) < 1] = BLADDER
+    fill = rng.uniform(0.7, 1.2)                                  # bladder filling: a slightly squashed sphere
+    labels[ellipsoid((rng.uniform(-0.05, 0.05), -0.33, 0.25), (0.28 * fill, 0.22 * fill, 0.25 * fill)) < 1] = BLADDER
     labels[ellipsoid((0, -0.12 + rng.uniform(-0.03, 0.03), -0.3), (0.15, 0.11, 0.22) * rng.uniform(0.8, 1.2, 3)) < 1] = PROSTATE
 
-    rect_c = (rng.uniform(-0.04, 0.04), rng.uniform(0.22, 0.3))
+    # The rectum bends: backwards along the sacral curve going up, and a little from side to side.
+    rect_c = (rng.uniform(-0.04, 0.04) + 0.05 * np.sin(3 * t + rng.uniform(0, 6)), rng.uniform(0.22, 0.3) + 0.12 * t * t)
     rect_r = rng.uniform(0.1, 0.14)
     labels[ellipsoid(rect_c, (rect_r, rect_r * 0.85)) < 1] = RECTAL_WALL
     lumen = ellipsoid(rect_c, (rect_r * 0.6, rect_r * 0.5)) < 1
@@ -187,20 +190,37 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
     gas = lumen & (v < rect_c[1] + rng.uniform(-0.02, 0.03)) & (t > gas_t[0]) & (t < gas_t[1])
     labels[gas] = GAS
 
-    cortex_mm = rng.uniform(1.8, 2.6)
+    cortex = rng.uniform(2.5, 3.5) / scale                       # cortical thickness, normalised units
 
-    def bone(c, axes):
-        r = ellipsoid(c, axes)
-        shrink = 1 - cortex_mm / scale / min(axes[:2])
-        labels[r < 1] = CORTEX
-        inner_axes = tuple(a * shrink for a in axes[:2]) + tuple(a * shrink for a in axes[2:])
-        labels[ellipsoid(c, inner_axes) < 1] = MARROW
+    def bone(inside_outer, inside_inner):
+        labels[inside_outer] = CORTEX
+        labels[inside_inner] = MARROW
+
+    def ellipsoid_bone(c, axes, where=True):
+        bone((ellipsoid(c, axes) < 1) & where, (ellipsoid(c, tuple(a - cortex for a in axes)) < 1) & where)
+
+    def capsule_bone(p1, p2, radius):
+        """A round bone from p1 to p2 (u, v, t): femoral neck and shaft."""
+        d = np.subtract(p2, p1, dtype=np.float32)
+        q = (u - p1[0], v - p1[1], t - p1[2])
+        s = np.clip((q[0] * d[0] + q[1] * d[1] + q[2] * d[2]) / float(d @ d), 0, 1)
+        dist2 = (q[0] - s * d[0]) ** 2 + (q[1] - s * d[1]) ** 2 + (q[2] - s * d[2]) ** 2
+        bone(dist2 < radius ** 2, dist2 < (radius - cortex) ** 2)
 
     for side in (-1, 1):
-        bone((side * rng.uniform(0.58, 0.66), rng.uniform(0.0, 0.12)), (0.12, 0.3) * rng.uniform(0.85, 1.15, 2))
+        # Iliac wing: above the hip joint only, flaring outwards and backwards going up.
+        ellipsoid_bone((side * (rng.uniform(0.5, 0.56) + 0.15 * (t + 0.3)), rng.uniform(0.0, 0.12) + 0.06 * t),
+                       (0.09 + 0.05 * (t + 0.3), 0.3 * rng.uniform(0.85, 1.15)), where=t > -0.3)
+        # Femoral head (a sphere), neck down and outwards to the shaft.
         r_head = rng.uniform(0.16, 0.2)
-        bone((side * rng.uniform(0.5, 0.56), rng.uniform(-0.08, 0.02), rng.uniform(-0.35, -0.1)), (r_head,) * 3)
-    bone((0, rng.uniform(0.55, 0.6), 0.45), (0.24, 0.09, 0.5))   # sacrum, superior-posterior
+        head = (side * rng.uniform(0.5, 0.56), rng.uniform(-0.08, 0.02), rng.uniform(-0.35, -0.1))
+        trochanter = (side * 0.72, head[1] + 0.04, head[2] - 0.3)
+        capsule_bone(head, trochanter, 0.08)
+        capsule_bone(trochanter, (side * 0.7, head[1] + 0.04, -2.0), 0.1)
+        ellipsoid_bone(head, (r_head,) * 3)
+    # Sacrum: superior-posterior, following the sacral curve and narrowing downwards.
+    sacrum_width = 0.24 * (0.5 + 0.5 * np.clip((t + 0.1) / 0.9, 0, 1))
+    ellipsoid_bone((0, rng.uniform(0.55, 0.6) - 0.1 * (t - 0.45), 0.45), (sacrum_width, 0.09, 0.5))
     labels[body_r >= 1] = AIR                                     # nothing sticks out of the skin
     return labels, coords
 

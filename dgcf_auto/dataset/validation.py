@@ -3,29 +3,29 @@
 Rules (one line per problem, `case <name>: file <file>: <what>`):
 - each case has exactly one source (mr.* or cbct.*), a CT and a mask (CT/mask optional where the caller
   says so), one file per role; all cases of a dataset share one task;
-- every file is readable (header and voxels, a truncated .nii.gz included), a 3D scalar image, with
-  finite voxels (NaN/inf rejected; for NIfTI the raw bytes are checked, since SimpleITK reads NaN as 0);
+- every file is readable (header and voxels, a truncated .nii.gz included), a 3D scalar image with an
+  orthonormal direction matrix, with finite voxels (NaN/inf rejected; NIfTI voxels are read with nibabel,
+  since SimpleITK reads NaN as 0 and accepts a short voxel block);
 - the mask has at least one non-zero voxel;
 - CT and mask share the source's grid: size exactly, spacing/origin/direction within the tolerances of
   `dgcf_auto.imageio.geometry_mismatch`.
-Cases are read one at a time (header first, then voxels), so memory does not grow with the dataset.
+Cases are read one at a time (header first, then voxels, each file once), so memory does not grow with the
+dataset.
 """
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
-from dgcf_auto.dataset.nifti_raw import nifti_voxel_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image
-
-_FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
-
 
 def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: bool = True,
                    progress: bool = False) -> list[str]:
@@ -52,7 +52,8 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
     for role, path in (("source", case.source), ("ct", case.ct), ("mask", case.mask)):
         if path is None:
             continue
-        reader, problem = _check_file(case.name, path, is_mask=(role == "mask"))
+        reader, problem = check_image_file(path, _where(case.name, path), is_mask=(role == "mask"),
+                                           series_uids=case.series_uids)
         if problem:
             problems.append(problem)
         else:
@@ -69,9 +70,21 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
     return problems
 
 
-def _check_file(case_name: str, path: Path, is_mask: bool) -> tuple[sitk.ImageFileReader | None, str | None]:
-    """(header reader, None) when the file is fine, else (None, the problem line)."""
-    where = f"case {case_name}: file {path.name}"
+def _where(case_name: str, path: Path) -> str:
+    return f"case {case_name}: {'folder' if path.is_dir() else 'file'} {path.name}{'/' if path.is_dir() else ''}"
+
+
+def check_image_file(path: Path, where: str, is_mask: bool = False,
+                     series_uids=()) -> tuple[sitk.ImageFileReader | None, str | None]:
+    """(header reader, None) when `path` is a usable 3D scalar image, else (None, '<where>: <problem>').
+    A folder is a DICOM series (`_check_dicom_folder`).
+
+    The voxels are read once: by nibabel for NIfTI (it raises on a short voxel block or a cut gzip stream and
+    keeps NaN/inf, which SimpleITK reads as 0), by SimpleITK otherwise. The header comes from SimpleITK, the
+    reader every later stage uses, so that geometry checks see what they will see.
+    """
+    if Path(path).is_dir():
+        return _check_dicom_folder(Path(path), where, is_mask, series_uids)
     if image_suffix(path) is None:
         return None, f"{where}: unsupported format (use {', '.join(IMAGE_SUFFIXES)})"
     reader = sitk.ImageFileReader()
@@ -87,26 +100,57 @@ def _check_file(case_name: str, path: Path, is_mask: bool) -> tuple[sitk.ImageFi
         return None, f"{where}: has {reader.GetNumberOfComponents()} components per voxel; expected a scalar image"
     if 0 in reader.GetSize():
         return None, f"{where}: is empty (size {reader.GetSize()})"
-
-    # Voxels: catches truncated files whose header is fine, NaN/inf, and empty masks.
+    nifti = image_suffix(path) in (".nii", ".nii.gz")
     try:
-        image = reader.Execute()
-        array = sitk.GetArrayViewFromImage(image)
-    except RuntimeError as exc:
-        return None, f"{where}: voxel data cannot be read ({_reason(exc)})"
-    if reader.GetPixelID() in _FLOAT_TYPES or array.dtype.kind == "f":
+        if nifti:
+            loaded = nib.load(str(path))
+            array = np.asarray(loaded.dataobj)
+            matrix = np.asarray(loaded.affine, float)[:3, :3]  # RAS world
+        else:
+            image = reader.Execute()
+            array = sitk.GetArrayViewFromImage(image)
+            matrix = None
+    except (OSError, EOFError, ValueError, zlib.error, RuntimeError, nib.filebasedimages.ImageFileError) as exc:
+        return None, f"{where}: is truncated or corrupt ({_reason(exc)})"
+    direction = np.array(reader.GetDirection(), float).reshape(3, 3)
+    if matrix is not None:  # NIfTI: SimpleITK coerces a sheared affine silently; look at the file's own
+        direction = np.diag([-1.0, -1.0, 1.0]) @ matrix / np.linalg.norm(matrix, axis=0)  # LPS, unit columns
+    if problem := direction_problem(direction):
+        return None, f"{where}: {problem}"
+    if array.dtype.kind == "f":
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
             return None, f"{where}: {bad} NaN/inf voxels; every voxel must be finite"
     if is_mask and not np.any(array):
         return None, f"{where}: mask is empty (all voxels are 0)"
-    del array, image
-    if image_suffix(path) in (".nii", ".nii.gz"):
-        # SimpleITK zeroes NaN/inf in NIfTI and accepts truncated .gz files; look at the raw bytes.
-        problem = nifti_voxel_problem(path)
-        if problem:
-            return None, f"{where}: {problem}"
     return reader, None
+
+
+def _check_dicom_folder(path: Path, where: str, is_mask: bool, series_uids=()):
+    """(series header, None) when the folder's series reads as one regular volume, else (None, problem)."""
+    from dgcf_auto.dicomio import open_series, read_checked_series, series_header
+
+    try:
+        series = open_series(path, series_uids=series_uids, where=where)
+        image = read_checked_series(series, where=where)
+    except DGCFError as exc:
+        return None, str(exc)
+    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    if problem := direction_problem(direction):
+        return None, f"{where}: {problem}"
+    if is_mask and not np.any(sitk.GetArrayViewFromImage(image)):
+        return None, f"{where}: mask is empty (all voxels are 0)"
+    return series_header(series, image), None
+
+
+def direction_problem(direction: np.ndarray, tolerance: float = 1e-3) -> str | None:
+    """None for an orthonormal direction matrix (a rotation, possibly with flips), else the problem in words."""
+    gram = direction.T @ direction
+    if np.all(np.isfinite(gram)) and np.abs(gram - np.eye(3)).max() <= tolerance:
+        return None
+    shown = ", ".join(f"{v:.4g}" for v in direction.ravel())
+    return (f"direction matrix ({shown}) is not orthonormal (sheared or scaled axes); the geometry would "
+            f"change silently; fix the file's orientation")
 
 
 def _reason(exc: Exception) -> str:
@@ -124,9 +168,9 @@ def load_case(case: Case) -> tuple[sitk.Image, sitk.Image | None, sitk.Image | N
     """(source, ct, mask) as SimpleITK images; ct/mask are None when the case has none."""
     if case.source is None:
         raise DGCFError(case.problems[0] if case.problems else f"case {case.name}: no source image")
-    source = read_image(case.source, case.name)
-    ct = read_image(case.ct, case.name) if case.ct is not None else None
-    mask = read_image(case.mask, case.name) if case.mask is not None else None
+    source = read_image(case.source, case.name, case.series_uids)
+    ct = read_image(case.ct, case.name, case.series_uids) if case.ct is not None else None
+    mask = read_image(case.mask, case.name, case.series_uids) if case.mask is not None else None
     return source, ct, mask
 
 
@@ -149,4 +193,4 @@ def validate_dataset(dataset_dir: str | os.PathLike, require_ct: bool = True, re
     return cases
 
 
-__all__ = ["validate_cases", "validate_case", "validate_dataset", "load_case"]
+__all__ = ["validate_cases", "validate_case", "validate_dataset", "load_case", "check_image_file", "direction_problem"]

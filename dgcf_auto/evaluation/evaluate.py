@@ -1,7 +1,7 @@
 """Evaluate a folder of sCTs against reference CTs: match cases, check grids, compute metrics, write a summary.
 
-Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz`, with `mask` and `mr`/`cbct` used when
-present) and/or flat files `<case>.nii.gz`. Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
+Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz` or a DICOM folder `<case>/ct/`, with `mask`
+and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
 Every case's files are checked (readable, same grid) before any metric is computed, so a bad input fails
 in seconds, lists every problem, and leaves no summary behind.
 """
@@ -17,7 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dgcf_auto.atomic import write_json
+from dgcf_auto.atomic import check_writable, write_json
+from dgcf_auto.dicomio import is_dicom_folder
+from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
@@ -47,10 +49,11 @@ def one_image(folder: Path, stem: str, case: str) -> Path | None:
 
 
 def flat_images(folder: Path) -> dict[str, Path]:
-    """{case: file} of `<case>.{nii.gz,nii,mha}` directly in `folder`; a DGCFError on duplicates."""
+    """{case: file} of `<case>.{nii.gz,nii,mha}` (or a DICOM series folder `<case>/`, as
+    `dgcf_predict --output-format dicom` writes) directly in `folder`; a DGCFError on duplicates."""
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and image_suffix(path) and not path.name.startswith("."):
+        if ((path.is_file() and image_suffix(path)) or is_dicom_folder(path)) and not path.name.startswith("."):
             case = strip_suffix(path)
             if case in images:
                 raise DGCFError(f"case {case}: several files in {folder} ({images[case].name}, {path.name})")
@@ -127,19 +130,29 @@ def _names(names, limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def check_cases(cases: list[EvalCase]) -> None:
-    """Every file readable and on the CT's grid, from headers only; all problems at once."""
-    problems = []
+def check_cases(cases: list[EvalCase]) -> dict[str, str]:
+    """Reference/mask problems raise, all at once (headers only). A prediction gets the checks the inputs get
+    (complete voxel block, finite, orthonormal direction) and the CT's grid; a bad one is not scored:
+    returns {case: why} for those."""
+    problems, unusable = [], {}
     for case in cases:
         try:
             ref = read_header(case.ct, case.name)
-            for path in (case.sct, case.mask):
-                if path is not None and (diff := geometry_mismatch(ref, read_header(path, case.name))):
-                    problems.append(f"case {case.name}: file {path.name}: not on the grid of {case.ct.name} ({diff})")
+            if problem := direction_problem(np.array(ref.GetDirection()).reshape(3, 3)):
+                problems.append(f"case {case.name}: file {case.ct.name}: {problem}")
+            if case.mask is not None and (diff := geometry_mismatch(ref, read_header(case.mask, case.name))):
+                problems.append(f"case {case.name}: file {case.mask.name}: not on the grid of {case.ct.name} ({diff})")
         except DGCFError as exc:
             problems.append(str(exc))
+            continue
+        reader, problem = check_image_file(case.sct, f"case {case.name}: file {case.sct.name}")
+        if problem is None and (diff := geometry_mismatch(ref, reader)):
+            problem = f"case {case.name}: file {case.sct.name}: not on the grid of {case.ct.name} ({diff})"
+        if problem:
+            unusable[case.name] = problem
     if problems:
         raise DGCFInputErrors(problems)
+    return unusable
 
 
 def _evaluate_one(case: EvalCase, png_dir: Path | None) -> dict:
@@ -169,11 +182,17 @@ def _finite_or_none(value):
 
 
 def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bool = False,
-                     segscore_fast: bool = False, device: str = "gpu", png_dir=None,
+                     segscore_fast: bool = False, device: str | None = None, png_dir=None,
                      num_processes: int = 1, segmenter=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it."""
+    check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics
+    if png_dir is not None:
+        check_writable(png_dir, "figure folder")
     cases = match_cases(ref_dir, pred_dir, mask_dir)
-    check_cases(cases)
+    unusable = check_cases(cases)
+    if len(unusable) == len(cases):
+        raise DGCFInputErrors(list(unusable.values()))
+    cases = [c for c in cases if c.name not in unusable]
     if not any(c.mask for c in cases):
         print("warning: no masks found; metrics cover the whole image", file=sys.stderr)
     if segscore and segmenter is None:  # fail on missing weights before the long image metrics
@@ -209,6 +228,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         ],
         **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
         "definitions": DEFINITIONS,
+        "not_evaluated": [{"case": name, "reason": why} for name, why in unusable.items()],
     }
     write_json(summary, output_json)
     return summary

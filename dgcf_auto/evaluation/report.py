@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dgcf_auto.atomic import atomic_path
+from dgcf_auto.atomic import atomic_path, png_complete
 from dgcf_auto.imageio import geometry_mismatch
 
 CT_WINDOW_HU = (-1000.0, 1500.0)
@@ -116,6 +116,6 @@ def save_case_figure(source: sitk.Image | None, sct: sitk.Image, ct: sitk.Image 
     if title:
         fig.suptitle(title, color="white", fontsize=11)
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path, suffix=".png", verify=png_complete) as tmp:
         fig.savefig(tmp, format="png", facecolor=fig.get_facecolor())
     return path

@@ -15,6 +15,7 @@ from dgcf_auto.network.registry import (NETWORKS, NetworkSpec, build_network, ge
 # One line per network module (each registers its builders when imported).
 _REGISTERED_MODULES = (
     "dgcf_auto.network.dgcn",
+    "dgcf_auto.network.dgcn_release",
     "dgcf_auto.network.resunet",
     "dgcf_auto.network.unetpp",
     "dgcf_auto.network.transunet",

@@ -127,6 +127,25 @@ def plan_source_normalization(fingerprint: dict) -> dict:
             "derived_from": window["derived_from"]}
 
 
+BODY_THRESHOLD_FRACTION = 0.3  # of the way from air to the median body intensity
+MR_AIR, CBCT_AIR_HU = 0.0, -1000.0
+
+
+def plan_body_mask(fingerprint: dict) -> dict:
+    """How prediction finds the body when no mask is given (see inference/body_mask.py)."""
+    pooled = fingerprint["pooled"]
+    if fingerprint["modality"] == "mr":
+        air, median, units = MR_AIR, pooled["source_relative_to_p99"]["percentiles"]["50"], "relative_to_p99"
+        where = "pooled median of source / case p99 inside the training masks"
+    else:
+        air, median, units = CBCT_AIR_HU, pooled["source"]["percentiles"]["50"], "source"
+        where = "pooled median source value inside the training masks"
+    return {"method": "threshold", "units": units,
+            "threshold": air + BODY_THRESHOLD_FRACTION * (median - air),
+            "derived_from": f"air ({air:g}) + {BODY_THRESHOLD_FRACTION:g} x ({where} ({median:.4g}) - air); "
+                            f"then the largest connected component, holes filled slice by slice"}
+
+
 def check_overrides(overrides: dict) -> None:
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
@@ -183,6 +202,7 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
     return {"plans_name": PLANS_NAME, "dataset_name": dataset_name, "task": fingerprint["task"],
             "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
             "source_normalization": plan_source_normalization(fingerprint),
+            "body_mask": plan_body_mask(fingerprint),
             "configurations": {CONFIGURATION: grid}, "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}

@@ -6,8 +6,10 @@ overrides, an existing splits file), so bad input leaves DGCF_preprocessed untou
 Output, in $DGCF_preprocessed/Dataset<id>_<Name>/:
   dataset.json, dataset_fingerprint.json, DGCFPlans.json, splits_final.json,
   DGCFPlans_2d/<case>_source.npy, <case>_ct.npy, <case>_mask.npy (S, H, W), <case>.json (properties).
-A case is up to date when its four files exist and the signature stored in its json (a hash of the
-preprocessing-relevant plans and the input files' paths, sizes and mtimes) matches; such cases are skipped.
+A case is up to date when its four files exist, the signature stored in its json (a hash of the
+preprocessing-relevant plans and the input files' paths, sizes and mtimes) matches, and every array has the
+shape its json and the plans give; such cases are skipped. A lock file in the output folder keeps a second
+run on the same dataset waiting until the first is done.
 The json is written last, so a case interrupted half-way is redone on the next run.
 """
 from __future__ import annotations
@@ -18,19 +20,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dgcf_auto.atomic import read_json, write_json, write_npy
+import numpy as np
+
+from dgcf_auto.atomic import check_writable, folder_lock, read_json, write_json, write_npy
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
-from dgcf_auto.planning.planner import (DATA_IDENTIFIER, PLANS_FILE, check_overrides, plan_experiment,
+from dgcf_auto.planning.planner import (CONFIGURATION, DATA_IDENTIFIER, PLANS_FILE, check_overrides, plan_experiment,
                                         preprocessing_signature_fields)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
 
 ARRAY_KEYS = ("source", "ct", "mask")
+LOCK_FILE = ".dgcf_plan_and_preprocess.lock"
 
 
 def case_files(folder: Path, name: str) -> dict[str, Path]:
@@ -46,14 +51,21 @@ def case_signature(case: Case, plans: dict) -> str:
 
 
 def is_up_to_date(case: Case, plans: dict, folder: Path) -> bool:
+    """Its json carries the current signature, and every array exists with the shape the json and the plans say."""
     files = case_files(folder, case.name)
     needed = [files["source"], files["mask"], files["properties"]] + ([files["ct"]] if case.ct else [])
     if not all(p.is_file() for p in needed):
         return False
     try:
-        return read_json(files["properties"]).get("signature") == case_signature(case, plans)
-    except (OSError, ValueError):
+        properties = read_json(files["properties"])
+        if properties.get("signature") != case_signature(case, plans):
+            return False
+        shape = tuple(properties["shape"])
+        arrays = [np.load(files[key], mmap_mode="r") for key in ARRAY_KEYS if key != "ct" or case.ct]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    patch = tuple(int(v) for v in plans["configurations"][CONFIGURATION]["patch_size"])
+    return shape[1:] == patch and all(a.shape == shape for a in arrays)
 
 
 @dataclass
@@ -115,8 +127,18 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_overrides(overrides)
     raw_dir = raw_dataset(dataset_id)
+    out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
-    out_dir = _output_folder(raw_dir)
+    # One run at a time per dataset: two runs with different plans would mix their arrays.
+    with folder_lock(out_dir, LOCK_FILE, waiting=f"dgcf_plan_and_preprocess: {out_dir} is in use by another run; "
+                                                 f"waiting for it to finish (Ctrl-C to give up)"):
+        return _plan_and_preprocess_locked(raw_dir, out_dir, cases, num_processes, overwrite, split, overrides,
+                                           preprocess, progress)
+
+
+def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case], num_processes: int,
+                                overwrite: bool, split: str, overrides: dict, preprocess: bool,
+                                progress: bool) -> dict:
     names = [c.name for c in cases]
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)

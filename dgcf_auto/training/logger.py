@@ -6,7 +6,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from dgcf_auto.atomic import atomic_path
+from dgcf_auto.atomic import atomic_path, png_complete
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_mae", "val_psnr", "lr", "epoch_time", "data_wait")
 TERM_PREFIX = "train_"  # one history series per loss term: train_l1, train_mldp, ...
@@ -89,7 +89,7 @@ class TrainingLogger:
         axes[1, 1].plot(epochs, h["epoch_time"])
         axes[1, 1].set(title="epoch time (s)", xlabel="epoch")
         fig.tight_layout()
-        with atomic_path(self.output_folder / "progress.png", suffix=".png") as tmp:
+        with atomic_path(self.output_folder / "progress.png", suffix=".png", verify=png_complete) as tmp:
             fig.savefig(tmp, dpi=80)
         plt.close(fig)
 

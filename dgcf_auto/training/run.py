@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from dgcf_auto import paths
-from dgcf_auto.atomic import read_json
+from dgcf_auto.atomic import check_writable, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
@@ -74,7 +74,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             raise DGCFError(f"{name} must be at least 1, got {value}")
     folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
-    output = paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold)
+    output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
+                            "results folder")
 
     latest, final = output / "checkpoint_latest.pth", output / "checkpoint_final.pth"
     resume_state = None
@@ -106,7 +107,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                   f"nothing to do (pass a larger --epochs to train on)")
             return output
 
-    ctx = init_distributed(device or ("cuda" if _cuda() else "cpu"))
+    ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
     try:
         trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
                               resolve_device(device, ctx), ctx,

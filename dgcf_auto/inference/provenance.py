@@ -1,0 +1,103 @@
+"""Provenance of a prediction run: which model, which checkpoints (SHA-256), which options, which versions.
+
+`dgcf_predict` writes it into its output folder as `prediction_provenance.json` (the counterpart of
+nnU-Net's `predict_from_raw_data_args.json`), with one entry per case written (the output file's size and
+SHA-256). `--continue-prediction` trusts an existing output only when that record and the current model
+agree (`model_id`). Self-contained (standard library only, lazy version look-ups) so that other writers
+(a run report, a model export) can reuse `build_provenance` and `file_sha256`.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable
+
+PROVENANCE_FILE = "prediction_provenance.json"
+PROVENANCE_VERSION = 1
+PACKAGES = ("dgcf_auto", "torch", "timm", "SimpleITK", "nibabel", "numpy", "scipy")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file; of a folder (a DICOM series), the hash of its files' names and hashes in name order."""
+    path = Path(path)
+    if path.is_dir():
+        listing = "".join(f"{p.name}\t{file_sha256(p, chunk)}\n" for p in sorted(path.iterdir()) if p.is_file())
+        return hashlib.sha256(listing.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_bytes(path: str | os.PathLike) -> int:
+    """Size of a file, or of the files in a folder."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os.PathLike],
+                     options: dict, trainer: str | None = None, plans: str | None = None,
+                     configuration: str | None = None) -> dict:
+    """The record of one prediction run (cases are added as they are written, see `case_record`).
+
+    `options` are the settings that change the output's voxels (TTA, precision, masking, ...); together with
+    the checkpoints' hashes they make `model_id`: two runs with the same id produce the same sCT.
+    `trainer`/`plans`/`configuration` default to the parts of the folder name `<trainer>__<plans>__<cfg>`.
+    """
+    model_folder = Path(model_folder)
+    parts = model_folder.name.split("__")
+    trainer = trainer or (parts[0] if len(parts) == 3 else None)
+    plans = plans or (parts[1] if len(parts) == 3 else None)
+    configuration = configuration or (parts[2] if len(parts) == 3 else None)
+    folds = [{"fold": Path(c).parent.name, "checkpoint": Path(c).name, "file": str(Path(c).resolve()),
+              "sha256": file_sha256(c)} for c in checkpoints]
+    identity = {"checkpoints": [f["sha256"] for f in folds], "options": options}
+    return {
+        "provenance_version": PROVENANCE_VERSION,
+        "model_id": hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest(),
+        "model": {"folder": str(model_folder.resolve()), "dataset": model_folder.parent.name,
+                  "trainer": trainer, "plans": plans, "configuration": configuration, "folds": folds},
+        "options": options,
+        "versions": package_versions(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "created": _now(),
+        "cases": {},
+    }
+
+
+def case_record(source: str | os.PathLike, output: str | os.PathLike) -> dict:
+    """What `--continue-prediction` checks about one written output."""
+    output = Path(output)
+    return {"source": str(Path(source).resolve()), "output": output.name, "bytes": output_bytes(output),
+            "sha256": file_sha256(output), "written": _now()}
+
+
+def read_provenance(folder: str | os.PathLike) -> dict | None:
+    """The folder's provenance record, or None when there is none or it cannot be read."""
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("cases"), dict) else None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
