@@ -170,3 +170,17 @@ def test_registered_builders_read_base_width_and_offset_from_the_plans(vit_b16):
         build_network({"architecture": "dgcn_release", "features": [64, 128, 256]}, vit_b16)
     with pytest.raises(DGCFError, match="unknown network option"):
         build_network({"architecture": "dgcn_release", "options": {"bogus": 1}}, vit_b16)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_shared_vit_features_are_used_only_when_they_are_the_features_of_x(offset):
+    dinov3 = tiny_release_dinov3()
+    net = DGCNRelease(dinov3, base_channels=8, vit_input_offset=offset).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        own = net(x)
+        shared = net(x, dinov3(x))  # what the predictor's shared encoder computes: the maps of x
+    assert torch.equal(own, shared)
+    if offset == 0:
+        with torch.no_grad():
+            assert not torch.equal(net(x, [m * 0 for m in dinov3(x)]), own)  # the given maps are used

@@ -151,9 +151,10 @@ class DGCNRelease(nn.Module):
     def size_multiple(self) -> int:
         return 16 if self.uses_vit else 2 ** (LEVELS - 1)
 
-    def _dino_inputs(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    def _dino_inputs(self, x: torch.Tensor, maps: list[torch.Tensor] | None) -> dict[int, torch.Tensor]:
         height, width = x.shape[-2:]
-        maps = self.dinov3(x + self.vit_input_offset, grad=False)  # frozen: no graph through the ViT
+        if maps is None:
+            maps = self.dinov3(x + self.vit_input_offset, grad=False)  # frozen: no graph through the ViT
         inputs = {}
         for i in range(LEVELS):
             if self.dino_levels[i]:
@@ -162,11 +163,16 @@ class DGCNRelease(nn.Module):
                                           align_corners=False)
         return inputs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`dino_features`: the shared frozen ViT's maps of this very `x` (the predictor computes them once
+        for an ensemble). They are used only when the ViT input is `x` itself (`vit_input_offset` 0); with
+        an offset (MR) the network runs its ViT on `x + offset`, as the released features were made."""
         multiple = self.size_multiple()
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(f"released DGCN input size {tuple(x.shape[-2:])} must be a multiple of {multiple}")
-        dino = self._dino_inputs(x) if self.uses_vit else {}
+        if self.vit_input_offset != 0:
+            dino_features = None
+        dino = self._dino_inputs(x, dino_features) if self.uses_vit else {}
         if self.use_cnn:
             skips = []
             h = x
