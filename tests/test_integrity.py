@@ -271,7 +271,7 @@ def test_9_known_network_gives_independently_computed_hu_on_a_rotated_anisotropi
     # Compare away from the p99 kink, where resampling (B-spline, both ways) is exact for a linear ramp.
     core = ndimage.binary_erosion(mask_array, np.ones((1, 3, 3), bool)) & (array < 0.85 * p99)
     assert core.sum() > 1000
-    assert np.abs(hu[core] - expected[core]).max() <= 1.0  # int16 rounding only
+    assert np.abs(hu[core] - expected[core]).max() <= 2.0  # int16 rounding and float resampling only
     assert np.all(hu[mask_array == 0] == -1000)
 
 
