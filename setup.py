@@ -7,8 +7,11 @@ CONSOLE_SCRIPTS = {
     "dgcf_train": "dgcf_auto.cli.train:main",
     "dgcf_predict": "dgcf_auto.cli.predict:main",
     "dgcf_evaluate": "dgcf_auto.cli.evaluate:main",
+    "dgcf_export_model_to_zip": "dgcf_auto.cli.export_model_to_zip:main",
+    "dgcf_install_model_from_zip": "dgcf_auto.cli.install_model_from_zip:main",
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",
     "dgcf_demo": "dgcf_auto.cli.demo:main",
+    "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
 }
 
 setup(
@@ -23,6 +26,7 @@ setup(
         "timm>=1.0.20",  # vit_base_patch16_dinov3
         "safetensors",
         "SimpleITK>=2.3",
+        "pydicom>=2.4",  # DICOM series output (and header scanning of DICOM input)
         "nibabel>=5",  # NIfTI voxel checks: raises on short voxel blocks and cut gzip, keeps NaN/inf
         "batchgenerators>=0.25",
         "pytorch-msssim>=1.0",

@@ -7,6 +7,9 @@ fresh child process so its peak RSS is its own. Prints a markdown table.
     python benchmarks/predict.py                                   # CPU: 256x256x100 and 512x512x200
     python benchmarks/predict.py --precision fp32 auto --tta off   # fp32 vs bf16 (where the CPU has it)
     python benchmarks/predict.py --device cuda --volumes 256x256x100 512x512x100 512x512x200
+    python benchmarks/predict.py --ensemble --slices 20 --precision fp32 bf16   # 1 fold vs 5 folds, ViT shared or not
+    python benchmarks/predict.py --write                                       # DICOM vs NIfTI output, 512x512x100
+    python benchmarks/predict.py --zip                                         # model zip vs checkpoint sizes
 """
 from __future__ import annotations
 
@@ -75,34 +78,157 @@ def measure(volume: str, device: str, tta: bool, batch_size: int, threads: int, 
     return row
 
 
+def _fold_checkpoints(folder: Path, folds: int, with_optimizer: bool = False) -> list[Path]:
+    """`folds` checkpoints of the paper-size network sharing one random ViT (as folds trained from one DINOv3
+    file do), each with its own random CNN weights; optionally with an Adam-sized optimiser state."""
+    import torch
+
+    from dgcf_auto.atomic import torch_save
+    from dgcf_auto.network import build_dinov3, build_network
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vit = build_dinov3(PLANS["network"]["dinov3"], random=True)
+    files = []
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        network = build_network(PLANS["network"], vit)
+        payload = {"network_weights": network.state_dict(), "plans": PLANS, "dinov3_source": "random", "epoch": 1,
+                   "trainer_name": "DGCFTrainer"}
+        if with_optimizer:  # Adam keeps two moments per trainable parameter
+            trainable = [p for p in network.parameters() if p.requires_grad]
+            payload["optimizer_state"] = {"state": {i: {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p),
+                                                        "exp_avg_sq": torch.zeros_like(p)}
+                                                    for i, p in enumerate(trainable)},
+                                          "param_groups": [{"lr": 1e-4, "params": list(range(len(trainable)))}]}
+        files.append(folder / f"fold_{fold}" / "checkpoint_final.pth")
+        torch_save(payload, files[-1])
+    return files
+
+
+def measure_ensemble(folds: int, shared: bool, slices: int, threads: int, precision: str, device: str) -> dict:
+    """Seconds per 100 slices of the networks alone (256x256 slices, no TTA): the ViT once for all folds
+    (`shared`) or once per fold."""
+    import numpy as np
+    import torch
+
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _fold_checkpoints(Path(tmp), folds)
+        predictor = SCTPredictor(files, device=device, use_tta=False, batch_size=8, precision=precision,
+                                 share_vit=shared, progress=False)
+    stack = np.random.default_rng(0).uniform(-1, 1, (slices, 256, 256)).astype(np.float32)
+    predictor._predict_slices(stack[:2], "", False)  # warm-up (oneDNN/cuDNN kernel selection)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    predictor._predict_slices(stack, "", False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"folds": folds, "vit": "shared" if predictor.shared_encoder is not None else "per fold",
+            "precision": predictor.options["precision"], "device": device, "slices": slices,
+            "s_per_100_slices": round(seconds * 100 / slices, 1)}
+
+
+def measure_write(volume: str) -> dict:
+    """Seconds to write one int16 sCT volume as .nii.gz, .mha and a DICOM CT series."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from dgcf_auto.dicomio import write_ct_series
+    from dgcf_auto.imageio import write_image
+
+    x, y, z = (int(v) for v in volume.split("x"))
+    rng = np.random.default_rng(0)
+    hu = np.clip(rng.normal(0, 300, (z, y, x)), -1024, 3071).astype(np.int16)
+    hu[:, : y // 4] = -1000  # some air, as in a real sCT
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((0.98, 0.98, 2.5))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, write in ((".nii.gz", lambda: write_image(image, Path(tmp) / "sct.nii.gz")),
+                            (".mha", lambda: write_image(image, Path(tmp) / "sct.mha")),
+                            ("dicom", lambda: write_ct_series(image, Path(tmp) / "sct_dicom"))):
+            start = time.perf_counter()
+            write()
+            rows[name] = round(time.perf_counter() - start, 2)
+    return {"volume": volume, **{f"{k} s": v for k, v in rows.items()}}
+
+
+def measure_zip(folds: int) -> dict:
+    """Sizes: one training checkpoint (weights with the ViT + Adam state), the folds' checkpoints, the zip."""
+    from dgcf_auto.inference.model_zip import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "Dataset001_Bench" / "DGCFTrainer__DGCFPlans__2d"
+        files = _fold_checkpoints(folder, folds, with_optimizer=True)
+        start = time.perf_counter()
+        result = export_model(folder, files, Path(tmp) / "model.zip")
+        seconds = time.perf_counter() - start
+        one = files[0].stat().st_size
+        return {"folds": folds, "checkpoint_MB": round(one / 1e6, 1),
+                "all_checkpoints_MB": round(sum(f.stat().st_size for f in files) / 1e6, 1),
+                "zip_MB": round(result["bytes"] / 1e6, 1), "export_s": round(seconds, 1)}
+
+
+def _table(rows: list[dict]) -> None:
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+
+
+def _child(kind: str, spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
+                          capture_output=True, text=True, check=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  measured {row}", file=sys.stderr)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volumes", nargs="+", default=["256x256x100", "512x512x200"], help="XxYxZ voxels")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tta", choices=["both", "on", "off"], default="both")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the predictor's own sizing")
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--ensemble", action="store_true", help="1 fold vs 5 folds (ViT shared / per fold)")
+    parser.add_argument("--slices", type=int, default=20, help="slices per --ensemble measurement")
+    parser.add_argument("--write", action="store_true", help="DICOM vs NIfTI output time (512x512x100)")
+    parser.add_argument("--zip", action="store_true", help="model zip size against the checkpoints")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one measurement in a fresh process
         spec = json.loads(args.child)
-        print(json.dumps(measure(**spec)))
+        kind = spec.pop("kind", "volume")
+        function = {"volume": measure, "ensemble": measure_ensemble, "write": measure_write, "zip": measure_zip}[kind]
+        print(json.dumps(function(**spec)))
+        return
+    if args.ensemble:
+        _table([_child("ensemble", {"folds": folds, "shared": shared, "slices": args.slices, "threads": args.threads,
+                                    "precision": precision, "device": args.device})
+                for precision in args.precision for folds, shared in ((1, True), (5, False), (5, True))])
+        return
+    if args.write:
+        _table([_child("write", {"volume": v}) for v in (args.volumes if args.volumes != parser.get_default("volumes")
+                                                         else ["512x512x100"])])
+        return
+    if args.zip:
+        _table([_child("zip", {"folds": 5})])
         return
     tta_modes = {"both": [False, True], "on": [True], "off": [False]}[args.tta]
     rows = []
     for volume, precision, tta in itertools.product(args.volumes, args.precision, tta_modes):
         spec = {"volume": volume, "device": args.device, "tta": tta, "batch_size": args.batch_size,
                 "threads": args.threads, "precision": precision}
-        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                              text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"  measured {rows[-1]}", file=sys.stderr)
-    columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+        rows.append(_child("volume", spec))
+    _table(rows)
 
 
 if __name__ == "__main__":

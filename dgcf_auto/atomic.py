@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import zipfile
 from pathlib import Path
@@ -79,6 +80,35 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None,
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` (an old one is
+    removed), so readers see the old folder or the complete new one, never a partial one. The temporary
+    folder carries the same host/pid marker as temporary files, so a killed run's folder is removed later."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        prepare_folder(target.parent)
+        tmp.mkdir(mode=0o777)  # umask applies, like any output
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync(path)
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync(target.parent)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prepare_folder(folder: str | os.PathLike) -> Path:
     """Create `folder` (parents too) and remove stale temporary files there, once per process."""
     folder = Path(folder)
@@ -98,7 +128,10 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             match = _TEMP_PATTERN.search(entry.name) if entry.name.startswith(".") else None
             if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                    if entry.is_dir(follow_symlinks=False):  # an atomic_folder's temporary folder
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
                     removed.append(Path(entry.path))
     return removed
 

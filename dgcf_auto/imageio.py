@@ -1,6 +1,8 @@
 """All image reading and writing, with geometry, in one place (SimpleITK).
 
-NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name.
+NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name. A folder of
+DICOM files stands for its image series wherever a file does (`mr/` for `mr.nii.gz`); `dgcf_auto.dicomio`
+reads it.
 """
 from __future__ import annotations
 
@@ -32,22 +34,39 @@ def image_suffix(path: str | os.PathLike) -> str | None:
 
 
 def strip_suffix(path: str | os.PathLike) -> str:
-    """'1PA001.nii.gz' -> '1PA001'."""
+    """'1PA001.nii.gz' -> '1PA001' (a folder keeps its name)."""
     name = Path(path).name
     suffix = image_suffix(name)
     return name[: -len(suffix)] if suffix else name
 
 
+def is_image_path(path: str | os.PathLike) -> bool:
+    """An image file of a supported format, or a folder of DICOM files."""
+    from dgcf_auto.dicomio import is_dicom_folder
+
+    path = Path(path)
+    return (path.is_file() and image_suffix(path) is not None) or is_dicom_folder(path)
+
+
 def find_image(folder: str | os.PathLike, stem: str) -> list[Path]:
-    """All files `<stem>.{nii.gz,nii,mha}` in `folder` (several means ambiguity, left to the caller)."""
+    """All files `<stem>.{nii.gz,nii,mha}` and a DICOM folder `<stem>/` in `folder` (several means
+    ambiguity, left to the caller)."""
+    from dgcf_auto.dicomio import is_dicom_folder
+
     folder = Path(folder)
-    return [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    found = [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").is_file()]
+    return found + ([folder / stem] if is_dicom_folder(folder / stem) else [])
 
 
-def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
-    """Read an image; any failure is a DGCFError naming the case and the file."""
+def read_image(path: str | os.PathLike, case: str | None = None, series_uids=()) -> sitk.Image:
+    """Read an image (a DICOM folder: its image series, chosen by `series_uids` when it holds several);
+    any failure is a DGCFError naming the case and the file."""
     path = Path(path)
     where = f"case {case}: file {path.name}" if case else f"file {path}"
+    if path.is_dir():
+        from dgcf_auto.dicomio import read_series
+
+        return read_series(path, case, series_uids)
     if not path.is_file():
         raise DGCFError(f"{where}: not found")
     try:
@@ -58,10 +77,16 @@ def read_image(path: str | os.PathLike, case: str | None = None) -> sitk.Image:
         raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
 
 
-def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3) -> sitk.ImageFileReader:
-    """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file."""
+def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3,
+                series_uids=()) -> sitk.ImageFileReader:
+    """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file.
+    A DICOM folder gives a `dicomio.SeriesHeader` with the same getters."""
     path = Path(path)
     where = f"case {case}: file {path.name}" if case else f"file {path}"
+    if path.is_dir():
+        from dgcf_auto.dicomio import open_series, series_header
+
+        return series_header(open_series(path, case, series_uids))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

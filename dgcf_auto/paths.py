@@ -77,6 +77,10 @@ def find_dataset(root: Path, dataset_id: str | int, variable: str = "DGCF_raw") 
     if len(matches) > 1:
         raise DGCFError(f"dataset {did}: several folders share this id in {root}: "
                         f"{', '.join(m.name for m in matches)}; rename or remove all but one")
+    if DATASET_PATTERN.match(str(dataset_id)) and matches[0].name != str(dataset_id):
+        # A full name must match exactly: 'Dataset001_Wrong' never silently selects Dataset001_Right.
+        raise DGCFError(f"dataset {dataset_id}: no such folder in {variable}={root}; id {did} is "
+                        f"{matches[0].name} (pass -d {did} or -d {matches[0].name})")
     return matches[0]
 
 
@@ -94,7 +98,9 @@ def preprocessed_dataset(dataset_id: str | int) -> Path:
     root = preprocessed_root()
     try:
         return find_dataset(root, dataset_id, "DGCF_preprocessed")
-    except DGCFError:
+    except DGCFError as exc:
+        if "no such folder" in str(exc):  # a wrong full name for an existing id: say that, not "run it"
+            raise
         did = parse_dataset_id(dataset_id)
         raise DGCFError(f"dataset {did}: not preprocessed in DGCF_preprocessed={root}; "
                         f"run dgcf_plan_and_preprocess -d {did} first") from None

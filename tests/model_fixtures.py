@@ -37,6 +37,30 @@ def to_meta_keys(timm_state: dict, num_heads: int) -> dict:
     return meta
 
 
+def save_tiny_folds(model_folder, plans: dict, folds=(0, 1), shared_vit: bool = True, extra: dict | None = None):
+    """'Trained' folds of random tiny networks, saved as training would (with optimiser state). With
+    `shared_vit` every fold holds the same frozen ViT weights, as real training from one DINOv3 file does."""
+    from pathlib import Path
+
+    from dgcf_auto.atomic import torch_save
+    from dgcf_auto.network import build_network
+
+    plans = {**plans, "network": {**plans["network"], "dinov3": TINY_DINOV3_CFG}}
+    files = []
+    for fold in folds:
+        vit = tiny_dinov3(seed=0 if shared_vit else 100 + int(str(fold).replace("all", "99")))
+        torch.manual_seed(int(str(fold).replace("all", "99")))
+        network = build_network(plans["network"], vit)
+        path = Path(model_folder) / f"fold_{fold}" / "checkpoint_final.pth"
+        trainable = {k: v for k, v in network.state_dict().items() if not k.startswith("dinov3.")}
+        torch_save({"network_weights": network.state_dict(), "plans": plans, "epoch": 1,
+                    "trainer_name": "DGCFTrainer", "dinov3_source": "random",
+                    "optimizer_state": {"state": {i: {"exp_avg": v.clone()} for i, v in enumerate(trainable.values())}},
+                    **(extra or {})}, path)
+        files.append(path)
+    return files
+
+
 def write_vgg19_features(path, seed: int = 0):
     """A randomly initialised torchvision VGG19 `features` state dict under torchvision's key names."""
     from torchvision.models import vgg19

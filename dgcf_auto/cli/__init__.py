@@ -6,7 +6,16 @@ import os
 
 # In pipeline order; the console script is "dgcf_" + the module name.
 COMMANDS = ("make_example_dataset", "convert_synthrad2023", "plan_and_preprocess", "train", "predict",
-            "evaluate", "visualize", "demo")
+            "evaluate", "export_model_to_zip", "install_model_from_zip", "import_reference_checkpoint",
+            "visualize", "demo")
+
+
+def add_version(parser):
+    """`--version` on every command: the program name and the dgcf_auto version."""
+    from dgcf_auto import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def commands_markdown(width: int = 100) -> str:

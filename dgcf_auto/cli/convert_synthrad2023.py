@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -20,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--copy", action="store_true", help="copy the files instead of symlinking them")
     parser.add_argument("--allow-missing-ct", action="store_true",
                         help="accept cases without ct.* (e.g. a validation/test release, for prediction only)")
+    parser.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
+                        help="in DICOM folders (mr/, cbct/, ct/) holding several image series, use the series "
+                             "with this Series Instance UID")
+    add_version(parser)
     return parser
 
 
@@ -29,5 +34,5 @@ def main(argv=None):
     from dgcf_auto.dataset.convert import convert_synthrad2023
 
     target = convert_synthrad2023(args.input, args.dataset_id, args.name, copy=args.copy,
-                                  require_ct=not args.allow_missing_ct)
+                                  require_ct=not args.allow_missing_ct, series_uids=tuple(args.series_uid))
     print(f"wrote {target} ({'copied' if args.copy else 'symlinked'} files)")

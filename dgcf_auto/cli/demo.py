@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -24,10 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slice grid of the demo (the paper's is 256 256; small keeps a CPU run short)")
     p.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128],
                    help="CNN channels per level (the paper's: 64 128 256 512)")
-    p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"])
+    p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--dinov3-weights", default=None,
                    help="real DINOv3 ViT-B/16 weights; without them the demo uses RANDOM weights")
     p.add_argument("--overwrite", action="store_true", help="start the demo folder afresh")
+    add_version(p)
     return p
 
 

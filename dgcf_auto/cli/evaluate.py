@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
+
+
+def _device(value: str) -> str:
+    """The shared device words, plus TotalSegmentator's own 'gpu'/'gpu:N' (older scripts use them)."""
+    return device_argument(value.lower().replace("gpu", "cuda"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
                         help="use TotalSegmentator's 3 mm 'fast' model for SegScore")
-    parser.add_argument("-device", default="gpu", choices=("gpu", "cpu", "mps"),
-                        help="device for TotalSegmentator (gpu falls back to cpu when CUDA is absent)")
+    parser.add_argument("-device", default=None, type=_device,
+                        help=f"device for TotalSegmentator: {DEVICE_HELP}; 'gpu' is accepted for 'cuda'")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    add_version(parser)
     return parser
 
 

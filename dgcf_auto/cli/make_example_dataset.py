@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size-scale", type=float, default=1.0,
                         help="scale the default ~96x80x24 voxel volumes (default 1.0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder of that name")
+    add_version(parser)
     return parser
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--interpolation", choices=("bspline", "linear"),
                       help="intensity interpolation onto the slice grid (default bspline; linear is ~15x faster)")
     over.add_argument("--features", type=int, nargs="+", metavar="C", help="UNet channels per level")
+    add_version(parser)
     return parser
 
 

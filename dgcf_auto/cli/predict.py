@@ -1,23 +1,30 @@
-"""dgcf_predict -i IN -o OUT [-d 1] [-f 0 1 ...]: sCT volumes in HU on the inputs' own grids."""
+"""dgcf_predict -i IN -o OUT [-d 1 | -m MODEL_FOLDER] [-f 0 1 ...]: sCT volumes in HU on the inputs' own grids."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__)
-    p.add_argument("-i", required=True, help="SynthRAD2023 case folders, a folder of source images, or one file")
-    p.add_argument("-o", required=True, help="output folder (<case>.nii.gz)")
+    p.add_argument("-i", required=True, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
+                   "of source images or DICOM folders, one image file, or one DICOM folder")
+    p.add_argument("-o", required=True, help="output folder (<case>.nii.gz, or <case>/ with --output-format dicom)")
     p.add_argument("-d", default=None, help="dataset id or name; optional when exactly one dataset is trained")
+    p.add_argument("-m", default=None, metavar="MODEL_FOLDER",
+                   help="a trained or installed model folder (<Trainer>__<Plans>__2d holding fold_*); "
+                        "replaces -d/-tr/-p, no DGCF_results needed")
     p.add_argument("-c", default="2d", choices=["2d"], help="configuration (only 2d exists)")
-    p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
+    p.add_argument("-f", nargs="+", default=None,
+                   help="folds to ensemble (default: the cross-validation folds 0..4 that exist, else fold_all)")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default DGCFTrainer)")
     p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
-    p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda when available")
+    p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--disable_tta", action="store_true",
                    help="no left-right mirror test-time augmentation (TTA doubles the network passes)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -32,42 +39,49 @@ def build_parser() -> argparse.ArgumentParser:
                         "level (default) or Otsu's, keeping the largest component with holes filled; 'none': "
                         "no mask (whole field of view, nothing set to -1000 HU)")
     p.add_argument("-np", type=int, default=2, help="threads for reading and writing volumes")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per network pass")
-    p.add_argument("--output-format", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", "same"],
-                   help="'same' keeps each input's own format")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="slices per network pass (default: sized from free GPU memory on CUDA, 16 on CPU; "
+                        "halved on out-of-memory)")
+    p.add_argument("--output-format", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", "dicom", "same"],
+                   help="'dicom': a CT series per case (one file per slice, the source's study and frame of "
+                        "reference when the source is DICOM); 'same' keeps each input's own format")
+    p.add_argument("--dicom-uid-prefix", default=None, metavar="PREFIX",
+                   help="root for new DICOM UIDs, e.g. your organisation's '1.2.3.4.' (default: pydicom's)")
+    p.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
+                   help="in DICOM folders holding several image series, use the series with this UID")
+    p.add_argument("--mask-roi", default=None, metavar="NAME",
+                   help="body mask = this ROI of an RTSTRUCT in the DICOM source folder or the case folder, "
+                        "rasterised on the source grid (replaces mask.nii.gz)")
     p.add_argument("--keep-background", action="store_true",
                    help="do not set voxels outside the body mask to -1000 HU")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write <case>_uncertainty (std over folds and TTA, HU)")
     p.add_argument("--png", type=Path, default=None, help="write a report figure per case into this folder")
+    p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines/GPUs)")
+    p.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0..num_parts-1)")
+    p.add_argument("--disable-progress-bar", action="store_true", help="no progress bars (logs, batch jobs)")
+    add_version(p)
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
+    from dgcf_auto.inference.api import predict
 
-    from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
-    from dgcf_auto.inference.predictor import SCTPredictor
-    from dgcf_auto.inference.run import check_outputs, predict_inputs
-    from dgcf_auto.inference.sources import collect_inputs
+    if args.m is not None and args.d is not None:
+        from dgcf_auto.errors import DGCFError
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    inputs = collect_inputs(args.i)
-    check_outputs(inputs, Path(args.o), args.output_format, Path(args.i), args.png)  # before loading models
-    model_folder = resolve_model_folder(args.d, args.tr, args.p)
-    checkpoints = resolve_folds(model_folder, args.f, args.chk)
-    predictor = SCTPredictor(checkpoints, device=device, use_tta=not args.disable_tta,
-                             batch_size=args.batch_size, mask_background=not args.keep_background,
-                             precision=args.precision, mask_from=args.mask_from)
-    print(f"dgcf_predict: {len(inputs)} case(s), {len(checkpoints)} fold(s) of {model_folder.name}, "
-          f"{predictor.passes_per_slice} network pass(es) per slice, device {device}, "
-          f"{'bf16' if predictor.autocast_dtype else 'fp32'}")
-    if "random" in predictor.weights_sources:
-        print("dgcf_predict: WARNING: this model was trained with RANDOM DINOv3 weights (a test/demo model)")
-    written = predict_inputs(predictor, inputs, Path(args.o), args.output_format, args.continue_prediction,
-                             args.np, args.save_uncertainty, args.png, input_root=Path(args.i))
+        raise DGCFError("give either -m MODEL_FOLDER or -d DATASET, not both")
+    written = predict(args.i, args.o, model=args.m if args.m is not None else args.d, folds=args.f,
+                      device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p,
+                      checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
+                      output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
+                      mask_from=args.mask_from, keep_background=args.keep_background,
+                      save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
+                      num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
+                      num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
+                      verbose=True)
     print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {args.o}")
     return 0
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -16,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fold", help="fold0, 0 or all")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default DGCFTrainer: DGCN, L1 + MLDP)")
     p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
-    p.add_argument("-device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda when available")
+    p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
     p.add_argument("--epochs", type=int, default=None, help="override plans['training']['epochs'] (recorded)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4, help="background data workers (0: main process)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and slice sampling")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    add_version(p)
     return p
 
 

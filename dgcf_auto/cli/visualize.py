@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-ref", default=None, help="reference CT (default: ct.* of the case folder)")
     parser.add_argument("-mask", default=None, help="body mask (default: mask.* of the case folder)")
     parser.add_argument("-o", "--output", required=True, help="PNG file, or output folder in folder form")
+    add_version(parser)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 The official release unzips to `Task1/pelvis/1PA001/{mr,ct,mask}.nii.gz` (MR->CT) and
 `Task2/pelvis/2PA001/{cbct,ct,mask}.nii.gz` (CBCT->CT), with an `overview/` folder of spreadsheets beside
-the cases. Every case is validated before anything is written; the dataset folder is then built under a
+the cases. A role may also be a DICOM folder (`mr/`, `ct/`): its chosen series' files are linked or copied. Every case is validated before anything is written; the dataset folder is then built under a
 temporary name (symlinks to the original files by default, copies with `copy=True`) and renamed into place.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -18,20 +19,21 @@ from dgcf_auto.atomic import write_json
 from dgcf_auto.dataset.discovery import TASK_OF_MODALITY, Case, read_case_folder, task_of
 from dgcf_auto.dataset.validation import validate_cases
 from dgcf_auto.dataset.writing import atomic_dataset_folder, check_target_free
+from dgcf_auto.dicomio import is_dicom_folder, open_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import image_suffix
 
 SKIPPED_FOLDERS = {"overview"}  # SynthRAD ships its per-case spreadsheets here
 
 
-def synthrad_cases(input_dir: str | os.PathLike) -> list[Case]:
+def synthrad_cases(input_dir: str | os.PathLike, series_uids: tuple[str, ...] = ()) -> list[Case]:
     """Case folders of a SynthRAD2023 anatomy folder (e.g. Task1/pelvis), in name order."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise DGCFError(f"input folder {input_dir} does not exist or is not a folder")
     folders = [p for p in sorted(input_dir.iterdir())
                if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in SKIPPED_FOLDERS]
-    cases = [read_case_folder(f) for f in folders if _has_images(f)]
+    cases = [replace(read_case_folder(f), series_uids=tuple(series_uids)) for f in folders if _has_images(f)]
     if cases:
         return cases
     # A parent such as Task1/ holds anatomy folders, not cases: point at the right level.
@@ -51,10 +53,11 @@ def default_name(input_dir: Path, task: str) -> str:
 
 
 def convert_synthrad2023(input_dir: str | os.PathLike, dataset_id: int, name: str | None = None,
-                         copy: bool = False, require_ct: bool = True, progress: bool = True) -> Path:
+                         copy: bool = False, require_ct: bool = True, progress: bool = True,
+                         series_uids: tuple[str, ...] = ()) -> Path:
     """Validate every case, then write the dataset folder atomically; returns its path."""
     input_dir = Path(input_dir)
-    cases = synthrad_cases(input_dir)
+    cases = synthrad_cases(input_dir, series_uids)
     # The target check is cheap and needs only file names, so it comes before reading every image.
     modality = next((c.modality for c in cases if c.modality), "mr")
     name = name or default_name(input_dir, TASK_OF_MODALITY[modality])
@@ -68,7 +71,9 @@ def convert_synthrad2023(input_dir: str | os.PathLike, dataset_id: int, name: st
     with atomic_dataset_folder(target) as tmp:
         for case in tqdm(cases, desc="copying" if copy else "linking", unit="case", disable=not progress):
             for role, path in ((case.modality, case.source), ("ct", case.ct), ("mask", case.mask)):
-                if path is not None:
+                if path is not None and path.is_dir():
+                    _place_series(case, path, tmp / case.name / role, copy)
+                elif path is not None:
                     _place(path, tmp / case.name / f"{role}{image_suffix(path)}", copy)
         write_json({"name": target.name, "task": task, "source_modality": cases[0].modality,
                     "num_cases": len(cases), "converted_from": str(input_dir.resolve()),
@@ -85,8 +90,14 @@ def _place(source: Path, target: Path, copy: bool) -> None:
         os.symlink(source.resolve(), target)
 
 
+def _place_series(case: Case, folder: Path, target: Path, copy: bool) -> None:
+    """A DICOM folder: only the chosen series' files, so the dataset folder holds exactly one series."""
+    for path in open_series(folder, case.name, case.series_uids).files:
+        _place(path, target / path.name, copy)
+
+
 def _has_images(folder: Path) -> bool:
     try:
-        return any(image_suffix(p) for p in folder.iterdir() if p.is_file())
+        return any((p.is_file() and image_suffix(p)) or (p.is_dir() and is_dicom_folder(p)) for p in folder.iterdir())
     except OSError:
         return False

@@ -6,6 +6,8 @@ A dataset folder holds one sub-folder per case:
                      ct.{nii.gz,nii,mha}           the target (absent on cases to predict)
                      mask.{nii.gz,nii,mha}         the body mask
 
+`mr/`, `cbct/`, `ct/` (or `mask/`) may instead be a folder of DICOM files holding the series.
+
 Discovery only looks at file names (case-insensitively) and records what it cannot resolve into paths
 (both sources present, no source, two files for one role) in `Case.problems`; reading the images is
 validation's job (`dgcf_auto.dataset.validation`).
@@ -17,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import IMAGE_SUFFIXES, image_suffix, strip_suffix
 
@@ -34,6 +37,8 @@ class Case:
     ct: Path | None = None
     mask: Path | None = None
     problems: list[str] = field(default_factory=list)  # one line each, naming case and file
+    series_uids: tuple[str, ...] = ()  # DICOM folders holding several series: read the one with this UID
+    mask_roi: str | None = None        # the body mask is this RTSTRUCT ROI (dgcf_predict --mask-roi)
 
     @property
     def folder(self) -> Path | None:
@@ -51,10 +56,17 @@ def expected_names(stem: str) -> str:
 
 
 def role_files(folder: Path) -> dict[str, list[Path]]:
-    """Image files in `folder` by role ('mr', 'cbct', 'ct', 'mask'); file stems match case-insensitively."""
+    """Image files (and DICOM folders) in `folder` by role ('mr', 'cbct', 'ct', 'mask'); file stems match
+    case-insensitively."""
     found: dict[str, list[Path]] = {role: [] for role in ROLES}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or image_suffix(path) is None or not path.is_file():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if path.name.lower() in found and is_dicom_folder(path):
+                found[path.name.lower()].append(path)
+            continue
+        if image_suffix(path) is None or not path.is_file():
             continue
         stem = strip_suffix(path).lower()
         if stem in found:
@@ -79,7 +91,7 @@ def read_case_folder(folder: str | os.PathLike) -> Case:
                         f"CBCT source; a case holds exactly one source (mr.* for MR->CT, cbct.* for CBCT->CT)")
     elif not sources:
         problems.append(f"case {name}: file mr.nii.gz or cbct.nii.gz: no source image "
-                        f"(expected {expected_names('mr')}, or the same names for cbct)")
+                        f"(expected {expected_names('mr')} or a DICOM folder mr/, or the same names for cbct)")
     else:
         modality = sources[0]
         source = files[modality][0]

@@ -52,7 +52,8 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
     for role, path in (("source", case.source), ("ct", case.ct), ("mask", case.mask)):
         if path is None:
             continue
-        reader, problem = _check_file(case.name, path, is_mask=(role == "mask"))
+        reader, problem = check_image_file(path, _where(case.name, path), is_mask=(role == "mask"),
+                                           series_uids=case.series_uids)
         if problem:
             problems.append(problem)
         else:
@@ -69,18 +70,21 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
     return problems
 
 
-def _check_file(case_name: str, path: Path, is_mask: bool) -> tuple[sitk.ImageFileReader | None, str | None]:
-    """(header reader, None) when the file is fine, else (None, the problem line)."""
-    return check_image_file(path, f"case {case_name}: file {path.name}", is_mask)
+def _where(case_name: str, path: Path) -> str:
+    return f"case {case_name}: {'folder' if path.is_dir() else 'file'} {path.name}{'/' if path.is_dir() else ''}"
 
 
-def check_image_file(path: Path, where: str, is_mask: bool = False) -> tuple[sitk.ImageFileReader | None, str | None]:
+def check_image_file(path: Path, where: str, is_mask: bool = False,
+                     series_uids=()) -> tuple[sitk.ImageFileReader | None, str | None]:
     """(header reader, None) when `path` is a usable 3D scalar image, else (None, '<where>: <problem>').
+    A folder is a DICOM series (`_check_dicom_folder`).
 
     The voxels are read once: by nibabel for NIfTI (it raises on a short voxel block or a cut gzip stream and
     keeps NaN/inf, which SimpleITK reads as 0), by SimpleITK otherwise. The header comes from SimpleITK, the
     reader every later stage uses, so that geometry checks see what they will see.
     """
+    if Path(path).is_dir():
+        return _check_dicom_folder(Path(path), where, is_mask, series_uids)
     if image_suffix(path) is None:
         return None, f"{where}: unsupported format (use {', '.join(IMAGE_SUFFIXES)})"
     reader = sitk.ImageFileReader()
@@ -122,6 +126,23 @@ def check_image_file(path: Path, where: str, is_mask: bool = False) -> tuple[sit
     return reader, None
 
 
+def _check_dicom_folder(path: Path, where: str, is_mask: bool, series_uids=()):
+    """(series header, None) when the folder's series reads as one regular volume, else (None, problem)."""
+    from dgcf_auto.dicomio import open_series, read_checked_series, series_header
+
+    try:
+        series = open_series(path, series_uids=series_uids, where=where)
+        image = read_checked_series(series, where=where)
+    except DGCFError as exc:
+        return None, str(exc)
+    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    if problem := direction_problem(direction):
+        return None, f"{where}: {problem}"
+    if is_mask and not np.any(sitk.GetArrayViewFromImage(image)):
+        return None, f"{where}: mask is empty (all voxels are 0)"
+    return series_header(series, image), None
+
+
 def direction_problem(direction: np.ndarray, tolerance: float = 1e-3) -> str | None:
     """None for an orthonormal direction matrix (a rotation, possibly with flips), else the problem in words."""
     gram = direction.T @ direction
@@ -147,9 +168,9 @@ def load_case(case: Case) -> tuple[sitk.Image, sitk.Image | None, sitk.Image | N
     """(source, ct, mask) as SimpleITK images; ct/mask are None when the case has none."""
     if case.source is None:
         raise DGCFError(case.problems[0] if case.problems else f"case {case.name}: no source image")
-    source = read_image(case.source, case.name)
-    ct = read_image(case.ct, case.name) if case.ct is not None else None
-    mask = read_image(case.mask, case.name) if case.mask is not None else None
+    source = read_image(case.source, case.name, case.series_uids)
+    ct = read_image(case.ct, case.name, case.series_uids) if case.ct is not None else None
+    mask = read_image(case.mask, case.name, case.series_uids) if case.mask is not None else None
     return source, ct, mask
 
 

@@ -6,13 +6,9 @@ would pick up by its id.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
+from dgcf_auto.atomic import atomic_folder as atomic_dataset_folder  # noqa: F401 (re-exported)
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, dataset_folder_name, raw_root
 
@@ -47,30 +43,3 @@ def check_target_free(dataset_id: int, name: str, overwrite: bool = False, root:
                         f"choose another id with -d or remove it first" +
                         (" (or pass --overwrite)" if can_overwrite else ""))
     return target
-
-
-@contextlib.contextmanager
-def atomic_dataset_folder(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces `target` (an old `target` is removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a dataset folder should not be
-    try:
-        yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,7 +1,7 @@
 """Evaluate a folder of sCTs against reference CTs: match cases, check grids, compute metrics, write a summary.
 
-Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz`, with `mask` and `mr`/`cbct` used when
-present) and/or flat files `<case>.nii.gz`. Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
+Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz` or a DICOM folder `<case>/ct/`, with `mask`
+and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
 Every case's files are checked (readable, same grid) before any metric is computed, so a bad input fails
 in seconds, lists every problem, and leaves no summary behind.
 """
@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
@@ -48,10 +49,11 @@ def one_image(folder: Path, stem: str, case: str) -> Path | None:
 
 
 def flat_images(folder: Path) -> dict[str, Path]:
-    """{case: file} of `<case>.{nii.gz,nii,mha}` directly in `folder`; a DGCFError on duplicates."""
+    """{case: file} of `<case>.{nii.gz,nii,mha}` (or a DICOM series folder `<case>/`, as
+    `dgcf_predict --output-format dicom` writes) directly in `folder`; a DGCFError on duplicates."""
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and image_suffix(path) and not path.name.startswith("."):
+        if ((path.is_file() and image_suffix(path)) or is_dicom_folder(path)) and not path.name.startswith("."):
             case = strip_suffix(path)
             if case in images:
                 raise DGCFError(f"case {case}: several files in {folder} ({images[case].name}, {path.name})")
@@ -180,7 +182,7 @@ def _finite_or_none(value):
 
 
 def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bool = False,
-                     segscore_fast: bool = False, device: str = "gpu", png_dir=None,
+                     segscore_fast: bool = False, device: str | None = None, png_dir=None,
                      num_processes: int = 1, segmenter=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it."""
     check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics

@@ -123,10 +123,21 @@ def disable_usage_statistics() -> None:
     config_file.write_text(json.dumps(config, indent=4))
 
 
+def totalsegmentator_device(word: str | None) -> str:
+    """The shared device words (cpu, cuda, cuda:N, mps; None = cuda when available) in TotalSegmentator's
+    spelling (cpu, gpu, gpu:N, mps)."""
+    from dgcf_auto.devices import resolve_device
+
+    device = resolve_device(None if word in (None, "gpu") else word.replace("gpu", "cuda"))
+    if device.type == "cuda":
+        return f"gpu:{device.index}"
+    return device.type
+
+
 class TotalSegmentatorSegmenter:
     """Callable: sitk CT image -> TotalSegmentator 'total' label map (sitk image on the same grid)."""
 
-    def __init__(self, fast: bool = False, device: str = "gpu", quiet: bool = True):
+    def __init__(self, fast: bool = False, device: str | None = None, quiet: bool = True):
         check_weights(fast)  # before anything else: TotalSegmentator would otherwise download
         disable_usage_statistics()
         self.fast, self.device, self.quiet = fast, device, quiet
@@ -136,11 +147,7 @@ class TotalSegmentatorSegmenter:
         from totalsegmentator.python_api import totalsegmentator
 
         check_weights(self.fast)
-        device = self.device
-        if device in ("gpu", "cuda"):
-            import torch
-
-            device = "gpu" if torch.cuda.is_available() else "cpu"
+        device = totalsegmentator_device(self.device)
         # A NIfTI round trip through disk keeps SimpleITK's and nibabel's axis conventions out of our hands.
         with tempfile.TemporaryDirectory(prefix="dgcf_segscore_") as tmp:
             src = Path(tmp) / "image.nii.gz"

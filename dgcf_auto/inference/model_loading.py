@@ -1,6 +1,7 @@
 """Find trained folds in DGCF_results and turn their checkpoints back into networks."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -12,6 +13,9 @@ from dgcf_auto.errors import DGCFError
 CONFIGURATION = "2d"
 DEFAULT_TRAINER = "DGCFTrainer"
 DEFAULT_PLANS = "DGCFPlans"
+# Exported/installed models keep the frozen ViT once, beside the folds, not inside every fold's checkpoint.
+SHARED_VIT_FILE = "dinov3_vit.pth"
+VIT_PREFIX = "dinov3."  # the DGCN's state-dict keys of its FrozenDINOv3
 
 
 def trained_datasets() -> list[Path]:
@@ -43,13 +47,17 @@ def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str) ->
 
 
 def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: str) -> list[Path]:
-    """Checkpoint files for the requested folds (default: every fold that has the checkpoint)."""
+    """Checkpoint files for the requested folds. Default: the cross-validation folds (fold_0..fold_4) that
+    have the checkpoint, as nnU-Net ensembles them; fold_all only when no numbered fold exists."""
+    if not Path(model_folder).is_dir():
+        raise DGCFError(f"model folder {model_folder}: not found")
     if not folds:
         found = sorted(model_folder.glob(f"fold_*/{checkpoint_name}"))
+        numbered = [p for p in found if p.parent.name != "fold_all"]
         if not found:
             raise DGCFError(f"no {checkpoint_name} in any fold of {model_folder}; "
                             f"training unfinished? try -chk checkpoint_latest.pth or checkpoint_best.pth")
-        return found
+        return sorted(numbered, key=lambda p: int(p.parent.name[5:])) or found
     files = []
     for fold in folds:
         name = "fold_all" if str(fold) == "all" else f"fold_{int(str(fold).replace('fold', ''))}"
@@ -60,20 +68,45 @@ def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: 
     return files
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A fold's checkpoint, for prediction: only the weights and the plans are needed."""
-    return checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS)
+def load_checkpoint(path: Path, merge_shared_vit: bool = True) -> dict:
+    """A fold's checkpoint, for prediction: only the weights and the plans are needed. The checkpoint of an
+    installed model names a shared ViT file (`shared_vit`); its weights are merged back in."""
+    checkpoint = checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS)
+    if merge_shared_vit and "shared_vit" in checkpoint:
+        vit = load_shared_vit(path, checkpoint["shared_vit"])
+        checkpoint["network_weights"] = {**{VIT_PREFIX + k: v for k, v in vit.items()},
+                                         **checkpoint["network_weights"]}
+    return checkpoint
 
 
-def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The registered network of a checkpoint; the frozen ViT's weights come from the checkpoint itself."""
+def load_shared_vit(checkpoint_path: Path, name: str) -> dict:
+    """The ViT weights file a checkpoint names; it lives in the model folder, one level above the fold."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise DGCFError(f"checkpoint {checkpoint_path}: invalid shared ViT file name {name!r}")
+    vit_path = Path(checkpoint_path).parent.parent / name
+    if not vit_path.is_file():
+        raise DGCFError(f"checkpoint {checkpoint_path}: its shared ViT weights {vit_path} are missing; "
+                        f"reinstall the model")
+    stat = vit_path.stat()
+    return _load_vit_file(str(vit_path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_vit_file(path: str, mtime_ns: int, size: int) -> dict:
+    """Cached: every fold of an ensemble names the same file (the key changes when the file does)."""
+    return checkpoint_format.load_checkpoint(Path(path), required=())
+
+
+def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
+                          dinov3: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The registered network of a checkpoint; the frozen ViT's weights come from the checkpoint itself.
+    `dinov3`: an existing FrozenDINOv3 holding these very weights (another fold's), shared, not built again."""
     from dgcf_auto.network import build_network, network_needs_dinov3
     from dgcf_auto.network.dinov3 import empty_dinov3
     from dgcf_auto.plans import network_plans
 
     plans = network_plans(checkpoint["plans"])
-    dinov3 = None
-    if network_needs_dinov3(plans):
+    if dinov3 is None and network_needs_dinov3(plans):
         # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
         dinov3 = empty_dinov3(plans.dinov3, str(checkpoint.get("dinov3_source", "checkpoint")))
     network = build_network(plans, dinov3)
@@ -83,3 +116,12 @@ def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu") 
         raise DGCFError(f"checkpoint weights do not fit the network its plans describe: "
                         f"{str(exc).splitlines()[0][:160]}") from None
     return network.to(device).eval()
+
+
+def load_network(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Public entry point (`dgcf_auto.load_network`): the eval-mode generator of a fold checkpoint.
+
+    The module maps a normalised source batch B x C x H x W in [-1, 1] to the normalised CT (B x 1 x H x W),
+    with the frozen ViT (weights from the checkpoint) inside. Keep this name and signature stable.
+    """
+    return build_trained_network(load_checkpoint(Path(checkpoint_path)), device)

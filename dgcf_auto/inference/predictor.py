@@ -16,8 +16,8 @@ from tqdm import tqdm
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import to_array
 from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
-from dgcf_auto.inference.model_loading import build_trained_network, load_checkpoint
-from dgcf_auto.network.execution import autocast_dtype, predict_slice_stack
+from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network, load_checkpoint
+from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
@@ -30,29 +30,56 @@ TTA_FLIP_DIMS = ((), (-1,))
 
 
 class SCTPredictor:
+    """The folds of one model on one device. Folds whose frozen ViT weights are identical (folds trained
+    from one DINOv3 file always are) share ONE ViT instance, run once per slice for the whole ensemble."""
+
     def __init__(self, checkpoint_files: list[Path], device: str | torch.device = "cpu",
-                 use_tta: bool = True, batch_size: int = 16, mask_background: bool = True,
-                 precision: str = "auto", mask_from: str = "plans"):
+                 use_tta: bool = True, batch_size: int | None = None, mask_background: bool = True,
+                 precision: str = "auto", mask_from: str = "plans", share_vit: bool = True,
+                 progress: bool = True):
         self.device = torch.device(device)
         self.checkpoint_files = [Path(f) for f in checkpoint_files]
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        checkpoints = [load_checkpoint(f) for f in checkpoint_files]
-        self.plans = checkpoints[0]["plans"]
-        for file, ckpt in zip(checkpoint_files[1:], checkpoints[1:]):
-            if _grid_and_normalisation(ckpt["plans"]) != _grid_and_normalisation(self.plans):
-                raise DGCFError(f"checkpoint {file}: its plans differ from {checkpoint_files[0]} "
+        self.networks, sources = [], set()
+        shared_vit, reference_vit = None, None
+        sharing = share_vit
+        for index, file in enumerate(self.checkpoint_files):  # one checkpoint in memory at a time
+            checkpoint = load_checkpoint(file)
+            if index == 0:
+                self.plans = checkpoint["plans"]
+            elif _grid_and_normalisation(checkpoint["plans"]) != _grid_and_normalisation(self.plans):
+                raise DGCFError(f"checkpoint {file}: its plans differ from {self.checkpoint_files[0]} "
                                 f"(slice grid or normalisation); folds of one model must share plans")
-        # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
-        self.networks = [build_trained_network(c, self.device).to(memory_format=torch.channels_last)
-                         for c in checkpoints]
-        self.weights_sources = sorted({str(c.get("dinov3_source", "unknown")) for c in checkpoints})
+            vit_weights = {k: v for k, v in checkpoint["network_weights"].items() if k.startswith(VIT_PREFIX)}
+            if index == 0:
+                reference_vit = vit_weights
+            elif sharing and not _same_tensors(vit_weights, reference_vit):
+                sharing = False  # folds trained from different ViT weights: each keeps its own
+                tqdm.write(f"note: {file}: frozen DINOv3 weights differ from {self.checkpoint_files[0].parent.name}'s; "
+                           f"every fold runs its own ViT", file=sys.stderr)
+            network = build_trained_network(checkpoint, self.device, shared_vit if sharing else None)
+            if index == 0:
+                shared_vit = getattr(network, "dinov3", None)
+            # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
+            self.networks.append(network.to(memory_format=torch.channels_last))
+            sources.add(str(checkpoint.get("dinov3_source", "unknown")))
+            del checkpoint, vit_weights
+        # Folds before a differing one hold the shared instance (equal weights); only when all do is it run once.
+        self.shared_encoder = shared_vit if (share_vit and shared_vit is not None and
+                                             all(getattr(n, "dinov3", None) is shared_vit for n in self.networks)) else None
+        self.weights_sources = sorted(sources)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
-        self.batch_size = batch_size
+        self.batch_sizer = BatchSizer(self.device, batch_size)
+        self.progress = progress
         self.mask_background = mask_background
         self.mask_from = effective_method(mask_from, self.plans)
         # Everything that changes the output voxels besides the weights (for the provenance record).
         self.options = {"tta": use_tta, "precision": "bf16" if self.autocast_dtype else "fp32",
                         "mask_background": mask_background, "mask_from": self.mask_from}
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.batch_sizer.size
 
     @property
     def derives_masks(self) -> bool:
@@ -88,8 +115,14 @@ class SCTPredictor:
         return sct_int, uncertainty
 
     def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
-        return predict_slice_stack(self.networks, slices, self.device, self.batch_size, self.autocast_dtype,
-                                   self.flips, with_uncertainty, desc=f"predict {case}".strip())
+        return predict_slice_stack(self.networks, slices, self.device, self.batch_sizer, self.autocast_dtype,
+                                   self.flips, with_uncertainty,
+                                   desc=f"predict {case}".strip() if self.progress else None,
+                                   shared_encoder=self.shared_encoder)
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _grid_and_normalisation(plans: dict) -> tuple:

@@ -24,11 +24,22 @@ PACKAGES = ("dgcf_auto", "torch", "timm", "SimpleITK", "nibabel", "numpy", "scip
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file; of a folder (a DICOM series), the hash of its files' names and hashes in name order."""
+    path = Path(path)
+    if path.is_dir():
+        listing = "".join(f"{p.name}\t{file_sha256(p, chunk)}\n" for p in sorted(path.iterdir()) if p.is_file())
+        return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def output_bytes(path: str | os.PathLike) -> int:
+    """Size of a file, or of the files in a folder."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -74,7 +85,7 @@ def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os
 def case_record(source: str | os.PathLike, output: str | os.PathLike) -> dict:
     """What `--continue-prediction` checks about one written output."""
     output = Path(output)
-    return {"source": str(Path(source).resolve()), "output": output.name, "bytes": output.stat().st_size,
+    return {"source": str(Path(source).resolve()), "output": output.name, "bytes": output_bytes(output),
             "sha256": file_sha256(output), "written": _now()}
 
 

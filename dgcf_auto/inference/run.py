@@ -6,7 +6,10 @@ source recorded in the folder's provenance JSON, see `provenance.py`) and lies o
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,21 +18,29 @@ from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, open_series, write_ct_series
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
-                                            read_provenance)
-from dgcf_auto.inference.sources import check_inputs, reference_ct
+                                            output_bytes, read_provenance)
+from dgcf_auto.inference.report import PeakMemory, RunReport, report_name
+from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
+
+
+OUTPUT_FORMATS = IMAGE_SUFFIXES + ("dicom", "same")
 
 
 def output_path(item: Case, output_dir: Path, output_format: str) -> Path:
-    suffix = image_suffix(item.source) if output_format == "same" else output_format
-    return output_dir / f"{item.name}{suffix}"
+    """`<case>.nii.gz` and the like, or the folder `<case>/` of a DICOM series ('same' for a DICOM source)."""
+    suffix = (image_suffix(item.source) or "dicom") if output_format == "same" else output_format
+    return output_dir / (item.name if suffix == "dicom" else f"{item.name}{suffix}")
 
 
 def uncertainty_path(item: Case, target: Path) -> Path:
-    return target.parent / f"{item.name}_uncertainty{target.name[len(item.name):]}"
+    """Beside the sCT in its format; a DICOM sCT gets a NIfTI map (a float map is no CT series)."""
+    suffix = target.name[len(item.name):] or ".nii.gz"
+    return target.parent / f"{item.name}_uncertainty{suffix}"
 
 
 def check_output_location(inputs: list[Case], output_dir: Path, output_format: str,
@@ -56,8 +67,8 @@ def check_output_location(inputs: list[Case], output_dir: Path, output_format: s
 def check_outputs(inputs: list[Case], output_dir: Path, output_format: str, input_root: Path | None = None,
                   png_dir: Path | None = None) -> None:
     """Everything about where outputs go, checked before any expensive work."""
-    if output_format not in IMAGE_SUFFIXES + ("same",):
-        raise DGCFError(f"output format {output_format!r} is not one of {', '.join(IMAGE_SUFFIXES)} or 'same'")
+    if output_format not in OUTPUT_FORMATS:
+        raise DGCFError(f"output format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     check_output_location(inputs, output_dir, output_format, input_root)
     check_writable(output_dir)
     if png_dir is not None:
@@ -67,8 +78,10 @@ def check_outputs(inputs: list[Case], output_dir: Path, output_format: str, inpu
 def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path,
                    output_format: str = ".nii.gz", continue_prediction: bool = False, num_workers: int = 2,
                    save_uncertainty: bool = False, png_dir: Path | None = None,
-                   input_root: Path | None = None) -> list[Path]:
-    """Predict every case (or, with `continue_prediction`, those not already done); returns the files written."""
+                   input_root: Path | None = None, dicom_uid_prefix: str | None = None,
+                   part: tuple[int, int] = (0, 1), progress: bool = True) -> list[Path]:
+    """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
+    `part` = (part_id, num_parts) names this run's report when a large input set is split across machines."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir)
     check_inputs(inputs, predictor.plans.get("source_modality"))
@@ -83,31 +96,40 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
         todo = _cases_to_redo(inputs, output_dir, output_format, save_uncertainty, provenance)
     for item in todo:
         provenance["cases"].pop(item.name, None)
-    recorder = _ProvenanceRecorder(provenance, output_dir / PROVENANCE_FILE)
+    recorder = _ProvenanceRecorder(provenance, output_dir / PROVENANCE_FILE, {item.name for item in todo})
     recorder.save()
-    if predictor.derives_masks and any(item.mask is None for item in todo):
-        tqdm.write(f"dgcf_predict: no body mask given for {sum(i.mask is None for i in todo)} case(s): masks "
+    report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
+    dicom = dict(uid_prefix=dicom_uid_prefix or DEFAULT_UID_PREFIX, **dicom_description(predictor))
+    unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
+    if predictor.derives_masks and unmasked:
+        tqdm.write(f"dgcf_predict: no body mask given for {unmasked} case(s): masks "
                    f"derived from the source ({predictor.mask_from}); see documentation/prediction.md")
 
     written = []
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         pending_reads = [pool.submit(_read, item) for item in todo[:1]]
         writes = []
-        for index, item in enumerate(tqdm(todo, desc="cases", unit="case")):
+        for index, item in enumerate(tqdm(todo, desc="cases", unit="case", disable=not progress)):
             if index + 1 < len(todo):  # read the next case while this one is predicted
                 pending_reads.append(pool.submit(_read, todo[index + 1]))
             for job in writes:  # a failed write (full disk) stops the run now, not after every prediction
                 if job.done():
                     job.result()
             source, mask = pending_reads[index].result()
-            sct, uncertainty = predictor.predict_volume(source, mask, item.name, save_uncertainty)
+            started = time.perf_counter()
+            with PeakMemory(predictor.device) as memory:
+                sct, uncertainty = predictor.predict_volume(source, mask, item.name, save_uncertainty)
+            report.add_case(item.name, seconds=round(time.perf_counter() - started, 3), slices=sct.GetSize()[2],
+                            peak_rss_mb=round(memory.peak_rss / 2**20, 1),
+                            peak_vram_mb=None if memory.peak_vram is None else round(memory.peak_vram / 2**20, 1))
             target = output_path(item, output_dir, output_format)
-            writes.append(pool.submit(_write_case, item, sct, uncertainty, target, recorder))
+            writes.append(pool.submit(_write_case, item, sct, uncertainty, target, recorder, report, dicom))
             if png_dir is not None:
                 writes.append(pool.submit(_figure, item, source, sct, mask, png_dir))
             written.append(target)
         for job in writes:
             job.result()
+    report.save()
     return written
 
 
@@ -130,7 +152,7 @@ def _cases_to_redo(inputs: list[Case], output_dir: Path, output_format: str, sav
 
 def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict) -> str | None:
     """None when `target` is this model's complete output for this source; else the reason to redo it."""
-    if not target.is_file():
+    if not target.exists():
         return "without output"
     record = provenance["cases"].get(item.name)
     if record is None or record.get("output") != target.name:
@@ -138,7 +160,7 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     try:
         if record.get("source") != str(item.source.resolve()) or record.get("source_sha256") != file_sha256(item.source):
             return "whose source changed"
-        if record.get("bytes") != target.stat().st_size or record.get("sha256") != file_sha256(target):
+        if record.get("bytes") != output_bytes(target) or record.get("sha256") != file_sha256(target):
             return "changed or incomplete since written"
         if save_uncertainty:
             extra = uncertainty_path(item, target)
@@ -153,31 +175,83 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
 class _ProvenanceRecorder:
     """The provenance JSON, rewritten (atomically) after every case so that a killed run leaves a true record."""
 
-    def __init__(self, provenance: dict, path: Path):
+    def __init__(self, provenance: dict, path: Path, pending: set[str] = frozenset()):
         self.provenance, self.path, self.lock = provenance, path, threading.Lock()
+        self.pending = set(pending)  # this run's cases not yet written: their old records are dropped
 
     def add(self, name: str, record: dict) -> None:
         with self.lock:
             self.provenance["cases"][name] = record
+            self.pending.discard(name)
             self.save()
 
     def save(self) -> None:
-        write_json(self.provenance, self.path)
+        # Parts of one input set (-num_parts) may share the output folder: under a lock on the folder, keep
+        # the records other processes wrote for this same model, and add ours.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.path.parent):
+            on_disk = read_provenance(self.path.parent)
+            if on_disk is not None and on_disk.get("model_id") == self.provenance["model_id"]:
+                others = {k: v for k, v in on_disk["cases"].items() if k not in self.pending}
+                self.provenance["cases"] = {**others, **self.provenance["cases"]}
+                for name in self.pending:
+                    self.provenance["cases"].pop(name, None)
+            write_json(self.provenance, self.path)
 
 
-def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _ProvenanceRecorder) -> None:
-    write_image(sct, target)
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive advisory lock on a folder (POSIX flock on its descriptor); a no-op where unsupported."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def dicom_description(predictor: SCTPredictor) -> dict:
+    """SeriesDescription (64 characters at most) and DerivationDescription of a DICOM sCT series."""
+    folder = predictor.checkpoint_files[0].parent.parent
+    folds = [p.parent.name.replace("fold_", "") for p in predictor.checkpoint_files]
+    checkpoint = predictor.checkpoint_files[0].name.replace(".pth", "").replace("checkpoint_", "chk ")
+    dataset = folder.parent.name
+    description = f"dgcf_auto sCT {dataset} {folder.name.split('__')[0]} f{','.join(folds)} {checkpoint}"
+    derivation = (f"Synthetic CT predicted by dgcf_auto from the source series; model {dataset}/{folder.name}, "
+                  f"folds {', '.join(folds)}, {predictor.checkpoint_files[0].name}, TTA "
+                  f"{'on' if predictor.options['tta'] else 'off'}, {predictor.options['precision']}. "
+                  f"Not an acquired image.")
+    return {"series_description": description[:64], "derivation": derivation}
+
+
+def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _ProvenanceRecorder, report, dicom: dict) -> None:
+    started = time.perf_counter()
+    if image_suffix(target) is None:  # a folder: the DICOM series
+        source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
+        write_ct_series(sct, target, source_series, **dicom)
+    else:
+        write_image(sct, target)
+    report.add_case(item.name, write_seconds=round(time.perf_counter() - started, 3), output=target.name)
     record = dict(case_record(item.source, target), source_sha256=file_sha256(item.source))
     if uncertainty is not None:
         extra = uncertainty_path(item, target)
         write_image(uncertainty, extra)
         record["uncertainty_sha256"] = file_sha256(extra)
     recorder.add(item.name, record)
+    report.save()
 
 
 def _read(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
-    source = read_image(item.source, item.name)
-    mask = read_image(item.mask, item.name) if item.mask is not None else None
+    source = read_image(item.source, item.name, item.series_uids)
+    if item.mask_roi:
+        return source, read_roi_mask(item, source)
+    mask = read_image(item.mask, item.name, item.series_uids) if item.mask is not None else None
     return source, mask
 
 

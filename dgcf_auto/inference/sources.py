@@ -1,4 +1,6 @@
 """What `dgcf_predict -i` accepts: SynthRAD2023 case folders, a folder of source images, or one file.
+Sources may be DICOM: `<case>/mr/` in a case folder, a folder of DICOM series folders (one case each), or
+one bare DICOM folder (one case).
 
 Inputs become `dataset.Case`s (CT left out: prediction never reads it) and are checked by the dataset
 package's own validation, so prediction rejects exactly what training would (NaN in NIfTI, truncated files,
@@ -11,29 +13,39 @@ from pathlib import Path
 
 from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, read_case_folder
 from dgcf_auto.dataset.validation import validate_cases
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
 
 
-def collect_inputs(path: str | Path) -> list[Case]:
-    """Cases under `path`, sorted by name; an error when there is nothing to predict."""
-    path = Path(path)
+def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = (), mask_roi: str | None = None) -> list[Case]:
+    """Cases under `path`, sorted by name; an error when there is nothing to predict. `series_uids` picks
+    the series in DICOM folders that hold several; `mask_roi` names the RTSTRUCT ROI to use as body mask."""
+    inputs = _collect(Path(path), tuple(series_uids or ()))
+    return [replace(case, mask_roi=mask_roi) for case in inputs] if mask_roi else inputs
+
+
+def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
     if path.is_file():
         if image_suffix(path) is None:
-            raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)})")
+            raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a DICOM folder")
         return [Case(strip_suffix(path), None, path)]
     if not path.is_dir():
         raise DGCFError(f"input {path}: no such file or folder")
+    if is_dicom_folder(path):
+        return [Case(path.name, None, path, series_uids=series_uids)]
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    cases = [replace(read_case_folder(d), ct=None) for d in folders if _holds_source(d)]
+    cases = [replace(read_case_folder(d), ct=None, series_uids=series_uids) if _holds_source(d)
+             else Case(d.name, None, d, series_uids=series_uids)
+             for d in folders if _holds_source(d) or is_dicom_folder(d)]
     flat = [Case(strip_suffix(f), None, f) for f in sorted(path.iterdir())
             if f.is_file() and image_suffix(f) and not f.name.startswith(".")]
     if cases and flat:
         raise DGCFError(f"input {path}: holds both case folders and image files; give one kind")
     inputs = cases or flat
     if not inputs:
-        raise DGCFError(f"input {path}: no images found (expected <case>/mr|cbct.nii.gz folders "
-                        f"or image files {', '.join(IMAGE_SUFFIXES)})")
+        raise DGCFError(f"input {path}: no images found (expected <case>/mr|cbct.nii.gz folders, "
+                        f"image files {', '.join(IMAGE_SUFFIXES)} or DICOM folders)")
     names = [i.name for i in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -44,12 +56,54 @@ def collect_inputs(path: str | Path) -> list[Case]:
 def check_inputs(cases: list[Case], source_modality: str | None) -> None:
     """Every problem of every input at once, before anything is written."""
     problems = validate_cases(cases, require_ct=False, require_mask=False)
+    problems += [p for case in cases if case.mask_roi and (p := _roi_problem(case))]
     for case in cases:
         if case.modality and source_modality and case.modality != source_modality:
             problems.append(f"case {case.name}: file {case.source.name}: a {case.modality} source, but the "
                             f"model was trained on {source_modality}")
     if problems:
         raise DGCFInputErrors(problems)
+
+
+def read_roi_mask(case: Case, source) -> "sitk.Image":
+    """The case's `mask_roi` from an RTSTRUCT in its DICOM source folder or its case folder, on the source grid."""
+    from dgcf_auto.dicomio import open_series, roi_mask
+
+    files = _rtstruct_candidates(case)
+    where = f"case {case.name}"
+    if not files:
+        raise DGCFError(f"{where}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it")
+    frame = None
+    if case.source.is_dir():
+        header = open_series(case.source, case.name, case.series_uids).headers[0]
+        frame = str(getattr(header, "FrameOfReferenceUID", "") or "") or None
+    return roi_mask(files, case.mask_roi, source, where, frame)
+
+
+def _roi_problem(case: Case) -> str | None:
+    """Before any prediction: an RTSTRUCT holding the --mask-roi ROI exists for the case."""
+    import pydicom
+
+    files = _rtstruct_candidates(case)
+    names = []
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        names += [str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])]
+    if not files:
+        return f"case {case.name}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it"
+    if case.mask_roi.strip().lower() not in {n.strip().lower() for n in names}:
+        return (f"case {case.name}: no RTSTRUCT ROI named '{case.mask_roi}' (ROIs found: "
+                f"{', '.join(sorted(set(names))) or 'none'})")
+    return None
+
+
+def _rtstruct_candidates(case: Case) -> list[Path]:
+    from dgcf_auto.dicomio import rtstruct_files
+
+    folders = [case.source] + ([case.source.parent] if case.modality else [])
+    if case.modality:  # a case folder: RTSTRUCTs may also sit in a sub-folder of their own (rtstruct/, RS/)
+        folders += [d for d in sorted(case.source.parent.iterdir()) if d.is_dir() and d != case.source]
+    return rtstruct_files(folders)
 
 
 def reference_ct(case: Case) -> Path | None:

@@ -108,11 +108,15 @@ class DGCN(nn.Module):
             return [torch.cat([f, resize_to(d, size).to(f.dtype)], dim=1) for f, d, size in zip(cnn, dino, sizes)]
         return cnn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """`dino_features`: the frozen ViT's maps of this very `x`, computed once and shared by an ensemble of
+        networks holding the same ViT (inference); by default the network runs its own ViT."""
         self._check_size(x)
         height, width = x.shape[-2:]
         sizes = [(height >> i, width >> i) for i in range(len(self.features))]
-        dino = self.dinov3(x, grad=False) if self.uses_vit else None  # frozen: no graph through the ViT
+        dino = None
+        if self.uses_vit:  # frozen: no graph through the ViT
+            dino = dino_features if dino_features is not None else self.dinov3(x, grad=False)
 
         cnn: list[torch.Tensor] = []
         if self.uses_cnn:

@@ -42,27 +42,111 @@ def to_network_input(slices: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+CPU_BATCH_SIZE = 16
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class BatchSizer:
+    """Slices per network pass. Fixed when given; on CUDA otherwise sized from free memory
+    (`torch.cuda.mem_get_info`) and a measured per-slice footprint; halved on every out-of-memory error."""
+
+    def __init__(self, device: torch.device, fixed: int | None = None, fraction: float = 0.7, maximum: int = 256,
+                 free_memory=None):
+        if fixed is not None and int(fixed) < 1:
+            raise DGCFError(f"--batch-size must be at least 1, got {fixed}")
+        self.device = torch.device(device)
+        self.size = int(fixed) if fixed is not None else None
+        self.automatic = fixed is None
+        self.fraction, self.maximum = fraction, maximum
+        self.back_offs = 0
+        self._free_memory = free_memory or (lambda: torch.cuda.mem_get_info(self.device)[0])
+
+    def choose(self, slice_bytes: int, free_bytes: int) -> int:
+        """`fraction` of the free memory divided by one slice's footprint, within [1, maximum]."""
+        return int(min(self.maximum, max(1, (free_bytes * self.fraction) // max(int(slice_bytes), 1))))
+
+    def ensure(self, measure_slice_bytes) -> int:
+        """The batch size, sizing it on first use (`measure_slice_bytes()` runs only on CUDA)."""
+        if self.size is None:
+            self.size = self.choose(measure_slice_bytes(), self._free_memory()) if self.device.type == "cuda" \
+                else CPU_BATCH_SIZE
+        return self.size
+
+    def back_off(self) -> int:
+        if self.size <= 1:
+            raise DGCFError(f"out of memory on {self.device} even with one slice per network pass; free the "
+                            f"device (other processes?) or use -device cpu")
+        self.size = max(1, self.size // 2)
+        self.back_offs += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        tqdm.write(f"out of memory on {self.device}: slice batch reduced to {self.size}")
+        return self.size
+
+
+def _accumulate_batch(networks, x: torch.Tensor, device: torch.device, dtype, flips, shared_encoder):
+    """Sum (and sum of squares) over networks x flips of one batch's predictions, float64 on the host.
+    With `shared_encoder` the frozen ViT runs once per flip for every network."""
+    total = total_sq = None
+    for dims in flips:
+        xin = torch.flip(x, dims) if dims else x
+        features = None
+        if shared_encoder is not None:
+            with autocast(device, dtype):
+                features = shared_encoder(xin)
+        for network in networks:
+            with autocast(device, dtype):
+                out = network(xin, features) if features is not None else network(xin)
+            out = (torch.flip(out, dims) if dims else out).float()[:, 0].cpu().numpy().astype(np.float64)
+            total = out if total is None else total + out
+            total_sq = out ** 2 if total_sq is None else total_sq + out ** 2
+    return total, total_sq
+
+
+def _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder) -> int:
+    """Peak CUDA memory of a 2-slice pass, per slice (an over-estimate: fixed costs count too)."""
+    probe = slices[: min(2, len(slices))]
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    _accumulate_batch(networks, to_network_input(probe, device), device, dtype, flips, shared_encoder)
+    torch.cuda.synchronize(device)
+    return max(1, (torch.cuda.max_memory_allocated(device) - base) // len(probe))
+
+
 @torch.inference_mode()
 def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, device: torch.device,
-                        batch_size: int, dtype: torch.dtype | None = None, flips=((),), with_std: bool = False,
-                        desc: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                        batch_size: int | BatchSizer | None, dtype: torch.dtype | None = None, flips=((),),
+                        with_std: bool = False, desc: str | None = None,
+                        shared_encoder: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean (and std) over networks x flips of the prediction of every (S, H, W) slice, in float32.
 
     `flips`: tuples of dims to mirror before the network and back after (test-time augmentation).
+    `batch_size`: slices per pass, or a BatchSizer (None: sized for the device); out-of-memory halves it.
+    `shared_encoder`: the frozen ViT every network holds (one instance); its features are computed once per
+    batch and flip and passed to each network, instead of each network running it again.
     """
+    device = torch.device(device)
+    sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(device, batch_size)
+    sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder))
     total = np.zeros(slices.shape, np.float64)
     total_sq = np.zeros(slices.shape, np.float64) if with_std else None
-    starts = range(0, slices.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-        x = to_network_input(slices[start:start + batch_size], device)
-        for network in networks:
-            for dims in flips:
-                with autocast(device, dtype):
-                    out = network(torch.flip(x, dims) if dims else x)
-                out = (torch.flip(out, dims) if dims else out).float()[:, 0].cpu().numpy().astype(np.float64)
-                total[start:start + len(out)] += out
-                if total_sq is not None:
-                    total_sq[start:start + len(out)] += out ** 2
+    bar = tqdm(total=slices.shape[0], desc=desc, unit="slice", leave=False, disable=desc is None)
+    start = 0
+    while start < slices.shape[0]:
+        stop = min(start + sizer.size, slices.shape[0])
+        try:
+            out, out_sq = _accumulate_batch(networks, to_network_input(slices[start:stop], device), device, dtype,
+                                            flips, shared_encoder)
+        except OUT_OF_MEMORY:
+            sizer.back_off()
+            continue
+        total[start:stop] += out
+        if total_sq is not None:
+            total_sq[start:stop] += out_sq
+        bar.update(stop - start)
+        start = stop
+    bar.close()
     n = len(networks) * len(flips)
     mean = total / n
     std = None if total_sq is None else np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0)).astype(np.float32)

@@ -133,8 +133,10 @@ def input_signature(cases: list[Case]) -> str:
         for key in ("source", "ct", "mask"):
             path = getattr(case, key)
             if path is not None:
-                stat = os.stat(path)
-                entries.append([case.name, key, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+                # A DICOM folder: its files' total size and latest change, so an edited slice counts too.
+                stats = [f.stat() for f in Path(path).iterdir() if f.is_file()] if Path(path).is_dir() else [os.stat(path)]
+                entries.append([case.name, key, str(Path(path).resolve()), sum(s.st_size for s in stats),
+                                max((s.st_mtime_ns for s in stats), default=0)])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 

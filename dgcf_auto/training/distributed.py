@@ -75,17 +75,12 @@ def shutdown_distributed(ctx: DistributedContext) -> None:
 
 def resolve_device(name: str | None, ctx: DistributedContext | None = None) -> torch.device:
     """cuda if available unless told otherwise; under torchrun each rank takes cuda:LOCAL_RANK."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cuda", "cpu", "mps"):
-        raise DGCFError(f"-device must be cuda, cpu or mps, got '{name}'")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise DGCFError("-device cuda: no CUDA device is available (use -device cpu)")
-        return torch.device("cuda", ctx.local_rank if ctx else 0)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise DGCFError("-device mps: MPS is not available on this machine")
-    return torch.device(name)
+    from dgcf_auto.devices import resolve_device as resolve
+
+    device = resolve(name)  # the shared device words: cpu, cuda, cuda:N, mps
+    if device.type == "cuda" and ctx is not None and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)  # torchrun: every rank its own GPU
+    return device
 
 
 def split_batch_size(global_batch: int, world_size: int) -> int:

@@ -107,7 +107,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                   f"nothing to do (pass a larger --epochs to train on)")
             return output
 
-    ctx = init_distributed(device or ("cuda" if _cuda() else "cpu"))
+    ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
     try:
         trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
                               resolve_device(device, ctx), ctx,

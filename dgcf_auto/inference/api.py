@@ -1,0 +1,121 @@
+"""Prediction from Python: `dgcf_auto.predict(input, output=None, model=..., folds=..., device=..., tta=...)`.
+
+`dgcf_predict` is a thin argparse wrapper around `predict`. Inputs are what `dgcf_predict -i` accepts (a case
+folder tree, a folder of images, one image file, a DICOM folder) or a SimpleITK image; with `output=None`
+the sCT comes back as a SimpleITK image (a {case: image} dict for several cases) and nothing is written.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from dgcf_auto.errors import DGCFError
+
+PathLike = str | os.PathLike
+
+
+def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrainer", plans: str = "DGCFPlans") -> Path:
+    """A trained-model folder (`<Trainer>__<Plans>__2d`, holding fold_*), from a folder path or a dataset
+    id/name in DGCF_results (None: the only trained dataset there)."""
+    from dgcf_auto.inference.model_loading import resolve_model_folder
+
+    if model is not None and Path(str(model)).expanduser().is_dir():
+        folder = Path(str(model)).expanduser()
+        if not any(folder.glob("fold_*")):
+            raise DGCFError(f"model folder {folder}: holds no fold_* folders (give the <Trainer>__<Plans>__2d "
+                            f"folder of a trained or installed model)")
+        return folder
+    if model is not None and any(sep in str(model) for sep in ("/", os.sep)):
+        raise DGCFError(f"model folder {model}: not found")
+    return resolve_model_folder(model, trainer, plans)
+
+
+def load_predictor(model: PathLike | int | None = None, folds=None, device: str | None = None, tta: bool = True,
+                   trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
+                   precision: str = "auto", batch_size: int | None = None, keep_background: bool = False,
+                   mask_from: str = "plans", progress: bool = True):
+    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist)."""
+    from dgcf_auto.devices import resolve_device
+    from dgcf_auto.inference.model_loading import resolve_folds
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    folder = resolve_model(model, trainer, plans)
+    files = resolve_folds(folder, [str(f) for f in folds] if folds is not None else None, checkpoint)
+    return SCTPredictor(files, device=resolve_device(device), use_tta=tta, batch_size=batch_size,
+                        mask_background=not keep_background, precision=precision, mask_from=mask_from,
+                        progress=progress)
+
+
+def predict(input, output: PathLike | None = None, model: PathLike | int | None = None, folds=None,
+            device: str | None = None, tta: bool = True, *, mask: sitk.Image | PathLike | None = None,
+            trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
+            precision: str = "auto", batch_size: int | None = None, output_format: str = ".nii.gz",
+            series_uids=(), mask_roi: str | None = None, mask_from: str = "plans", keep_background: bool = False,
+            save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
+            png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
+            part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None):
+    """Synthetic CT for `input` (see the module doc). `model`: a trained-model folder, or a dataset id/name
+    in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
+    available). Returns the sCT image(s) when `output` is None, else the list of written outputs."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
+                        f"of {num_parts}")
+    if isinstance(input, sitk.Image):
+        if num_parts != 1:
+            raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
+        predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
+                                                batch_size, keep_background, mask_from, progress)
+        return _predict_image(predictor, input, mask, output, output_format, dicom_uid_prefix)
+    if mask is not None:
+        raise DGCFError("mask= is for a SimpleITK image input; put mask.nii.gz beside the source in a case folder")
+    from dgcf_auto.inference.run import check_outputs, predict_inputs
+    from dgcf_auto.inference.sources import check_inputs, collect_inputs
+
+    inputs = collect_inputs(input, tuple(series_uids or ()), mask_roi)[part_id::num_parts]
+    if not inputs:
+        raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(collect_inputs(input))} in {input})")
+    if output is not None:  # where outputs go is checked before any model is loaded
+        check_outputs(inputs, Path(output), output_format, Path(input), Path(png_dir) if png_dir else None)
+    predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
+                                            batch_size, keep_background, mask_from, progress)
+    if verbose:
+        _announce(predictor, inputs, num_parts, part_id)
+    if output is None:
+        from dgcf_auto.inference.run import _read
+
+        check_inputs(inputs, predictor.plans.get("source_modality"))
+        images = {item.name: predictor.predict_volume(*_read(item), item.name)[0] for item in inputs}
+        return next(iter(images.values())) if len(images) == 1 else images
+    return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction, num_workers,
+                          save_uncertainty, Path(png_dir) if png_dir else None, input_root=Path(input),
+                          dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress)
+
+
+def _predict_image(predictor, image: sitk.Image, mask, output, output_format: str, uid_prefix: str | None):
+    from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, write_ct_series
+    from dgcf_auto.imageio import image_suffix, read_image, write_image
+    from dgcf_auto.inference.run import dicom_description
+
+    if mask is not None and not isinstance(mask, sitk.Image):
+        mask = read_image(mask)
+    sct, _ = predictor.predict_volume(image, mask, "image")
+    if output is not None:
+        if output_format == "dicom" or image_suffix(output) is None:
+            write_ct_series(sct, output, None, uid_prefix=uid_prefix or DEFAULT_UID_PREFIX,
+                            **dicom_description(predictor))
+        else:
+            write_image(sct, output)
+    return sct
+
+
+def _announce(predictor, inputs, num_parts: int, part_id: int) -> None:
+    folder = predictor.checkpoint_files[0].parent.parent
+    part = f" (part {part_id} of {num_parts})" if num_parts > 1 else ""
+    vit = ", ViT shared by the folds" if predictor.shared_encoder is not None and len(predictor.networks) > 1 else ""
+    print(f"dgcf_predict: {len(inputs)} case(s){part}, {len(predictor.networks)} fold(s) of "
+          f"{folder.parent.name}/{folder.name}, {predictor.passes_per_slice} network pass(es) per slice{vit}, "
+          f"device {predictor.device}, {predictor.options['precision']}")
+    if "random" in predictor.weights_sources:
+        print("dgcf_predict: WARNING: this model was trained with RANDOM DINOv3 weights (a test/demo model)")

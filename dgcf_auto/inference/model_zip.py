@@ -1,0 +1,279 @@
+"""Shareable trained models, nnU-Net's way: export a trained model to one zip, install a zip into DGCF_results.
+
+Zip layout (every path relative, under one model folder):
+
+    manifest.json                                       format, version and the SHA-256 of every other file
+    <Dataset>/<Trainer>__<Plans>__2d/README.md          what the model is and what it was trained on
+        DINOv3_LICENSE_NOTICE.txt                       whose ViT weights these are and under which licence
+        plans.json, dataset_fingerprint.json, dataset.json, splits_final.json (when present)
+        dinov3_vit.pth                                  the frozen ViT, ONCE for all folds
+        fold_<k>/<checkpoint>.pth                       weights without the ViT and without optimiser state
+        fold_<k>/training_config.json                   the trainer settings of that fold
+
+A zip is untrusted input: the installer refuses absolute paths, `..`, links and files outside the one model
+folder, checks every file against the manifest, loads weights only with weights_only=True, and installs
+through a temporary folder renamed into place (nothing is left behind on failure; an installed model is
+replaced only with overwrite=True).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from dgcf_auto import __version__, paths
+from dgcf_auto.atomic import atomic_folder, atomic_path
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.inference.model_loading import SHARED_VIT_FILE, VIT_PREFIX, load_checkpoint, load_shared_vit
+
+MANIFEST = "manifest.json"
+FORMAT = "dgcf_auto-model"
+FORMAT_VERSION = 1
+LICENCE_FILE = "DINOv3_LICENSE_NOTICE.txt"
+DATASET_FILES = ("dataset_fingerprint.json", "dataset.json", "splits_final.json")
+_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
+                 preprocessed_folder: Path | None = None) -> dict:
+    """Write `output` (a .zip) from the folds' checkpoints, one fold in memory at a time; returns
+    {'files': n, 'bytes': size of the zip}."""
+    output = Path(output)
+    if output.suffix.lower() != ".zip":
+        raise DGCFError(f"output {output}: the model file must end in .zip")
+    root = PurePosixPath(model_folder.parent.name, model_folder.name)
+    hashes: dict[str, str] = {}
+    summaries: list[dict] = []
+    vit = vit_from = None
+    with atomic_path(output, suffix=".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+            def add(name: str, data: bytes) -> None:
+                hashes[str(root / name)] = hashlib.sha256(data).hexdigest()
+                archive.writestr(str(root / name), data)
+
+            for path in checkpoint_files:
+                checkpoint = load_checkpoint(path, merge_shared_vit=False)
+                weights = checkpoint["network_weights"]
+                own_vit = {k[len(VIT_PREFIX):]: v for k, v in weights.items() if k.startswith(VIT_PREFIX)}
+                if own_vit and vit is None:
+                    vit, vit_from = own_vit, path
+                    add(SHARED_VIT_FILE, _torch_bytes(vit))
+                elif own_vit and (own_vit.keys() != vit.keys() or any(not torch.equal(own_vit[k], vit[k]) for k in vit)):
+                    raise DGCFError(f"checkpoint {path}: its frozen DINOv3 weights differ from {vit_from}'s; the "
+                                    f"folds of one model must share them (export the folds separately)")
+                payload = {"network_weights": {k: v for k, v in weights.items() if not k.startswith(VIT_PREFIX)},
+                           "plans": checkpoint["plans"], "epoch": checkpoint.get("epoch", 0),
+                           "trainer_name": checkpoint.get("trainer_name", ""),
+                           "dinov3_source": checkpoint.get("dinov3_source", "unknown"),
+                           **({"shared_vit": SHARED_VIT_FILE} if own_vit or "shared_vit" in checkpoint else {})}
+                if "shared_vit" in checkpoint and vit is None:  # an installed model: its ViT file is beside it
+                    vit, vit_from = load_shared_vit(path, checkpoint["shared_vit"]), path
+                    add(SHARED_VIT_FILE, _torch_bytes(vit))
+                add(f"{path.parent.name}/{path.name}", _torch_bytes(payload))
+                config = path.parent / "training_config.json"
+                if config.is_file():
+                    add(f"{path.parent.name}/training_config.json", config.read_bytes())
+                summaries.append({k: checkpoint.get(k) for k in ("plans", "epoch", "trainer_name", "dinov3_source")})
+                del checkpoint, weights, own_vit, payload
+            add("plans.json", _json_bytes(summaries[0]["plans"]))
+            for name in DATASET_FILES:
+                if preprocessed_folder is not None and (preprocessed_folder / name).is_file():
+                    add(name, (preprocessed_folder / name).read_bytes())
+            add("README.md", _readme(model_folder, checkpoint_files, summaries, preprocessed_folder).encode())
+            add(LICENCE_FILE, _licence_notice(summaries[0].get("dinov3_source", "unknown"), vit is not None).encode())
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dgcf_auto_version": __version__,
+                        "model_folder": str(root), "checkpoint": checkpoint_files[0].name,
+                        "folds": [p.parent.name for p in checkpoint_files], "sha256": hashes}
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return {"files": len(hashes) + 1, "bytes": output.stat().st_size}
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def _readme(model_folder: Path, files: list[Path], checkpoints: list[dict], preprocessed: Path | None) -> str:
+    plans = checkpoints[0]["plans"]
+    lines = [f"# {model_folder.parent.name} / {model_folder.name}", "",
+             f"A dgcf_auto {__version__} synthetic-CT model exported on "
+             f"{datetime.date.today().isoformat()}: weights only (no optimiser state).", "",
+             "Install and predict:", "", "```",
+             "dgcf_install_model_from_zip model.zip",
+             f"dgcf_predict -i INPUT -o OUTPUT -d {model_folder.parent.name}", "```", "",
+             "## Model", "",
+             f"- trainer: {checkpoints[0].get('trainer_name', '?')}; plans: {model_folder.name.split('__')[1]}",
+             f"- network: {plans.get('network', {}).get('architecture', 'cross_fusion')}, "
+             f"features {plans.get('network', {}).get('features')}",
+             f"- DINOv3 weights: {checkpoints[0].get('dinov3_source', 'unknown')}",
+             "- folds: " + ", ".join(f"{p.parent.name} ({p.name}, epoch {c.get('epoch', '?')})"
+                                    for p, c in zip(files, checkpoints)), "",
+             "## Training data", ""]
+    info = _read_json(preprocessed / "dataset.json") if preprocessed else None
+    fingerprint = _read_json(preprocessed / "dataset_fingerprint.json") if preprocessed else None
+    lines.append(f"- source modality: {plans.get('source_modality', '?')}")
+    if info:
+        lines.append(f"- dataset: {info.get('name', model_folder.parent.name)}, "
+                     f"{info.get('num_cases', info.get('numTraining', '?'))} cases")
+    if fingerprint:
+        summary = {k: fingerprint[k] for k in ("median_spacing", "num_cases", "spacing") if k in fingerprint}
+        if summary:
+            lines.append(f"- fingerprint: {json.dumps(summary)}")
+    for path in files:
+        config = _read_json(path.parent / "training_config.json")
+        if config:
+            lines.append(f"- {path.parent.name}: {len(config.get('train_cases', []))} training, "
+                         f"{len(config.get('val_cases', []))} validation cases")
+    lines += ["", "See DINOv3_LICENSE_NOTICE.txt before redistributing or using this model."]
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _licence_notice(source: str, has_vit: bool) -> str:
+    if not has_vit:
+        return "This model uses no DINOv3 encoder (cnn_only); no Meta weights are included.\n"
+    if source == "random":
+        return ("The frozen ViT in dinov3_vit.pth is RANDOMLY INITIALISED (a test/demo model): it holds no "
+                "Meta DINOv3 weights, and its results do not reproduce the DGCF paper.\n")
+    return ("dinov3_vit.pth holds Meta's DINOv3 ViT-B/16 (LVD-1689M) weights, unchanged (frozen in training),\n"
+            f"loaded from: {source}\n\n"
+            "They are distributed under the DINOv3 License (https://ai.meta.com/resources/models-and-libraries/"
+            "dinov3-license/,\nalso in https://github.com/facebookresearch/dinov3). Whoever shares or uses this "
+            "model must comply with\nthat licence, including its acceptable use policy and its redistribution "
+            "terms (include a copy of\nthe licence with any redistribution). dgcf_auto's own code and the "
+            "trained CNN/fusion weights are separate.\n")
+
+
+# ----------------------------------------------------------------------------------------------- install
+def install_model(zip_path: Path, overwrite: bool = False, results_root: Path | None = None) -> Path:
+    """Check the zip completely, then install its model folder under DGCF_results; returns the folder."""
+    zip_path = Path(zip_path)
+    where = f"model zip {zip_path}"
+    if not zip_path.is_file():
+        raise DGCFError(f"{where}: not found")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DGCFError(f"{where}: not a valid zip file ({exc})") from None
+    with archive:
+        infos = archive.infolist()
+        for info in infos:
+            _check_entry(info, where)
+        manifest = _read_manifest(archive, where)
+        root = PurePosixPath(manifest["model_folder"])
+        if len(root.parts) != 2 or not paths.DATASET_PATTERN.match(root.parts[0]) or ".." in root.parts \
+                or root.is_absolute() or root.parts[1].count("__") != 2:
+            raise DGCFError(f"{where}: manifest names an invalid model folder {str(root)!r}")
+        hashes = manifest["sha256"]
+        names = [i.filename for i in infos if not i.is_dir() and i.filename != MANIFEST]
+        outside = [n for n in names if PurePosixPath(n).parts[:2] != root.parts]
+        if outside:
+            raise DGCFError(f"{where}: entry {outside[0]!r} lies outside the model folder {root}")
+        unlisted = sorted(set(names) - set(hashes))
+        if unlisted:
+            raise DGCFError(f"{where}: entry {unlisted[0]!r} is not in the manifest")
+        missing = sorted(set(hashes) - set(names))
+        if missing:
+            raise DGCFError(f"{where}: {missing[0]!r} is listed in the manifest but missing from the zip")
+        results = paths.results_root() if results_root is None else Path(results_root)
+        target = results / root
+        _check_target(results, root, target, overwrite)
+        needed = sum(i.file_size for i in infos)
+        results.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(results).free
+        if needed > free:
+            raise DGCFError(f"{where}: needs {needed / 1e6:.0f} MB, only {free / 1e6:.0f} MB free in {results}")
+        dataset_dir = target.parent
+        created_dataset_dir = not dataset_dir.exists()
+        try:
+            with atomic_folder(target) as tmp:
+                for name in names:
+                    relative = PurePosixPath(name).relative_to(root)
+                    _extract_checked(archive, name, tmp / Path(*relative.parts), hashes[name], where)
+                _check_weights(tmp, where)
+        except BaseException:
+            if created_dataset_dir and dataset_dir.is_dir() and not any(dataset_dir.iterdir()):
+                dataset_dir.rmdir()
+            raise
+    return target
+
+
+def _check_entry(info: zipfile.ZipInfo, where: str) -> None:
+    name = info.filename
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or "\\" in name:
+        raise DGCFError(f"{where}: entry {name!r} has an absolute or non-portable path; refusing to install")
+    if ".." in parts:
+        raise DGCFError(f"{where}: entry {name!r} climbs out of the install folder ('..'); refusing to install")
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records no Unix file type
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        raise DGCFError(f"{where}: entry {name!r} is a link or special file; refusing to install")
+
+
+def _read_manifest(archive: zipfile.ZipFile, where: str) -> dict:
+    try:
+        manifest = json.loads(archive.read(MANIFEST))
+    except KeyError:
+        raise DGCFError(f"{where}: no {MANIFEST}; not a dgcf_auto model zip (dgcf_export_model_to_zip)") from None
+    except ValueError:
+        raise DGCFError(f"{where}: {MANIFEST} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("sha256"), dict):
+        raise DGCFError(f"{where}: {MANIFEST} is not a dgcf_auto model manifest")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise DGCFError(f"{where}: format version {manifest['format_version']} is newer than this dgcf_auto "
+                        f"reads ({FORMAT_VERSION}); update dgcf_auto")
+    return manifest
+
+
+def _check_target(results: Path, root: PurePosixPath, target: Path, overwrite: bool) -> None:
+    did = int(paths.DATASET_PATTERN.match(root.parts[0]).group(1))
+    if results.is_dir():
+        clashing = [p.name for p in results.iterdir()
+                    if p.is_dir() and p.name != root.parts[0] and (m := paths.DATASET_PATTERN.match(p.name))
+                    and int(m.group(1)) == did]
+        if clashing:
+            raise DGCFError(f"model {root}: dataset id {did} is already used by {clashing[0]} in "
+                            f"DGCF_results={results}; rename or remove that folder first")
+    if target.exists() and not overwrite:
+        raise DGCFError(f"model {root}: already installed at {target}; pass --overwrite to replace it")
+
+
+def _extract_checked(archive: zipfile.ZipFile, name: str, target: Path, expected: str, where: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with archive.open(name) as src, open(target, "wb") as dst:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != expected:
+        raise DGCFError(f"{where}: {name} does not match its SHA-256 in the manifest (corrupt or altered); "
+                        f"nothing was installed")
+
+
+def _check_weights(folder: Path, where: str) -> None:
+    """Every .pth loads with weights_only=True (no code can run from a shared model)."""
+    for path in sorted(folder.rglob("*.pth")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DGCFError(f"{where}: {path.relative_to(folder)} does not load as weights only "
+                            f"({type(exc).__name__}); nothing was installed") from None
