@@ -220,7 +220,7 @@ def test_8_temp_file_of_a_killed_run_is_removed_by_the_next(trained, tmp_path):
 class _Identity(torch.nn.Module):
     """Returns its normalised input: the sCT must then be the source mapped through both normalisations."""
 
-    def forward(self, x):
+    def forward(self, x, features=None):  # `features`: the shared ViT's, when the predictor shares one
         return x
 
 
@@ -229,7 +229,7 @@ def _identity_predictor(trained, plans_update=None):
 
     predictor = SCTPredictor(sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1],
                              use_tta=True, precision="fp32")
-    predictor.networks = [_Identity()]
+    predictor.networks, predictor.shared_encoder = [_Identity()], None
     if plans_update:
         predictor.plans = {**predictor.plans, **plans_update}
     return predictor
