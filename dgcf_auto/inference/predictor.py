@@ -5,6 +5,7 @@ only batches slices through the networks and averages them.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class SCTPredictor:
         self.device = torch.device(device)
         self.checkpoint_files = [Path(f) for f in checkpoint_files]
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.networks, sources = [], set()
+        self.networks, sources, network_plans_seen = [], set(), []
         shared_vit, reference_vit = None, None
         sharing = share_vit
         for index, file in enumerate(self.checkpoint_files):  # one checkpoint in memory at a time
@@ -63,10 +64,14 @@ class SCTPredictor:
             # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
             self.networks.append(network.to(memory_format=torch.channels_last))
             sources.add(str(checkpoint.get("dinov3_source", "unknown")))
+            network_plans_seen.append(json.dumps(checkpoint["plans"]["network"], sort_keys=True))
             del checkpoint, vit_weights
-        # Folds before a differing one hold the shared instance (equal weights); only when all do is it run once.
-        self.shared_encoder = shared_vit if (share_vit and shared_vit is not None and
-                                             all(getattr(n, "dinov3", None) is shared_vit for n in self.networks)) else None
+        # Folds before a differing one hold the shared instance (equal weights); only when all do, and every
+        # fold computes its ViT input the same way (`encode_dino`, same network plans), is it run once.
+        can_share = (share_vit and shared_vit is not None and len(set(network_plans_seen)) == 1 and
+                     all(getattr(n, "dinov3", None) is shared_vit and callable(getattr(n, "encode_dino", None))
+                         for n in self.networks))
+        self.shared_encoder = self.networks[0].encode_dino if can_share else None
         self.weights_sources = sorted(sources)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)
