@@ -109,7 +109,7 @@ def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
     if dinov3 is None and network_needs_dinov3(plans):
         # An empty ViT of the right shape; load_state_dict below fills in the trained run's weights.
         dinov3 = empty_dinov3(plans.dinov3, str(checkpoint.get("dinov3_source", "checkpoint")))
-    network = build_network(plans, dinov3)
+    network = build_network(plans, dinov3, for_checkpoint=True)
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as exc:

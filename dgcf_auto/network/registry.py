@@ -12,6 +12,7 @@ predictor build the ViT only then, or when a loss term needs it) and the multipl
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
@@ -41,6 +42,13 @@ class NetworkSpec:
 
 
 NETWORKS: dict[str, NetworkSpec] = {}
+# True while a network is built only to receive a checkpoint's weights: builders that would otherwise look
+# for pretrained weights (TransUNet's ImageNet encoder) skip that search and its warning.
+_FOR_CHECKPOINT = contextvars.ContextVar("dgcf_for_checkpoint", default=False)
+
+
+def weights_come_from_checkpoint() -> bool:
+    return _FOR_CHECKPOINT.get()
 
 
 def register_network(name: str, *, needs_dinov3: bool, size_multiple: SizeMultiple,
@@ -69,14 +77,18 @@ def network_needs_dinov3(plans: dict | NetworkPlans) -> bool:
     return get_network_spec(network_plans(plans).architecture).needs_dinov3
 
 
-def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None") -> nn.Module:
+def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None", for_checkpoint: bool = False) -> nn.Module:
     """The generator the network plans name. It holds the very `dinov3` passed in (not a copy) when it
-    needs one; plans problems raise DGCFError."""
+    needs one; plans problems raise DGCFError. `for_checkpoint`: a checkpoint's weights are loaded next, so
+    no pretrained weights are looked for."""
     plans = network_plans(plans)
     spec = get_network_spec(plans.architecture)
     if spec.needs_dinov3 and dinov3 is None:
         raise DGCFError(f"network architecture {spec.name!r} needs the DINOv3 encoder, but none was built")
+    token = _FOR_CHECKPOINT.set(for_checkpoint)
     try:
         return spec.builder(plans, dinov3 if spec.needs_dinov3 else None)
     except (ValueError, TypeError) as exc:
         raise DGCFError(f"cannot build network {spec.name!r}: {exc}") from exc
+    finally:
+        _FOR_CHECKPOINT.reset(token)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.network.registry import register_network
+from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
 
 WEIGHTS_ENV = "DGCF_TRANSUNET_WEIGHTS"
@@ -188,6 +188,8 @@ def build_transunet(in_channels: int, out_channels: int, options: dict) -> Trans
     options = dict(options)
     explicit = options.pop("pretrained_weights", None)
     net = TransUNet(in_channels, out_channels, **options)
+    if weights_come_from_checkpoint():
+        return net
     settings = {k: options.get(k, v) for k, v in PAPER_ENCODER.items()}
     paper = all(tuple(v) == tuple(PAPER_ENCODER[k]) if isinstance(v, (list, tuple)) else v == PAPER_ENCODER[k]
                 for k, v in settings.items())
