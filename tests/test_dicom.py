@@ -242,6 +242,10 @@ def test_evaluation_reads_a_dicom_reference_ct(tmp_path):
     sitk.WriteImage(sct, str(tmp_path / "pred" / "1PA004.nii.gz"))
     summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred", tmp_path / "s.json")
     assert summary["metric_per_case"][0]["metrics"]["mae"] == pytest.approx(10.0, abs=1e-6)
+    # The sCT as a DICOM series folder (dgcf_predict --output-format dicom) is evaluated the same way.
+    dicomio.write_ct_series(sct, tmp_path / "pred_dicom" / "1PA004")
+    summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred_dicom", tmp_path / "s2.json")
+    assert summary["metric_per_case"][0]["metrics"]["mae"] == pytest.approx(10.0, abs=1e-6)
 
 
 def test_ct_series_writer_uids_attributes_and_exact_grid(tmp_path):
