@@ -11,6 +11,7 @@ CONSOLE_SCRIPTS = {
     "dgcf_install_model_from_zip": "dgcf_auto.cli.install_model_from_zip:main",
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",
     "dgcf_demo": "dgcf_auto.cli.demo:main",
+    "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
 }
 
 setup(

@@ -25,6 +25,11 @@ DINOV3_INPUT_MODES = ("imagenet", "release")
 SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": {"learning_rate": 2e-4, "adam_betas": [0.9, 0.999], "epochs": 100, "lr_scheduler": None,
               "source": "paper section 3.1: Adam, learning rate 2e-4, batch 4, 100 epochs (no schedule named)"},
+    "release": {"learning_rate": 2e-4, "adam_betas": [0.99, 0.999], "epochs": 20,
+                "lr_scheduler": {"name": "step", "step_size": 5, "gamma": 0.1},
+                "source": "the authors' file_config/train.json: network.lr 2e-4, network.beta1 0.99, "
+                          "model.lr_policy 'step', model.n_epochs 20, model.lr_decay_epoch 5 (StepLR, gamma 0.1, "
+                          "per epoch)"},
 }
 
 

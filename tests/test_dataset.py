@@ -51,7 +51,7 @@ def test_mr_contrast_is_not_a_monotone_function_of_hu():
     arrays = _arrays(_case("mr2ct", 1))
     labels, mr = arrays["labels"], arrays["source"].astype(float)
     mean = {t: mr[labels == t].mean() for t in (ex.AIR, ex.FAT, ex.MUSCLE, ex.CORTEX, ex.MARROW, ex.BLADDER)}
-    # Air (-1000 HU) and cortical bone (~1500 HU) are both darker than fat (-100 HU): not monotone.
+    # Air (-1000 HU) and cortical bone (~1700 HU) are both darker than fat (-100 HU): not monotone.
     assert mean[ex.AIR] < 0.2 * mean[ex.FAT] and mean[ex.CORTEX] < 0.3 * mean[ex.FAT]
     assert mean[ex.MUSCLE] < mean[ex.FAT] and mean[ex.MUSCLE] < mean[ex.MARROW] > mean[ex.CORTEX]
     assert mean[ex.BLADDER] > mean[ex.MUSCLE]  # urine bright on T2

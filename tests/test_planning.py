@@ -82,7 +82,7 @@ def test_plans_from_example_fingerprint(fingerprint):
     grid = plans["configurations"]["2d"]
     assert plans["source_normalization"]["scheme"] == "percentile"
     assert plans["source_normalization"]["percentile"] == 99.0
-    assert plans["ct_normalization"]["clip_high"] == 2000.0  # phantom cortical bone ~1500 HU
+    assert plans["ct_normalization"]["clip_high"] == 2000.0  # phantom cortical bone ~1700 HU
     assert grid["slice_axis"] == "axial" and grid["orientation"] == "LPS"
     assert all(p % 16 == 0 for p in grid["patch_size"])
     covered = np.array(grid["patch_size"]) * grid["inplane_spacing"][0]

@@ -42,7 +42,7 @@ TISSUES = {
     RECTAL_WALL: ("rectal wall", 45.0, 300.0),
     RECTAL_CONTENT: ("rectal content", 0.0, 420.0),
     GAS: ("gas", -900.0, 15.0),
-    CORTEX: ("cortical bone", 1500.0, 30.0),
+    CORTEX: ("cortical bone", 1700.0, 30.0),
     MARROW: ("marrow", 300.0, 600.0),
 }
 
@@ -190,7 +190,7 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
     gas = lumen & (v < rect_c[1] + rng.uniform(-0.02, 0.03)) & (t > gas_t[0]) & (t < gas_t[1])
     labels[gas] = GAS
 
-    cortex = rng.uniform(1.8, 2.6) / scale                       # cortical thickness, normalised units
+    cortex = rng.uniform(2.5, 3.5) / scale                       # cortical thickness, normalised units
 
     def bone(inside_outer, inside_inner):
         labels[inside_outer] = CORTEX

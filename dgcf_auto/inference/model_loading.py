@@ -116,3 +116,12 @@ def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
         raise DGCFError(f"checkpoint weights do not fit the network its plans describe: "
                         f"{str(exc).splitlines()[0][:160]}") from None
     return network.to(device).eval()
+
+
+def load_network(checkpoint_path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Public entry point (`dgcf_auto.load_network`): the eval-mode generator of a fold checkpoint.
+
+    The module maps a normalised source batch B x C x H x W in [-1, 1] to the normalised CT (B x 1 x H x W),
+    with the frozen ViT (weights from the checkpoint) inside. Keep this name and signature stable.
+    """
+    return build_trained_network(load_checkpoint(Path(checkpoint_path)), device)

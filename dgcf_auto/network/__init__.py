@@ -15,6 +15,11 @@ from dgcf_auto.network.registry import (NETWORKS, NetworkSpec, build_network, ge
 # One line per network module (each registers its builders when imported).
 _REGISTERED_MODULES = (
     "dgcf_auto.network.dgcn",
+    "dgcf_auto.network.dgcn_release",
+    "dgcf_auto.network.resunet",
+    "dgcf_auto.network.unetpp",
+    "dgcf_auto.network.transunet",
+    "dgcf_auto.network.i2i_mamba",
 )
 for _module in _REGISTERED_MODULES:
     importlib.import_module(_module)

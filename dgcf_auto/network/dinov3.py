@@ -73,14 +73,16 @@ class FrozenDINOv3(nn.Module):
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] slice -> the ViT's 3-channel input (input_mode "imagenet": ImageNet-normalised, as DINOv3
-        was trained)."""
+        was trained; "release": the slice as given, repeated to 3 channels, as the authors' code does)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"FrozenDINOv3 expects B x 1|3 x H x W, got {tuple(x.shape)}")
         if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
             raise ValueError(f"FrozenDINOv3 input size {tuple(x.shape[-2:])} is not a multiple of "
                              f"{self.patch_size}")
-        if self.input_mode != "imagenet":
-            raise NotImplementedError(f"DINOv3 input_mode {self.input_mode!r}")
+        if self.input_mode == "release":
+            # The authors' released code: the slice as given, grey repeated to 3 channels, no normalisation
+            # (their feature_prepare.py and perceptual.py).
+            return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         x = (x + 1.0) * 0.5  # [-1, 1] -> [0, 1], the range before DINOv3's normalisation
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grey -> RGB with equal channels (a grey photo)

@@ -62,8 +62,9 @@ def resolve_weights(model_name: str, weights: str | None, pretrained_cfg: dict |
                     f"Hugging Face cache {_hf_cache_dir()} as {repo_id}): {WHERE_TO_GET}")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or of a torch file (weights_only) with optional wrapper keys."""
+def read_state_dict(path: Path, label: str = "DINOv3 weights") -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a torch file (weights_only) with optional wrapper keys.
+    `label` names the file's role in error messages."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -71,12 +72,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt/unknown files surface in many exception types
-        raise DGCFError(f"cannot read DINOv3 weights file {path}: {type(exc).__name__}: {exc}") from exc
+        raise DGCFError(f"cannot read {label} file {path}: {type(exc).__name__}: {exc}") from exc
     for wrapper in ("model_ema", "model", "module", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DGCFError(f"DINOv3 weights file {path} does not hold a state dict of tensors")
+        raise DGCFError(f"{label} file {path} does not hold a state dict of tensors")
     # Meta's training checkpoints prefix the ViT with 'backbone.'; released weights do not.
     if state and all(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items()}

@@ -20,9 +20,28 @@ class TrainerVariant:
     loss: dict[str, float] | None      # term -> weight; None keeps plans["training"]["loss"]
     paper_row: str
     plans_overrides: dict = field(default_factory=dict)   # nested plans values this row fixes
+    # nested plans values that depend on plans["source_modality"] ("mr" | "cbct"), merged after plans_overrides
+    modality_overrides: dict = field(default_factory=dict)
 
 
 L1_ONLY = {"l1": 1.0}
+
+# The authors' released code (documentation/model.md): their DGCN, the ViT fed the raw slice repeated to 3
+# channels (MR scaled to [0, 2] as their feature_prepare.py does), MLDP averaged over layers, their optimiser
+# and schedule.
+RELEASE = {"network": {"dinov3": {"input_mode": "release"}},
+           "training": {"schedule": "release",
+                        "loss_options": {"mldp": {"reduction": "mean"}}}}  # layers stay the plans'
+RELEASE_BY_MODALITY = {"mr": {"network": {"options": {"vit_input_offset": 1.0}}},
+                       "cbct": {"network": {"options": {"vit_input_offset": 0.0}}}}
+RELEASE_CNN_ONLY = {"training": RELEASE["training"]}  # no ViT in the network; its options would be unknown
+
+
+def _release(name: str, network: str, loss: dict[str, float] | None, row: str) -> TrainerVariant:
+    uses_vit = network != "dgcn_release_cnn_only"
+    return TrainerVariant(name, network, loss, row, RELEASE if uses_vit else RELEASE_CNN_ONLY,
+                          RELEASE_BY_MODALITY if uses_vit else {})
+
 
 TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
     TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
@@ -34,6 +53,23 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
     TrainerVariant("DGCFTrainer_concat_L1", "concat", L1_ONLY, "Table 2: DGCN (concat)"),
     TrainerVariant("DGCFTrainer_cnnOnly_L1", "cnn_only", L1_ONLY, "Table 2: CNN only (Table 1: UNet, L1)"),
     TrainerVariant("DGCFTrainer_vitOnly_L1", "vit_only", L1_ONLY, "Table 2: ViT-B/16 only"),
+    _release("DGCFTrainer_release", "dgcn_release", {"l1": 1.0, "mldp": 1.0},
+             "released code, Table 1: DGCN + L_MLDP"),
+    _release("DGCFTrainer_release_L1", "dgcn_release", L1_ONLY,
+             "released code, Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
+    _release("DGCFTrainer_release_VGG", "dgcn_release", {"l1": 1.0, "vgg": 1.0},
+             "released code, Table 1: DGCN + L_VGG (needs torchvision VGG19 weights: --vgg-weights)"),
+    _release("DGCFTrainer_release_cnnOnly_L1", "dgcn_release_cnn_only", L1_ONLY,
+             "released code, Table 2: CNN only (DGCN with its four DINO inputs off)"),
+    _release("DGCFTrainer_release_vitOnly_L1", "dgcn_release_vit_only", L1_ONLY,
+             "released code, Table 2: ViT-B/16 only (use_cnn=False)"),
+    TrainerVariant("DGCFTrainer_resunet_L1", "resunet", L1_ONLY, "Table 1: ResUNet [17], L1"),
+    TrainerVariant("DGCFTrainer_unetpp_L1", "unetpp", L1_ONLY, "Table 1: UNet++ [16], L1"),
+    TrainerVariant("DGCFTrainer_unetppDS_L1", "unetpp", L1_ONLY,
+                   "not in the paper: UNet++ with deep supervision (mean of its four heads), L1",
+                   {"network": {"options": {"deep_supervision": True}}}),
+    TrainerVariant("DGCFTrainer_transunet_L1", "transunet", L1_ONLY, "Table 1: TransUNet [19] (R50-ViT-B/16), L1"),
+    TrainerVariant("DGCFTrainer_i2imamba_L1", "i2i_mamba", L1_ONLY, "Table 1: I2I-Mamba [20], L1"),
 )}
 
 
@@ -54,6 +90,12 @@ def effective_plans(plans: dict, variant: TrainerVariant, overrides: dict) -> di
     if schedule is not None:
         apply_schedule(training, schedule)
     deep_update(result, variant.plans_overrides)
+    modality = result.get("source_modality")  # absent only in hand-made plans: the networks' defaults apply
+    if variant.modality_overrides and modality is not None:
+        if modality not in variant.modality_overrides:
+            raise DGCFError(f"trainer {variant.name} needs plans['source_modality'] to be one of "
+                            f"{', '.join(variant.modality_overrides)} (got {modality!r}); re-run planning")
+        deep_update(result, variant.modality_overrides[modality])
     if variant.loss is not None:
         training["loss"] = dict(variant.loss)
         for key in ("l1_weight", "mldp_weight"):  # plans written before the loss registry
