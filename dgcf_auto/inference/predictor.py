@@ -65,8 +65,10 @@ class SCTPredictor:
             sources.add(str(checkpoint.get("dinov3_source", "unknown")))
             del checkpoint, vit_weights
         # Folds before a differing one hold the shared instance (equal weights); only when all do is it run once.
-        self.shared_encoder = shared_vit if (share_vit and shared_vit is not None and
-                                             all(getattr(n, "dinov3", None) is shared_vit for n in self.networks)) else None
+        # Only networks whose forward takes precomputed ViT maps of the very same input (DGCN) can share them.
+        self.shared_encoder = shared_vit if (share_vit and shared_vit is not None and all(
+            getattr(n, "dinov3", None) is shared_vit and getattr(n, "accepts_dino_features", False)
+            for n in self.networks)) else None
         self.weights_sources = sorted(sources)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)

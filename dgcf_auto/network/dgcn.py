@@ -108,6 +108,9 @@ class DGCN(nn.Module):
             return [torch.cat([f, resize_to(d, size).to(f.dtype)], dim=1) for f, d, size in zip(cnn, dino, sizes)]
         return cnn
 
+    # forward() takes the frozen ViT's maps of x computed elsewhere (an ensemble sharing one ViT, inference).
+    accepts_dino_features = True
+
     def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
         """`dino_features`: the frozen ViT's maps of this very `x`, computed once and shared by an ensemble of
         networks holding the same ViT (inference); by default the network runs its own ViT."""
