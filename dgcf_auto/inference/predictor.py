@@ -65,10 +65,7 @@ class SCTPredictor:
             sources.add(str(checkpoint.get("dinov3_source", "unknown")))
             del checkpoint, vit_weights
         # Folds before a differing one hold the shared instance (equal weights); only when all do is it run once.
-        # Only networks whose forward takes precomputed ViT maps of the very same input (DGCN) can share them.
-        self.shared_encoder = shared_vit if (share_vit and shared_vit is not None and all(
-            getattr(n, "dinov3", None) is shared_vit and getattr(n, "accepts_dino_features", False)
-            for n in self.networks)) else None
+        self._shared_vit = shared_vit if share_vit and len(self.networks) > 1 else None
         self.weights_sources = sorted(sources)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)
@@ -78,6 +75,16 @@ class SCTPredictor:
         # Everything that changes the output voxels besides the weights (for the provenance record).
         self.options = {"tta": use_tta, "precision": "bf16" if self.autocast_dtype else "fp32",
                         "mask_background": mask_background, "mask_from": self.mask_from}
+
+    @property
+    def shared_encoder(self) -> torch.nn.Module | None:
+        """The one ViT every fold holds, when its maps can be computed once and passed to each network: only
+        networks whose forward takes precomputed maps of the very same input (DGCN) qualify."""
+        vit = self._shared_vit
+        if vit is None or not all(getattr(n, "dinov3", None) is vit and getattr(n, "accepts_dino_features", False)
+                                  for n in self.networks):
+            return None
+        return vit
 
     @property
     def batch_size(self) -> int | None:
