@@ -333,5 +333,5 @@ def test_variant_trains_one_epoch_and_predicts(example_data, name, tmp_path, cap
         predict_main(["-i", str(raw), "-o", str(tmp_path / "out"), "-d", "997", "-tr", trainer, "-f", "0",
                       "-device", "cpu", "--disable_tta"])
     assert exit_info.value.code == 0, capsys.readouterr().err
-    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".nii.gz"))
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
     assert written == sorted(f"{d.name}.nii.gz" for d in raw.iterdir() if d.is_dir())

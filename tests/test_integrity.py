@@ -230,6 +230,7 @@ def _identity_predictor(trained, plans_update=None):
     predictor = SCTPredictor(sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1],
                              use_tta=True, precision="fp32")
     predictor.networks = [_Identity()]
+    predictor.shared_encoder = None  # the identity network runs no ViT
     if plans_update:
         predictor.plans = {**predictor.plans, **plans_update}
     return predictor

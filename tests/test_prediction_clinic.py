@@ -273,3 +273,20 @@ def test_mask_roi_from_an_rtstruct_masks_the_sct(trained, tmp_path, capsys):
     assert _predict(args + ["--mask-roi", "Skin", "-o", str(tmp_path / "out2")]) == 1
     assert f"case {case.name}: no RTSTRUCT ROI named 'Skin' (ROIs found: BODY, PTV)" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").glob("*.nii.gz"))
+
+
+def test_released_dgcn_folds_share_the_vit_with_their_input_offset(trained, tmp_path):
+    """The released DGCN feeds its ViT the slice plus a per-modality offset: the shared pass must too."""
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    plans = torch.load(trained["files"][0], weights_only=True)["plans"]
+    plans = {**plans, "network": {**plans["network"], "architecture": "dgcn_release", "features": [8, 16, 32, 64],
+                                  "options": {"vit_input_offset": 1.0}}}
+    files = save_tiny_folds(tmp_path / "release", plans, folds=(0, 1))
+    slices = np.random.default_rng(5).uniform(-1, 1, (3, 32, 32)).astype(np.float32)
+    shared = SCTPredictor(files, use_tta=True, precision="fp32", progress=False)
+    alone = SCTPredictor(files, use_tta=True, precision="fp32", progress=False, share_vit=False)
+    assert shared.shared_encoder is not None and alone.shared_encoder is None
+    mean_shared, _ = shared._predict_slices(slices, "", False)
+    mean_alone, _ = alone._predict_slices(slices, "", False)
+    assert np.array_equal(mean_shared, mean_alone)

@@ -5,6 +5,7 @@ only batches slices through the networks and averages them.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class SCTPredictor:
         self.device = torch.device(device)
         self.checkpoint_files = [Path(f) for f in checkpoint_files]
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.networks, sources = [], set()
+        self.networks, sources, network_plans_seen = [], set(), []
         shared_vit, reference_vit = None, None
         sharing = share_vit
         for index, file in enumerate(self.checkpoint_files):  # one checkpoint in memory at a time
@@ -63,9 +64,14 @@ class SCTPredictor:
             # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
             self.networks.append(network.to(memory_format=torch.channels_last))
             sources.add(str(checkpoint.get("dinov3_source", "unknown")))
+            network_plans_seen.append(json.dumps(checkpoint["plans"]["network"], sort_keys=True))
             del checkpoint, vit_weights
-        # Folds before a differing one hold the shared instance (equal weights); only when all do is it run once.
-        self._shared_vit = shared_vit if share_vit and len(self.networks) > 1 else None
+        # Folds before a differing one hold the shared instance (equal weights); only when all do, and every
+        # fold computes its ViT input the same way (`encode_dino`, same network plans), is it run once.
+        can_share = (share_vit and shared_vit is not None and len(set(network_plans_seen)) == 1 and
+                     all(getattr(n, "dinov3", None) is shared_vit and callable(getattr(n, "encode_dino", None))
+                         for n in self.networks))
+        self.shared_encoder = self.networks[0].encode_dino if can_share else None
         self.weights_sources = sorted(sources)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)
@@ -75,16 +81,6 @@ class SCTPredictor:
         # Everything that changes the output voxels besides the weights (for the provenance record).
         self.options = {"tta": use_tta, "precision": "bf16" if self.autocast_dtype else "fp32",
                         "mask_background": mask_background, "mask_from": self.mask_from}
-
-    @property
-    def shared_encoder(self) -> torch.nn.Module | None:
-        """The one ViT every fold holds, when its maps can be computed once and passed to each network: only
-        networks whose forward takes precomputed maps of the very same input (DGCN) qualify."""
-        vit = self._shared_vit
-        if vit is None or not all(getattr(n, "dinov3", None) is vit and getattr(n, "accepts_dino_features", False)
-                                  for n in self.networks):
-            return None
-        return vit
 
     @property
     def batch_size(self) -> int | None:

@@ -108,18 +108,19 @@ class DGCN(nn.Module):
             return [torch.cat([f, resize_to(d, size).to(f.dtype)], dim=1) for f, d, size in zip(cnn, dino, sizes)]
         return cnn
 
-    # forward() takes the frozen ViT's maps of x computed elsewhere (an ensemble sharing one ViT, inference).
-    accepts_dino_features = True
+    def encode_dino(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen ViT's maps of `x` exactly as `forward` would compute them (no graph through the ViT)."""
+        return self.dinov3(x, grad=False)
 
     def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """`dino_features`: the frozen ViT's maps of this very `x`, computed once and shared by an ensemble of
-        networks holding the same ViT (inference); by default the network runs its own ViT."""
+        """`dino_features`: `encode_dino(x)` computed once and shared by an ensemble of networks holding the
+        same ViT (inference); by default the network runs its own ViT."""
         self._check_size(x)
         height, width = x.shape[-2:]
         sizes = [(height >> i, width >> i) for i in range(len(self.features))]
         dino = None
         if self.uses_vit:  # frozen: no graph through the ViT
-            dino = dino_features if dino_features is not None else self.dinov3(x, grad=False)
+            dino = dino_features if dino_features is not None else self.encode_dino(x)
 
         cnn: list[torch.Tensor] = []
         if self.uses_cnn:

@@ -151,9 +151,14 @@ class DGCNRelease(nn.Module):
     def size_multiple(self) -> int:
         return 16 if self.uses_vit else 2 ** (LEVELS - 1)
 
-    def _dino_inputs(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    def encode_dino(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen ViT's maps of `x` exactly as `forward` computes them (their per-modality input offset;
+        no graph through the ViT). An ensemble computes them once and passes them to every fold."""
+        return self.dinov3(x + self.vit_input_offset, grad=False)
+
+    def _dino_inputs(self, x: torch.Tensor, maps: list[torch.Tensor] | None) -> dict[int, torch.Tensor]:
         height, width = x.shape[-2:]
-        maps = self.dinov3(x + self.vit_input_offset, grad=False)  # frozen: no graph through the ViT
+        maps = maps if maps is not None else self.encode_dino(x)
         inputs = {}
         for i in range(LEVELS):
             if self.dino_levels[i]:
@@ -162,11 +167,11 @@ class DGCNRelease(nn.Module):
                                           align_corners=False)
         return inputs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
         multiple = self.size_multiple()
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(f"released DGCN input size {tuple(x.shape[-2:])} must be a multiple of {multiple}")
-        dino = self._dino_inputs(x) if self.uses_vit else {}
+        dino = self._dino_inputs(x, dino_features) if self.uses_vit else {}
         if self.use_cnn:
             skips = []
             h = x

@@ -123,7 +123,7 @@ def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, dev
 
     `flips`: tuples of dims to mirror before the network and back after (test-time augmentation).
     `batch_size`: slices per pass, or a BatchSizer (None: sized for the device); out-of-memory halves it.
-    `shared_encoder`: the frozen ViT every network holds (one instance); its features are computed once per
+    `shared_encoder`: `encode_dino` of the frozen ViT every network holds (one instance): its maps are computed once per
     batch and flip and passed to each network, instead of each network running it again.
     """
     device = torch.device(device)
