@@ -7,6 +7,7 @@ CONSOLE_SCRIPTS = {
     "dgcf_train": "dgcf_auto.cli.train:main",
     "dgcf_predict": "dgcf_auto.cli.predict:main",
     "dgcf_evaluate": "dgcf_auto.cli.evaluate:main",
+    "dgcf_compare": "dgcf_auto.cli.compare:main",
     "dgcf_export_model_to_zip": "dgcf_auto.cli.export_model_to_zip:main",
     "dgcf_install_model_from_zip": "dgcf_auto.cli.install_model_from_zip:main",
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",

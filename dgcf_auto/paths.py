@@ -114,3 +114,17 @@ def training_output_folder(dataset_folder: str, trainer: str, plans: str, config
     """$DGCF_results/<Dataset>/<Trainer>__<Plans>__<configuration>/fold_<k> (nnU-Net's layout)."""
     fold_name = "fold_all" if str(fold) == "all" else f"fold_{int(fold)}"
     return results_root() / dataset_folder / f"{trainer}__{plans}__{configuration}" / fold_name
+
+
+SPLIT_FOLDERS = {"val": "validation", "test": "test"}  # where a fold's predictions of a split go
+
+
+def split_prediction_folder(dataset_folder: str, trainer: str, plans: str, configuration: str, fold: int | str,
+                            split: str) -> Path:
+    """fold_<k>/validation or fold_<k>/test of a trained model: `dgcf_predict --split` writes there."""
+    return training_output_folder(dataset_folder, trainer, plans, configuration, fold) / SPLIT_FOLDERS[split]
+
+
+def summary_file_name(profile: str) -> str:
+    """The summary `dgcf_evaluate --split` writes beside the predictions, one per metric profile."""
+    return f"summary_{profile}.json"

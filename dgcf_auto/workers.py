@@ -3,7 +3,7 @@
 Each worker handles one case at a time and returns a small result, so peak memory depends on the largest
 case and the number of workers, never on the number of cases. Workers are spawned (not forked): safe when
 the parent already holds torch/CUDA state, e.g. in the demo. SimpleITK's own threads are divided among
-the workers so that `-np` workers do not oversubscribe the cores.
+the workers (torch's too, through OMP_NUM_THREADS) so that `-np` workers do not oversubscribe the cores.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ MAX_TASKS_PER_CHILD = 16  # recycle workers now and then: returns fragmented hea
 
 
 def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when a worker imports it (evaluation metrics)
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

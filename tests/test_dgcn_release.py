@@ -170,3 +170,18 @@ def test_registered_builders_read_base_width_and_offset_from_the_plans(vit_b16):
         build_network({"architecture": "dgcn_release", "features": [64, 128, 256]}, vit_b16)
     with pytest.raises(DGCFError, match="unknown network option"):
         build_network({"architecture": "dgcn_release", "options": {"bogus": 1}}, vit_b16)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_shared_vit_features_equal_the_networks_own(offset):
+    dinov3 = tiny_release_dinov3()
+    net = DGCNRelease(dinov3, base_channels=8, vit_input_offset=offset).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        own = net(x)
+        maps = net.encode_dino(x)   # what an ensemble computes once for every fold
+        expected_maps = dinov3(torch.cat([x + offset] * 3, dim=1))
+        for m, e in zip(maps, expected_maps):
+            assert torch.equal(m, e)
+        assert torch.equal(net(x, maps), own)
+        assert not torch.equal(net(x, [m * 0 for m in maps]), own)  # the given maps are used

@@ -146,10 +146,62 @@ def test_segscore_dice_and_structure_selection():
     result = segscore.segscore(*images, segmenter=fake_segmenter, class_map=class_map)
     assert result["dice_sacrum"] == pytest.approx(2 * 40 / (80 + 80))
     assert result["dice_urinary_bladder"] == pytest.approx(2 * 80 / (80 + 121))
-    assert set(result) == {"segscore", "dice_sacrum", "dice_urinary_bladder"}  # liver/absent ones excluded
+    assert set(result) == {"segscore", "segscore_hd95", "dice_sacrum", "dice_urinary_bladder", "hd95_sacrum",
+                           "hd95_urinary_bladder"}  # liver/absent ones excluded
     assert result["segscore"] == pytest.approx((result["dice_sacrum"] + result["dice_urinary_bladder"]) / 2)
-    assert {"urinary_bladder", "prostate", "sacrum", "femur_left", "gluteus_maximus_right"} <= set(
-        segscore.scored_structures(class_map))
+    assert result["segscore_hd95"] == pytest.approx((result["hd95_sacrum"] + result["hd95_urinary_bladder"]) / 2)
+    assert {"urinary_bladder", "prostate", "sacrum", "femur_left", "gluteus_maximus_right", "iliopsoas_left",
+            "colon", "hip_right"} <= set(segscore.scored_structures(class_map))
+
+
+def _surface_points(mask, spacing):
+    """Surface voxels written out: in the mask with a face neighbour outside it (or on the array border)."""
+    padded = np.pad(mask, 1)
+    inner = np.ones_like(mask)
+    for axis in range(3):
+        for step in (-1, 1):
+            inner &= np.roll(padded, step, axis)[1:-1, 1:-1, 1:-1]
+    return np.argwhere(mask & ~inner) * np.asarray(spacing)
+
+
+def test_hd95_against_brute_force_surface_distances():
+    spacing = (2.5, 1.0, 0.5)
+    ref = np.zeros((12, 14, 16), bool)
+    ref[3:8, 4:9, 5:12] = True
+    pred = np.roll(ref, 3, axis=2)
+    pred[3, 4:7, 8:10] = False
+    pred[9:11, 1:4, 1:6] = True  # an island far away pulls one directed percentile
+    a, b = _surface_points(ref, spacing), _surface_points(pred, spacing)
+    distances = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    directed = np.percentile(distances.min(axis=0), 95), np.percentile(distances.min(axis=1), 95)
+    assert abs(directed[0] - directed[1]) > 1.0  # so the test tells max from min
+    expected = max(directed)
+    assert segscore.hd95(ref, pred, spacing) == pytest.approx(expected, abs=1e-9)
+    assert segscore.hd95(ref, ref, spacing) == 0.0
+    assert math.isnan(segscore.hd95(ref, np.zeros_like(ref), spacing))
+
+
+def test_reference_segmentation_cached_per_case_model_and_version(folders):
+    calls = []
+
+    def counting(image):
+        calls.append(image.GetSize())
+        return fake_segmenter(image)
+
+    counting.settings = {"model": "fake", "version": "1.0"}
+    cache = folders / "cache"
+    evaluate_folders(folders / "ref", folders / "pred", folders / "a.json", segscore=True, segmenter=counting,
+                     segscore_cache=cache)
+    assert len(calls) == 4  # CT and sCT of two cases
+    summary = evaluate_folders(folders / "ref", folders / "pred", folders / "b.json", segscore=True,
+                               segmenter=counting, segscore_cache=cache)
+    assert len(calls) == 6  # only the two sCTs again
+    assert summary["segscore"]["model"] == "fake" and "iliopsoas_left" in summary["segscore"]["structures"]
+    assert sorted(p.name.split("_")[0] for p in (cache / "fake_totalsegmentator-1.0").iterdir()) == ["case1", "case2"]
+    counting.settings = {"model": "fake", "version": "2.0"}
+    evaluate_folders(folders / "ref", folders / "pred", folders / "c.json", segscore=True, segmenter=counting,
+                     segscore_cache=cache)
+    assert len(calls) == 10  # another version: reference segmented again
 
 
 def test_segscore_missing_weights_is_a_clear_error_without_download(tmp_path, monkeypatch):
@@ -217,8 +269,11 @@ def test_evaluate_cli_end_to_end(folders, capsys):
     ct, sct, mask = smooth_pair()
     expected = metrics.evaluate_pair(ct.astype(np.int16).astype(np.float32),
                                      sct.astype(np.int16).astype(np.float32), mask)
-    for key in ("mae", "psnr", "ssim", "ms_ssim", "mae_bone"):
+    for key in ("mae", "psnr", "mae_bone"):
         assert rows["case1"][key] == pytest.approx(expected[key], abs=1e-9)
+    assert rows["case1"]["ssim"] == pytest.approx(expected["ssim"], abs=1e-6)  # fast float64 vs float32 reference
+    assert "ms_ssim" not in rows["case1"] and summary["profile"]["name"] == "synthrad2023"
+    assert summary["profile"]["metrics"]["psnr"]["range"] == "[-1024, 3000]"
     assert rows["case2"]["mae"] > rows["case1"]["mae"]
     assert summary["mean"]["mae"] == pytest.approx((rows["case1"]["mae"] + rows["case2"]["mae"]) / 2)
     assert summary["std"]["mae"] == pytest.approx(abs(rows["case1"]["mae"] - rows["case2"]["mae"]) / 2)
@@ -247,7 +302,10 @@ def test_evaluate_self_gives_perfect_scores_and_null_psnr(folders):
     summary = evaluate_folders(folders / "ref", folders / "self_pred", folders / "self.json")
     row = summary["metric_per_case"][0]["metrics"]
     assert row["mae"] == 0 and row["psnr"] is None and row["ssim"] == pytest.approx(1)
-    assert row["ms_ssim"] == pytest.approx(1)
+    assert summary["missing_predictions"] == ["case1"] and summary["n"]["mae"] == 1 and summary["n"]["psnr"] == 0
+    row = evaluate_folders(folders / "ref", folders / "self_pred", folders / "s25.json",
+                           profile="synthrad2025")["metric_per_case"][0]["metrics"]
+    assert set(row) == {"mae", "psnr", "ms_ssim"} and row["ms_ssim"] == pytest.approx(1)
     assert json.loads((folders / "self.json").read_text())["metric_per_case"][0]["metrics"]["psnr"] is None
 
 

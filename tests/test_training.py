@@ -268,3 +268,62 @@ def test_step_lr_schedule_from_the_plans_changes_the_rate_per_epoch_and_resumes(
     state = load(tmp_path / "out" / "checkpoint_final.pth")
     assert state["logger"]["history"]["lr"] == pytest.approx([2e-4, 2e-4, 2e-5])
     assert state["scheduler_state"]["last_epoch"] == 3
+
+
+def test_final_validation_predicts_the_val_cases_from_raw_and_scores_them(data_env, trained):
+    """nnU-Net's last step: fold_X/validation/<case>.nii.gz on the raw grid and summary.json."""
+    import SimpleITK as sitk
+
+    from dgcf_auto.planning.splits import split_cases
+
+    raw, cases = split_cases(999, "val", 0)
+    validation = trained / "validation"
+    assert sorted(p.name for p in validation.glob("*.nii.gz")) == sorted(f"{c.name}.nii.gz" for c in cases)
+    summary = json.loads((validation / "summary.json").read_text())
+    per_case = {c["case"]: c for c in summary["metric_per_case"]}
+    assert sorted(per_case) == sorted(c.name for c in cases)
+    for case in cases:  # the MAE in the body mask, computed here from the files themselves
+        sct = sitk.ReadImage(str(validation / f"{case.name}.nii.gz"))
+        ct, mask = sitk.ReadImage(str(case.ct)), sitk.ReadImage(str(case.mask))
+        assert sct.GetSize() == ct.GetSize() and sct.GetDirection() == ct.GetDirection()
+        body = sitk.GetArrayFromImage(mask) > 0
+        error = np.abs(sitk.GetArrayFromImage(sct).astype(float) - sitk.GetArrayFromImage(ct).astype(float))
+        assert per_case[case.name]["metrics"]["mae"] == pytest.approx(error[body].mean(), rel=1e-4)
+
+
+def test_val_reruns_only_the_final_validation_and_val_best_uses_the_best_checkpoint(data_env, trained, capsys):
+    import shutil
+
+    validation = trained / "validation"
+    shutil.rmtree(validation)
+    final_mtime = (trained / "checkpoint_final.pth").stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "0", "--val", "-device", "cpu"])
+    assert exit_info.value.code == 0
+    assert (validation / "summary.json").is_file()
+    assert (trained / "checkpoint_final.pth").stat().st_mtime_ns == final_mtime  # nothing was trained
+    provenance = json.loads((validation / "prediction_provenance.json").read_text())
+    assert "checkpoint_final.pth" in json.dumps(provenance) and "checkpoint_best.pth" not in json.dumps(provenance)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "0", "--val-best", "-device", "cpu"])
+    assert exit_info.value.code == 0
+    provenance = json.loads((validation / "prediction_provenance.json").read_text())
+    assert "checkpoint_best.pth" in json.dumps(provenance)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "3", "--val", "-device", "cpu"])
+    assert exit_info.value.code == 1 and "train the fold first" in capsys.readouterr().err
+
+
+def test_paper_split_test_cases_are_never_trained_or_validated_on():
+    from dgcf_auto.planning.splits import paper_split
+    from dgcf_auto.training.run import fold_cases
+
+    names = [f"1PA{i:03d}" for i in range(30)]
+    splits = paper_split(names)
+    test = set(splits[0]["test"])
+    assert len(test) == 6
+    for fold in (0, "all"):
+        train, val = fold_cases(splits, fold, Path("splits_final.json"))
+        assert not test & (set(train) | set(val))
+        assert set(train) | set(val) | test == set(names)

@@ -7,6 +7,8 @@ from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
 
+PROFILE_NAMES = ("synthrad2023", "synthrad2025", "dgcf-paper")  # dgcf_auto.evaluation.profiles.PROFILES (cheap import)
+
 
 def _device(value: str) -> str:
     """The shared device words, plus TotalSegmentator's own 'gpu'/'gpu:N' (older scripts use them)."""
@@ -18,19 +20,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dgcf_evaluate",
         description="MAE, PSNR, SSIM, MS-SSIM (SynthRAD definitions) and per-tissue MAE inside the body mask, "
                     "per case and mean +- std. See documentation/evaluation.md.")
-    parser.add_argument("-ref", required=True, help="reference CTs: SynthRAD2023 case folders "
+    parser.add_argument("-ref", default=None, help="reference CTs: SynthRAD2023 case folders "
                         "(<case>/ct.nii.gz, <case>/mask.nii.gz used automatically) or files <case>.nii.gz")
-    parser.add_argument("-pred", required=True, help="sCT folder holding <case>.{nii.gz,nii,mha}")
+    parser.add_argument("-pred", default=None, help="sCT folder holding <case>.{nii.gz,nii,mha}; with --split "
+                        "default: every trained model's fold_F/validation|test folder")
     parser.add_argument("-mask", default=None, help="mask folder (<case>.nii.gz); overrides case-folder masks")
-    parser.add_argument("-o", "--output", required=True, help="summary JSON to write")
+    parser.add_argument("-o", "--output", default=None, help="summary JSON to write (required with -ref; with "
+                        "--split default <predictions>/summary_<profile>.json)")
+    parser.add_argument("-d", default=None, help="dataset id: with --split, reference CTs and masks come from it")
+    parser.add_argument("--split", default=None, choices=("val", "test"),
+                        help="instead of -ref: the cases fold -f records as val or test (dgcf_predict --split)")
+    parser.add_argument("-f", default="0", help="fold whose split is evaluated (default 0)")
+    parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
+                        "that have predictions)")
+    parser.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
                         help="use TotalSegmentator's 3 mm 'fast' model for SegScore")
+    parser.add_argument("--segscore-cache", default=None, metavar="DIR",
+                        help="cache of the reference CTs' segmentations, per case, model and TotalSegmentator "
+                             "version (default $DGCF_results/segscore_cache)")
     parser.add_argument("-device", default=None, type=_device,
-                        help=f"device for TotalSegmentator: {DEVICE_HELP}; 'gpu' is accepted for 'cuda'")
+                        help=f"device for TotalSegmentator and the SSIM/MS-SSIM metrics: {DEVICE_HELP}; 'gpu' is "
+                             "accepted for 'cuda' (metrics on mps run on the CPU: no float64 there)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,
+                        help="metric definitions (default synthrad2023); see documentation/evaluation.md")
     add_version(parser)
     return parser
 
@@ -38,16 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from dgcf_auto.evaluation.evaluate import evaluate_folders, format_table
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.evaluation.evaluate import evaluate_folders, evaluate_split, format_table
 
-    summary = evaluate_folders(args.ref, args.pred, args.output, mask_dir=args.mask,
-                               segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
-                               device=args.device, png_dir=args.png, num_processes=max(1, args.np))
-    print(format_table(summary))
-    print(f"summary written to {args.output}")
-    if summary["not_evaluated"]:  # scored what could be scored; the bad predictions still fail the command
+    options = dict(segscore_cache=args.segscore_cache or "default", mask_dir=args.mask,
+                   segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
+                   device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile)
+    if args.split:
+        if args.d is None or args.ref is not None:
+            raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
+        results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, pred_dir=args.pred,
+                                 output_json=args.output, **options)
+    elif args.ref is None or args.pred is None or args.output is None:
+        raise DGCFError("give -ref CT_DIR -pred SCT_DIR -o summary.json, or -d ID --split val|test")
+    else:
+        results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]
+    for path, summary in results:
+        label = f" ({summary['trainer']})" if summary.get("trainer") else ""
+        print(format_table(summary))
+        print(f"summary{label} written to {path}")
+    not_evaluated = [(path, row) for path, summary in results for row in summary["not_evaluated"]]
+    if not_evaluated:  # scored what could be scored; the bad predictions still fail the command
         from dgcf_auto.errors import DGCFInputErrors
 
-        raise DGCFInputErrors([row["reason"] for row in summary["not_evaluated"]],
-                              header=f"{len(summary['not_evaluated'])} prediction(s) not evaluated "
-                                     f"(listed under not_evaluated in {args.output}):")
+        raise DGCFInputErrors([row["reason"] for _, row in not_evaluated],
+                              header=f"{len(not_evaluated)} prediction(s) not evaluated (listed under "
+                                     f"not_evaluated in {', '.join(sorted({str(p) for p, _ in not_evaluated}))}):")

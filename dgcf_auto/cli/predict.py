@@ -1,4 +1,5 @@
-"""dgcf_predict -i IN -o OUT [-d 1 | -m MODEL_FOLDER] [-f 0 1 ...]: sCT volumes in HU on the inputs' own grids."""
+"""dgcf_predict -i IN -o OUT [-d 1 | -m MODEL_FOLDER] [-f 0 1 ...] | -d 1 -f 0 --split val|test: sCT volumes in HU on
+the inputs' own grids."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,13 @@ from dgcf_auto.errors import cli_entry
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__)
-    p.add_argument("-i", required=True, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
+    p.add_argument("-i", default=None, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
                    "of source images or DICOM folders, one image file, or one DICOM folder")
-    p.add_argument("-o", required=True, help="output folder (<case>.nii.gz, or <case>/ with --output-format dicom)")
+    p.add_argument("-o", default=None, help="output folder (<case>.nii.gz, or <case>/ with --output-format dicom); "
+                   "with --split default $DGCF_results/<Dataset>/<Trainer>__<Plans>__2d/fold_F/validation|test")
+    p.add_argument("--split", default=None, choices=["val", "test"],
+                   help="instead of -i: the cases fold -f F records as val or test (test: --split paper datasets), "
+                        "read from the raw dataset")
     p.add_argument("-d", default=None, help="dataset id or name; optional when exactly one dataset is trained")
     p.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                    help="a trained or installed model folder (<Trainer>__<Plans>__2d holding fold_*); "
@@ -73,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from dgcf_auto.errors import DGCFError
 
         raise DGCFError("give either -m MODEL_FOLDER or -d DATASET, not both")
-    written = predict(args.i, args.o, model=args.m if args.m is not None else args.d, folds=args.f,
+    from dgcf_auto.inference.sources import prediction_inputs
+
+    inputs, output = prediction_inputs(args.i, args.o, args.split, args.d, args.f, args.tr, args.p, args.c)
+    written = predict(inputs, output, model=args.m if args.m is not None else args.d, folds=args.f,
                       device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p,
                       checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
                       output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                       num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
                       num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
                       verbose=True)
-    print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {args.o}")
+    print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 
 

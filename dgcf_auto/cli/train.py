@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4, help="background data workers (0: main process)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and slice sampling")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    final = p.add_mutually_exclusive_group()
+    final.add_argument("--val", action="store_true",
+                       help="only rerun the final validation (predict and score the fold's validation cases "
+                            "into fold_X/validation/) with checkpoint_final.pth")
+    final.add_argument("--val-best", action="store_true", help="as --val, with checkpoint_best.pth")
+    final.add_argument("--no-final-validation", action="store_true",
+                       help="train only: skip predicting the validation cases after the last epoch")
     add_version(p)
     return p
 
@@ -49,10 +56,16 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, num_workers=args.num_workers, val_every=args.val_every,
                           compile=args.compile, dinov3_weights=args.dinov3_weights,
                           dinov3_random=args.dinov3_random, precision=args.precision,
-                          vgg_weights=args.vgg_weights)
+                          vgg_weights=args.vgg_weights, validation=_validation_mode(args))
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0
+
+
+def _validation_mode(args) -> str:
+    if args.val or args.val_best:
+        return "only-best" if args.val_best else "only"
+    return "none" if args.no_final_validation else "final"
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=N -m dgcf_auto.cli.train ...

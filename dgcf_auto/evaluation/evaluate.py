@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,13 @@ from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.evaluation.metrics import evaluate_pair, summarize
+from dgcf_auto.evaluation.metrics import summarize
+from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
+from dgcf_auto.workers import map_cases
 
 SOURCE_STEMS = ("mr", "cbct")
-DEFINITIONS = ("mae/psnr/ssim: SynthRAD2023 metrics functions/image_metrics.py, HU range [-1024, 3000]; "
-               "ms_ssim: SynthRAD2025 evaluation image_metrics.py (masked), HU range [-1024, 3071]; "
-               "mae_<tissue>: MAE inside the mask where the CT is < -250 (air), in [-250, 250] (soft tissue), "
-               "> 250 HU (bone); segscore: mean Dice of TotalSegmentator pelvic structures present in the CT. "
-               "See documentation/evaluation.md")
+DEFINITIONS = "what each metric computes: see \"profile\" and documentation/evaluation.md"
 
 
 @dataclass
@@ -97,19 +94,26 @@ def find_masks(mask_dir) -> dict[str, Path]:
     return masks
 
 
-def match_cases(ref_dir, pred_dir, mask_dir=None, warn=None) -> list[EvalCase]:
-    """Reference cases that have a prediction; warns about the others; a DGCFError when none match."""
+def match_cases(ref_dir, pred_dir, mask_dir=None, warn=None, reference: list[EvalCase] | None = None,
+                missing: list[str] | None = None) -> list[EvalCase]:
+    """Reference cases that have a prediction; warns about the others; a DGCFError when none match.
+
+    `reference`: the reference cases themselves (instead of reading `ref_dir`); `missing` is filled with the
+    names of reference cases that have no prediction.
+    """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    refs = find_reference_cases(ref_dir)
+    refs = {c.name: c for c in reference} if reference is not None else find_reference_cases(ref_dir)
     preds = flat_images(_check_folder(pred_dir, "prediction"))
     if not preds:
         raise DGCFError(f"prediction folder {pred_dir}: no images (expected <case>{{{','.join(IMAGE_SUFFIXES)}}})")
     common = [name for name in refs if name in preds]
     if not common:
-        raise DGCFError(f"no case in {pred_dir} matches a reference case in {ref_dir} "
+        raise DGCFError(f"no case in {pred_dir} matches a reference case in {ref_dir or 'the split'} "
                         f"(references: {_names(refs)}; predictions: {_names(preds)})")
-    if missing := [n for n in refs if n not in preds]:
-        warn(f"{len(missing)} reference case(s) without prediction, not evaluated: {_names(missing)}")
+    if absent := [n for n in refs if n not in preds]:
+        warn(f"{len(absent)} reference case(s) without prediction, not evaluated: {_names(absent)}")
+        if missing is not None:
+            missing.extend(absent)
     if extra := [n for n in preds if n not in refs]:
         warn(f"{len(extra)} prediction(s) without reference CT, not evaluated: {_names(extra)}")
     masks = find_masks(mask_dir) if mask_dir is not None else {}
@@ -155,8 +159,9 @@ def check_cases(cases: list[EvalCase]) -> dict[str, str]:
     return unusable
 
 
-def _evaluate_one(case: EvalCase, png_dir: Path | None) -> dict:
-    """Metrics of one case (a worker process runs this)."""
+def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
+    """Metrics of one case under a profile (a worker process runs this)."""
+    case, profile_name, png_dir, device = job
     ct = read_image(case.ct, case.name)
     sct = read_image(case.sct, case.name)
     mask = read_image(case.mask, case.name) if case.mask is not None else None
@@ -166,7 +171,7 @@ def _evaluate_one(case: EvalCase, png_dir: Path | None) -> dict:
     ct_arr = sitk.GetArrayFromImage(ct).astype(np.float32)
     sct_arr = sitk.GetArrayFromImage(sct).astype(np.float32)
     try:
-        metrics = evaluate_pair(ct_arr, sct_arr, mask_arr)
+        metrics = get_profile(profile_name).compute(ct_arr, sct_arr, mask_arr, device)
     except ValueError as exc:  # e.g. fewer than 7 voxels along an axis for SSIM
         raise DGCFError(f"case {case.name}: file {case.sct.name}: {exc}") from None
     if png_dir is not None:
@@ -181,14 +186,49 @@ def _finite_or_none(value):
     return value if isinstance(value, (int, str)) or (value is not None and math.isfinite(value)) else None
 
 
+def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Profile,
+                  missing: list[str] = (), extra: dict | None = None, unusable: dict[str, str] | None = None) -> dict:
+    """summary.json's content (its structure lives here only): per case, mean/std/n, what was computed.
+
+    `missing`: reference cases without a prediction (not evaluated; every mean carries its N in "n").
+    `unusable`: {case: reason} of predictions that could not be evaluated (corrupt, NaN, wrong grid).
+    `extra`: more top-level keys (dataset, split, trainer, segscore settings ...).
+    """
+    stats = summarize(per_case)
+    return {
+        "metric_per_case": [
+            {"case": c.name, "reference_file": str(c.ct), "prediction_file": str(c.sct),
+             "mask_file": str(c.mask) if c.mask else None,
+             "metrics": {k: _finite_or_none(v) for k, v in per_case[c.name].items()}}
+            for c in cases
+        ],
+        **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
+        "num_cases": len(cases),
+        "missing_predictions": list(missing),
+        "profile": profile.describe(),
+        **(extra or {}),
+        "definitions": DEFINITIONS,
+        "not_evaluated": [{"case": name, "reason": why} for name, why in (unusable or {}).items()],
+    }
+
+
 def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bool = False,
                      segscore_fast: bool = False, device: str | None = None, png_dir=None,
-                     num_processes: int = 1, segmenter=None) -> dict:
-    """Evaluate every matched case, write the summary JSON atomically and return it."""
+                     num_processes: int = 1, segmenter=None, profile: str = DEFAULT_PROFILE,
+                     cases: list[EvalCase] | None = None, extra: dict | None = None,
+                     metrics_device: str | None = None, segscore_cache=None) -> dict:
+    """Evaluate every matched case, write the summary JSON atomically and return it.
+
+    `cases` (reference cases with CT/mask already resolved, e.g. a split's cases) replaces `ref_dir`.
+    `segscore_cache`: folder caching the reference CTs' segmentations (None: no cache; "default":
+    $DGCF_results/segscore_cache).
+    """
+    chosen = get_profile(profile)
     check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
-    cases = match_cases(ref_dir, pred_dir, mask_dir)
+    missing: list[str] = []
+    cases = match_cases(ref_dir, pred_dir, mask_dir, reference=cases, missing=missing)
     unusable = check_cases(cases)
     if len(unusable) == len(cases):
         raise DGCFInputErrors(list(unusable.values()))
@@ -199,43 +239,31 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter
 
         segmenter = TotalSegmentatorSegmenter(fast=segscore_fast, device=device)
-    per_case: dict[str, dict] = {}
-    bar = tqdm(total=len(cases), desc="evaluating", unit="case")
-    if num_processes > 1 and len(cases) > 1:
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(cases))) as pool:
-            futures = {c.name: pool.submit(_evaluate_one, c, png_dir) for c in cases}
-            for name, future in futures.items():
-                per_case[name] = future.result()
-                bar.update()
-    else:
-        for case in cases:
-            per_case[case.name] = _evaluate_one(case, png_dir)
-            bar.update()
-    bar.close()
+    jobs = [(c, chosen.name, png_dir, metrics_device or device) for c in cases]
+    results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
+    per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
+    extra = dict(extra or {})
     if segscore:
-        from dgcf_auto.evaluation.segscore import segscore as compute_segscore
+        from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
 
+        if segscore_cache == "default":
+            from dgcf_auto.paths import results_root
+
+            segscore_cache = results_root() / "segscore_cache"
+        scorer = SegScorer(segmenter, segscore_cache)
         for case in tqdm(cases, desc="SegScore", unit="case"):
-            per_case[case.name].update(compute_segscore(read_image(case.ct, case.name),
-                                                        read_image(case.sct, case.name), segmenter))
-    stats = summarize(per_case)
-    summary = {
-        "metric_per_case": [
-            {"case": c.name, "reference_file": str(c.ct), "prediction_file": str(c.sct),
-             "mask_file": str(c.mask) if c.mask else None,
-             "metrics": {k: _finite_or_none(v) for k, v in per_case[c.name].items()}}
-            for c in cases
-        ],
-        **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
-        "definitions": DEFINITIONS,
-        "not_evaluated": [{"case": name, "reason": why} for name, why in unusable.items()],
-    }
+            per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
+                                              read_image(case.sct, case.name)))
+        extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
+    summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
     write_json(summary, output_json)
     return summary
 
 
-def format_table(summary: dict, metrics=("mae", "psnr", "ssim", "ms_ssim", "segscore")) -> str:
-    """Plain-text table: one row per case, then mean and std."""
+def format_table(summary: dict, metrics=None) -> str:
+    """Plain-text table: one row per case, then mean and std (default columns: the profile's, and segscore)."""
+    if metrics is None:
+        metrics = list(summary.get("profile", {}).get("metrics", {})) + ["segscore"]
     shown = [m for m in metrics if m in summary["mean"]]
     width = max([len("case")] + [len(row["case"]) for row in summary["metric_per_case"]])
     lines = [f"{'case':<{width}}  " + "  ".join(f"{m:>10}" for m in shown)]
@@ -248,3 +276,43 @@ def format_table(summary: dict, metrics=("mae", "psnr", "ssim", "ms_ssim", "segs
     for key in ("mean", "std"):
         lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m)) for m in shown))
     return "\n".join(lines)
+
+
+def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str] | None = None,
+                   plans: str = "DGCFPlans", configuration: str = "2d", pred_dir=None, output_json=None,
+                   profile: str = DEFAULT_PROFILE, **kwargs) -> list[tuple[Path, dict]]:
+    """`dgcf_evaluate -d ID --split val|test`: the fold's recorded cases, reference CTs and masks from the raw
+    dataset, against each trained model's fold_F/validation|test predictions (or `pred_dir`).
+
+    Writes `summary_<profile>.json` beside each model's predictions (or `output_json`); returns [(path, summary)].
+    """
+    from dgcf_auto.dataset.discovery import task_of
+    from dgcf_auto.paths import SPLIT_FOLDERS, results_root, split_prediction_folder, summary_file_name
+    from dgcf_auto.planning.splits import split_cases
+
+    raw, cases = split_cases(dataset, split, fold)
+    if no_ct := [c for c in cases if c.ct is None]:
+        raise DGCFError(f"case {no_ct[0].name}: no ct.nii.gz in {no_ct[0].folder}; the reference CT is needed "
+                        f"({len(no_ct)} {split} case(s) without one)")
+    reference = [EvalCase(c.name, c.ct, mask=c.mask, source=c.source) for c in cases]
+    if pred_dir is not None:
+        targets = [(trainers[0] if trainers else None, Path(pred_dir))]
+    else:
+        if trainers is None:
+            model_root = results_root() / raw.name
+            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(f"*__{plans}__{configuration}")
+                              if (p / f"fold_{fold}" / SPLIT_FOLDERS[split]).is_dir())
+            if not trainers:
+                raise DGCFError(f"dataset {raw.name}: no fold_{fold}/{SPLIT_FOLDERS[split]} predictions under "
+                                f"{model_root}; run dgcf_predict -d {dataset} -f {fold} --split {split} first")
+        targets = [(t, split_prediction_folder(raw.name, t, plans, configuration, fold, split)) for t in trainers]
+    if output_json is not None and len(targets) > 1:
+        raise DGCFError(f"-o names one summary, but {len(targets)} models are evaluated; leave -o out or give -tr")
+    results = []
+    for trainer, folder in targets:
+        extra = {"dataset": raw.name, "task": task_of(cases), "split": split, "fold": int(fold),
+                 "trainer": trainer, "plans": plans, "configuration": configuration}
+        target = Path(output_json) if output_json else folder / summary_file_name(profile)
+        results.append((target, evaluate_folders(None, folder, target, profile=profile, cases=reference,
+                                                 extra=extra, **kwargs)))
+    return results

@@ -56,7 +56,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
             png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None):
-    """Synthetic CT for `input` (see the module doc). `model`: a trained-model folder, or a dataset id/name
+    """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). Returns the sCT image(s) when `output` is None, else the list of written outputs."""
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -73,11 +73,14 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
     from dgcf_auto.inference.run import check_outputs, predict_inputs
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
-    inputs = collect_inputs(input, tuple(series_uids or ()), mask_roi)[part_id::num_parts]
+    if isinstance(input, list):  # cases already resolved (dgcf_predict --split): their dataset is the input root
+        inputs, input_root = input[part_id::num_parts], input[0].folder.parent if input else None
+    else:
+        inputs, input_root = collect_inputs(input, tuple(series_uids or ()), mask_roi)[part_id::num_parts], Path(input)
     if not inputs:
         raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(collect_inputs(input))} in {input})")
     if output is not None:  # where outputs go is checked before any model is loaded
-        check_outputs(inputs, Path(output), output_format, Path(input), Path(png_dir) if png_dir else None)
+        check_outputs(inputs, Path(output), output_format, input_root, Path(png_dir) if png_dir else None)
     predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
                                             batch_size, keep_background, mask_from, progress)
     if verbose:
@@ -89,7 +92,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
         images = {item.name: predictor.predict_volume(*_read(item), item.name)[0] for item in inputs}
         return next(iter(images.values())) if len(images) == 1 else images
     return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction, num_workers,
-                          save_uncertainty, Path(png_dir) if png_dir else None, input_root=Path(input),
+                          save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
                           dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress)
 
 

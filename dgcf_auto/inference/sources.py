@@ -116,3 +116,29 @@ def reference_ct(case: Case) -> Path | None:
 
 def _holds_source(folder: Path) -> bool:
     return any(find_image(folder, modality) for modality in SOURCE_MODALITIES)
+
+
+def split_inputs(dataset, split: str, folds: list[str] | None, trainer: str, plans: str, configuration: str,
+                 output: str | None) -> tuple[list[Case], Path]:
+    """`dgcf_predict --split`: the fold's recorded cases from the raw dataset, and where their sCTs go
+    (`-o`, else the fold's validation/ or test/ folder)."""
+    from dgcf_auto.paths import split_prediction_folder
+    from dgcf_auto.planning.splits import split_cases
+
+    if dataset is None or not folds or len(folds) != 1:
+        raise DGCFError(f"--split {split} needs a dataset and exactly one fold: -d ID -f F")
+    raw, cases = split_cases(dataset, split, folds[0])
+    folder = Path(output) if output else split_prediction_folder(raw.name, trainer, plans, configuration,
+                                                                 folds[0], split)
+    return [replace(case, ct=None) for case in cases], folder
+
+
+def prediction_inputs(input_path, output, split: str | None, dataset, folds, trainer: str, plans: str,
+                      configuration: str):
+    """What `dgcf_predict` predicts and where to: (-i, -o) as given, or with --split the fold's cases and
+    their default output folder."""
+    if (input_path is None) == (split is None) or (input_path is not None and output is None):
+        raise DGCFError("give either -i IN -o OUT, or -d ID -f F --split val|test")
+    if split is None:
+        return input_path, output
+    return split_inputs(dataset, split, folds, trainer, plans, configuration, output)

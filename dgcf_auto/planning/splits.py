@@ -94,3 +94,37 @@ def write_splits(case_names: list[str], out_file: Path, mode: str = "5fold", ove
     if not dry_run:
         write_json(splits, out_file)
     return splits
+
+
+SPLIT_CHOICES = ("val", "test")
+
+
+def split_cases(dataset_id, split: str, fold: int | str):
+    """The raw cases (source, CT, mask) that fold `fold` records under `split` ('val' or 'test').
+
+    One function for `dgcf_predict --split` and `dgcf_evaluate --split`, so both see the same cases. Returns
+    (raw dataset folder, [dataset.Case]); a DGCFError for a missing splits file, fold, test set or case.
+    """
+    from dgcf_auto.dataset.discovery import read_case_folder
+    from dgcf_auto.paths import parse_dataset_id, preprocessed_dataset, raw_dataset
+
+    if split not in SPLIT_CHOICES:
+        raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_CHOICES)})")
+    did = parse_dataset_id(dataset_id)
+    splits_file = preprocessed_dataset(did) / SPLITS_FILE
+    if not splits_file.is_file():
+        raise DGCFError(f"dataset {did}: {splits_file} not found; run dgcf_plan_and_preprocess -d {did} first")
+    splits = json.loads(splits_file.read_text())
+    if str(fold) == "all" or not str(fold).isdigit() or int(fold) >= len(splits):
+        raise DGCFError(f"dataset {did}: fold {fold} is not in {splits_file} (folds 0 to {len(splits) - 1})")
+    recorded = splits[int(fold)]
+    if split not in recorded:
+        raise DGCFError(f"dataset {did}: {splits_file} records no {split} cases (a {split_mode_of(splits)} split); "
+                        f"the test set exists only with --split paper: dgcf_plan_and_preprocess -d {did} "
+                        f"--split paper --overwrite (this changes the folds)")
+    raw = raw_dataset(did)
+    missing = [name for name in recorded[split] if not (raw / name).is_dir()]
+    if missing:
+        raise DGCFError(f"dataset {did}: case {missing[0]}: folder {raw / missing[0]} not found "
+                        f"({len(missing)} recorded {split} case(s) missing from the raw dataset)")
+    return raw, [read_case_folder(raw / name) for name in recorded[split]]

@@ -13,11 +13,13 @@ from dgcf_auto.atomic import check_writable, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
+from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import effective_plans, get_trainer_variant
 
 CONFIGURATIONS = ("2d",)
+VALIDATION_MODES = ("final", "none", "only", "only-best")
 
 
 def parse_fold(text: str | int) -> int | str:
@@ -61,9 +63,14 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  epochs: int | None = None, batch_size: int | None = None,
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
-                 dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None) -> Path | None:
-    """Train one fold; returns the output folder (None on torchrun ranks other than 0).
+                 dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
+                 validation: str = "final") -> Path | None:
+    """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
+    output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
+    (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
     Raises DGCFError for every user-fixable problem."""
+    if validation not in VALIDATION_MODES:
+        raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
     if configuration not in CONFIGURATIONS:
         raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
     variant = get_trainer_variant(trainer_name)
@@ -76,6 +83,10 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
+    if validation.startswith("only"):
+        checkpoint = "checkpoint_best.pth" if validation == "only-best" else "checkpoint_final.pth"
+        validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision)
+        return output
 
     latest, final = output / "checkpoint_latest.pth", output / "checkpoint_final.pth"
     resume_state = None
@@ -104,7 +115,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
         if final.is_file() and resume_state["epoch"] >= settings.epochs:
             print(f"dgcf_train: {output} already finished {settings.epochs} epochs (checkpoint_final.pth); "
-                  f"nothing to do (pass a larger --epochs to train on)")
+                  f"nothing to do (pass a larger --epochs to train on, or --val to redo the validation)")
             return output
 
     ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
@@ -122,7 +133,12 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         trainer.run()
     finally:
         shutdown_distributed(ctx)
-    return output if ctx.is_main else None
+    if not ctx.is_main:
+        return None
+    if validation == "final" and val_names:
+        validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
+                      precision)
+    return output
 
 
 def _announce_start(output: Path, continue_training: bool, resuming: bool) -> None:

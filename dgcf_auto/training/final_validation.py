@@ -1,0 +1,45 @@
+"""nnU-Net's last training step: the fold predicts its validation cases and scores them.
+
+The validation cases are predicted from the raw dataset on their original grids, through the same
+predictor and API as `dgcf_predict` (so the numbers are what a user of the model gets, not the trainer's
+slice-grid validation), into `fold_X/validation/<case>.nii.gz`, and scored with the default metric profile
+into `fold_X/validation/summary.json` (every metric per case and the means, each with its N).
+`dgcf_train ... --val` reruns only this step; `--val-best` uses `checkpoint_best.pth`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dgcf_auto import paths
+from dgcf_auto.errors import DGCFError
+
+SUMMARY_FILE = "summary.json"
+
+
+def validate_fold(dataset: str | int, trainer: str, plans_name: str, configuration: str, fold: int | str,
+                  checkpoint: str = "checkpoint_final.pth", device: str | None = None,
+                  precision: str = "auto") -> Path | None:
+    """Predict and score the fold's validation cases; returns the summary file (None for fold 'all')."""
+    from dgcf_auto.evaluation.evaluate import evaluate_split
+    from dgcf_auto.inference.api import predict
+    from dgcf_auto.planning.splits import split_cases
+
+    if str(fold) == "all":
+        print("dgcf_train: fold 'all' has no validation cases; no final validation")
+        return None
+    raw, cases = split_cases(dataset, "val", fold)
+    model_folder = paths.training_output_folder(raw.name, trainer, plans_name, configuration, fold).parent
+    if not (model_folder / f"fold_{fold}" / checkpoint).is_file():
+        raise DGCFError(f"fold {fold}: {model_folder / f'fold_{fold}' / checkpoint} does not exist; train the fold "
+                        f"first (--val reruns only the final validation)")
+    output = paths.split_prediction_folder(raw.name, trainer, plans_name, configuration, fold, "val")
+    print(f"dgcf_train: final validation of fold {fold} with {checkpoint}: predicting {len(cases)} validation "
+          f"case(s) into {output}")
+    predict(cases, output, model=model_folder, folds=[fold], device=device, trainer=trainer, plans=plans_name,
+            checkpoint=checkpoint, precision=precision)
+    summary_file = output / SUMMARY_FILE
+    (_, summary), = evaluate_split(dataset, "val", fold, trainers=[trainer], plans=plans_name,
+                                   configuration=configuration, pred_dir=output, output_json=summary_file)
+    means = ", ".join(f"{k} {v:.4g}" for k, v in summary.get("mean", {}).items() if isinstance(v, (int, float)))
+    print(f"dgcf_train: validation summary {summary_file}: {means}")
+    return summary_file
