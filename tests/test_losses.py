@@ -96,6 +96,8 @@ def test_bad_loss_plans_are_clear_errors():
         CompositeLoss({"l1": -1.0}, None)
     with pytest.raises(DGCFError, match="no term with a positive weight"):
         CompositeLoss({"l1": 0.0}, None)
+    with pytest.raises(DGCFError, match=r"loss_options.ssim: unknown option\(s\) winsize"):
+        CompositeLoss({"ssim": 1.0}, None, {"ssim": {"winsize": 7}})
     with pytest.raises(DGCFError, match="MLDP reduction 'max'"):
         CompositeLoss({"mldp": 1.0}, tiny_dinov3(), {"mldp": {"layers": LAYERS, "reduction": "max"}})
 

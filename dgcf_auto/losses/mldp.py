@@ -45,7 +45,5 @@ class MLDPLoss(nn.Module):
 @register_loss("mldp", needs_dinov3=True,
                description="eq. (4): L1 between DINOv3 feature maps of sCT and CT at several blocks")
 def build_mldp(ctx: LossContext) -> nn.Module:
-    unknown = set(ctx.options) - {"layers", "reduction"}
-    if unknown:
-        raise DGCFError(f"loss_options.mldp: unknown option(s) {', '.join(sorted(unknown))}")
+    ctx.check_options("mldp", {"layers", "reduction"})
     return MLDPLoss(ctx.dinov3, ctx.options.get("layers", (3, 6, 9, 12)), ctx.options.get("reduction", "sum"))

@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 class LossContext:
     dinov3: "FrozenDINOv3 | None" = None   # the generator's own frozen ViT instance, when one is built
     options: dict = field(default_factory=dict)   # training.loss_options[name]
-    weights: dict = field(default_factory=dict)   # user-given weight files, e.g. {"vgg": "/path/vgg16.pth"}
+    weights: dict = field(default_factory=dict)   # user-given weight files, e.g. {"vgg": "/path/vgg19.pth"}
+
+    def check_options(self, term: str, known: set[str]) -> None:
+        """A misspelt option must not be silently ignored: one line naming it."""
+        unknown = set(self.options) - known
+        if unknown:
+            raise DGCFError(f"loss_options.{term}: unknown option(s) {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(known))}")
 
 
 LossBuilder = Callable[[LossContext], nn.Module]

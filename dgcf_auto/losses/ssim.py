@@ -38,7 +38,5 @@ class SSIMLoss(nn.Module):
 
 @register_loss("ssim", description="1 - SSIM (or MS-SSIM) on slices mapped to [0, 1], pytorch-msssim")
 def build_ssim(ctx: LossContext) -> nn.Module:
-    unknown = set(ctx.options) - {"multiscale", "win_size"}
-    if unknown:
-        raise DGCFError(f"loss_options.ssim: unknown option(s) {', '.join(sorted(unknown))}")
+    ctx.check_options("ssim", {"multiscale", "win_size"})
     return SSIMLoss(ctx.options.get("multiscale", False), ctx.options.get("win_size", 11))

@@ -114,9 +114,7 @@ class VGGPerceptualLoss(nn.Module):
 
 @register_loss("vgg", description="L1 between ImageNet VGG19 feature maps of sCT and CT (Table 1, + L_VGG)")
 def build_vgg(ctx: LossContext) -> nn.Module:
-    unknown = set(ctx.options) - {"layers", "input_mode"}
-    if unknown:
-        raise DGCFError(f"loss_options.vgg: unknown option(s) {', '.join(sorted(unknown))}")
+    ctx.check_options("vgg", {"layers", "input_mode"})
     features = load_vgg19_features(resolve_vgg_weights(ctx.weights.get("vgg")))
     return VGGPerceptualLoss(features, ctx.options.get("layers", (VGG19_LAST,)),
                              ctx.options.get("input_mode", "release"))
