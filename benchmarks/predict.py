@@ -8,6 +8,7 @@ fresh child process so its peak RSS is its own. Prints a markdown table.
     python benchmarks/predict.py --precision fp32 auto --tta off   # fp32 vs bf16 (where the CPU has it)
     python benchmarks/predict.py --device cuda --volumes 256x256x100 512x512x100 512x512x200
     python benchmarks/predict.py --ensemble --slices 20 --precision fp32 bf16   # 1 fold vs 5 folds, ViT shared or not
+    python benchmarks/predict.py --ensemble --interleaved 3 --slices 4 --precision bf16 fp32   # same, alternating
     python benchmarks/predict.py --write                                       # DICOM vs NIfTI output, 512x512x100
     python benchmarks/predict.py --zip                                         # model zip vs checkpoint sizes
 """
@@ -133,6 +134,38 @@ def measure_ensemble(folds: int, shared: bool, slices: int, threads: int, precis
             "s_per_100_slices": round(seconds * 100 / slices, 1)}
 
 
+def measure_interleaved(folds: int, slices: int, repeats: int, threads: int, precision: str, device: str) -> dict:
+    """Shared vs per-fold ViT in ONE process, timed alternately (`repeats` times each, median), so that load
+    from other jobs on a shared machine hits both alike."""
+    import statistics
+
+    import numpy as np
+    import torch
+
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _fold_checkpoints(Path(tmp), folds)
+        shared = SCTPredictor(files, device=device, use_tta=False, batch_size=8, precision=precision, progress=False)
+        alone = SCTPredictor(files, device=device, use_tta=False, batch_size=8, precision=precision,
+                             share_vit=False, progress=False)
+    stack = np.random.default_rng(0).uniform(-1, 1, (slices, 256, 256)).astype(np.float32)
+    times = {"shared": [], "per fold": []}
+    for predictor in (shared, alone):
+        predictor._predict_slices(stack[:1], "", False)  # warm-up
+    for _ in range(repeats):
+        for name, predictor in (("per fold", alone), ("shared", shared)):
+            start = time.perf_counter()
+            predictor._predict_slices(stack, "", False)
+            times[name].append(time.perf_counter() - start)
+    per_fold, with_shared = statistics.median(times["per fold"]), statistics.median(times["shared"])
+    return {"folds": folds, "precision": shared.options["precision"], "slices": slices, "repeats": repeats,
+            "per_fold_s_per_100": round(per_fold * 100 / slices, 1),
+            "shared_s_per_100": round(with_shared * 100 / slices, 1),
+            "saving": f"{100 * (1 - with_shared / per_fold):.0f} %"}
+
+
 def measure_write(volume: str) -> dict:
     """Seconds to write one int16 sCT volume as .nii.gz, .mha and a DICOM CT series."""
     import numpy as np
@@ -200,6 +233,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--ensemble", action="store_true", help="1 fold vs 5 folds (ViT shared / per fold)")
     parser.add_argument("--slices", type=int, default=20, help="slices per --ensemble measurement")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="REPEATS",
+                        help="with --ensemble: shared and per-fold ViT in one process, timed alternately")
     parser.add_argument("--write", action="store_true", help="DICOM vs NIfTI output time (512x512x100)")
     parser.add_argument("--zip", action="store_true", help="model zip size against the checkpoints")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -207,8 +242,14 @@ def main() -> None:
     if args.child:  # one measurement in a fresh process
         spec = json.loads(args.child)
         kind = spec.pop("kind", "volume")
-        function = {"volume": measure, "ensemble": measure_ensemble, "write": measure_write, "zip": measure_zip}[kind]
+        function = {"volume": measure, "ensemble": measure_ensemble, "write": measure_write, "zip": measure_zip,
+                    "interleaved": measure_interleaved}[kind]
         print(json.dumps(function(**spec)))
+        return
+    if args.ensemble and args.interleaved:
+        _table([_child("interleaved", {"folds": 5, "slices": args.slices, "repeats": args.interleaved,
+                                       "threads": args.threads, "precision": precision, "device": args.device})
+                for precision in args.precision])
         return
     if args.ensemble:
         _table([_child("ensemble", {"folds": folds, "shared": shared, "slices": args.slices, "threads": args.threads,

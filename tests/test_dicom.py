@@ -205,6 +205,14 @@ def test_case_folders_with_dicom_are_discovered_validated_and_converted(tmp_path
     assert converted.source.is_dir() and len(_files(converted.source)) == 25
     assert validate_case(converted) == []
 
+    # Planning and preprocessing read the DICOM folders like NIfTI files.
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    monkeypatch.setenv("DGCF_preprocessed", str(tmp_path / "pre"))
+    summary = plan_and_preprocess(7, num_processes=1, progress=False, overrides={"patch_size": [32, 32]})
+    slices = sorted((tmp_path / "pre").rglob("1PA001*.npy"))
+    assert summary["plans"]["source_modality"] == "mr" and slices
+
     # A mask on another grid than the DICOM source is caught like for NIfTI.
     shifted = sitk.ReadImage(str(tmp_path / "in" / "1PA002" / "mask.nii.gz"))
     shifted.SetOrigin([v + 5 for v in shifted.GetOrigin()])
@@ -241,6 +249,10 @@ def test_evaluation_reads_a_dicom_reference_ct(tmp_path):
     (tmp_path / "pred").mkdir()
     sitk.WriteImage(sct, str(tmp_path / "pred" / "1PA004.nii.gz"))
     summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred", tmp_path / "s.json")
+    assert summary["metric_per_case"][0]["metrics"]["mae"] == pytest.approx(10.0, abs=1e-6)
+    # The sCT as a DICOM series folder (dgcf_predict --output-format dicom) is evaluated the same way.
+    dicomio.write_ct_series(sct, tmp_path / "pred_dicom" / "1PA004")
+    summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred_dicom", tmp_path / "s2.json")
     assert summary["metric_per_case"][0]["metrics"]["mae"] == pytest.approx(10.0, abs=1e-6)
 
 
