@@ -1,6 +1,7 @@
 """Shared tiny settings for tests/test_network.py and tests/test_losses.py (not a test module itself)."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -69,3 +70,17 @@ def write_vgg19_features(path, seed: int = 0):
     features = vgg19(weights=None).features
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
     return features
+
+@contextlib.contextmanager
+def data_folders(root):
+    """$DGCF_raw, $DGCF_preprocessed and $DGCF_results under `root` while the block runs (for module fixtures,
+    which cannot use the function-scoped monkeypatch); the previous values come back afterwards."""
+    import pytest
+
+    patch = pytest.MonkeyPatch()
+    for key in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
+        patch.setenv(key, str(root / key))
+    try:
+        yield
+    finally:
+        patch.undo()

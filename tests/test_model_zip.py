@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from model_fixtures import TINY_FEATURES, save_tiny_folds
+from model_fixtures import TINY_FEATURES, save_tiny_folds, data_folders
 
 DATASET_ID = 996
 MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -23,30 +23,23 @@ MODEL = "DGCFTrainer__DGCFPlans__2d"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("zip")
-    saved = {k: os.environ.get(k) for k in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")}
-    for key in saved:
-        os.environ[key] = str(root / key)
-    from dgcf_auto.dataset.example import write_example_dataset
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
+    with data_folders(root):
+        from dgcf_auto.dataset.example import write_example_dataset
+        from dgcf_auto.preprocessing.run import plan_and_preprocess
 
-    raw = write_example_dataset(DATASET_ID, "mr2ct", n=3, seed=5)
-    plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
-                                overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
-    folder = root / "DGCF_results" / raw.name / MODEL
-    files = save_tiny_folds(folder, plans, folds=(0, 1, 2))
-    save_tiny_folds(folder, plans, folds=("all",))
-    zip_path = root / "model.zip"
-    from dgcf_auto.cli.export_model_to_zip import main
+        raw = write_example_dataset(DATASET_ID, "mr2ct", n=3, seed=5)
+        plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
+                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
+        folder = root / "DGCF_results" / raw.name / MODEL
+        files = save_tiny_folds(folder, plans, folds=(0, 1, 2))
+        save_tiny_folds(folder, plans, folds=("all",))
+        zip_path = root / "model.zip"
+        from dgcf_auto.cli.export_model_to_zip import main
 
-    with pytest.raises(SystemExit) as info:
-        main(["-d", str(DATASET_ID), "-o", str(zip_path)])
-    assert info.value.code == 0
-    yield {"root": root, "raw": raw, "folder": folder, "files": files, "zip": zip_path}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        with pytest.raises(SystemExit) as info:
+            main(["-d", str(DATASET_ID), "-o", str(zip_path)])
+        assert info.value.code == 0
+        yield {"root": root, "raw": raw, "folder": folder, "files": files, "zip": zip_path}
 
 
 def _install(argv):

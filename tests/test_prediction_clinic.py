@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto import dicomio
-from model_fixtures import TINY_FEATURES, save_tiny_folds
+from model_fixtures import TINY_FEATURES, save_tiny_folds, data_folders
 
 DATASET_ID = 1  # the README example says model=1
 MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -25,24 +24,17 @@ MODEL = "DGCFTrainer__DGCFPlans__2d"
 def trained(tmp_path_factory):
     """Four example cases and five CV folds plus fold_all of a tiny model, all folds with the same ViT."""
     root = tmp_path_factory.mktemp("clinic")
-    saved = {k: os.environ.get(k) for k in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")}
-    for key in saved:
-        os.environ[key] = str(root / key)
-    from dgcf_auto.dataset.example import write_example_dataset
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
+    with data_folders(root):
+        from dgcf_auto.dataset.example import write_example_dataset
+        from dgcf_auto.preprocessing.run import plan_and_preprocess
 
-    raw = write_example_dataset(DATASET_ID, "mr2ct", n=4, seed=11)
-    plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
-                                overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
-    folder = root / "DGCF_results" / raw.name / MODEL
-    files = save_tiny_folds(folder, plans, folds=(0, 1, 2, 3, 4))
-    save_tiny_folds(folder, plans, folds=("all",))
-    yield {"root": root, "raw": raw, "folder": folder, "files": files}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        raw = write_example_dataset(DATASET_ID, "mr2ct", n=4, seed=11)
+        plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
+                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
+        folder = root / "DGCF_results" / raw.name / MODEL
+        files = save_tiny_folds(folder, plans, folds=(0, 1, 2, 3, 4))
+        save_tiny_folds(folder, plans, folds=("all",))
+        yield {"root": root, "raw": raw, "folder": folder, "files": files}
 
 
 def _predict(argv):

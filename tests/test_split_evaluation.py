@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 
 import pytest
 import torch
 
 from dgcf_auto.atomic import torch_save
-from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES
+from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders
 
 PAPER_ID, KFOLD_ID = 996, 995
 TRAINERS = ("DGCFTrainer", "DGCFTrainer_L1")
@@ -19,35 +18,28 @@ TRAINERS = ("DGCFTrainer", "DGCFTrainer_L1")
 def data(tmp_path_factory):
     """A --split paper dataset (10 cases: 2 test) with two 'trained' models, and a 5-fold dataset."""
     root = tmp_path_factory.mktemp("split")
-    saved = {k: os.environ.get(k) for k in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")}
-    for key in saved:
-        os.environ[key] = str(root / key)
-    from dgcf_auto.dataset.example import write_example_dataset
-    from dgcf_auto.network import build_dinov3, build_network
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
+    with data_folders(root):
+        from dgcf_auto.dataset.example import write_example_dataset
+        from dgcf_auto.network import build_dinov3, build_network
+        from dgcf_auto.preprocessing.run import plan_and_preprocess
 
-    raw = write_example_dataset(PAPER_ID, "mr2ct", n=10, seed=5)
-    plans = plan_and_preprocess(PAPER_ID, num_processes=1, split="paper", preprocess=False, progress=False,
-                                overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
-    plans["network"]["dinov3"] = TINY_DINOV3_CFG
-    for seed, trainer in enumerate(TRAINERS):
-        torch.manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            network = build_network(plans["network"], build_dinov3(TINY_DINOV3_CFG, random=True))
-        torch_save({"network_weights": network.state_dict(), "plans": plans, "epoch": 1, "trainer_name": trainer,
-                    "dinov3_source": "random", "optimizer_state": {}},
-                   root / "DGCF_results" / raw.name / f"{trainer}__DGCFPlans__2d" / "fold_0" / "checkpoint_final.pth")
-    write_example_dataset(KFOLD_ID, "mr2ct", n=3, seed=1)
-    plan_and_preprocess(KFOLD_ID, num_processes=1, preprocess=False, progress=False,
-                        overrides={"patch_size": [32, 32], "features": TINY_FEATURES})
-    splits = json.loads((root / "DGCF_preprocessed" / raw.name / "splits_final.json").read_text())
-    yield {"root": root, "raw": raw, "test": splits[0]["test"], "val": splits[0]["val"]}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+        raw = write_example_dataset(PAPER_ID, "mr2ct", n=10, seed=5)
+        plans = plan_and_preprocess(PAPER_ID, num_processes=1, split="paper", preprocess=False, progress=False,
+                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
+        plans["network"]["dinov3"] = TINY_DINOV3_CFG
+        for seed, trainer in enumerate(TRAINERS):
+            torch.manual_seed(seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                network = build_network(plans["network"], build_dinov3(TINY_DINOV3_CFG, random=True))
+            torch_save({"network_weights": network.state_dict(), "plans": plans, "epoch": 1, "trainer_name": trainer,
+                        "dinov3_source": "random", "optimizer_state": {}},
+                       root / "DGCF_results" / raw.name / f"{trainer}__DGCFPlans__2d" / "fold_0" / "checkpoint_final.pth")
+        write_example_dataset(KFOLD_ID, "mr2ct", n=3, seed=1)
+        plan_and_preprocess(KFOLD_ID, num_processes=1, preprocess=False, progress=False,
+                            overrides={"patch_size": [32, 32], "features": TINY_FEATURES})
+        splits = json.loads((root / "DGCF_preprocessed" / raw.name / "splits_final.json").read_text())
+        yield {"root": root, "raw": raw, "test": splits[0]["test"], "val": splits[0]["val"]}
 
 
 def run(module_name, argv, capsys):
