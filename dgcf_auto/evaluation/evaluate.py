@@ -175,7 +175,7 @@ def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
     except ValueError as exc:  # e.g. fewer than 7 voxels along an axis for SSIM
         raise DGCFError(f"case {case.name}: file {case.sct.name}: {exc}") from None
     if png_dir is not None:
-        from dgcf_auto.evaluation.report import save_case_figure
+        from dgcf_auto.figures import save_case_figure
 
         source = read_image(case.source, case.name) if case.source is not None else None
         save_case_figure(source, sct, ct, mask, Path(png_dir) / f"{case.name}.png", title=case.name)

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.evaluate import SOURCE_STEMS, flat_images, one_image
-from dgcf_auto.evaluation.report import save_case_figure
+from dgcf_auto.figures import save_case_figure
 from dgcf_auto.imageio import geometry_mismatch, read_image, strip_suffix
 
 

@@ -256,7 +256,7 @@ def _read(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
 
 
 def _figure(item: Case, source, sct, mask, png_dir: Path) -> None:
-    from dgcf_auto.evaluation.report import save_case_figure
+    from dgcf_auto.figures import save_case_figure
 
     ct_file = reference_ct(item)
     ct = read_image(ct_file, item.name) if ct_file else None
