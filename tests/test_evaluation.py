@@ -12,7 +12,8 @@ from skimage.metrics import structural_similarity  # installed with batchgenerat
 from dgcf_auto.cli import evaluate as evaluate_cli
 from dgcf_auto.cli import visualize as visualize_cli
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.evaluation import metrics, report, segscore
+from dgcf_auto import figures
+from dgcf_auto.evaluation import metrics, segscore
 from dgcf_auto.evaluation.evaluate import evaluate_folders
 
 SPACING = (0.9, 1.1, 2.5)
@@ -388,18 +389,18 @@ def test_canonical_views_do_not_depend_on_file_direction():
     flipped = sitk.GetImageFromArray(volume[:, ::-1].copy())   # same anatomy stored with y reversed
     flipped.SetDirection(FLIP_Y)
     flipped.SetOrigin((0.0, 4.0, 0.0))
-    np.testing.assert_array_equal(report._canonical(plain)[0], report._canonical(flipped)[0])
+    np.testing.assert_array_equal(figures._canonical(plain)[0], figures._canonical(flipped)[0])
     mask = np.zeros((4, 5, 6), bool)
     mask[1:4, 0:3, 2:5] = True
-    assert report.view_centre(mask, mask.shape) == (2, 1, 3)
-    assert report.cut(volume, (2, 1, 3), "coronal").shape == (4, 6)
-    assert report.cut(volume, (2, 1, 3), "coronal")[0, 0] == volume[3, 1, 0]  # superior row on top
-    assert report.view_aspect((0.5, 1.0, 3.0), "sagittal") == 3.0
+    assert figures.view_centre(mask, mask.shape) == (2, 1, 3)
+    assert figures.cut(volume, (2, 1, 3), "coronal").shape == (4, 6)
+    assert figures.cut(volume, (2, 1, 3), "coronal")[0, 0] == volume[3, 1, 0]  # superior row on top
+    assert figures.view_aspect((0.5, 1.0, 3.0), "sagittal") == 3.0
 
 
 def test_save_case_figure_and_visualize_cli(folders, capsys):
     ct = sitk.ReadImage(str(folders / "ref" / "case1" / "ct.nii.gz"))
-    path = report.save_case_figure(None, ct, None, None, folders / "fig" / "only_sct.png", title="t")
+    path = figures.save_case_figure(None, ct, None, None, folders / "fig" / "only_sct.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, stdout, _ = run_cli(visualize_cli, ["-i", str(folders / "ref" / "case1"), "-sct",
                                               str(folders / "pred" / "case1.nii.gz"), "-o",
