@@ -84,3 +84,30 @@ def data_folders(root):
         yield
     finally:
         patch.undo()
+
+
+def example_model(root, dataset_id: int, model: str, n: int, seed: int, folds=(0, 1, 2)):
+    """An example MR dataset planned at 32 x 32 with tiny features, and 'trained' CV folds plus fold_all of
+    a tiny model under $DGCF_results (call inside `data_folders(root)`): (raw folder, model folder, files)."""
+    from dgcf_auto.dataset.example import write_example_dataset
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    raw = write_example_dataset(dataset_id, "mr2ct", n=n, seed=seed)
+    plans = plan_and_preprocess(dataset_id, num_processes=1, preprocess=False, progress=False,
+                                overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
+    folder = root / "DGCF_results" / raw.name / model
+    files = save_tiny_folds(folder, plans, folds=folds)
+    save_tiny_folds(folder, plans, folds=("all",))
+    return raw, folder, files
+
+
+def assert_same_image(back, reference, atol: float) -> None:
+    """Identical voxels; size, spacing, origin and direction equal within `atol` (a DICOM round trip)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference))
+    assert back.GetSize() == reference.GetSize()
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(reference, getter)(), rtol=0, atol=atol,
+                                   err_msg=getter)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from dgcf_auto import dicomio
 from dgcf_auto.dataset.example import make_example_case
+from model_fixtures import assert_same_image
 from dgcf_auto.errors import DGCFError
 
 
@@ -270,12 +271,7 @@ def test_ct_series_writer_uids_attributes_and_exact_grid(tmp_path):
                                   series_description="dgcf_auto sCT Dataset001 fold_0 checkpoint_final")
     files = _files(out)
     assert len(files) == hu.GetSize()[2] and not list((tmp_path / "out").glob(".*"))
-    back = dicomio.read_series(out)
-    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(hu))
-    assert back.GetSize() == hu.GetSize()
-    np.testing.assert_allclose(back.GetOrigin(), hu.GetOrigin(), atol=1e-9)
-    np.testing.assert_allclose(back.GetSpacing(), hu.GetSpacing(), atol=1e-9)
-    np.testing.assert_allclose(back.GetDirection(), hu.GetDirection(), atol=1e-9)
+    assert_same_image(dicomio.read_series(out), hu, atol=1e-9)
     written = [pydicom.dcmread(f) for f in files]
     first, src = written[0], source.headers[0]
     assert {d.SeriesInstanceUID for d in written} == {first.SeriesInstanceUID}

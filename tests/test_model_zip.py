@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from model_fixtures import TINY_FEATURES, save_tiny_folds, data_folders
+from model_fixtures import data_folders, example_model, save_tiny_folds
 
 DATASET_ID = 996
 MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -24,15 +24,7 @@ MODEL = "DGCFTrainer__DGCFPlans__2d"
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("zip")
     with data_folders(root):
-        from dgcf_auto.dataset.example import write_example_dataset
-        from dgcf_auto.preprocessing.run import plan_and_preprocess
-
-        raw = write_example_dataset(DATASET_ID, "mr2ct", n=3, seed=5)
-        plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
-                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
-        folder = root / "DGCF_results" / raw.name / MODEL
-        files = save_tiny_folds(folder, plans, folds=(0, 1, 2))
-        save_tiny_folds(folder, plans, folds=("all",))
+        raw, folder, files = example_model(root, DATASET_ID, MODEL, n=3, seed=5, folds=(0, 1, 2))
         zip_path = root / "model.zip"
         from dgcf_auto.cli.export_model_to_zip import main
 

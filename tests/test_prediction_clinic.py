@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto import dicomio
-from model_fixtures import TINY_FEATURES, save_tiny_folds, data_folders
+from model_fixtures import assert_same_image, data_folders, example_model, save_tiny_folds
 
 DATASET_ID = 1  # the README example says model=1
 MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -25,15 +25,7 @@ def trained(tmp_path_factory):
     """Four example cases and five CV folds plus fold_all of a tiny model, all folds with the same ViT."""
     root = tmp_path_factory.mktemp("clinic")
     with data_folders(root):
-        from dgcf_auto.dataset.example import write_example_dataset
-        from dgcf_auto.preprocessing.run import plan_and_preprocess
-
-        raw = write_example_dataset(DATASET_ID, "mr2ct", n=4, seed=11)
-        plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
-                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
-        folder = root / "DGCF_results" / raw.name / MODEL
-        files = save_tiny_folds(folder, plans, folds=(0, 1, 2, 3, 4))
-        save_tiny_folds(folder, plans, folds=("all",))
+        raw, folder, files = example_model(root, DATASET_ID, MODEL, n=4, seed=11, folds=(0, 1, 2, 3, 4))
         yield {"root": root, "raw": raw, "folder": folder, "files": files}
 
 
@@ -73,12 +65,7 @@ def test_dicom_series_round_trips_through_dgcf_predict(trained, tmp_path, capsys
     assert "%|" not in capsys.readouterr().err  # --disable-progress-bar: no tqdm bars
     series = tmp_path / "dcm" / "MR_SERIES"
     nifti = sitk.ReadImage(str(tmp_path / "nii" / "MR_SERIES.nii.gz"))
-    back = dicomio.read_series(series)
-    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(nifti))
-    assert back.GetSize() == nifti.GetSize()
-    np.testing.assert_allclose(back.GetSpacing(), nifti.GetSpacing(), atol=1e-6)
-    np.testing.assert_allclose(back.GetOrigin(), nifti.GetOrigin(), atol=1e-5)
-    np.testing.assert_allclose(back.GetDirection(), nifti.GetDirection(), atol=1e-6)
+    assert_same_image(dicomio.read_series(series), nifti, atol=1e-6)
     source = dicomio.open_series(source_dir)
     written = [pydicom.dcmread(p) for p in sorted(series.iterdir())]
     assert {d.StudyInstanceUID for d in written} == {source.headers[0].StudyInstanceUID}
