@@ -136,3 +136,19 @@ def test_lowest_mae_is_bold_and_starred_and_the_highest_is_not(tmp_path):
     assert rows["low"] == f"**{np.mean(low):.2f} ± {np.std(low):.2f}**\\*".replace("\\", "")
     assert rows["high"] == f"{np.mean(high):.2f} ± {np.std(high):.2f}"
     assert stats.ttest_rel(low, high).pvalue < 0.05  # the star is deserved
+
+
+# (e) the uncertainty map scaled x2 (or by the default window instead of the planned one).
+def test_uncertainty_of_two_constant_folds_is_their_known_spread_in_hu(trained):
+    low, high = -1000.0, 1500.0
+    predictor = _predictor(trained, [_Constant(0.2), _Constant(-0.1)],
+                           {"ct_normalization": {"clip_low": low, "clip_high": high}})
+    case = _mr_case(7, 0)
+    sct, uncertainty = predictor.predict_volume(case["source"], case["mask"], "U", with_uncertainty=True)
+    body = sitk.GetArrayFromImage(case["mask"]) > 0
+    core = ndimage.binary_erosion(body, np.ones((1, 5, 5), bool))
+    # Population std of {0.2, -0.1} is 0.15 normalised units; one unit is (high - low) / 2 HU.
+    expected_std = 0.15 * (high - low) / 2
+    np.testing.assert_allclose(sitk.GetArrayFromImage(uncertainty)[core], expected_std, rtol=0, atol=0.05)
+    mean_hu = low + (0.05 + 1) / 2 * (high - low)  # the fold average 0.05, through the planned window
+    assert np.all(np.abs(sitk.GetArrayFromImage(sct)[core] - mean_hu) <= 0.5)
