@@ -208,3 +208,23 @@ def test_dicom_round_trip_keeps_non_square_pixels(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), array)
     np.testing.assert_allclose(dicomio.SeriesHeader(dicomio.open_series(tmp_path / "ct")).GetSpacing(),
                                (0.8, 1.2, 3.0), atol=1e-6)
+
+
+# (h) the CT outside its field of view filled with 0 HU instead of -1024 in training targets.
+def test_training_target_is_air_where_the_slice_grid_extends_past_the_ct(trained):
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    def image(value, pixel=sitk.sitkFloat32):
+        img = sitk.Image([12, 10, 3], pixel) + value
+        img.SetSpacing((1.0, 1.0, 2.0))
+        return img
+
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[32, 32],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "ct_normalization": {"clip_low": -1000.0, "clip_high": 1500.0}}
+    case = preprocess_case(image(100.0), image(40.0), image(1, sitk.sitkUInt8), plans, "FOV")
+    inside = (40.0 - 250.0) / 1250.0  # 40 HU through the [-1000, 1500] window
+    for target in case.ct:
+        np.testing.assert_allclose(np.sort(np.unique(target)), [-1.0, inside], atol=1e-6)
+        assert np.count_nonzero(target == -1.0) == 32 * 32 - 12 * 10  # every grid node past the CT is air
