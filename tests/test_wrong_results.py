@@ -228,3 +228,23 @@ def test_training_target_is_air_where_the_slice_grid_extends_past_the_ct(trained
     for target in case.ct:
         np.testing.assert_allclose(np.sort(np.unique(target)), [-1.0, inside], atol=1e-6)
         assert np.count_nonzero(target == -1.0) == 32 * 32 - 12 * 10  # every grid node past the CT is air
+
+
+# (i) write_npy's read-back check always passing: a short write must never become the target.
+@pytest.mark.parametrize("cut", [1, 64])
+def test_write_npy_refuses_a_short_write(tmp_path, monkeypatch, cut):
+    from dgcf_auto import atomic
+    from dgcf_auto.errors import DGCFError
+
+    real_save = np.save
+
+    def short_save(path, array):  # as a full disk or a dying NFS server would leave it: the tail missing
+        real_save(path, array)
+        with open(path, "r+b") as handle:
+            handle.truncate(max(0, handle.seek(0, 2) - cut))
+
+    monkeypatch.setattr(atomic.np, "save", short_save)
+    target = tmp_path / "case_ct.npy"
+    with pytest.raises(DGCFError, match=r"^cannot write .*case_ct\.npy: "):
+        atomic.write_npy(np.arange(1000, dtype=np.float32).reshape(10, 100), target)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temp file
