@@ -90,7 +90,11 @@ def test_output_equals_an_independent_reading_of_their_forward(dino_levels, use_
     net.eval()
     x = torch.rand(2, 1, 48, 32) * 2 - 1
     with torch.no_grad():
-        maps = dinov3(torch.cat([x + offset] * 3, dim=1)) if dinov3 is not None else [None] * 4
+        # Their feature_prepare: the grey slice (+ offset) repeated to 3 channels, Meta's normed intermediate
+        # layers reshaped to maps; taken here from timm's ViT directly, not through our FrozenDINOv3 wrapper.
+        maps = dinov3.vit.forward_intermediates(
+            torch.cat([x + offset] * 3, dim=1), indices=[layer - 1 for layer in TINY_DINOV3_CFG["layers"]],
+            norm=True, output_fmt="NCHW", intermediates_only=True) if dinov3 is not None else [None] * 4
         expected = reference_forward(ref, x, maps, dino_levels, use_cnn)
         got = net(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_report_records_timing_memory_and_hashes(trained, tmp_path):
     assert report["network_passes_per_slice"] == 5 and report["batch_size"] == 16
     hashes = [hashlib.sha256(f.read_bytes()).hexdigest() for f in trained["files"]]
     assert [f["sha256"] for f in report["model"]["folds"]] == hashes
-    assert report["versions"]["torch"] == torch.__version__.split("+")[0] or report["versions"]["torch"]
+    assert report["versions"]["torch"] == importlib.metadata.version("torch")  # e.g. 2.14.1, or 2.14.1+cpu
     assert set(report["cases"]) == {c.name for c in _cases(trained)}
     for name, entry in report["cases"].items():
         assert entry["seconds"] > 0 and entry["peak_rss_mb"] > 50 and entry["peak_vram_mb"] is None
