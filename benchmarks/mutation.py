@@ -1,0 +1,114 @@
+"""Mutation testing of the numeric core with cosmic-ray: how many mutants each module's tests let survive.
+
+    pip install -e ".[mutation]"
+    python benchmarks/mutation.py                              # every module below
+    python benchmarks/mutation.py -m preprocessing/normalization.py --timeout 120
+
+cosmic-ray edits the files it mutates, so the run happens in a throw-away copy of the tracked files (under
+--workdir, default a temporary folder), one session per module with the tests that cover it (MODULES).
+Prints a table (module, mutants, killed, survived, incompetent or timed out) and each survivor's diff;
+`--keep` leaves the copy and its session databases for `cr-report <module>.sqlite`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 300"
+# Module (under dgcf_auto/) -> the tests that pin its results; kept narrow so that one mutant costs seconds.
+MODULES = {
+    "preprocessing/normalization.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'normalisation or round_trip or restore or window or past'",
+    "preprocessing/slicing.py": "tests/test_preprocessing.py tests/test_wrong_results.py tests/test_integrity.py -k 'test_9 or ramp or window or past'",
+    "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'round_trip or restore or without or window or past or uncertainty'",
+    "inference/predictor.py": "tests/test_wrong_results.py tests/test_prediction.py",
+    "evaluation/metrics.py": "tests/test_evaluation.py tests/test_evaluation_profiles.py",
+    "evaluation/compare.py": "tests/test_compare.py tests/test_wrong_results.py -k 'paired or lowest or compare'",
+}
+CONFIG = """[cosmic-ray]
+module-path = "{module}"
+timeout = {timeout}
+excluded-modules = []
+test-command = "{command}"
+
+[cosmic-ray.distributor]
+name = "local"
+"""
+
+
+def copy_tracked(workdir: Path) -> Path:
+    """The repository's tracked files (as they are in the working tree) in `workdir/repo`."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    repo = workdir / "repo"
+    for name in filter(None, files.decode().split("\0")):
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).is_file():
+            shutil.copy2(ROOT / name, target)
+    return repo
+
+
+def run_module(repo: Path, module: str, tests: str, timeout: float) -> dict:
+    """cosmic-ray init + baseline + exec for one module; counts and survivor diffs from its session."""
+    from cosmic_ray.work_db import WorkDB, use_db
+
+    stem = module.replace("/", "_").removesuffix(".py")
+    config, session = repo / f"{stem}.toml", repo / f"{stem}.sqlite"
+    config.write_text(CONFIG.format(module=f"dgcf_auto/{module}", timeout=timeout,
+                                    command=f"{PYTEST} {tests}".replace('"', '\\"')))
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    for step in (["init", str(config), str(session)], ["baseline", str(config)],
+                 ["exec", str(config), str(session)]):
+        done = subprocess.run(["cosmic-ray", *step], cwd=repo, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{module}: cosmic-ray {step[0]} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent_or_timeout": 0}
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            counts["mutants"] += 1
+            outcome = result.test_outcome.value if result.test_outcome else result.worker_outcome.value
+            if outcome == "killed":
+                counts["killed"] += 1
+            elif outcome == "survived":
+                counts["survived"] += 1
+                survivors.append(result.diff or str(item))
+            else:
+                counts["incompetent_or_timeout"] += 1
+    return {**counts, "survivors": survivors}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("-m", "--modules", nargs="+", default=list(MODULES), choices=list(MODULES),
+                        help="modules under dgcf_auto/ to mutate (default: all)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run (default 300)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the copy goes (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the copy and the session databases")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="dgcf_mutation_", dir=args.workdir))
+    try:
+        repo = copy_tracked(workdir)
+        results = {module: run_module(repo, module, MODULES[module], args.timeout) for module in args.modules}
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"| module | mutants | killed | survived | incompetent / timeout |\n|---|---|---|---|---|")
+    for module, r in results.items():
+        print(f"| {module} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['incompetent_or_timeout']} |")
+    for module, r in results.items():
+        for diff in r["survivors"]:
+            print(f"\nsurvivor in {module}:\n{diff}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
