@@ -367,3 +367,30 @@ def test_release_variant_trains_one_epoch_with_its_schedule_and_ssim_checkpoint(
     best = torch.load(output / "checkpoint_best.pth", map_location="cpu", weights_only=True)["logger"]["best"]
     assert best == {"metric": "ssim", "value": history["val_ssim"][0], "epoch": 0}
     assert "checkpoint_best by validation ssim" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("best_metric, expected_epoch", [(None, 2), ("mae", 1)])
+def test_best_checkpoint_follows_the_chosen_metric(example_data, monkeypatch, best_metric, expected_epoch):
+    """Scripted validations: MAE is best after epoch 1, SSIM after epoch 2; a _release trainer defaults to SSIM."""
+    from dgcf_auto.cli.train import build_parser
+    from dgcf_auto.training import trainer as trainer_module
+    from dgcf_auto.training.run import run_training
+
+    scripted = iter([{"mae": 50.0, "psnr": 20.0, "ssim": 0.5}, {"mae": 40.0, "psnr": 21.0, "ssim": 0.3},
+                     {"mae": 60.0, "psnr": 19.0, "ssim": 0.7}])
+    monkeypatch.setattr(trainer_module, "validate_cases", lambda *args, **kwargs: {**next(scripted), "per_case": {}})
+    root, raw = example_data
+    plans_file = root / "DGCF_preprocessed" / raw.name / "DGCFPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["network"]["options"] = {}
+    plans_file.write_text(json.dumps(plans))
+    output = run_training(997, "2d", "0", trainer_name="DGCFTrainer_resunet_release", epochs=3, iterations_per_epoch=1,
+                          device="cpu", num_workers=0, validation="none", best_metric=best_metric)
+    best = torch.load(output / "checkpoint_best.pth", map_location="cpu", weights_only=True)
+    metric = best_metric or "ssim"
+    assert best["epoch"] == expected_epoch + 1 and best["logger"]["best"]["epoch"] == expected_epoch
+    assert best["logger"]["best"] == {"metric": metric, "value": {"mae": [50.0, 40.0, 60.0],
+                                                                  "ssim": [0.5, 0.3, 0.7]}[metric][expected_epoch],
+                                      "epoch": expected_epoch}
+    args = build_parser().parse_args(["1", "2d", "0", "--best_metric", "mae"])
+    assert args.best_metric == "mae" and build_parser().parse_args(["1", "2d", "0"]).best_metric is None
