@@ -19,6 +19,10 @@ from typing import Any
 from dgcf_auto.errors import DGCFError
 
 DINOV3_INPUT_MODES = ("imagenet", "release")
+# How a freshly built network's weights start: "pytorch" (each layer's own default) or "release" (the
+# authors' define_network: N(0, 0.02) for every Conv*/Linear weight, zero bias, BatchNorm2d N(1, 0.02) / 0;
+# see dgcf_auto/network/initialization.py).
+NETWORK_INITS = ("pytorch", "release")
 
 # Named optimiser/schedule readings. "paper": section 3.1 (Adam 2e-4, 100 epochs, no schedule named, so
 # constant). Other readings (the authors' released configuration) are added beside it.
@@ -50,6 +54,7 @@ class NetworkPlans:
     out_channels: int = 1
     dinov3: DinoV3Plans = field(default_factory=DinoV3Plans)
     options: dict = field(default_factory=dict)   # network-specific keyword arguments
+    init: str = "pytorch"                         # a NETWORK_INITS value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +99,8 @@ def network_plans(plans: dict | NetworkPlans) -> NetworkPlans:
         raise DGCFError(f"network.dinov3.input_mode {dinov3.input_mode!r} is not one of "
                         f"{', '.join(DINOV3_INPUT_MODES)}")
     result = _from_dict(NetworkPlans, section, "network")
+    if result.init not in NETWORK_INITS:
+        raise DGCFError(f"network.init {result.init!r} is not one of {', '.join(NETWORK_INITS)}")
     result.dinov3 = dinov3
     return result
 

@@ -25,7 +25,11 @@ TINY_FEATURES = [8, 16, 32, 64]
 TINY_TRANSUNET = {"embed_dim": 32, "depth": 2, "num_heads": 2, "resnet_layers": [1, 1, 1], "resnet_width": 8,
                   "gn_groups": 4, "decoder_channels": [32, 16, 8, 8], "head_channels": 32, "img_size": 32}
 TINY_OPTIONS = {"resunet": {}, "unetpp": {"deep_supervision": True}, "transunet": TINY_TRANSUNET,
-                "i2i_mamba": {"d_state": 4}}
+                "i2i_mamba": {"d_state": 4}, "cnn_only": {}}
+# The authors' training of each Table 1 row (tests/test_release_training.py checks init and schedule).
+RELEASE_VARIANTS = {"cnn_only": "DGCFTrainer_unet_release", "resunet": "DGCFTrainer_resunet_release",
+                    "unetpp": "DGCFTrainer_unetpp_release", "transunet": "DGCFTrainer_transunet_release",
+                    "i2i_mamba": "DGCFTrainer_i2imamba_release"}
 
 
 @pytest.fixture(autouse=True)
@@ -338,3 +342,55 @@ def test_variant_trains_one_epoch_and_predicts(example_data, name, tmp_path, cap
     assert "RANDOMLY INITIALISED" not in err  # the checkpoint brings the weights: no pretrained search at predict
     written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
     assert written == sorted(f"{d.name}.nii.gz" for d in raw.iterdir() if d.is_dir())
+
+
+@pytest.mark.parametrize("name", list(RELEASE_VARIANTS))
+def test_release_variant_trains_one_epoch_with_its_schedule_and_ssim_checkpoint(example_data, name, capsys):
+    from dgcf_auto.training.run import run_training
+
+    root, raw = example_data
+    plans_file = root / "DGCF_preprocessed" / raw.name / "DGCFPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["network"]["options"] = TINY_OPTIONS[name]
+    plans_file.write_text(json.dumps(plans))
+    trainer = RELEASE_VARIANTS[name]
+    output = run_training(997, "2d", "0", trainer_name=trainer, epochs=1, iterations_per_epoch=2, device="cpu",
+                          num_workers=0, validation="none")
+    state = torch.load(output / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    assert state["plans"]["network"]["init"] == "release" and state["plans"]["training"]["schedule"] == "release"
+    group = state["optimizer_state"]["param_groups"][0]
+    assert tuple(group["betas"]) == (0.99, 0.999) and group["initial_lr"] == 2e-4
+    assert (state["scheduler_state"]["step_size"], state["scheduler_state"]["gamma"]) == (5, 0.1)
+    assert state["settings"]["best_metric"] == "ssim"
+    history = state["logger"]["history"]
+    assert np.isfinite(history["train_loss"][0]) and 0 < history["val_ssim"][0] <= 1
+    best = torch.load(output / "checkpoint_best.pth", map_location="cpu", weights_only=True)["logger"]["best"]
+    assert best == {"metric": "ssim", "value": history["val_ssim"][0], "epoch": 0}
+    assert "checkpoint_best by validation ssim" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("best_metric, expected_epoch", [(None, 2), ("mae", 1)])
+def test_best_checkpoint_follows_the_chosen_metric(example_data, monkeypatch, best_metric, expected_epoch):
+    """Scripted validations: MAE is best after epoch 1, SSIM after epoch 2; a _release trainer defaults to SSIM."""
+    from dgcf_auto.cli.train import build_parser
+    from dgcf_auto.training import trainer as trainer_module
+    from dgcf_auto.training.run import run_training
+
+    scripted = iter([{"mae": 50.0, "psnr": 20.0, "ssim": 0.5}, {"mae": 40.0, "psnr": 21.0, "ssim": 0.3},
+                     {"mae": 60.0, "psnr": 19.0, "ssim": 0.7}])
+    monkeypatch.setattr(trainer_module, "validate_cases", lambda *args, **kwargs: {**next(scripted), "per_case": {}})
+    root, raw = example_data
+    plans_file = root / "DGCF_preprocessed" / raw.name / "DGCFPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["network"]["options"] = {}
+    plans_file.write_text(json.dumps(plans))
+    output = run_training(997, "2d", "0", trainer_name="DGCFTrainer_resunet_release", epochs=3, iterations_per_epoch=1,
+                          device="cpu", num_workers=0, validation="none", best_metric=best_metric)
+    best = torch.load(output / "checkpoint_best.pth", map_location="cpu", weights_only=True)
+    metric = best_metric or "ssim"
+    assert best["epoch"] == expected_epoch + 1 and best["logger"]["best"]["epoch"] == expected_epoch
+    assert best["logger"]["best"] == {"metric": metric, "value": {"mae": [50.0, 40.0, 60.0],
+                                                                  "ssim": [0.5, 0.3, 0.7]}[metric][expected_epoch],
+                                      "epoch": expected_epoch}
+    args = build_parser().parse_args(["1", "2d", "0", "--best_metric", "mae"])
+    assert args.best_metric == "mae" and build_parser().parse_args(["1", "2d", "0"]).best_metric is None

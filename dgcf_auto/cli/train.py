@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4, help="background data workers (0: main process)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and slice sampling")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--best_metric", choices=["mae", "ssim"], default=None,
+                   help="what picks checkpoint_best.pth: mae (lowest validation MAE in HU) or ssim (highest mean "
+                        "2D validation SSIM, the authors' choice); default: ssim for the _release trainers, "
+                        "else mae")
     final = p.add_mutually_exclusive_group()
     final.add_argument("--val", action="store_true",
                        help="only rerun the final validation (predict and score the fold's validation cases "
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed, num_workers=args.num_workers, val_every=args.val_every,
                           compile=args.compile, dinov3_weights=args.dinov3_weights,
                           dinov3_random=args.dinov3_random, precision=args.precision,
-                          vgg_weights=args.vgg_weights, validation=_validation_mode(args))
+                          vgg_weights=args.vgg_weights, validation=_validation_mode(args),
+                          best_metric=args.best_metric)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

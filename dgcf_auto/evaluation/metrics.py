@@ -77,23 +77,29 @@ def psnr(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None,
 
 
 def _clip_mask_shift(image: np.ndarray, m: np.ndarray, hu_range, dtype) -> np.ndarray:
-    """Clip to the HU range, set outside-mask voxels to its floor, shift to start at 0 (official order)."""
+    """Clip to the HU range, set outside-mask voxels to its floor, and shift by the floor only when the floor
+    is negative (official order and condition: SynthRAD2023/2025 `if min(dynamic_range) < 0`; a range such
+    as bone's [250, 2000] is not shifted, which changes the luminance term)."""
     low, high = hu_range
     out = np.clip(image.astype(dtype, copy=True), low, high)
     out[~m] = low
-    out -= dtype(low)
+    if low < 0:
+        out -= dtype(low)
     return out
 
 
-def _local_statistics(x: np.ndarray, y: np.ndarray, win_size: int):
-    """Uniform-window means and sample (co)variances, as skimage.metrics.structural_similarity computes them."""
-    n_points = win_size ** x.ndim
+def _local_statistics(x: np.ndarray, y: np.ndarray, win_size: int, spatial_dims: int | None = None):
+    """Uniform-window means and sample (co)variances, as skimage.metrics.structural_similarity computes them;
+    over the last `spatial_dims` axes only (default: all), e.g. 2 for a stack of independent 2D slices."""
+    dims = x.ndim if spatial_dims is None else spatial_dims
+    size = (1,) * (x.ndim - dims) + (win_size,) * dims
+    n_points = win_size ** dims
     cov_norm = n_points / (n_points - 1)
-    ux = uniform_filter(x, size=win_size)
-    uy = uniform_filter(y, size=win_size)
-    vx = cov_norm * (uniform_filter(x * x, size=win_size) - ux * ux)
-    vy = cov_norm * (uniform_filter(y * y, size=win_size) - uy * uy)
-    vxy = cov_norm * (uniform_filter(x * y, size=win_size) - ux * uy)
+    ux = uniform_filter(x, size=size)
+    uy = uniform_filter(y, size=size)
+    vx = cov_norm * (uniform_filter(x * x, size=size) - ux * ux)
+    vy = cov_norm * (uniform_filter(y * y, size=size) - uy * uy)
+    vxy = cov_norm * (uniform_filter(x * y, size=size) - ux * uy)
     return ux, uy, vx, vy, vxy
 
 
@@ -102,11 +108,14 @@ def _crop(array: np.ndarray, pad: int) -> np.ndarray:
     return array[tuple(slice(pad, dim - pad) for dim in array.shape)]
 
 
-def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float, win_size: int = SSIM_WINDOW) -> np.ndarray:
-    """The per-voxel SSIM of skimage.metrics.structural_similarity (uniform window, sample covariance)."""
-    if min(x.shape) < win_size:
+def ssim_map(x: np.ndarray, y: np.ndarray, data_range: float, win_size: int = SSIM_WINDOW,
+             spatial_dims: int | None = None) -> np.ndarray:
+    """The per-voxel SSIM of skimage.metrics.structural_similarity (uniform window, sample covariance), over
+    the last `spatial_dims` axes (default all)."""
+    dims = x.ndim if spatial_dims is None else spatial_dims
+    if min(x.shape[x.ndim - dims:]) < win_size:
         raise ValueError(f"SSIM needs at least {win_size} voxels along every axis, got shape {x.shape}")
-    ux, uy, vx, vy, vxy = _local_statistics(x, y, win_size)
+    ux, uy, vx, vy, vxy = _local_statistics(x, y, win_size, dims)
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
     numerator = (2 * ux * uy + c1) * (2 * vxy + c2)
@@ -131,6 +140,32 @@ def ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None,
         return float(_crop(values, pad).mean(dtype=np.float64))
     inside = _crop(values, pad)[_crop(m, pad)]
     return float(inside.mean(dtype=np.float64)) if inside.size else math.nan
+
+
+def slice_ssim(reference: np.ndarray, prediction: np.ndarray, mask: np.ndarray | None,
+               value_range: tuple[float, float], chunk: int = 16) -> np.ndarray:
+    """SynthRAD2023's masked SSIM of every axial (axis-0) slice on its own, in 2D: one value per slice.
+
+    Per slice, as the DGCF authors' validation calls SynthRAD2023 `ssim(fake_B[i], real_B[i], mask[i],
+    dynamic_range=(-1, 1))` (code_model/base_model.py `calclulate_metric`): clip to the range, pixels outside
+    the mask to its floor, shift when the floor is negative, skimage's 7x7 SSIM map with data_range = range
+    width, mean over the mask pixels with a 3-pixel border cropped. A slice with an empty mask, or with no mask
+    pixel left after the crop, scores 1 (their code). Float64 (theirs runs in the images' float32).
+    """
+    _check_pair(reference, prediction)
+    m = _binary_mask(mask, reference.shape)
+    pad = (SSIM_WINDOW - 1) // 2
+    values = np.ones(reference.shape[0], dtype=np.float64)
+    for start in range(0, reference.shape[0], chunk):
+        part = slice(start, start + chunk)
+        x = _clip_mask_shift(reference[part], m[part], value_range, np.float64)
+        y = _clip_mask_shift(prediction[part], m[part], value_range, np.float64)
+        maps = ssim_map(x, y, value_range[1] - value_range[0], spatial_dims=2)[:, pad:-pad, pad:-pad]
+        inside = m[part][:, pad:-pad, pad:-pad]
+        counts = inside.sum(axis=(1, 2))
+        sums = np.where(inside, maps, 0.0).sum(axis=(1, 2))
+        values[part] = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+    return values
 
 
 def _lcs_map(x: np.ndarray, y: np.ndarray, data_range: float, weight: float) -> np.ndarray:

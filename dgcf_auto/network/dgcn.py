@@ -14,7 +14,9 @@ DINOv3 block 3i (the FrozenDINOv3's configured layers, in order). The CNN encode
 256, 512 in the paper), max-pooling between them, and a UNet bottleneck of 2 x C_L channels at H/16; the
 symmetric decoder upsamples with 2x2 transposed convolutions. The head is a plain 1x1 convolution (no tanh):
 targets are CT in [-1, 1] with much air at exactly -1, which tanh could only reach with unbounded
-pre-activations; the predictor clips the de-normalised HU instead.
+pre-activations; the predictor clips the de-normalised HU instead. Option `tanh_head: true` puts tanh after
+it, as the authors' Table 1 UNet (`code_network/unet.py` `Unet(activate=True)`: `OutConv` then `nn.Tanh()`);
+tanh has no parameters, so both heads hold the same state dict.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ class DGCN(nn.Module):
     """
 
     def __init__(self, architecture: str = "cross_fusion", features: Sequence[int] = (64, 128, 256, 512),
-                 dinov3: FrozenDINOv3 | None = None, in_channels: int = 1, out_channels: int = 1):
+                 dinov3: FrozenDINOv3 | None = None, in_channels: int = 1, out_channels: int = 1,
+                 tanh_head: bool = False):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
@@ -87,6 +90,7 @@ class DGCN(nn.Module):
         below = self.features[1:] + [bottleneck_ch]  # channels arriving from the level below
         self.decoder = nn.ModuleList(UpBlock(b, s, c) for b, s, c in zip(below, skip_channels, self.features))
         self.head = nn.Conv2d(self.features[0], out_channels, kernel_size=1)
+        self.tanh_head = bool(tanh_head)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen ViT (the optimiser's parameter list)."""
@@ -136,10 +140,11 @@ class DGCN(nn.Module):
         skips = self._skip_inputs(cnn, dino, sizes)
         for level in reversed(range(len(self.features))):
             h = self.decoder[level](h, skips[level])
-        return self.head(h)
+        out = self.head(h)
+        return torch.tanh(out) if self.tanh_head else out
 
     def extra_repr(self) -> str:
-        return f"architecture={self.architecture!r}, features={self.features}"
+        return f"architecture={self.architecture!r}, features={self.features}, tanh_head={self.tanh_head}"
 
 
 def _dgcn_multiple(plans: NetworkPlans) -> int:
@@ -151,7 +156,7 @@ def _dgcn_multiple(plans: NetworkPlans) -> int:
 def _register(architecture: str, description: str) -> None:
     def build(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module:
         return DGCN(architecture, plans.features, dinov3, in_channels=plans.in_channels,
-                    out_channels=plans.out_channels)
+                    out_channels=plans.out_channels, **plans.options)
     build.__name__ = f"build_{architecture}"
     register_network(architecture, needs_dinov3=architecture != "cnn_only", size_multiple=_dgcn_multiple,
                      description=description)(build)
@@ -159,5 +164,6 @@ def _register(architecture: str, description: str) -> None:
 
 _register("cross_fusion", "DGCN as the paper's text writes it: eq. (1)-(3) Cross Fusion at every level")
 _register("concat", "Table 2 DGCN (concat): raw DINOv3 maps resized and concatenated to the skips")
-_register("cnn_only", "the UNet of the paper-literal DGCN without the ViT (Table 1 UNet, 31.0 M)")
+_register("cnn_only", "the UNet of the paper-literal DGCN without the ViT (Table 1 UNet, 31.0 M); "
+                      "options: tanh_head (the authors' UNet head)")
 _register("vit_only", "Table 2 ViT-B/16 only: projected DINOv3 maps feed the decoder, no CNN encoder")

@@ -8,12 +8,21 @@ Frozen means: no parameter ever requires grad, the module stays in eval mode eve
 train mode, and passes that need no gradient run under `torch.no_grad()`. Gradients can still flow to the
 INPUT (`grad=True`), which the MLDP loss needs for phi(Y').
 
+`forward(..., rope_train_mode=True)` reproduces one quirk of the authors' MLDP loss (`loss_options.mldp.vit_mode:
+"train"`): their DINOv3 adapter is never put in eval mode, so Meta's RoPE coordinate augmentation is on. For
+dinov3_vitb16 (Meta's hub `pos_embed_rope_rescale_coords=2`, no shift, no jitter) that is one log-uniform
+factor in [1/2, 2] scaling the patch coordinates, drawn anew before EVERY block (Meta's
+`_get_intermediate_layers_not_chunked` calls `rope_embed(H=H, W=W)` inside its block loop). timm's
+`RotaryEmbeddingDinoV3` implements the same draw (`rescale_coords`, active in train mode) but timm's Eva
+computes the embedding once per forward; here the blocks are run one by one with a fresh timm draw each.
+
 Weights are resolved by `dgcf_auto.network.dinov3_weights` (explicit path, $DGCF_DINOV3_WEIGHTS, the local
 Hugging Face cache; never a download). Random weights only when asked for, with a loud warning.
 """
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Sequence
 
@@ -30,6 +39,8 @@ DEFAULT_DINOV3_CFG = asdict(DinoV3Plans())
 # (Meta's make_transform and timm's pretrained_cfg both use these values).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Meta's dinov3_vitb16 (hub/backbones.py): pos_embed_rope_rescale_coords=2, active only in train mode.
+RELEASE_ROPE_RESCALE = 2.0
 
 
 class FrozenDINOv3(nn.Module):
@@ -89,20 +100,56 @@ class FrozenDINOv3(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor, layers: Sequence[int] | None = None,
-                grad: bool = False) -> list[torch.Tensor]:
+                grad: bool = False, rope_train_mode: bool = False) -> list[torch.Tensor]:
+        """`rope_train_mode`: the RoPE rescale augmentation of a DINOv3 left in train mode, redrawn before every
+        block (the authors' MLDP extractor; see the module docstring). Everything else stays in eval."""
         layers = self.layers if layers is None else self._check_layers(layers)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             x = self.prepare_input(x)
             # timm wants 0-based indices; stop_early skips blocks after the last needed one.
             wanted = sorted(set(layer - 1 for layer in layers))
-            maps = self.vit.forward_intermediates(x, indices=wanted, intermediates_only=True, norm=self.norm,
-                                                  stop_early=True, output_fmt="NCHW")
+            if rope_train_mode:
+                maps = self._intermediates_rope_redrawn(x, wanted)
+            else:
+                maps = self.vit.forward_intermediates(x, indices=wanted, intermediates_only=True, norm=self.norm,
+                                                      stop_early=True, output_fmt="NCHW")
             by_index = dict(zip(wanted, maps))
             return [by_index[layer - 1] for layer in layers]
+
+    def _intermediates_rope_redrawn(self, x: torch.Tensor, wanted: list[int]) -> list[torch.Tensor]:
+        """timm Eva's forward_intermediates (NCHW, prefix tokens dropped) with a new RoPE draw per block."""
+        vit = self.vit
+        batch, _, height, width = x.shape
+        grid = tuple(vit.patch_embed.dynamic_feat_size((height, width)))
+        tokens, _ = vit._pos_embed(vit.patch_embed(x))  # its (eval, unaugmented) RoPE is not used
+        tokens = vit.norm_pre(tokens)
+        maps = []
+        with _rope_augmentation(vit, RELEASE_ROPE_RESCALE):
+            for index, block in enumerate(vit.blocks[:max(wanted) + 1]):
+                tokens = block(tokens, rope=vit.rope.get_embed(shape=grid))
+                if index in wanted:
+                    out = (vit.norm(tokens) if self.norm else tokens)[:, vit.num_prefix_tokens:]
+                    maps.append(out.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous())
+        return maps
 
     def extra_repr(self) -> str:
         return (f"layers={list(self.layers)}, norm={self.norm}, input_mode={self.input_mode!r}, "
                 f"weights_source={self.weights_source!r}")
+
+
+@contextmanager
+def _rope_augmentation(vit: nn.Module, rescale: float):
+    """timm's RotaryEmbeddingDinoV3 in train mode with Meta's rescale factor only (no shift, no jitter)."""
+    rope = getattr(vit, "rope", None)
+    if rope is None or not hasattr(rope, "_apply_coord_augs"):
+        raise DGCFError(f"mldp vit_mode 'train' needs a DINOv3 RoPE ViT; {type(vit).__name__} has none")
+    saved = (rope.training, rope.shift_coords, rope.jitter_coords, rope.rescale_coords, rope.aug_active)
+    rope.training, rope.shift_coords, rope.jitter_coords = True, None, None
+    rope.rescale_coords, rope.aug_active = rescale, True
+    try:
+        yield
+    finally:
+        (rope.training, rope.shift_coords, rope.jitter_coords, rope.rescale_coords, rope.aug_active) = saved
 
 
 def _as_cfg(dinov3_cfg: dict | DinoV3Plans | None) -> dict:

@@ -78,17 +78,22 @@ def network_needs_dinov3(plans: dict | NetworkPlans) -> bool:
 
 
 def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None", for_checkpoint: bool = False) -> nn.Module:
-    """The generator the network plans name. It holds the very `dinov3` passed in (not a copy) when it
-    needs one; plans problems raise DGCFError. `for_checkpoint`: a checkpoint's weights are loaded next, so
-    no pretrained weights are looked for."""
+    """The generator the network plans name, initialised as `plans.init` says. It holds the very `dinov3`
+    passed in (not a copy) when it needs one; plans problems raise DGCFError. `for_checkpoint`: a
+    checkpoint's weights are loaded next, so no pretrained weights are looked for and no init is drawn."""
     plans = network_plans(plans)
     spec = get_network_spec(plans.architecture)
     if spec.needs_dinov3 and dinov3 is None:
         raise DGCFError(f"network architecture {spec.name!r} needs the DINOv3 encoder, but none was built")
     token = _FOR_CHECKPOINT.set(for_checkpoint)
     try:
-        return spec.builder(plans, dinov3 if spec.needs_dinov3 else None)
+        net = spec.builder(plans, dinov3 if spec.needs_dinov3 else None)
     except (ValueError, TypeError) as exc:
         raise DGCFError(f"cannot build network {spec.name!r}: {exc}") from exc
     finally:
         _FOR_CHECKPOINT.reset(token)
+    if for_checkpoint:  # the checkpoint's weights replace whatever the start was
+        return net
+    from dgcf_auto.network.initialization import initialise
+
+    return initialise(net, plans.init)

@@ -132,6 +132,17 @@ class TransUNet(nn.Module):
             x = block(x, skips[i] if i < self.n_skip else None)
         return self.head(x)
 
+    @torch.no_grad()
+    def reset_to_authors_constructor_init(self) -> None:
+        """What the authors' TransUnet constructor leaves where their init_weights does not reach
+        (network/initialization.py): GroupNorm weight 1 and bias 0 (timm zeroes each bottleneck's last
+        GroupNorm weight), position embedding zeros (`nn.Parameter(torch.zeros(...))`; timm draws it)."""
+        for module in self.encoder.modules():
+            if isinstance(module, nn.GroupNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.encoder.pos_embed)
+
     # ------------------------------------------------------------------ ImageNet weights
     def load_encoder_weights(self, path: Path) -> None:
         """Load a timm-layout R50+ViT hybrid state dict into the encoder (class token and head dropped,
@@ -183,12 +194,20 @@ def resolve_encoder_weights(explicit: str | None, paper_encoder: bool) -> Path |
     return None
 
 
-def build_transunet(in_channels: int, out_channels: int, options: dict) -> TransUNet:
-    """TransUNet from plans options (keyword arguments of TransUNet, plus `pretrained_weights`)."""
+def build_transunet(in_channels: int, out_channels: int, options: dict, init: str = "pytorch") -> TransUNet:
+    """TransUNet from plans options (keyword arguments of TransUNet, plus `pretrained_weights`). With
+    `init` "release" (the authors' training) the encoder starts from random weights as theirs does: their
+    `load_from` is defined but never called, and their define_network re-draws every Conv/Linear anyway."""
     options = dict(options)
     explicit = options.pop("pretrained_weights", None)
     net = TransUNet(in_channels, out_channels, **options)
     if weights_come_from_checkpoint():
+        return net
+    if init == "release":
+        if explicit:
+            raise DGCFError(f"TransUNet: network.init 'release' starts from random weights as the authors' code "
+                            f"does; remove options.pretrained_weights ({explicit}) or use init 'pytorch' "
+                            f"(the ImageNet start, the paper's reading)")
         return net
     settings = {k: options.get(k, v) for k, v in PAPER_ENCODER.items()}
     paper = all(tuple(v) == tuple(PAPER_ENCODER[k]) if isinstance(v, (list, tuple)) else v == PAPER_ENCODER[k]
@@ -206,4 +225,4 @@ def build_transunet(in_channels: int, out_channels: int, options: dict) -> Trans
                   description="TransUNet [19], R50-ViT-B/16 (Table 1); features unused; options: TransUNet "
                               "keyword arguments and pretrained_weights")
 def build_transunet_network(plans: NetworkPlans, dinov3: None) -> TransUNet:
-    return build_transunet(plans.in_channels, plans.out_channels, plans.options)
+    return build_transunet(plans.in_channels, plans.out_channels, plans.options, plans.init)

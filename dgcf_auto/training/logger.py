@@ -8,14 +8,15 @@ from pathlib import Path
 
 from dgcf_auto.atomic import atomic_path, png_complete
 
-HISTORY_KEYS = ("epoch", "train_loss", "val_mae", "val_psnr", "lr", "epoch_time", "data_wait")
+HISTORY_KEYS = ("epoch", "train_loss", "val_mae", "val_psnr", "val_ssim", "lr", "epoch_time", "data_wait")
 TERM_PREFIX = "train_"  # one history series per loss term: train_l1, train_mldp, ...
 
 
 class TrainingLogger:
     def __init__(self, output_folder: Path | None, enabled: bool = True):
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
-        self.best_val_mae: float | None = None
+        # checkpoint_best.pth so far: {"metric": "mae" | "ssim", "value": v, "epoch": e}, or None
+        self.best: dict | None = None
         self.enabled = enabled and output_folder is not None
         self.output_folder = Path(output_folder) if output_folder is not None else None
         self.log_file = None
@@ -43,20 +44,34 @@ class TrainingLogger:
             self.history[key].append(values.get(key))
         for name, value in terms.items():
             self.history.setdefault(TERM_PREFIX + name, []).append(value)
-        mae, psnr = values.get("val_mae"), values.get("val_psnr")
+        mae, psnr, ssim = values.get("val_mae"), values.get("val_psnr"), values.get("val_ssim")
         val = f"val MAE {mae:.2f} HU, PSNR {psnr:.2f} dB" if mae is not None else "val -"
+        if ssim is not None:
+            val += f", 2D SSIM {ssim:.4f}"
         parts = ", ".join(f"{name} {value:.4f}" for name, value in terms.items())
         self.print(f"epoch {values['epoch']}: train loss {values['train_loss']:.4f} ({parts}), {val}, "
                    f"lr {values['lr']:.2e}, {values['epoch_time']:.1f} s "
                    f"({100 * values.get('data_wait', 0.0):.0f}% waiting for data)")
 
     def state_dict(self) -> dict:
-        return {"history": {k: list(v) for k, v in self.history.items()}, "best_val_mae": self.best_val_mae}
+        return {"history": {k: list(v) for k, v in self.history.items()}, "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = {k: list(state["history"].get(k, [])) for k in HISTORY_KEYS}
+        epochs = len(state["history"].get("epoch", []))
+        # a series a run written before it existed lacks (val_ssim) reads as None per epoch
+        self.history = {k: list(state["history"].get(k, [None] * epochs)) for k in HISTORY_KEYS}
         self.history.update({k: list(v) for k, v in state["history"].items() if k.startswith(TERM_PREFIX)})
-        self.best_val_mae = state.get("best_val_mae")
+        self.best = state.get("best")
+        if self.best is None and state.get("best_val_mae") is not None:  # checkpoints before --best_metric
+            self.best = {"metric": "mae", "value": float(state["best_val_mae"]), "epoch": None}
+
+    def is_better(self, metric: str, value: float | None) -> bool:
+        """Whether `value` of `metric` beats the best so far (MAE: lower; SSIM: higher); non-finite never does."""
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None or self.best["metric"] != metric:
+            return True
+        return value < self.best["value"] if metric == "mae" else value > self.best["value"]
 
     def plot_progress(self) -> None:
         if not self.enabled or not self.history["epoch"]:

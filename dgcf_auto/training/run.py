@@ -16,7 +16,7 @@ from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
-from dgcf_auto.training.variants import effective_plans, get_trainer_variant
+from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
 
 CONFIGURATIONS = ("2d",)
 VALIDATION_MODES = ("final", "none", "only", "only-best")
@@ -64,16 +64,21 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
                  dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
-                 validation: str = "final") -> Path | None:
+                 validation: str = "final", best_metric: str | None = None) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
     (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
-    Raises DGCFError for every user-fixable problem."""
+    `best_metric` ("mae" | "ssim") picks checkpoint_best.pth; None: the trainer's default ("ssim" for the
+    `_release` trainers, as the authors' train.json; "mae" otherwise). Raises DGCFError for every
+    user-fixable problem."""
     if validation not in VALIDATION_MODES:
         raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
     if configuration not in CONFIGURATIONS:
         raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
     variant = get_trainer_variant(trainer_name)
+    best_metric = best_metric or variant.best_metric
+    if best_metric not in BEST_METRICS:
+        raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {best_metric!r}")
     fold = parse_fold(fold)
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size),
                         ("--iterations-per-epoch", iterations_per_epoch), ("--val-every", val_every)):
@@ -110,7 +115,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                                 iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
                                 num_workers=num_workers, val_every=val_every, compile=compile,
                                 dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
-                                precision=precision, vgg_weights=vgg_weights)
+                                precision=precision, vgg_weights=vgg_weights, best_metric=best_metric)
     if resume_state is not None:
         ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
         if final.is_file() and resume_state["epoch"] >= settings.epochs:

@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -44,6 +43,7 @@ class TrainingSettings:
     dinov3_random: bool = False
     precision: str = "auto"    # see network.execution.autocast_dtype
     vgg_weights: str | None = None  # weight file for the "vgg" loss term, when the plans use it
+    best_metric: str = "mae"   # what picks checkpoint_best.pth: "mae" (lowest) or "ssim" (highest 2D SSIM)
 
 
 class DGCFTrainer:
@@ -155,21 +155,23 @@ class DGCFTrainer:
         means = [self.dist.mean(v / s.iterations_per_epoch, self.device) for v in sums.tolist()]
         val = self._maybe_validate(epoch)
         epoch_time = time.perf_counter() - start
-        val_mae, val_psnr = (finite_or_none(val["mae"]), finite_or_none(val["psnr"])) if val else (None, None)
+        val_mae, val_psnr, val_ssim = ((finite_or_none(val["mae"]), finite_or_none(val["psnr"]),
+                                        finite_or_none(val["ssim"])) if val else (None, None, None))
         self.logger.record_epoch(epoch=epoch, train_loss=means[0], terms=dict(zip(self.loss.names, means[1:])),
-                                 val_mae=val_mae, val_psnr=val_psnr,
+                                 val_mae=val_mae, val_psnr=val_psnr, val_ssim=val_ssim,
                                  lr=self.optimizer.param_groups[0]["lr"], epoch_time=epoch_time,
                                  data_wait=wait / epoch_time)
         if self.scheduler is not None:
             self.scheduler.step()  # per epoch, as StepLR's step_size counts epochs
         payload = self.checkpoint_payload(epoch + 1)
         if self.dist.is_main:
-            if val is not None and np.isfinite(val["mae"]) and (self.logger.best_val_mae is None
-                                                                 or val["mae"] < self.logger.best_val_mae):
-                self.logger.best_val_mae = float(val["mae"])
+            metric = s.best_metric
+            if val is not None and self.logger.is_better(metric, val[metric]):
+                self.logger.best = {"metric": metric, "value": float(val[metric]), "epoch": epoch}
                 payload["logger"] = self.logger.state_dict()
                 ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", payload)
-                self.logger.print(f"new best validation MAE {val['mae']:.2f} HU -> checkpoint_best.pth")
+                shown = f"MAE {val['mae']:.2f} HU" if metric == "mae" else f"2D SSIM {val['ssim']:.4f}"
+                self.logger.print(f"new best validation {shown} -> checkpoint_best.pth")
             ckpt.save_checkpoint(self.output_folder / "checkpoint_latest.pth", payload)
             self.logger.plot_progress()
 
@@ -237,7 +239,8 @@ class DGCFTrainer:
         s, log = self.settings, self.logger
         terms = " + ".join(f"{w:g} x {name}" for name, w in self.loss.weights.items())
         log.print(f"{self.variant.name} ({self.variant.paper_row}); network {self.variant.network}, loss {terms}, "
-                  f"schedule {training_plans(self.plans).schedule}")
+                  f"schedule {training_plans(self.plans).schedule}, init {network_plans(self.plans).init}, "
+                  f"checkpoint_best by validation {s.best_metric}")
         log.print(f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; {s.epochs} epochs x "
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
                   f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, compile {s.compile}")

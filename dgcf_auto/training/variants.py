@@ -22,6 +22,13 @@ class TrainerVariant:
     plans_overrides: dict = field(default_factory=dict)   # nested plans values this row fixes
     # nested plans values that depend on plans["source_modality"] ("mr" | "cbct"), merged after plans_overrides
     modality_overrides: dict = field(default_factory=dict)
+    # which validation value picks checkpoint_best.pth unless --best_metric says otherwise (BEST_METRICS)
+    best_metric: str = "mae"
+
+
+# "mae": lowest validation MAE (HU, body mask); "ssim": highest mean 2D validation SSIM of the normalised
+# slices, the authors' choice (train.json record.save_model.best_metric; training/validation.py).
+BEST_METRICS = ("mae", "ssim")
 
 
 L1_ONLY = {"l1": 1.0}
@@ -40,7 +47,19 @@ RELEASE_CNN_ONLY = {"training": RELEASE["training"]}  # no ViT in the network; i
 def _release(name: str, network: str, loss: dict[str, float] | None, row: str) -> TrainerVariant:
     uses_vit = network != "dgcn_release_cnn_only"
     return TrainerVariant(name, network, loss, row, RELEASE if uses_vit else RELEASE_CNN_ONLY,
-                          RELEASE_BY_MODALITY if uses_vit else {})
+                          RELEASE_BY_MODALITY if uses_vit else {}, best_metric="ssim")
+
+
+# The authors' baselines as they trained them: every experiment uses file_config/train.json (the "release"
+# schedule) and their define_network re-draws the weights N(0, 0.02) (network.init "release"; TransUNet
+# therefore starts from random weights). L1 only (vanillaSL_model: criterionL1 x lambda_L1 1).
+RELEASE_BASELINE = {"network": {"init": "release"}, "training": {"schedule": "release"}}
+
+
+def _release_baseline(name: str, network: str, row: str, options: dict | None = None) -> TrainerVariant:
+    overrides = {"network": {**RELEASE_BASELINE["network"], "options": dict(options or {})},
+                 "training": RELEASE_BASELINE["training"]}
+    return TrainerVariant(name, network, L1_ONLY, row, overrides, best_metric="ssim")
 
 
 TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
@@ -70,6 +89,14 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
                    {"network": {"options": {"deep_supervision": True}}}),
     TrainerVariant("DGCFTrainer_transunet_L1", "transunet", L1_ONLY, "Table 1: TransUNet [19] (R50-ViT-B/16), L1"),
     TrainerVariant("DGCFTrainer_i2imamba_L1", "i2i_mamba", L1_ONLY, "Table 1: I2I-Mamba [20], L1"),
+    _release_baseline("DGCFTrainer_unet_release", "cnn_only",
+                      "released code, Table 1: UNet, L1 (their unet.py: tanh head)", {"tanh_head": True}),
+    _release_baseline("DGCFTrainer_resunet_release", "resunet", "released code, Table 1: ResUNet [17], L1"),
+    _release_baseline("DGCFTrainer_unetpp_release", "unetpp", "released code, Table 1: UNet++ [16], L1"),
+    _release_baseline("DGCFTrainer_transunet_release", "transunet",
+                      "released code, Table 1: TransUNet [19], L1, random start (their load_from is never called)"),
+    _release_baseline("DGCFTrainer_i2imamba_release", "i2i_mamba",
+                      "released code, Table 1: I2I-Mamba [20], L1 (their mambaunet code is missing; ours)"),
 )}
 
 
