@@ -125,3 +125,27 @@ def test_folders_that_do_not_agree_are_one_line_and_nothing_written(predicted, t
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert expected in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_continue_prediction_redoes_a_case_whose_saved_floats_are_gone(predicted, tmp_path, capsys):
+    from dgcf_auto.inference.api import predict
+
+    out = _copy(predicted["out"][0], tmp_path / "again")
+    case = predicted["cases"][2]
+    (out / f"{case}.npz").unlink()
+    with data_folders(predicted["root"]):
+        predict(predicted["raw"], out, model=predicted["root"] / "DGCF_results" / predicted["raw"].name /
+                "DGCFTrainer__DGCFPlans__2d", folds=[0], device="cpu", tta=False, precision="fp32",
+                save_probabilities=True, continue_prediction=True, progress=False)
+    assert "2 case(s) already predicted by this model, skipped; 1 to predict (1 without saved probabilities)" in \
+        capsys.readouterr().out
+    with np.load(out / f"{case}.npz") as again, np.load(predicted["out"][0] / f"{case}.npz") as before:
+        assert np.array_equal(again["sct"], before["sct"])
+
+
+def test_save_probabilities_needs_an_output_folder(predicted):
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.inference.api import predict
+
+    with pytest.raises(DGCFError, match="save_probabilities needs an output folder"):
+        predict(predicted["raw"], None, save_probabilities=True)

@@ -177,7 +177,7 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
                 return "without uncertainty map"
         if save_probabilities:
             npz, meta = saved_files(target.parent, item.name)
-            if not meta.is_file() or record.get("probabilities_sha256") != file_sha256(npz):
+            if not (npz.is_file() and meta.is_file()) or record.get("probabilities_sha256") != file_sha256(npz):
                 return "without saved probabilities"
         mismatch = geometry_mismatch(read_header(target), read_header(item.source))
     except (OSError, DGCFError):
