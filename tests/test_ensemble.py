@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model_fixtures import data_folders, example_model
+from model_fixtures import data_folders, example_model, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
 DATASET_ID = 993
@@ -31,12 +31,7 @@ def predicted(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    from dgcf_auto.cli.ensemble import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return run_cli("ensemble", argv, capsys)
 
 
 def _array(path):

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from model_fixtures import data_folders
+from model_fixtures import data_folders, run_cli
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
@@ -48,14 +48,7 @@ def trained(tmp_path_factory):
         yield {"root": root, "raw": raw, "results": root / "DGCF_results" / raw.name}
 
 
-def run(module_name, argv, capsys):
-    import importlib
-
-    module = importlib.import_module(f"dgcf_auto.cli.{module_name}")
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+run = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prediction folders of dgcf_predict --save_probabilities (same cases, same plans)")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder for <case>.nii.gz")
     p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--output-format", default=".nii.gz", choices=list(IMAGE_SUFFIXES),
+    p.add_argument("--output_format", default=".nii.gz", choices=list(IMAGE_SUFFIXES),
                    help="image format of the averaged sCTs (default .nii.gz)")
     p.add_argument("--save_probabilities", action="store_true",
                    help="also keep the averaged <case>.npz / <case>.json (to ensemble the ensemble again)")
