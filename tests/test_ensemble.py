@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model_fixtures import data_folders, example_model, run_cli
+from model_fixtures import TINY_FEATURES, data_folders, run_cli, save_tiny_folds
 
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
 DATASET_ID = 993
@@ -16,12 +16,20 @@ DATASET_ID = 993
 
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
-    """Two tiny 'models' (fold 0 and fold 1 of one folder) predicted with --save_probabilities."""
+    """Two tiny 'models' (fold 0 and fold 1 of one folder) predicted with --save_probabilities; their plans
+    have a non-default CT window, which the way back to HU must take from the folder's plans.json."""
     root = tmp_path_factory.mktemp("ensemble")
     with data_folders(root):
+        from dgcf_auto.dataset.example import write_example_dataset
         from dgcf_auto.inference.api import predict
+        from dgcf_auto.preprocessing.run import plan_and_preprocess
 
-        raw, folder, _ = example_model(root, DATASET_ID, "DGCFTrainer__DGCFPlans__2d", n=3, seed=4, folds=(0, 1))
+        raw = write_example_dataset(DATASET_ID, "mr2ct", n=3, seed=4)
+        plans = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
+                                    overrides={"patch_size": [32, 32], "features": TINY_FEATURES})["plans"]
+        plans["ct_normalization"] = {**plans["ct_normalization"], "clip_low": -1000, "clip_high": 1500}
+        folder = root / "DGCF_results" / raw.name / "DGCFTrainer__DGCFPlans__2d"
+        save_tiny_folds(folder, plans, folds=(0, 1))
         outputs = {}
         for fold in (0, 1):
             outputs[fold] = root / f"pred_fold{fold}"
@@ -101,7 +109,7 @@ def test_folders_that_do_not_agree_are_one_line_and_nothing_written(predicted, t
                 "truncated": f"case {case}: {case}.npz in {b} is unreadable"}[fault]
     if fault == "plans":
         plans = json.loads((b / "plans.json").read_text())
-        plans["ct_normalization"]["window"] = [-500, 1500]
+        plans["ct_normalization"]["clip_high"] = 2000
         (b / "plans.json").write_text(json.dumps(plans))
     elif fault == "missing_case":
         (b / f"{case}.json").unlink()
