@@ -178,6 +178,15 @@ def test_ensembles_need_saved_predictions_and_bad_metric_is_one_line(trained, be
             assert code == 1 and len(err.strip().splitlines()) == 1
             assert f"trainer DGCFTrainer_L1 fold 1: {folder} has no saved float prediction (case {case.stem})" in err
             assert "--val --npz" in err and "--disable_ensembling" in err
+            shutil.copy2(moved, case)  # back, then stale: floats that are not those of the sCT beside them
+            with np.load(case) as data:
+                arrays = {k: data[k] for k in data.files}
+            arrays["sct"] = arrays["sct"] * np.float32(0.5)
+            np.savez_compressed(case, **arrays)
+            code, _, err = run("find_best_configuration", ["-d", str(DATASET_ID), "-tr", *TRAINERS, "-f", "0", "1"],
+                               capsys)
+            assert code == 1 and len(err.strip().splitlines()) == 1
+            assert f"case {case.stem}: {case} is not the float prediction of the sCT beside it" in err
             code, out, err = run("find_best_configuration", ["-d", str(DATASET_ID), "-tr", *TRAINERS, "-f", "0", "1",
                                                              "--disable_ensembling", "--metric", "psnr",
                                                              "--disable_progress_bar"], capsys)

@@ -117,18 +117,31 @@ def _fold_validation(dataset, model_folder: Path, trainer: str, folds: list[int]
 
 
 def _check_saved_predictions(members: dict, dataset, plans: str) -> None:
-    """Ensembles average float predictions: every validation case needs its <case>.npz/.json (--npz)."""
-    from dgcf_auto.inference.saved_predictions import PLANS_FILE, saved_cases
+    """Ensembles average float predictions: every validation case needs its <case>.npz/.json (--npz), and
+    they must be the floats of the sCT beside them (the folder's provenance record holds both hashes), not
+    leftovers of an earlier validation."""
+    from dgcf_auto.inference.provenance import file_sha256, read_provenance
+    from dgcf_auto.inference.saved_predictions import PLANS_FILE, saved_cases, saved_files
 
     for trainer, per_fold in members.items():
         for fold, entry in per_fold.items():
-            saved = set(saved_cases(entry["folder"]))
+            folder = entry["folder"]
+            rerun = (f"rerun dgcf_train {dataset} 2d {fold} -tr {trainer} -p {plans} --val --npz, or pass "
+                     f"--disable_ensembling")
+            saved = set(saved_cases(folder))
             lacking = [c.name for c in entry["reference"] if c.name not in saved]
-            if lacking or not (entry["folder"] / PLANS_FILE).is_file():
+            if lacking or not (folder / PLANS_FILE).is_file():
                 what = f"case {lacking[0]}" if lacking else PLANS_FILE
-                raise DGCFError(f"trainer {trainer} fold {fold}: {entry['folder']} has no saved float prediction "
-                                f"({what}) to ensemble; rerun dgcf_train {dataset} 2d {fold} -tr {trainer} -p "
-                                f"{plans} --val --npz, or pass --disable_ensembling")
+                raise DGCFError(f"trainer {trainer} fold {fold}: {folder} has no saved float prediction "
+                                f"({what}) to ensemble; {rerun}")
+            records = (read_provenance(folder) or {}).get("cases", {})
+            for case in entry["reference"]:
+                record = records.get(case.name) or {}
+                if (record.get("probabilities_sha256") != file_sha256(saved_files(folder, case.name)[0])
+                        or record.get("sha256") != file_sha256(entry["images"][case.name])):
+                    raise DGCFError(f"case {case.name}: {saved_files(folder, case.name)[0]} is not the float "
+                                    f"prediction of the sCT beside it (not in {folder.name}'s provenance record: "
+                                    f"left from an earlier validation?); {rerun}")
 
 
 def gather_folds(per_fold: dict, folder: Path) -> None:
