@@ -8,6 +8,8 @@ CONSOLE_SCRIPTS = {
     "dgcf_predict": "dgcf_auto.cli.predict:main",
     "dgcf_evaluate": "dgcf_auto.cli.evaluate:main",
     "dgcf_compare": "dgcf_auto.cli.compare:main",
+    "dgcf_ensemble": "dgcf_auto.cli.ensemble:main",
+    "dgcf_find_best_configuration": "dgcf_auto.cli.find_best_configuration:main",
     "dgcf_export_model_to_zip": "dgcf_auto.cli.export_model_to_zip:main",
     "dgcf_install_model_from_zip": "dgcf_auto.cli.install_model_from_zip:main",
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",

@@ -111,3 +111,16 @@ def assert_same_image(back, reference, atol: float) -> None:
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(back, getter)(), getattr(reference, getter)(), rtol=0, atol=atol,
                                    err_msg=getter)
+
+
+def run_cli(module_name: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `dgcf_<module_name> argv` as a console script would: (exit status, stdout, stderr)."""
+    import importlib
+
+    import pytest
+
+    module = importlib.import_module(f"dgcf_auto.cli.{module_name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgcf_auto.atomic import torch_save
-from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders
+from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders, run_cli
 
 PAPER_ID, KFOLD_ID = 996, 995
 TRAINERS = ("DGCFTrainer", "DGCFTrainer_L1")
@@ -42,14 +42,7 @@ def data(tmp_path_factory):
         yield {"root": root, "raw": raw, "test": splits[0]["test"], "val": splits[0]["val"]}
 
 
-def run(module_name, argv, capsys):
-    import importlib
-
-    module = importlib.import_module(f"dgcf_auto.cli.{module_name}")
-    with pytest.raises(SystemExit) as exit_info:
-        module.main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+run = run_cli
 
 
 def test_split_cases_is_shared_and_reads_the_raw_dataset(data):

@@ -11,7 +11,7 @@ from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__)
+    p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__, allow_abbrev=False)
     p.add_argument("-i", default=None, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
                    "of source images or DICOM folders, one image file, or one DICOM folder")
     p.add_argument("-o", default=None, help="output folder (<case>.nii.gz, or <case>/ with --output-format dicom); "
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not set voxels outside the body mask to -1000 HU")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write <case>_uncertainty (std over folds and TTA, HU)")
+    p.add_argument("--save_probabilities", action="store_true",
+                   help="also keep each case's sCT before rounding to int16 (<case>.npz: float32 normalised slice "
+                        "stack; <case>.json: its properties; plans.json), for dgcf_ensemble")
     p.add_argument("--png", type=Path, default=None, help="write a report figure per case into this folder")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines/GPUs)")
     p.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0..num_parts-1)")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                       save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
                       num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
                       num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
-                      verbose=True)
+                      verbose=True, save_probabilities=args.save_probabilities)
     print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 

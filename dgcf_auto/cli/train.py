@@ -11,7 +11,7 @@ from dgcf_auto.errors import cli_entry
 def build_parser() -> argparse.ArgumentParser:
     from dgcf_auto.training.variants import TRAINERS
 
-    p = argparse.ArgumentParser(prog="dgcf_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="dgcf_train", description=__doc__, allow_abbrev=False,
                                 epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
     p.add_argument("configuration", help="configuration (only 2d exists)")
@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
+    p.add_argument("-pretrained_weights", default=None, metavar="CHECKPOINT",
+                   help="initialise the network from this checkpoint of another run (fine-tuning; the "
+                        "architectures must agree); its path and SHA-256 are recorded in training_config.json")
+    p.add_argument("--npz", action="store_true",
+                   help="final validation also keeps the float predictions (<case>.npz/.json), which "
+                        "dgcf_find_best_configuration needs to score ensembles")
     p.add_argument("--epochs", type=int, default=None, help="override plans['training']['epochs'] (recorded)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="override the global batch size (recorded); split evenly over torchrun processes")
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                           compile=args.compile, dinov3_weights=args.dinov3_weights,
                           dinov3_random=args.dinov3_random, precision=args.precision,
                           vgg_weights=args.vgg_weights, validation=_validation_mode(args),
-                          best_metric=args.best_metric)
+                          best_metric=args.best_metric, save_probabilities=args.npz,
+                          pretrained_weights=args.pretrained_weights)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

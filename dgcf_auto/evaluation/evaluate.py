@@ -278,6 +278,17 @@ def format_table(summary: dict, metrics=None) -> str:
     return "\n".join(lines)
 
 
+def split_reference(dataset, split: str, fold: int | str = 0) -> tuple[Path, list, list[EvalCase]]:
+    """(raw dataset folder, the split's dataset cases, their reference CTs and masks as EvalCases)."""
+    from dgcf_auto.planning.splits import split_cases
+
+    raw, cases = split_cases(dataset, split, fold)
+    if no_ct := [c for c in cases if c.ct is None]:
+        raise DGCFError(f"case {no_ct[0].name}: no ct.nii.gz in {no_ct[0].folder}; the reference CT is needed "
+                        f"({len(no_ct)} {split} case(s) without one)")
+    return raw, cases, [EvalCase(c.name, c.ct, mask=c.mask, source=c.source) for c in cases]
+
+
 def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str] | None = None,
                    plans: str = "DGCFPlans", configuration: str = "2d", pred_dir=None, output_json=None,
                    profile: str = DEFAULT_PROFILE, **kwargs) -> list[tuple[Path, dict]]:
@@ -288,13 +299,8 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     """
     from dgcf_auto.dataset.discovery import task_of
     from dgcf_auto.paths import SPLIT_FOLDERS, results_root, split_prediction_folder, summary_file_name
-    from dgcf_auto.planning.splits import split_cases
 
-    raw, cases = split_cases(dataset, split, fold)
-    if no_ct := [c for c in cases if c.ct is None]:
-        raise DGCFError(f"case {no_ct[0].name}: no ct.nii.gz in {no_ct[0].folder}; the reference CT is needed "
-                        f"({len(no_ct)} {split} case(s) without one)")
-    reference = [EvalCase(c.name, c.ct, mask=c.mask, source=c.source) for c in cases]
+    raw, cases, reference = split_reference(dataset, split, fold)
     if pred_dir is not None:
         targets = [(trainers[0] if trainers else None, Path(pred_dir))]
     else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class SCTPredictor:
             checkpoint = load_checkpoint(file)
             if index == 0:
                 self.plans = checkpoint["plans"]
-            elif _grid_and_normalisation(checkpoint["plans"]) != _grid_and_normalisation(self.plans):
+            elif not same_grid_and_normalisation(checkpoint["plans"], self.plans):
                 raise DGCFError(f"checkpoint {file}: its plans differ from {self.checkpoint_files[0]} "
                                 f"(slice grid or normalisation); folds of one model must share plans")
             vit_weights = {k: v for k, v in checkpoint["network_weights"].items() if k.startswith(VIT_PREFIX)}
@@ -97,18 +98,23 @@ class SCTPredictor:
     def predict_volume(self, source: sitk.Image, mask: sitk.Image | None, case: str = "",
                        with_uncertainty: bool = False) -> tuple[sitk.Image, sitk.Image | None]:
         """sCT (int16 HU, the source's exact grid) and optionally the std over folds/TTA in HU."""
+        prediction = self.predict_case(source, mask, case, with_uncertainty)
+        return prediction.sct, prediction.uncertainty
+
+    def predict_case(self, source: sitk.Image, mask: sitk.Image | None, case: str = "",
+                     with_uncertainty: bool = False) -> "CasePrediction":
+        """The sCT with what led to it: the normalised slice stack before the way back to HU, the case's
+        properties and the background mask (what `--save_probabilities` keeps for `dgcf_ensemble`)."""
         # Files were validated on the way in (dataset validation); preprocess_case checks dimension and grids.
         if mask is None:  # as in training: normalise, centre and mask with the body, not the whole image
             mask = derive_body_mask(source, self.plans, self.mask_from, case)
         prepared = preprocess_case(source, None, mask, self.plans, case)
         mean, std = self._predict_slices(prepared.source, case, with_uncertainty)
-        sct = restore_ct(mean, prepared.properties, self.plans)
-        sct_hu = to_array(sct)
         if mask is not None:
             _warn_if_body_outside_grid(mask, prepared.properties, case)
-        if mask is not None and self.mask_background:
-            sct_hu[sitk.GetArrayViewFromImage(mask) == 0] = BACKGROUND_HU
-        sct_int = _as_int16_image(sct_hu, source)
+        background = (sitk.GetArrayFromImage(mask) != 0).astype(np.uint8) if (
+            mask is not None and self.mask_background) else None
+        sct = sct_from_normalised(mean, prepared.properties, self.plans, background)
         uncertainty = None
         if with_uncertainty:
             # The CT normalisation is linear, so a spread in normalised units is scale * spread in HU.
@@ -117,13 +123,38 @@ class SCTPredictor:
             uncertainty = from_slice_grid(slices_to_image(std_hu, prepared.properties["slice_grid"]),
                                           prepared.properties["original_geometry"], sitk.sitkLinear, 0.0)
             uncertainty.CopyInformation(source)
-        return sct_int, uncertainty
+        return CasePrediction(sct, uncertainty, mean, prepared.properties, background)
 
     def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
         return predict_slice_stack(self.networks, slices, self.device, self.batch_sizer, self.autocast_dtype,
                                    self.flips, with_uncertainty,
                                    desc=f"predict {case}".strip() if self.progress else None,
                                    shared_encoder=self.shared_encoder)
+
+
+@dataclass
+class CasePrediction:
+    sct: sitk.Image                      # int16 HU on the source's grid
+    uncertainty: sitk.Image | None       # std over folds and TTA, HU
+    normalised: np.ndarray               # (S, H, W) float32: the fold/TTA mean on the slice grid, CT-normalised
+    properties: dict                     # preprocess_case's properties: the slice grid and the original grid
+    background_mask: np.ndarray | None   # uint8 (z, y, x) on the original grid: 0 -> BACKGROUND_HU; None: kept
+
+
+def sct_from_normalised(normalised: np.ndarray, properties: dict, plans: dict,
+                        background_mask: np.ndarray | None) -> sitk.Image:
+    """The one way back from a normalised slice stack to the int16 HU sCT on the case's original grid
+    (`restore_ct`, background to -1000 HU, rounded and clipped): prediction and dgcf_ensemble both call it."""
+    restored = restore_ct(normalised, properties, plans)
+    hu = to_array(restored)
+    if background_mask is not None:
+        hu[background_mask == 0] = BACKGROUND_HU
+    return _as_int16_image(hu, restored)
+
+
+def same_grid_and_normalisation(a: dict, b: dict) -> bool:
+    """Two plans put a case on the same slice grid and normalise it the same way (fold and ensemble checks)."""
+    return _grid_and_normalisation(a) == _grid_and_normalisation(b)
 
 
 def _same_tensors(a: dict, b: dict) -> bool:

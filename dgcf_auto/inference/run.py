@@ -25,6 +25,7 @@ from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
 from dgcf_auto.inference.report import PeakMemory, RunReport, report_name
+from dgcf_auto.inference.saved_predictions import saved_files, write_folder_plans, write_saved_prediction
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 
 
@@ -79,9 +80,11 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
                    output_format: str = ".nii.gz", continue_prediction: bool = False, num_workers: int = 2,
                    save_uncertainty: bool = False, png_dir: Path | None = None,
                    input_root: Path | None = None, dicom_uid_prefix: str | None = None,
-                   part: tuple[int, int] = (0, 1), progress: bool = True) -> list[Path]:
+                   part: tuple[int, int] = (0, 1), progress: bool = True,
+                   save_probabilities: bool = False) -> list[Path]:
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
-    `part` = (part_id, num_parts) names this run's report when a large input set is split across machines."""
+    `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
+    `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py)."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir)
     check_inputs(inputs, predictor.plans.get("source_modality"))
@@ -93,11 +96,13 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
         provenance["cases"] = previous["cases"]  # outputs of this same model stay on record
     todo = inputs
     if continue_prediction:
-        todo = _cases_to_redo(inputs, output_dir, output_format, save_uncertainty, provenance)
+        todo = _cases_to_redo(inputs, output_dir, output_format, save_uncertainty, provenance, save_probabilities)
     for item in todo:
         provenance["cases"].pop(item.name, None)
     recorder = _ProvenanceRecorder(provenance, output_dir / PROVENANCE_FILE, {item.name for item in todo})
     recorder.save()
+    if save_probabilities:
+        write_folder_plans(output_dir, predictor.plans)
     report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
     dicom = dict(uid_prefix=dicom_uid_prefix or DEFAULT_UID_PREFIX, **dicom_description(predictor))
     unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
@@ -118,12 +123,14 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
             source, mask = pending_reads[index].result()
             started = time.perf_counter()
             with PeakMemory(predictor.device) as memory:
-                sct, uncertainty = predictor.predict_volume(source, mask, item.name, save_uncertainty)
+                prediction = predictor.predict_case(source, mask, item.name, save_uncertainty)
+            sct, uncertainty = prediction.sct, prediction.uncertainty
             report.add_case(item.name, seconds=round(time.perf_counter() - started, 3), slices=sct.GetSize()[2],
                             peak_rss_mb=round(memory.peak_rss / 2**20, 1),
                             peak_vram_mb=None if memory.peak_vram is None else round(memory.peak_vram / 2**20, 1))
             target = output_path(item, output_dir, output_format)
-            writes.append(pool.submit(_write_case, item, sct, uncertainty, target, recorder, report, dicom))
+            writes.append(pool.submit(_write_case, item, sct, uncertainty, target, recorder, report, dicom,
+                                      prediction if save_probabilities else None))
             if png_dir is not None:
                 writes.append(pool.submit(_figure, item, source, sct, mask, png_dir))
             written.append(target)
@@ -134,12 +141,13 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
 
 
 def _cases_to_redo(inputs: list[Case], output_dir: Path, output_format: str, save_uncertainty: bool,
-                   provenance: dict) -> list[Case]:
+                   provenance: dict, save_probabilities: bool = False) -> list[Case]:
     """The cases whose existing output cannot be trusted; prints how many are skipped and why the rest are not."""
     reasons: dict[str, int] = {}
     todo = []
     for item in inputs:
-        reason = _why_redo(item, output_path(item, output_dir, output_format), save_uncertainty, provenance)
+        reason = _why_redo(item, output_path(item, output_dir, output_format), save_uncertainty, provenance,
+                           save_probabilities)
         if reason:
             reasons[reason] = reasons.get(reason, 0) + 1
             todo.append(item)
@@ -150,7 +158,8 @@ def _cases_to_redo(inputs: list[Case], output_dir: Path, output_format: str, sav
     return todo
 
 
-def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict) -> str | None:
+def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict,
+              save_probabilities: bool = False) -> str | None:
     """None when `target` is this model's complete output for this source; else the reason to redo it."""
     if not target.exists():
         return "without output"
@@ -166,6 +175,10 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
             extra = uncertainty_path(item, target)
             if not extra.is_file() or record.get("uncertainty_sha256") != file_sha256(extra):
                 return "without uncertainty map"
+        if save_probabilities:
+            npz, meta = saved_files(target.parent, item.name)
+            if not (npz.is_file() and meta.is_file()) or record.get("probabilities_sha256") != file_sha256(npz):
+                return "without saved probabilities"
         mismatch = geometry_mismatch(read_header(target), read_header(item.source))
     except (OSError, DGCFError):
         return "unreadable"
@@ -230,7 +243,8 @@ def dicom_description(predictor: SCTPredictor) -> dict:
     return {"series_description": description[:64], "derivation": derivation}
 
 
-def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _ProvenanceRecorder, report, dicom: dict) -> None:
+def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _ProvenanceRecorder, report, dicom: dict,
+                prediction=None) -> None:
     started = time.perf_counter()
     if image_suffix(target) is None:  # a folder: the DICOM series
         source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
@@ -243,6 +257,10 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
         extra = uncertainty_path(item, target)
         write_image(uncertainty, extra)
         record["uncertainty_sha256"] = file_sha256(extra)
+    if prediction is not None:  # --save_probabilities
+        write_saved_prediction(target.parent, item.name, prediction.normalised, prediction.properties,
+                               prediction.background_mask)
+        record["probabilities_sha256"] = file_sha256(saved_files(target.parent, item.name)[0])
     recorder.add(item.name, record)
     report.save()
 

@@ -4,7 +4,9 @@ The validation cases are predicted from the raw dataset on their original grids,
 predictor and API as `dgcf_predict` (so the numbers are what a user of the model gets, not the trainer's
 slice-grid validation), into `fold_X/validation/<case>.nii.gz`, and scored with the default metric profile
 into `fold_X/validation/summary.json` (every metric per case and the means, each with its N).
-`dgcf_train ... --val` reruns only this step; `--val-best` uses `checkpoint_best.pth`.
+`dgcf_train ... --val` reruns only this step; `--val-best` uses `checkpoint_best.pth`. With `--npz` the float
+predictions are kept as well (`<case>.npz` + `<case>.json`, see inference/saved_predictions.py), which
+`dgcf_find_best_configuration` needs to score ensembles of trainers.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ SUMMARY_FILE = "summary.json"
 
 def validate_fold(dataset: str | int, trainer: str, plans_name: str, configuration: str, fold: int | str,
                   checkpoint: str = "checkpoint_final.pth", device: str | None = None,
-                  precision: str = "auto") -> Path | None:
-    """Predict and score the fold's validation cases; returns the summary file (None for fold 'all')."""
+                  precision: str = "auto", save_probabilities: bool = False) -> Path | None:
+    """Predict and score the fold's validation cases; returns the summary file (None for fold 'all').
+    `save_probabilities` (dgcf_train --npz): keep the float predictions too, for dgcf_find_best_configuration's
+    ensembles."""
     from dgcf_auto.evaluation.evaluate import evaluate_split
     from dgcf_auto.inference.api import predict
     from dgcf_auto.planning.splits import split_cases
@@ -36,7 +40,7 @@ def validate_fold(dataset: str | int, trainer: str, plans_name: str, configurati
     print(f"dgcf_train: final validation of fold {fold} with {checkpoint}: predicting {len(cases)} validation "
           f"case(s) into {output}")
     predict(cases, output, model=model_folder, folds=[fold], device=device, trainer=trainer, plans=plans_name,
-            checkpoint=checkpoint, precision=precision)
+            checkpoint=checkpoint, precision=precision, save_probabilities=save_probabilities)
     summary_file = output / SUMMARY_FILE
     (_, summary), = evaluate_split(dataset, "val", fold, trainers=[trainer], plans=plans_name,
                                    configuration=configuration, pred_dir=output, output_json=summary_file)

@@ -64,13 +64,16 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
                  dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
-                 validation: str = "final", best_metric: str | None = None) -> Path | None:
+                 validation: str = "final", best_metric: str | None = None, save_probabilities: bool = False,
+                 pretrained_weights: str | None = None) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
     (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
     `best_metric` ("mae" | "ssim") picks checkpoint_best.pth; None: the trainer's default ("ssim" for the
-    `_release` trainers, as the authors' train.json; "mae" otherwise). Raises DGCFError for every
-    user-fixable problem."""
+    `_release` trainers, as the authors' train.json; "mae" otherwise).
+    `save_probabilities` (--npz): the final validation keeps its float predictions for ensembling.
+    `pretrained_weights`: initialise the network from another run's checkpoint (same architecture).
+    Raises DGCFError for every user-fixable problem."""
     if validation not in VALIDATION_MODES:
         raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
     if configuration not in CONFIGURATIONS:
@@ -84,13 +87,15 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                         ("--iterations-per-epoch", iterations_per_epoch), ("--val-every", val_every)):
         if value is not None and value < 1:
             raise DGCFError(f"{name} must be at least 1, got {value}")
+    pretrained_sha256 = _check_pretrained(pretrained_weights, continue_training)
     folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
     if validation.startswith("only"):
         checkpoint = "checkpoint_best.pth" if validation == "only-best" else "checkpoint_final.pth"
-        validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision)
+        validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision,
+                      save_probabilities)
         return output
 
     latest, final = output / "checkpoint_latest.pth", output / "checkpoint_final.pth"
@@ -115,7 +120,9 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                                 iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
                                 num_workers=num_workers, val_every=val_every, compile=compile,
                                 dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
-                                precision=precision, vgg_weights=vgg_weights, best_metric=best_metric)
+                                precision=precision, vgg_weights=vgg_weights, best_metric=best_metric,
+                                pretrained_weights=str(Path(pretrained_weights).resolve()) if pretrained_weights else None,
+                                pretrained_weights_sha256=pretrained_sha256)
     if resume_state is not None:
         ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
         if final.is_file() and resume_state["epoch"] >= settings.epochs:
@@ -142,8 +149,21 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         return None
     if validation == "final" and val_names:
         validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
-                      precision)
+                      precision, save_probabilities)
     return output
+
+
+def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -> str | None:
+    """The SHA-256 of the -pretrained_weights file (None without one), after the checks that need no network."""
+    if not pretrained_weights:
+        return None
+    if continue_training:
+        raise DGCFError("-pretrained_weights starts a new run; --c continues one: give only one of them")
+    if not Path(pretrained_weights).is_file():
+        raise DGCFError(f"-pretrained_weights {pretrained_weights}: no such file")
+    from dgcf_auto.inference.provenance import file_sha256
+
+    return file_sha256(pretrained_weights)
 
 
 def _announce_start(output: Path, continue_training: bool, resuming: bool) -> None:

@@ -44,6 +44,8 @@ class TrainingSettings:
     precision: str = "auto"    # see network.execution.autocast_dtype
     vgg_weights: str | None = None  # weight file for the "vgg" loss term, when the plans use it
     best_metric: str = "mae"   # what picks checkpoint_best.pth: "mae" (lowest) or "ssim" (highest 2D SSIM)
+    pretrained_weights: str | None = None         # checkpoint the network started from (-pretrained_weights)
+    pretrained_weights_sha256: str | None = None  # its SHA-256, so the start point is on record
 
 
 class DGCFTrainer:
@@ -88,6 +90,12 @@ class DGCFTrainer:
             self.model = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if s.compile:
             self.model = torch.compile(self.model)
+        if s.pretrained_weights:
+            from dgcf_auto.training.pretrained import load_pretrained_weights
+
+            copied = load_pretrained_weights(self.network, s.pretrained_weights)
+            self.logger.print(f"initialised {copied} weight tensors from {s.pretrained_weights} "
+                              f"(SHA-256 {s.pretrained_weights_sha256})")
         # From here on each rank draws its own random numbers; a resumed run restores them from the checkpoint.
         ckpt.seed_everything(s.seed + 1000 * self.dist.rank)
 

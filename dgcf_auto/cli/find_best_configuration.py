@@ -1,0 +1,54 @@
+"""dgcf_find_best_configuration -d 1 -tr A B [-p PLANS] [-f 0 1 2 3 4] [--metric mae]: score each trainer's
+cross-validation and every ensemble of trainers, pick the best, and write inference_instructions.txt /
+inference_information.json with the exact dgcf_predict / dgcf_ensemble commands (nnU-Net's
+nnUNetv2_find_best_configuration)."""
+from __future__ import annotations
+
+import argparse
+
+from dgcf_auto.cli import add_version
+from dgcf_auto.errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dgcf_auto.evaluation.compare import TESTS
+    from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, PROFILES
+
+    p = argparse.ArgumentParser(prog="dgcf_find_best_configuration", description=__doc__, allow_abbrev=False)
+    p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default DGCFTrainer)")
+    p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
+                   help="folds whose final validation is pooled (default 0 1 2 3 4)")
+    p.add_argument("--metric", default="mae", help="metric to rank by (default mae; its direction comes from "
+                   "the profile)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+                   help=f"metric profile of the summaries (default {DEFAULT_PROFILE})")
+    p.add_argument("--test", default="ttest", choices=list(TESTS),
+                   help="paired test of the best against the runner-up (default ttest)")
+    p.add_argument("--disable_ensembling", action="store_true",
+                   help="score single trainers only (no saved float predictions needed)")
+    p.add_argument("-np", type=int, default=1, help="worker processes for ensembling and metrics (default 1)")
+    p.add_argument("--disable_progress_bar", action="store_true", help="no progress bars (logs, batch jobs)")
+    add_version(p)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dgcf_auto.evaluation.best_configuration import INSTRUCTIONS_FILE, find_best_configuration, \
+        inference_instructions
+    from dgcf_auto.paths import results_dataset
+
+    information = find_best_configuration(args.d, args.tr, args.p, args.f, args.metric, args.profile,
+                                          allow_ensembling=not args.disable_ensembling, num_processes=args.np,
+                                          test=args.test, progress=not args.disable_progress_bar)
+    print()
+    print(inference_instructions(information), end="")
+    print(f"\ndgcf_find_best_configuration: wrote {results_dataset(args.d) / INSTRUCTIONS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()
