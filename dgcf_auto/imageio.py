@@ -119,12 +119,21 @@ def max_voxels() -> int:
     return int(os.environ.get(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
 
 
-def set_max_voxels(value: int | None) -> None:
-    """`--max_voxels`: kept in the environment so that worker processes inherit it."""
+@contextlib.contextmanager
+def voxel_limit(value: int | None):
+    """`--max_voxels` while the block runs (None: the default), kept in the environment so that worker
+    processes inherit it; the previous limit comes back afterwards."""
+    if value is not None and int(value) < 1:
+        raise DGCFError(f"--max_voxels must be at least 1, got {value}")
+    previous = os.environ.pop(MAX_VOXELS_ENV, None)
     if value is not None:
-        if int(value) < 1:
-            raise DGCFError(f"--max_voxels must be at least 1, got {value}")
         os.environ[MAX_VOXELS_ENV] = str(int(value))
+    try:
+        yield
+    finally:
+        os.environ.pop(MAX_VOXELS_ENV, None)
+        if previous is not None:
+            os.environ[MAX_VOXELS_ENV] = previous
 
 
 def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str | None:

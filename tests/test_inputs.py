@@ -134,16 +134,20 @@ def test_mha_decompressing_to_another_size_than_declared_is_refused(tmp_path):
 # ------------------------------------------------- observation 3: spacing in metres, or 1e-6 (constant sCT)
 
 def test_source_in_metres_or_micro_spacing_is_refused_and_force_goes_on(trained, tmp_path, capsys):
+    # The training range, from the raw files (all axes, all cases), and this case's own spacing.
+    spacings = [sitk.ReadImage(str(d / "mr.nii.gz")).GetSpacing() for d in trained["raw"].iterdir() if d.is_dir()]
+    low, high = min(min(s) for s in spacings), max(max(s) for s in spacings)
+    own = sitk.ReadImage(str(_first_case(trained) / "mr.nii.gz")).GetSpacing()
     out = tmp_path / "out"
     metres = _one_case(tmp_path / "m", trained, spacing_scale=1e-3)
     assert _predict(["-i", str(metres), "-o", str(out), "-device", "cpu"]) == 1
     line = _err(capsys).strip().splitlines()[-1]
-    assert "case 1PA001: file mr.nii.gz: spacing" in line and "1000x finer than the training range" in line
-    assert "in metres?" in line
+    assert "case 1PA001: file mr.nii.gz: spacing" in line
+    assert f"{low / (min(own) * 1e-3):.0f}x finer than the training range {low:.4g}-{high:.4g} mm; in metres?" in line
     micro = _one_case(tmp_path / "u", trained, spacing_scale=1e-6)
     assert _predict(["-i", str(micro), "-o", str(out), "-device", "cpu"]) == 1
     line = _err(capsys).strip().splitlines()[-1]
-    assert "case 1PA001: file mr.nii.gz: spacing" in line and "1000000x finer" in line
+    assert "case 1PA001: file mr.nii.gz: spacing" in line and f"{low / (min(own) * 1e-6):.0f}x finer" in line
     assert "in metres?" not in line and not out.exists()
 
     coarse = _one_case(tmp_path / "c", trained, spacing_scale=20.0)
@@ -151,7 +155,7 @@ def test_source_in_metres_or_micro_spacing_is_refused_and_force_goes_on(trained,
     assert "--force: case 1PA001" in _err(capsys)
     report = json.loads((out / "prediction_report.json").read_text())
     assert [f["case"] for f in report["forced"]] == ["1PA001"]
-    assert "20x coarser than the training range" in report["forced"][0]["reason"]
+    assert f"{max(own) * 20 / high:.0f}x coarser than the training range" in report["forced"][0]["reason"]
     assert json.loads((out / "prediction_provenance.json").read_text())["forced"] == report["forced"]
 
 
@@ -261,10 +265,11 @@ def test_mr_given_to_a_cbct_model_is_refused_by_intensity(tmp_path):
     from dgcf_auto.planning.fingerprint import extract_fingerprint
     from dgcf_auto.planning.planner import plan_source_signature
 
-    cbct = find_cases(make_example_dataset(tmp_path / "cbct", "cbct2ct", n=2, seed=5))
+    make_example_dataset(tmp_path / "cbct", "cbct2ct", n=2, seed=5)
+    cbct = find_cases(tmp_path / "cbct")
     signature = plan_source_signature(extract_fingerprint(cbct, progress=False))
-    mr_folder = make_example_dataset(tmp_path / "mr", "mr2ct", n=1, seed=5)
-    mr_case = find_cases(mr_folder)[0]
+    make_example_dataset(tmp_path / "mr", "mr2ct", n=1, seed=5)
+    mr_case = find_cases(tmp_path / "mr")[0]
     problems = source_problems(Case(mr_case.name, "cbct", mr_case.source), signature)
     assert len(problems) == 1 and "looks like MR (no value below 0" in problems[0]
     assert "the model was trained on CBCT" in problems[0]

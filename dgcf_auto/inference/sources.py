@@ -14,10 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, expected_names, read_case_folder, role_files
+from dgcf_auto.dataset.source_checks import check_sources
 from dgcf_auto.dataset.validation import validate_cases
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
+from dgcf_auto.plans import source_signature
 
 TARGET_ROLES = ("ct", "mask")  # a case's files that are never sources
 
@@ -91,8 +93,11 @@ def _refuse_target_role(path: Path) -> None:
                         f"its case folder {path.parent}")
 
 
-def check_inputs(cases: list[Case], source_modality: str | None) -> None:
-    """Every problem of every input at once, before anything is written."""
+def check_inputs(cases: list[Case], plans: dict, force: bool = False) -> list[dict]:
+    """Every problem of every input at once, before anything is written: readable, intact files first, then
+    sources that look like the model's training sources (`dataset.source_checks`; `force` lets those pass
+    and returns what was forced, for the run's record)."""
+    source_modality = plans.get("source_modality")
     problems = validate_cases(cases, require_ct=False, require_mask=False)
     problems += [p for case in cases if case.mask_roi and (p := _roi_problem(case))]
     for case in cases:
@@ -101,6 +106,7 @@ def check_inputs(cases: list[Case], source_modality: str | None) -> None:
                             f"model was trained on {source_modality}")
     if problems:
         raise DGCFInputErrors(problems)
+    return check_sources(cases, source_signature(plans), force)
 
 
 def read_roi_mask(case: Case, source) -> "sitk.Image":
