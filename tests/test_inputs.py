@@ -165,7 +165,7 @@ def test_source_in_metres_or_micro_spacing_is_refused_and_force_goes_on(trained,
 def test_nan_or_inf_in_the_reference_is_not_evaluated(tmp_path, capsys, role):
     from dgcf_auto.cli import evaluate as evaluate_cli
 
-    values = np.zeros((6, 20, 20), np.float32) + 40.0
+    values = np.zeros((8, 20, 20), np.float32) + 40.0
     ref, pred = tmp_path / "ref", tmp_path / "pred"
     for name in ("case1", "case2"):
         (ref / name).mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_nan_or_inf_in_the_reference_is_not_evaluated(tmp_path, capsys, role):
     assert exit_info.value.code == 1 and "Traceback" not in err
     summary = json.loads(out.read_text())
     assert [r["case"] for r in summary["metric_per_case"]] == ["case1"]
-    assert summary["metric_per_case"][0]["mae"] == pytest.approx(10.0)
+    assert summary["metric_per_case"][0]["metrics"]["mae"] == pytest.approx(10.0)
     file = "ct.nii.gz" if role == "ct" else "mask.nii.gz"
     assert summary["not_evaluated"] == [{"case": "case2", "reason": f"case case2: file {file}: 1 NaN/inf voxels; "
                                                                    f"every voxel must be finite"}]

@@ -100,14 +100,15 @@ def _modality_problem(signature: dict, expected: dict, trained_on: str) -> str |
     if expected["modality"] == "mr":
         floor = volume_min[0] if volume_min else 0.0
         if floor > AIR_HU and signature["air_fraction"] >= CT_AIR_FRACTION:
+            training = f", whose sources had no value below {floor:g}" if volume_min else ""
             return (f"looks like a CT ({100 * signature['air_fraction']:.0f}% of voxels at or below {AIR_HU:g}, "
-                    f"HU-like air; minimum {signature['min']:g}); {trained_on}, whose sources had no value "
-                    f"below {floor:g}")
+                    f"HU-like air; minimum {signature['min']:g}); {trained_on}{training}")
         return None
     ceiling = volume_min[1] if volume_min else -1000.0
     if ceiling <= AIR_HU and signature["min"] >= 0:
+        training = f", whose sources reach {ceiling:g} or lower" if volume_min else ""
         return (f"looks like MR (no value below 0, no HU-like air at -1000; range {signature['min']:g} to "
-                f"{signature['max']:g}); {trained_on}, whose sources reach {ceiling:g} or lower")
+                f"{signature['max']:g}); {trained_on}{training}")
     return None
 
 
