@@ -102,7 +102,8 @@ def _compressed_mha(image: sitk.Image, path) -> tuple[bytes, int]:
 
 def test_bit_flips_in_a_compressed_mha_are_refused_everywhere(trained, tmp_path, capsys):
     folder = _one_case(tmp_path, trained)
-    source = sitk.ReadImage(str(folder / "mr.nii.gz"))
+    # int16, as scanners store MR: garbage voxels are then no NaN that would give the corruption away
+    source = sitk.Cast(sitk.ReadImage(str(folder / "mr.nii.gz")), sitk.sitkInt16)
     (folder / "mr.nii.gz").unlink()
     data, start = _compressed_mha(source, folder / "mr.mha")
     middle = start + (len(data) - start) // 2
@@ -293,3 +294,21 @@ def test_preprocessing_refuses_a_mask_given_as_source(tmp_path, monkeypatch):
                    for p in info.value.problems)
         summary = plan_and_preprocess(997, num_processes=1, preprocess=False, progress=False, force=True)
         assert [f["case"] for f in summary["forced"]] == [case.name]
+
+
+def test_a_mask_covering_a_sliver_of_the_body_is_refused(trained, tmp_path, capsys):
+    folder = _one_case(tmp_path, trained)
+    mask = sitk.ReadImage(str(folder / "mask.nii.gz"))
+    sliver = np.zeros(sitk.GetArrayViewFromImage(mask).shape, np.uint8)
+    sliver[5, 20:24, 20:24] = 1
+    edited = sitk.GetImageFromArray(sliver)
+    edited.CopyInformation(mask)
+    sitk.WriteImage(edited, str(folder / "mask.nii.gz"))
+    # The training masks' smallest share of the volume, from the raw files.
+    shares = [float(np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "mask.nii.gz"))) > 0))
+              for d in trained["raw"].iterdir() if d.is_dir()]
+    out = tmp_path / "out"
+    assert _predict(["-i", str(folder), "-o", str(out), "-device", "cpu"]) == 1
+    line = _err(capsys).strip().splitlines()[-1]
+    assert line.endswith(f"case 1PA001: file mask.nii.gz: the body mask covers {100 * 16 / sliver.size:.2g}% of "
+                         f"the volume; the training masks covered {100 * min(shares):.2g}-{100 * max(shares):.2g}%")
