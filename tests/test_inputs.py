@@ -271,9 +271,16 @@ def test_mr_given_to_a_cbct_model_is_refused_by_intensity(tmp_path):
     signature = plan_source_signature(extract_fingerprint(cbct, progress=False))
     make_example_dataset(tmp_path / "mr", "mr2ct", n=1, seed=5)
     mr_case = find_cases(tmp_path / "mr")[0]
-    problems = source_problems(Case(mr_case.name, "cbct", mr_case.source), signature)
-    assert len(problems) == 1 and "looks like MR (no value below 0" in problems[0]
-    assert "the model was trained on CBCT" in problems[0]
+    mr = sitk.ReadImage(str(mr_case.source))
+    background = sitk.GetArrayFromImage(mr)
+    background[sitk.GetArrayFromImage(sitk.ReadImage(str(mr_case.mask))) == 0] = 0  # air is exactly 0, as often
+    zeroed = sitk.GetImageFromArray(background)
+    zeroed.CopyInformation(mr)
+    sitk.WriteImage(zeroed, str(tmp_path / "mr_zero.nii.gz"))
+    for source in (mr_case.source, tmp_path / "mr_zero.nii.gz"):
+        problems = source_problems(Case(mr_case.name, "cbct", source), signature)
+        assert len(problems) == 1 and "looks like MR (no value below 0" in problems[0]
+        assert "the model was trained on CBCT" in problems[0]
     assert source_problems(cbct[0], signature) == []
 
 
@@ -308,6 +315,22 @@ def test_a_mask_covering_a_sliver_of_the_body_is_refused(trained, tmp_path, caps
     shares = [float(np.mean(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "mask.nii.gz"))) > 0))
               for d in trained["raw"].iterdir() if d.is_dir()]
     out = tmp_path / "out"
+    from dgcf_auto.dataset.discovery import read_case_folder
+    from dgcf_auto.dataset.source_checks import source_problems
+    from dgcf_auto.plans import source_signature
+
+    # A fifth of the smallest training share is still a body mask, a twentieth is not (the limit is a tenth).
+    for part, refused in ((5, False), (20, True)):
+        smaller = sitk.GetArrayFromImage(sitk.ReadImage(str(_first_case(trained) / "mask.nii.gz"))).astype(np.uint8)
+        smaller.reshape(-1)[np.flatnonzero(smaller)[int(min(shares) / part * smaller.size):]] = 0
+        image = sitk.GetImageFromArray(smaller)
+        image.CopyInformation(mask)
+        sitk.WriteImage(image, str(tmp_path / f"part{part}.nii.gz"))
+        case = read_case_folder(folder)
+        case.mask = tmp_path / f"part{part}.nii.gz"
+        problems = source_problems(case, source_signature(trained["plans"]))
+        assert len(problems) == refused and all("the body mask covers" in p for p in problems)
+
     assert _predict(["-i", str(folder), "-o", str(out), "-device", "cpu"]) == 1
     line = _err(capsys).strip().splitlines()[-1]
     assert line.endswith(f"case 1PA001: file mask.nii.gz: the body mask covers {100 * 16 / sliver.size:.2g}% of "
