@@ -169,6 +169,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
 def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
     """(file holding the voxels, its bytes available for them, compressed?); (None, reason, False) when a
     MetaImage header names a data file that is missing."""
+    if image_suffix(path) == ".nii":
+        return path, path.stat().st_size - int(nib.load(str(path)).dataobj.offset), False
     if image_suffix(path) != ".mha":
         return path, path.stat().st_size, image_suffix(path) == ".nii.gz"
     fields, offset = _metaimage_header(path)

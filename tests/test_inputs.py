@@ -205,6 +205,10 @@ def test_header_declaring_more_than_the_file_or_cap_holds_is_refused_before_allo
     assert problem is not None and problem.startswith("file huge.nii.gz: header declares 30000x30000x30000 voxels")
     with pytest.raises(DGCFError, match="header declares 30000x30000x30000 voxels"):
         read_image(nifti)
+    (tmp_path / "huge.nii").write_bytes(raw)
+    _, problem = check_image_file(tmp_path / "huge.nii", "file huge.nii")
+    assert problem == (f"file huge.nii: header declares 30000x30000x30000 voxels ({2 * 30000 ** 3} bytes), more "
+                       f"than the file's {len(raw) - 352} data bytes; it is truncated")
 
     body = zlib.compress(b"\0" * 2000)
     mha = tmp_path / "huge.mha"
