@@ -339,3 +339,19 @@ def test_a_mask_covering_a_sliver_of_the_body_is_refused(trained, tmp_path, caps
     line = _err(capsys).strip().splitlines()[-1]
     assert line.endswith(f"case 1PA001: file mask.nii.gz: the body mask covers {100 * 16 / sliver.size:.2g}% of "
                          f"the volume; the training masks covered {100 * min(shares):.2g}-{100 * max(shares):.2g}%")
+
+
+def test_plans_without_a_source_signature_check_against_their_modality_and_spacing(trained):
+    from dgcf_auto.dataset.discovery import Case
+    from dgcf_auto.dataset.source_checks import source_problems
+    from dgcf_auto.plans import source_signature
+
+    old = {k: v for k, v in trained["plans"].items() if k != "source_signature"}  # plans written before issue 19
+    expected = source_signature(old)
+    spacing = old["configurations"]["2d"]["inplane_spacing"]
+    assert expected == {"modality": "mr", "spacing_mm": [min(spacing), max(spacing)]}
+    case = _first_case(trained)
+    problems = source_problems(Case(case.name, "mr", case / "ct.nii.gz"), expected)
+    assert len(problems) == 1 and problems[0].startswith(f"case {case.name}: file ct.nii.gz: looks like a CT (")
+    assert problems[0].endswith("the model was trained on MR")
+    assert source_problems(Case(case.name, "mr", case / "mr.nii.gz"), expected) == []
