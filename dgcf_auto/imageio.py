@@ -3,15 +3,22 @@
 NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the file name. A folder of
 DICOM files stands for its image series wherever a file does (`mr/` for `mr.nii.gz`); `dgcf_auto.dicomio`
 reads it.
+
+Voxels are verified before they are trusted (`voxel_problem`): the size a header declares is checked against
+`--max_voxels`, the machine's memory and what the file's bytes can hold, before anything is allocated; a
+compressed MetaImage block is decompressed by Python's zlib, which raises on corrupt data (ITK only logs
+"Uncompress failed" and returns an image).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +33,9 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
 SPACING_TOLERANCE = 1e-3  # relative
 ORIGIN_TOLERANCE_MM = 1e-2
 DIRECTION_TOLERANCE = 1e-4
+DEFAULT_MAX_VOXELS = 2**31
+MAX_VOXELS_ENV = "DGCF_MAX_VOXELS"  # how --max_voxels reaches worker processes
+DEFLATE_MAX_RATIO = 1032  # zlib/gzip cannot expand one compressed byte into more than ~1032 bytes
 
 
 def image_suffix(path: str | os.PathLike) -> str | None:
@@ -69,12 +79,18 @@ def read_image(path: str | os.PathLike, case: str | None = None, series_uids=())
         return read_series(path, case, series_uids)
     if not path.is_file():
         raise DGCFError(f"{where}: not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        problem = voxel_problem(path, reader)
+        if problem is None:
+            return reader.Execute()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()
         reason = next((r for r in reason if "ERROR" in r.upper() or "exception" in r.lower()), "unreadable")
         raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
+    raise DGCFError(f"{where}: {problem}")
 
 
 def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3,
@@ -96,6 +112,122 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
     if dimension is not None and reader.GetDimension() != dimension:
         raise DGCFError(f"{where}: expected a {dimension}D image, got {reader.GetDimension()}D")
     return reader
+
+
+def max_voxels() -> int:
+    """The largest image any stage reads (`--max_voxels`, default 2**31 voxels)."""
+    return int(os.environ.get(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
+
+
+@contextlib.contextmanager
+def voxel_limit(value: int | None):
+    """`--max_voxels` while the block runs (None: the default), kept in the environment so that worker
+    processes inherit it; the previous limit comes back afterwards."""
+    if value is not None and int(value) < 1:
+        raise DGCFError(f"--max_voxels must be at least 1, got {value}")
+    previous = os.environ.pop(MAX_VOXELS_ENV, None)
+    if value is not None:
+        os.environ[MAX_VOXELS_ENV] = str(int(value))
+    try:
+        yield
+    finally:
+        os.environ.pop(MAX_VOXELS_ENV, None)
+        if previous is not None:
+            os.environ[MAX_VOXELS_ENV] = previous
+
+
+def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str | None:
+    """None when the file's declared voxels can be read and are intact, else the problem in words.
+
+    Checked from the header before any allocation: the bytes against what the file can hold (its size, or
+    for compressed data the deflate limit), the voxel count against `max_voxels()`, the bytes against the
+    machine's memory. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
+    path = Path(path)
+    size = reader.GetSize()
+    voxels = math.prod(size) * reader.GetNumberOfComponents()
+    nbytes = voxels * _bytes_per_component(reader)
+    dims = "x".join(str(s) for s in size)
+    data_path, available, compressed = _stored_data(path)
+    if data_path is None:
+        return available  # the reason the data cannot be found
+    if compressed and nbytes > DEFLATE_MAX_RATIO * available:
+        return (f"header declares {dims} voxels ({nbytes} bytes), more than its {available} compressed bytes can "
+                f"hold (at most {DEFLATE_MAX_RATIO * available}); the file is corrupt")
+    if not compressed and nbytes > available:
+        return f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; it is truncated"
+    if voxels > max_voxels():
+        return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
+    memory = _machine_memory()
+    if memory is not None and max(nbytes, 4 * voxels) > memory:  # stages work on float32 copies
+        return (f"header declares {dims} voxels ({max(nbytes, 4 * voxels)} bytes as float32), more than this "
+                f"machine's memory ({memory} bytes)")
+    if compressed and image_suffix(path) == ".mha":
+        return _inflate_problem(data_path, path.stat().st_size - available if data_path == path else 0, nbytes)
+    return None
+
+
+def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
+    """(file holding the voxels, its bytes available for them, compressed?); (None, reason, False) when a
+    MetaImage header names a data file that is missing."""
+    if image_suffix(path) == ".nii":
+        return path, path.stat().st_size - int(nib.load(str(path)).dataobj.offset), False
+    if image_suffix(path) != ".mha":
+        return path, path.stat().st_size, image_suffix(path) == ".nii.gz"
+    fields, offset = _metaimage_header(path)
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    data_file = fields.get("ElementDataFile", "LOCAL")
+    if data_file != "LOCAL":
+        path, offset = path.parent / data_file, 0
+        if not path.is_file():
+            return None, f"data file {data_file} named by the header is missing", False
+    return path, path.stat().st_size - offset, compressed
+
+
+def _bytes_per_component(reader: sitk.ImageFileReader) -> int:
+    probe = sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())
+    return sitk.GetArrayViewFromImage(probe).itemsize
+
+
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: the voxel cap alone applies
+        return None
+
+
+def _inflate_problem(path: Path, offset: int, nbytes: int) -> str | None:
+    """Decompress (zlib, streamed, output bounded) the data block at `offset`; it must give `nbytes` exactly."""
+    decoder, produced = zlib.decompressobj(), 0
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            while chunk := handle.read(1 << 20):
+                while chunk and produced <= nbytes:  # bounded output: a lying stream cannot fill memory
+                    produced += len(decoder.decompress(chunk, 1 << 24))
+                    chunk = decoder.unconsumed_tail
+                if decoder.eof or produced > nbytes:
+                    break
+            produced += len(decoder.flush())
+    except zlib.error as exc:
+        return f"compressed voxel data is corrupt ({exc})"
+    if not decoder.eof and produced <= nbytes:
+        return f"compressed voxel data is truncated ({produced} of {nbytes} bytes)"
+    if produced != nbytes:
+        return f"compressed voxel data decompresses to {produced} bytes; the header declares {nbytes}"
+    return None
+
+
+def _metaimage_header(path: Path) -> tuple[dict[str, str], int]:
+    """The MetaImage header's `key = value` fields and the offset of the data that follows it."""
+    fields, offset = {}, 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            offset += len(line)
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+    return fields, offset
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:

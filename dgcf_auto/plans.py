@@ -141,3 +141,13 @@ def deep_update(base: dict, updates: dict) -> dict:
         else:
             base[key] = copy.deepcopy(value)
     return base
+
+
+def source_signature(plans: dict) -> dict:
+    """What the model's sources looked like (`dataset.source_checks`). Plans written before the signature
+    existed give what their modality and planned spacing imply (the modality's defaults, in-plane spacing)."""
+    if plans.get("source_signature"):
+        return plans["source_signature"]
+    grids = [c.get("inplane_spacing") for c in (plans.get("configurations") or {}).values() if c.get("inplane_spacing")]
+    spacing = [float(min(min(g) for g in grids)), float(max(max(g) for g in grids))] if grids else None
+    return {"modality": plans.get("source_modality"), "spacing_mm": spacing}

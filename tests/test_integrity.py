@@ -388,7 +388,9 @@ def test_7_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(tr
     # A body far wider than the planned grid, no mask given: warned about, once per case.
     array = np.zeros((4, 120, 160), np.float32)
     yy, xx = np.ogrid[:120, :160]
-    array[:, ((xx - 80) / 75.0) ** 2 + ((yy - 60) / 50.0) ** 2 < 1] = 300.0
+    inside = ((xx - 80) / 75.0) ** 2 + ((yy - 60) / 50.0) ** 2 < 1
+    # Some noise: a two-valued volume would be refused as a label map (dataset/source_checks.py).
+    array[:, inside] = 300.0 + np.random.default_rng(0).normal(0, 5, (4, int(inside.sum())))
     wide = sitk.GetImageFromArray(array)
     wide.SetSpacing((2.0, 2.0, 3.0))
     sitk.WriteImage(wide, str(tmp_path / "WIDE.nii.gz"))

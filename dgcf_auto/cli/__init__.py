@@ -18,6 +18,14 @@ def add_version(parser):
     return parser
 
 
+def add_max_voxels(parser):
+    """`--max_voxels` on every command that reads images: the largest image it reads."""
+    parser.add_argument("--max_voxels", type=int, default=None, metavar="N",
+                        help="refuse images whose header declares more than N voxels, before reading them "
+                             "(default 2**31; the machine's memory is checked too)")
+    return parser
+
+
 def commands_markdown(width: int = 100) -> str:
     """documentation/commands.md: every command's --help, generated so the page never drifts from the code."""
     previous = os.environ.get("COLUMNS")

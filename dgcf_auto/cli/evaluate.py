@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import add_max_voxels, add_version
 from dgcf_auto.errors import cli_entry
 
 PROFILE_NAMES = ("synthrad2023", "synthrad2025", "dgcf-paper")  # dgcf_auto.evaluation.profiles.PROFILES (cheap import)
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "accepted for 'cuda' (metrics on mps run on the CPU: no float64 there)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    add_max_voxels(parser)
     parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,
                         help="metric definitions (default synthrad2023); see documentation/evaluation.md")
     add_version(parser)
@@ -57,19 +58,21 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.evaluation.evaluate import evaluate_folders, evaluate_split, format_table
+    from dgcf_auto.imageio import voxel_limit
 
     options = dict(segscore_cache=args.segscore_cache or "default", mask_dir=args.mask,
                    segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
                    device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile)
-    if args.split:
-        if args.d is None or args.ref is not None:
-            raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
-        results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, pred_dir=args.pred,
-                                 output_json=args.output, **options)
-    elif args.ref is None or args.pred is None or args.output is None:
+    if args.split and (args.d is None or args.ref is not None):
+        raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
+    if not args.split and (args.ref is None or args.pred is None or args.output is None):
         raise DGCFError("give -ref CT_DIR -pred SCT_DIR -o summary.json, or -d ID --split val|test")
-    else:
-        results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]
+    with voxel_limit(args.max_voxels):
+        if args.split:
+            results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, pred_dir=args.pred,
+                                     output_json=args.output, **options)
+        else:
+            results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]
     for path, summary in results:
         label = f" ({summary['trainer']})" if summary.get("trainer") else ""
         print(format_table(summary))

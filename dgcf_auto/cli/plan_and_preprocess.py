@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import add_max_voxels, add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plan-only", "--no-preprocess", dest="plan_only", action="store_true",
                         help="write fingerprint, plans and folds only")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="go on with sources that do not look like sources (a label volume, the other "
+                             "modality, spacing far from the dataset's); recorded in dataset.json")
+    add_max_voxels(parser)
     over = parser.add_argument_group("plans overrides (default: derived from the fingerprint)")
     over.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"),
                       help="slice size in pixels, multiples of lcm(16, 2**num_pool)")
@@ -45,11 +49,13 @@ OVERRIDE_ARGS = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from dgcf_auto.imageio import voxel_limit
     from dgcf_auto.preprocessing.run import plan_and_preprocess
 
     overrides = {key: getattr(args, key) for key in OVERRIDE_ARGS if getattr(args, key) is not None}
-    summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
-                                  preprocess=not args.plan_only, progress=not args.quiet)
+    with voxel_limit(args.max_voxels):
+        summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
+                                      preprocess=not args.plan_only, progress=not args.quiet, force=args.force)
     grid = summary["plans"]["configurations"]["2d"]
     window = summary["plans"]["ct_normalization"]
     print(f"plans: {grid['slice_axis']} slices {grid['patch_size'][0]}x{grid['patch_size'][1]} at "

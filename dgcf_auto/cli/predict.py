@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import add_max_voxels, add_version
 from dgcf_auto.errors import cli_entry
 
 
@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, default=None, help="write a report figure per case into this folder")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines/GPUs)")
     p.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0..num_parts-1)")
+    p.add_argument("--force", action="store_true",
+                   help="predict sources that do not look like the model's training sources (a label volume, "
+                        "the other modality, spacing far outside the training range); recorded as 'forced' "
+                        "in prediction_report.json and the provenance")
+    add_max_voxels(p)
     p.add_argument("--disable-progress-bar", action="store_true", help="no progress bars (logs, batch jobs)")
     add_version(p)
     return p
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                       save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
                       num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
                       num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
-                      verbose=True, save_probabilities=args.save_probabilities)
+                      verbose=True, save_probabilities=args.save_probabilities, force=args.force,
+                      max_voxels=args.max_voxels)
     print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 

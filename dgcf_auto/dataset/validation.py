@@ -3,6 +3,8 @@
 Rules (one line per problem, `case <name>: file <file>: <what>`):
 - each case has exactly one source (mr.* or cbct.*), a CT and a mask (CT/mask optional where the caller
   says so), one file per role; all cases of a dataset share one task;
+- every file declares no more voxels than --max_voxels, the machine's memory and its own bytes allow, and a
+  compressed .mha block decompresses (zlib) to exactly the declared size (`imageio.voxel_problem`);
 - every file is readable (header and voxels, a truncated .nii.gz included), a 3D scalar image with an
   orthonormal direction matrix, with finite voxels (NaN/inf rejected; NIfTI voxels are read with nibabel,
   since SimpleITK reads NaN as 0 and accepts a short voxel block);
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image
+from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image, voxel_problem
 
 def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: bool = True,
                    progress: bool = False) -> list[str]:
@@ -100,6 +102,8 @@ def check_image_file(path: Path, where: str, is_mask: bool = False,
         return None, f"{where}: has {reader.GetNumberOfComponents()} components per voxel; expected a scalar image"
     if 0 in reader.GetSize():
         return None, f"{where}: is empty (size {reader.GetSize()})"
+    if problem := voxel_problem(path, reader):  # before nibabel or ITK allocate what the header declares
+        return None, f"{where}: {problem}"
     nifti = image_suffix(path) in (".nii", ".nii.gz")
     try:
         if nifti:

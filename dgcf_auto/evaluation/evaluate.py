@@ -135,9 +135,9 @@ def _names(names, limit: int = 10) -> str:
 
 
 def check_cases(cases: list[EvalCase]) -> dict[str, str]:
-    """Reference/mask problems raise, all at once (headers only). A prediction gets the checks the inputs get
-    (complete voxel block, finite, orthonormal direction) and the CT's grid; a bad one is not scored:
-    returns {case: why} for those."""
+    """Reference/mask header problems raise, all at once. Their voxels, and a prediction, get the checks the
+    inputs get (declared size, complete voxel block, finite, orthonormal direction), a prediction also the
+    CT's grid; such a case is not scored: returns {case: why} for those."""
     problems, unusable = [], {}
     for case in cases:
         try:
@@ -148,6 +148,12 @@ def check_cases(cases: list[EvalCase]) -> dict[str, str]:
                 problems.append(f"case {case.name}: file {case.mask.name}: not on the grid of {case.ct.name} ({diff})")
         except DGCFError as exc:
             problems.append(str(exc))
+            continue
+        # The reference's voxels get the input checks too (NaN/inf would be read as 0 and change the MAE).
+        problem = next((p for path, is_mask in ((case.ct, False), (case.mask, True)) if path is not None
+                        and (p := check_image_file(path, f"case {case.name}: file {path.name}", is_mask)[1])), None)
+        if problem:
+            unusable[case.name] = problem
             continue
         reader, problem = check_image_file(case.sct, f"case {case.name}: file {case.sct.name}")
         if problem is None and (diff := geometry_mismatch(ref, reader)):

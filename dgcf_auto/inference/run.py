@@ -80,17 +80,20 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
                    output_format: str = ".nii.gz", continue_prediction: bool = False, num_workers: int = 2,
                    save_uncertainty: bool = False, png_dir: Path | None = None,
                    input_root: Path | None = None, dicom_uid_prefix: str | None = None,
-                   part: tuple[int, int] = (0, 1), progress: bool = True,
+                   part: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False,
                    save_probabilities: bool = False) -> list[Path]:
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
     `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
+    `force`: predict sources that do not look like the model's (recorded as `forced` in report and provenance).
     `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py)."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir)
-    check_inputs(inputs, predictor.plans.get("source_modality"))
+    forced = check_inputs(inputs, predictor.plans, force)
 
     provenance = build_provenance(predictor.checkpoint_files[0].parent.parent, predictor.checkpoint_files,
                                   predictor.options)
+    if forced:
+        provenance["forced"] = forced
     previous = read_provenance(output_dir)
     if previous is not None and previous.get("model_id") == provenance["model_id"]:
         provenance["cases"] = previous["cases"]  # outputs of this same model stay on record
@@ -104,6 +107,8 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     if save_probabilities:
         write_folder_plans(output_dir, predictor.plans)
     report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
+    if forced:
+        report.report["forced"] = forced
     dicom = dict(uid_prefix=dicom_uid_prefix or DEFAULT_UID_PREFIX, **dicom_description(predictor))
     unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
     if predictor.derives_masks and unmasked:

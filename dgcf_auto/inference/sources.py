@@ -1,4 +1,6 @@
-"""What `dgcf_predict -i` accepts: SynthRAD2023 case folders, a folder of source images, or one file.
+"""What `dgcf_predict -i` accepts: one case folder (`<case>/mr.nii.gz` with optional mask.nii.gz and
+ct.nii.gz: one case named after the folder, using its mask), a folder of case folders, a folder of source
+images, or one file. Files named ct.* or mask.* are never predicted as sources.
 Sources may be DICOM: `<case>/mr/` in a case folder, a folder of DICOM series folders (one case each), or
 one bare DICOM folder (one case).
 
@@ -11,11 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, read_case_folder
+from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, expected_names, read_case_folder, role_files
+from dgcf_auto.dataset.source_checks import check_sources
 from dgcf_auto.dataset.validation import validate_cases
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
+from dgcf_auto.plans import source_signature
+
+TARGET_ROLES = ("ct", "mask")  # a case's files that are never sources
 
 
 def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = (), mask_roi: str | None = None) -> list[Case]:
@@ -29,17 +35,26 @@ def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
     if path.is_file():
         if image_suffix(path) is None:
             raise DGCFError(f"file {path}: not an image ({', '.join(IMAGE_SUFFIXES)}) nor a DICOM folder")
+        _refuse_target_role(path)
         return [Case(strip_suffix(path), None, path)]
     if not path.is_dir():
         raise DGCFError(f"input {path}: no such file or folder")
     if is_dicom_folder(path):
-        return [Case(path.name, None, path, series_uids=series_uids)]
+        _refuse_target_role(path)
+        return [Case(path.resolve().name, None, path, series_uids=series_uids)]
+    if _holds_source(path):
+        return [_case_folder(path, series_uids)]
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     cases = [replace(read_case_folder(d), ct=None, series_uids=series_uids) if _holds_source(d)
              else Case(d.name, None, d, series_uids=series_uids)
              for d in folders if _holds_source(d) or is_dicom_folder(d)]
     flat = [Case(strip_suffix(f), None, f) for f in sorted(path.iterdir())
             if f.is_file() and image_suffix(f) and not f.name.startswith(".")]
+    targets = [c.source.name for c in flat if c.name.lower() in TARGET_ROLES]
+    if targets:
+        raise DGCFError(f"input {path}: {', '.join(targets)} {'are' if len(targets) > 1 else 'is'} a case's CT or "
+                        f"mask, not sources; a case folder needs a source {expected_names('mr')} or cbct.* "
+                        f"(or a DICOM folder mr/ or cbct/)")
     if cases and flat:
         raise DGCFError(f"input {path}: holds both case folders and image files; give one kind")
     inputs = cases or flat
@@ -53,8 +68,36 @@ def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
     return inputs
 
 
-def check_inputs(cases: list[Case], source_modality: str | None) -> None:
-    """Every problem of every input at once, before anything is written."""
+def _case_folder(path: Path, series_uids: tuple[str, ...]) -> Case:
+    """`-i <case>`: the folder is one case (named after it, with its own mask; its CT is never predicted).
+    Images or case folders beside the role files make it ambiguous: one line."""
+    roles = role_files(path)
+    role_paths = {p for paths in roles.values() for p in paths}
+    others = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())
+              if p not in role_paths and not p.name.startswith(".")
+              and ((p.is_file() and image_suffix(p)) or (p.is_dir() and (_holds_source(p) or is_dicom_folder(p))))]
+    source = next(p.name for m in SOURCE_MODALITIES for p in roles[m])
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise DGCFError(f"input {path}: is a case folder ({source}) but also holds {shown}; give one case folder "
+                        f"(mr|cbct, mask, ct) or a folder of case folders")
+    return replace(read_case_folder(path.resolve()), ct=None, series_uids=series_uids)
+
+
+def _refuse_target_role(path: Path) -> None:
+    """A case's ct.* or mask.* (file or DICOM folder) given as the input is never predicted as a source."""
+    role = strip_suffix(path).lower()
+    if role in TARGET_ROLES:
+        what = "CT" if role == "ct" else "mask"
+        raise DGCFError(f"file {path.name}: a case's {what}, not a source; give the source (mr.* or cbct.*) or "
+                        f"its case folder {path.parent}")
+
+
+def check_inputs(cases: list[Case], plans: dict, force: bool = False) -> list[dict]:
+    """Every problem of every input at once, before anything is written: readable, intact files first, then
+    sources that look like the model's training sources (`dataset.source_checks`; `force` lets those pass
+    and returns what was forced, for the run's record)."""
+    source_modality = plans.get("source_modality")
     problems = validate_cases(cases, require_ct=False, require_mask=False)
     problems += [p for case in cases if case.mask_roi and (p := _roi_problem(case))]
     for case in cases:
@@ -63,6 +106,7 @@ def check_inputs(cases: list[Case], source_modality: str | None) -> None:
                             f"model was trained on {source_modality}")
     if problems:
         raise DGCFInputErrors(problems)
+    return check_sources(cases, source_signature(plans), force)
 
 
 def read_roi_mask(case: Case, source) -> "sitk.Image":

@@ -2,7 +2,9 @@
 
 Per case (one worker process reads one case at a time): size, spacing, origin, direction, the geometry
 in the canonical LPS frame, the body-mask bounding box (voxels and mm, LPS axes), and inside-mask
-statistics (mean, std, min, max, percentiles) of source and CT, plus the source's 99th percentile.
+statistics (mean, std, min, max, percentiles) of source and CT, plus the source's 99th percentile, and the
+whole source's intensity signature (dtype, range, distinct values, HU-like air, mask share; what
+`dataset.source_checks` compares a new source with).
 
 Pooled statistics are combined from small per-case summaries, never from concatenated voxels: sums give
 the mean and std, fixed-bin histograms give the percentiles (1 HU bins for CT/CBCT, exact for integer
@@ -20,6 +22,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.dataset.source_checks import intensity_signature
 from dgcf_auto.dataset.validation import load_case
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry
@@ -27,6 +30,7 @@ from dgcf_auto.geometry import canonical_frame, mask_box
 from dgcf_auto.workers import map_cases
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
+FINGERPRINT_VERSION = 2  # 2: per-case source_signature; an older file is extracted again
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 99.9)
 HU_EDGES = np.arange(-2048.5, 4096.5 + 1, 1.0)          # 1 HU bins centred on integers
 RELATIVE_EDGES = np.arange(0.0, 5.0 + 0.005, 0.005)   # MR intensity / case p99
@@ -69,6 +73,7 @@ def case_fingerprint(case: Case) -> tuple[dict, dict]:
         "mask_voxels": int(inside.sum()),
         "source_p99": p99,
         "source": _stats(src),
+        "source_signature": intensity_signature(sitk.GetArrayViewFromImage(source), inside),
     }
     hists = {}
     if case.modality == "mr":
@@ -149,7 +154,8 @@ def extract_fingerprint(cases: list[Case], num_processes: int = 1, progress: boo
         for key, counts in hists.items():
             hist_sums[key] = hist_sums.get(key, 0) + counts
     modality = records[0]["modality"]
-    return {"modality": modality, "task": "mr2ct" if modality == "mr" else "cbct2ct", "num_cases": len(records),
+    return {"fingerprint_version": FINGERPRINT_VERSION, "modality": modality,
+            "task": "mr2ct" if modality == "mr" else "cbct2ct", "num_cases": len(records),
             "percentiles": list(PERCENTILES), "input_signature": input_signature(cases),
             "pooled": _pool(records, hist_sums), "cases": records}
 
@@ -160,7 +166,8 @@ def fingerprint_dataset(cases: list[Case], out_file: Path, num_processes: int = 
     out_file = Path(out_file)
     if out_file.is_file() and not overwrite:
         existing = json.loads(out_file.read_text())
-        if existing.get("input_signature") == input_signature(cases):
+        if (existing.get("input_signature") == input_signature(cases)
+                and existing.get("fingerprint_version") == FINGERPRINT_VERSION):
             return existing
     fingerprint = extract_fingerprint(cases, num_processes, progress)
     write_json(fingerprint, out_file)

@@ -168,6 +168,24 @@ def check_overrides(overrides: dict) -> None:
         raise DGCFError("--features: give at least 2 positive channel counts")
 
 
+def plan_source_signature(fingerprint: dict) -> dict:
+    """What a source given to this model must look like (`dataset.source_checks`): the training sources'
+    dtypes, fewest distinct values, range of their minima, HU-like air share, mask share and spacing range."""
+    cases = [c["source_signature"] for c in fingerprint["cases"]]
+    spacings = np.array([c["spacing"] for c in fingerprint["cases"]], float)
+
+    def span(key):
+        values = [c[key] for c in cases if key in c]
+        return [float(min(values)), float(max(values))] if values else None
+
+    return {"modality": fingerprint["modality"], "dtypes": sorted({c["dtype"] for c in cases}),
+            "distinct_values_min": int(min(c["distinct_values"] for c in cases)),
+            "volume_min": span("min"), "volume_max": span("max"), "air_fraction": span("air_fraction"),
+            "mask_fraction": span("mask_fraction"), "spacing_mm": [float(spacings.min()), float(spacings.max())],
+            "derived_from": "the fingerprint's per-case source_signature and spacing: [lowest, highest] over "
+                            "the training cases; sources are checked against it (dataset/source_checks.py)"}
+
+
 def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None = None,
                     train_fraction: float = 0.8) -> dict:
     """The plans dict. `train_fraction`: share of cases a fold trains on (for iterations_per_epoch)."""
@@ -203,6 +221,7 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
             "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
             "source_normalization": plan_source_normalization(fingerprint),
             "body_mask": plan_body_mask(fingerprint),
+            "source_signature": plan_source_signature(fingerprint),
             "configurations": {CONFIGURATION: grid}, "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}

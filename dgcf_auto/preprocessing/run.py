@@ -24,6 +24,7 @@ import numpy as np
 
 from dgcf_auto.atomic import check_writable, folder_lock, read_json, write_json, write_npy
 from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.dataset.source_checks import MODALITY_NAMES, check_sources, dataset_expectation
 from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
@@ -118,8 +119,9 @@ def _output_folder(raw_dir: Path) -> Path:
 
 def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite: bool = False,
                         split: str = "5fold", overrides: dict | None = None, preprocess: bool = True,
-                        progress: bool = True) -> dict:
-    """The whole command; returns a summary (paths, plans, preprocessing counts)."""
+                        progress: bool = True, force: bool = False) -> dict:
+    """The whole command; returns a summary (paths, plans, preprocessing counts, `forced`: what the source
+    checks let pass with `force`, also recorded in the preprocessed dataset.json)."""
     if split not in SPLIT_MODES:
         raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_MODES)})")
     if int(num_processes) < 1:
@@ -129,16 +131,19 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     raw_dir = raw_dataset(dataset_id)
     out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
+    modality = cases[0].modality  # validation guarantees one source modality
+    forced = check_sources(cases, dataset_expectation(cases, modality), force, "dgcf_plan_and_preprocess",
+                           f"its file name says {MODALITY_NAMES[modality]}")
     # One run at a time per dataset: two runs with different plans would mix their arrays.
     with folder_lock(out_dir, LOCK_FILE, waiting=f"dgcf_plan_and_preprocess: {out_dir} is in use by another run; "
                                                  f"waiting for it to finish (Ctrl-C to give up)"):
         return _plan_and_preprocess_locked(raw_dir, out_dir, cases, num_processes, overwrite, split, overrides,
-                                           preprocess, progress)
+                                           preprocess, progress, forced)
 
 
 def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case], num_processes: int,
                                 overwrite: bool, split: str, overrides: dict, preprocess: bool,
-                                progress: bool) -> dict:
+                                progress: bool, forced: list[dict] = ()) -> dict:
     names = [c.name for c in cases]
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
@@ -151,12 +156,13 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
         write_json(plans, plans_file)
     splits = write_splits(names, out_dir / SPLITS_FILE, split, overwrite)
     info = {"name": raw_dir.name, "task": plans["task"], "source_modality": plans["source_modality"],
-            "num_cases": len(names), "cases": names, "raw_folder": str(raw_dir)}
+            "num_cases": len(names), "cases": names, "raw_folder": str(raw_dir),
+            **({"forced_sources": list(forced)} if forced else {})}
     if not (out_dir / "dataset.json").is_file() or read_json(out_dir / "dataset.json") != info:
         write_json(info, out_dir / "dataset.json")
 
     summary = {"output_folder": str(out_dir), "plans": plans, "num_folds": len(splits),
-               "preprocessed": None}
+               "preprocessed": None, "forced": list(forced)}
     if preprocess:
         summary["preprocessed"] = preprocess_dataset(cases, plans, out_dir / DATA_IDENTIFIER, num_processes,
                                                      overwrite, progress)
