@@ -473,8 +473,8 @@ def test_values_invalid_for_their_vr_are_repaired_or_dropped_and_said_once(tmp_p
     assert "StudyTime" not in first or first.StudyTime != "256000"
     assert len(notes) == 1  # once per series, not once per slice
     assert notes[0] == (f"series {series.uid}: values invalid for their VR not copied into the sCT: "
-                        "PatientAge '0Y' repaired to '000Y', PatientBirthDate '19801345' dropped, "
-                        "PatientSex 'female' dropped, StudyTime '256000' dropped, "
+                        "PatientBirthDate '19801345' dropped, PatientSex 'female' dropped, "
+                        "PatientAge '0Y' repaired to '000Y', StudyTime '256000' dropped, "
                         "StudyID 'Pelvis planning study 2' dropped")
 
 
@@ -577,10 +577,13 @@ def test_a_series_uid_that_matches_nothing_is_named_with_the_series_found(tmp_pa
     text = str(info.value)
     assert text.startswith("case c1: folder mr/: no series with --series-uid 1.2.3.999; series found: ")
     assert all(uid in text for uid in uids) and "\n" not in text
-    # One image series in the folder: a UID given for it that is not its own is still an error.
+    # A bare DICOM folder with one image series given to dgcf_predict: a UID that is not its own is an error.
+    from dgcf_auto.inference.sources import collect_inputs
+
     only = _write(case["source"], tmp_path / "only", series_description="T2 axial")
-    with pytest.raises(DGCFError, match=r"no series with --series-uid 1\.2\.3\.999; series found: .*'T2 axial'"):
-        dicomio.read_series(only, series_uids=("1.2.3.999",))
+    with pytest.raises(DGCFError, match=r"^input .*only: no series with --series-uid 1\.2\.3\.999; series found: "
+                                        r".*'T2 axial'"):
+        collect_inputs(only, ("1.2.3.999",))
 
 
 def test_a_short_series_with_a_removed_slice_is_a_missing_slice(tmp_path):
