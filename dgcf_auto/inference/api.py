@@ -55,7 +55,8 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             series_uids=(), mask_roi: str | None = None, mask_from: str = "plans", keep_background: bool = False,
             save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
             png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
-            part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None):
+            part_id: int = 0, progress: bool = True, verbose: bool = False, predictor=None,
+            new_frame_of_reference: bool = False):
     """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). Returns the sCT image(s) when `output` is None, else the list of written outputs."""
@@ -93,7 +94,8 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
         return next(iter(images.values())) if len(images) == 1 else images
     return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction, num_workers,
                           save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
-                          dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress)
+                          dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress,
+                          new_frame_of_reference=new_frame_of_reference)
 
 
 def _predict_image(predictor, image: sitk.Image, mask, output, output_format: str, uid_prefix: str | None):
