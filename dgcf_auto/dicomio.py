@@ -319,7 +319,7 @@ class SeriesHeader:
         return 1
 
 
-def series_header(series: Series, image: sitk.Image | None = None):
+def series_header(series: Series) -> SeriesHeader:
     """The grid of a checked series without reading voxels."""
     return SeriesHeader(series)
 
@@ -464,14 +464,14 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
             notify(note)
     slice_thickness = _slice_thickness(source) or f"{image.GetSpacing()[2]:.6g}"
     instance_numbers = list(range(1, nz + 1))
-    if aligned and all(_valid_for_vr("IS", str(h.get("InstanceNumber", "") or "")) for h in source.headers):
+    if aligned and _all_valid(source.headers, "InstanceNumber", "IS"):
         numbers = [int(h.InstanceNumber) for h in source.headers]
         instance_numbers = numbers if len(set(numbers)) == nz else instance_numbers
     # SliceLocation: the slice's LPS coordinate along the patient axis nearest the slice normal
     # (z for axial, x for sagittal, y for coronal), unless the source's own values are kept.
     axis = int(np.argmax(np.abs(normal)))
     locations = [_ds(float(np.asarray(p, dtype=float)[axis])) for p in positions]
-    if aligned and all(_valid_for_vr("DS", _ds(h.get("SliceLocation", "") or "")) for h in source.headers):
+    if aligned and _all_valid(source.headers, "SliceLocation", "DS"):
         locations = [_ds(h.SliceLocation) for h in source.headers]
     axial = abs(abs(normal[2]) - 1) < 1 - np.cos(np.radians(TILT_TOLERANCE_DEG))
     lossy = {tag: copied[tag] for tag in LOSSY_TAGS if copied.get(tag) not in (None, "")}
@@ -592,6 +592,11 @@ def _slice_thickness(source: Series | None) -> str | None:
         value = _frame_value(header, first, "PixelMeasuresSequence", "SliceThickness") or value
     text = _ds(value) if value not in (None, "") else ""
     return text if text and _valid_for_vr("DS", text) and float(text) > 0 else None
+
+
+def _all_valid(headers, tag: str, vr: str) -> bool:
+    """Every header has a non-empty `tag` valid for `vr`."""
+    return all(h.get(tag) not in (None, "") and _element_valid(vr, h.get(tag)) for h in headers)
 
 
 def _element_valid(vr: str, value, tag: str = "") -> bool:

@@ -534,6 +534,11 @@ def test_rtstruct_contours_on_images_missing_from_the_series_are_one_line(tmp_pa
         dicomio.roi_mask([rs], "Body", shorter, "case X", frame, series)
     assert str(info.value) == (f"case X: file RS.dcm: 1 contour(s) of ROI 'Body' lie on images that are not in "
                                f"the series (SOP Instance UID {missing}); export the whole series")
+    # Without the series (a NIfTI source), the contour beyond the last slice is still one line, not dropped.
+    with pytest.raises(DGCFError) as info:
+        dicomio.roi_mask([rs], "Body", shorter, "case X", frame)
+    assert str(info.value) == (f"case X: file RS.dcm: 1 contour(s) of ROI 'Body' lie outside the image's {nz - 1} "
+                               f"slices (slice index {nz - 1}); export the whole series")
 
 
 def _strip_preamble(path: Path) -> None:
@@ -584,6 +589,13 @@ def test_a_series_uid_that_matches_nothing_is_named_with_the_series_found(tmp_pa
     with pytest.raises(DGCFError, match=r"^input .*only: no series with --series-uid 1\.2\.3\.999; series found: "
                                         r".*'T2 axial'"):
         collect_inputs(only, ("1.2.3.999",))
+    # dgcf_convert_synthrad2023 --series-uid: the same line for its case folders.
+    from dgcf_auto.dataset.convert import synthrad_cases
+
+    _dicom_case_folder(tmp_path / "in", "1PA001", 0)
+    with pytest.raises(DGCFError, match=r"^input folder .*in: no series with --series-uid 1\.2\.3\.999; "
+                                        r"series found: .*\(MR, 22 slices\)"):
+        synthrad_cases(tmp_path / "in", ("1.2.3.999",))
 
 
 def test_a_short_series_with_a_removed_slice_is_a_missing_slice(tmp_path):
