@@ -2,8 +2,8 @@
 case discovery, conversion and evaluation, and the CT series writer's UIDs and attributes."""
 from __future__ import annotations
 
+import functools
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,10 @@ from model_fixtures import assert_same_image, assert_valid_dicom
 from dgcf_auto.errors import DGCFError
 
 
+@functools.lru_cache(maxsize=None)
 def _case(index: int = 3):
-    """A phantom whose grid has a non-identity (rotated) direction for index 3."""
+    """A phantom whose grid has a non-identity (rotated) direction for index 3 (made once; never modified:
+    tests copy the images before changing their geometry)."""
     return make_example_case(np.random.default_rng(index), "mr2ct", index)
 
 
