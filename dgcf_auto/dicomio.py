@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.atomic import atomic_folder
+from dgcf_auto.dicom_values import all_valid, copyable_values, decimal_string, valid_for_vr
 from dgcf_auto.errors import DGCFError
 
 # pydicom's own root (https://pydicom.github.io/pydicom/stable/guides/user/uid.html); override it with your
@@ -41,17 +41,13 @@ NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE", "
                         "DOC", "PLAN", "FID"}
 # Slice geometry tolerances: IPP/IOP are decimal strings that scanners round.
 ORIENTATION_TOLERANCE = 1e-4
-SPACING_TOLERANCE = 0.01      # relative deviation of one gap from the median gap
+SPACING_TOLERANCE = 0.01      # relative deviation of one gap from a whole multiple of the smallest gap
 TILT_TOLERANCE_DEG = 0.1
 # Copied from the source so the sCT files under the source's patient and study.
 PATIENT_STUDY_TAGS = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
                       "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "StudyInstanceUID", "StudyDate",
                       "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
                       "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition")
-# Written empty when the source's value is dropped (type 2 in the CT image IOD); other dropped tags are left out.
-TYPE2_TAGS = {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
-              "AccessionNumber", "ReferringPhysicianName", "PositionReferenceIndicator", "PatientPosition"}
-ENUMERATED_VALUES = {"PatientSex": {"M", "F", "O"}}
 LOSSY_TAGS = ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod")
 _HEADER_TAGS = ("SeriesInstanceUID", "SeriesDescription", "Modality", "SOPClassUID", "SOPInstanceUID",
                 "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
@@ -81,7 +77,7 @@ def _has_sop_class(path) -> bool:
 
     try:
         header = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        return _valid_for_vr("UI", str(header.get("SOPClassUID", "") or "")) and "SOPClassUID" in header
+        return valid_for_vr("UI", str(header.get("SOPClassUID", "") or "")) and "SOPClassUID" in header
     except Exception:  # pydicom's forced read of a non-DICOM file can fail in many ways
         return False
 
@@ -401,8 +397,13 @@ def _read_frames(series: Series) -> sitk.Image:
     ds = pydicom.dcmread(series.files[0], force=True)
     frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))[series.frame_order]
     groups = [ds.PerFrameFunctionalGroupsSequence[i] for i in series.frame_order]
-    slopes, intercepts = ([float(_frame_value(ds, g, "PixelValueTransformationSequence", tag) or ds.get(tag, default))
-                           for g in groups] for tag, default in (("RescaleSlope", 1), ("RescaleIntercept", 0)))
+
+    def rescale(group, tag: str, default: float) -> float:
+        value = _frame_value(ds, group, "PixelValueTransformationSequence", tag)
+        return float(value if value is not None else ds.get(tag, default))
+
+    slopes = [rescale(group, "RescaleSlope", 1.0) for group in groups]
+    intercepts = [rescale(group, "RescaleIntercept", 0.0) for group in groups]
     return _on_grid(frames, slopes, intercepts, series)
 
 
@@ -445,34 +446,16 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     nz, ny, nx = voxels.shape
     direction = np.array(image.GetDirection()).reshape(3, 3)
     orientation = [*direction[:, 0], *direction[:, 1]]
-    normal = direction[:, 2]
-    positions = [np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) for k in range(nz)]
-    reference = source.headers[0] if source is not None else None
-    aligned = False  # one written slice per source file, at the same positions
-    if source is not None and not source.multiframe and len(source.headers) == nz:
-        source_positions = [np.array([float(v) for v in h.ImagePositionPatient]) for h in source.headers]
-        # Keep the source's own decimal strings where they are the same grid, so slices match bit for bit.
-        if max(np.abs(a - b).max() for a, b in zip(source_positions, positions)) < 1e-2:
-            positions, aligned = [list(h.ImagePositionPatient) for h in source.headers], True
-    copied, repairs = source_values(reference) if reference is not None else ({}, [])
+    slices = _slice_values(image, source)
+    copied, repairs = ({}, []) if source is None else \
+        copyable_values(source.headers[0], PATIENT_STUDY_TAGS + LOSSY_TAGS)
     if repairs:
         notify(f"series {source.uid}: values invalid for their VR not copied into the sCT: {', '.join(repairs)}")
-    frame_uid = new_uid(uid_prefix)
-    if source is not None:
-        frame_uid, note = frame_of_reference(source, copied, uid_prefix, new_frame_of_reference)
-        if note:
-            notify(note)
-    slice_thickness = _slice_thickness(source) or f"{image.GetSpacing()[2]:.6g}"
-    instance_numbers = list(range(1, nz + 1))
-    if aligned and _all_valid(source.headers, "InstanceNumber", "IS"):
-        numbers = [int(h.InstanceNumber) for h in source.headers]
-        instance_numbers = numbers if len(set(numbers)) == nz else instance_numbers
-    # SliceLocation: the slice's LPS coordinate along the patient axis nearest the slice normal
-    # (z for axial, x for sagittal, y for coronal), unless the source's own values are kept.
-    axis = int(np.argmax(np.abs(normal)))
-    locations = [_ds(float(np.asarray(p, dtype=float)[axis])) for p in positions]
-    if aligned and _all_valid(source.headers, "SliceLocation", "DS"):
-        locations = [_ds(h.SliceLocation) for h in source.headers]
+    frame_uid, note = (new_uid(uid_prefix), None) if source is None else \
+        frame_of_reference(source, uid_prefix, new_frame_of_reference)
+    if note:
+        notify(note)
+    normal = direction[:, 2]
     axial = abs(abs(normal[2]) - 1) < 1 - np.cos(np.radians(TILT_TOLERANCE_DEG))
     lossy = {tag: copied[tag] for tag in LOSSY_TAGS if copied.get(tag) not in (None, "")}
     now = datetime.datetime.now()
@@ -509,12 +492,12 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if axial else "OTHER"]
             if derivation:
                 ds.DerivationDescription = derivation[:1024]
-            if aligned:
+            if slices.aligned:
                 item = pydicom.Dataset()
                 item.ReferencedSOPClassUID = source.headers[k].SOPClassUID
                 item.ReferencedSOPInstanceUID = source.headers[k].SOPInstanceUID
                 ds.SourceImageSequence = [item]
-            ds.InstanceNumber, ds.AcquisitionNumber = instance_numbers[k], ""
+            ds.InstanceNumber, ds.AcquisitionNumber = slices.instance_numbers[k], ""
             if modality == "CT":
                 ds.KVP = ""
                 ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
@@ -522,11 +505,11 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
             else:
                 ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
                 ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
-            ds.ImagePositionPatient = [_ds(v) for v in positions[k]]
-            ds.ImageOrientationPatient = [_ds(v) for v in orientation]
-            ds.SliceThickness = slice_thickness
-            ds.SliceLocation = locations[k]
-            ds.PixelSpacing = [_ds(image.GetSpacing()[1]), _ds(image.GetSpacing()[0])]
+            ds.ImagePositionPatient = [decimal_string(v) for v in slices.positions[k]]
+            ds.ImageOrientationPatient = [decimal_string(v) for v in orientation]
+            ds.SliceThickness = slices.thickness
+            ds.SliceLocation = slices.locations[k]
+            ds.PixelSpacing = [decimal_string(image.GetSpacing()[1]), decimal_string(image.GetSpacing()[0])]
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.Rows, ds.Columns = ny, nx
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -538,37 +521,47 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     return target
 
 
-def source_values(reference) -> tuple[dict, list[str]]:
-    """The patient/study (and lossy compression) values of a source header worth copying, each valid for its
-    VR: invalid ones repaired where the intent is clear (PatientAge '0Y' -> '000Y') or dropped (type 2 tags
-    become empty). Returns (values by keyword, what was repaired or dropped, in words)."""
-    values, repairs = {}, []
-    for tag in PATIENT_STUDY_TAGS + LOSSY_TAGS:
-        if tag not in reference:
-            continue
-        element = reference.data_element(tag)
-        value = element.value
-        if value in (None, "") or _element_valid(element.VR, value, tag):
-            values[tag] = value
-            continue
-        shown = _ds(value) if not isinstance(value, (list, tuple)) else "\\".join(str(v) for v in value)
-        repaired = _repair(element.VR, str(value))
-        if repaired is not None:
-            values[tag] = repaired
-            repairs.append(f"{tag} '{shown}' repaired to '{repaired}'")
-        else:
-            if tag in TYPE2_TAGS:
-                values[tag] = ""
-            repairs.append(f"{tag} '{shown}' dropped")
-    return values, repairs
+@dataclass
+class _SliceValues:
+    positions: list          # per slice: the source's own Image Position strings, or the image grid's points
+    instance_numbers: list[int]
+    locations: list[str]     # Slice Location
+    thickness: str           # Slice Thickness
+    aligned: bool            # one slice per source file, at the same positions
 
 
-def frame_of_reference(source: Series, values: dict, uid_prefix: str, new: bool) -> tuple[str, str | None]:
-    """The source's Frame of Reference UID for its sCT; without one a DGCFError, unless `new`: then one UID
-    derived from the source series (the same on every run) and a note saying so."""
+def _slice_values(image: sitk.Image, source: Series | None) -> _SliceValues:
+    """Per-slice attributes of a written series: the source's own where the sCT is on its grid (positions,
+    Instance Numbers in the source's order, Slice Locations, Slice Thickness), else from the image: numbers
+    1..N along the slice normal, the slice's LPS coordinate along the patient axis nearest the normal (z axial,
+    x sagittal, y coronal) and the slice spacing to 6 significant digits (no float noise)."""
+    nz = image.GetSize()[2]
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    positions = [np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) for k in range(nz)]
+    axis = int(np.argmax(np.abs(normal)))
+    values = _SliceValues(positions, list(range(1, nz + 1)), [decimal_string(float(p[axis])) for p in positions],
+                          _slice_thickness(source) or f"{image.GetSpacing()[2]:.6g}", False)
+    if source is None or source.multiframe or len(source.headers) != nz:
+        return values
+    source_positions = [np.array([float(v) for v in h.ImagePositionPatient]) for h in source.headers]
+    if max(np.abs(a - b).max() for a, b in zip(source_positions, positions)) >= 1e-2:
+        return values
+    # The same grid: keep the source's own decimal strings, so slices match bit for bit.
+    values.positions, values.aligned = [list(h.ImagePositionPatient) for h in source.headers], True
+    if all_valid(source.headers, "InstanceNumber", "IS") and \
+            len({int(h.InstanceNumber) for h in source.headers}) == nz:
+        values.instance_numbers = [int(h.InstanceNumber) for h in source.headers]
+    if all_valid(source.headers, "SliceLocation", "DS"):
+        values.locations = [decimal_string(h.SliceLocation) for h in source.headers]
+    return values
+
+
+def frame_of_reference(source: Series, uid_prefix: str, new: bool) -> tuple[str, str | None]:
+    """The source's Frame of Reference UID for its sCT; without a valid one a DGCFError, unless `new`: then
+    one UID derived from the source series (the same on every run) and a note saying so."""
     from pydicom.uid import generate_uid
 
-    uid = str(values.get("FrameOfReferenceUID") or "")
+    uid = str(copyable_values(source.headers[0], ("FrameOfReferenceUID",))[0].get("FrameOfReferenceUID") or "")
     if uid:
         return uid, None
     if not new:
@@ -590,59 +583,8 @@ def _slice_thickness(source: Series | None) -> str | None:
     if source.multiframe:  # checked: it has per-frame functional groups
         first = header.PerFrameFunctionalGroupsSequence[0]
         value = _frame_value(header, first, "PixelMeasuresSequence", "SliceThickness") or value
-    text = _ds(value) if value not in (None, "") else ""
-    return text if text and _valid_for_vr("DS", text) and float(text) > 0 else None
-
-
-def _all_valid(headers, tag: str, vr: str) -> bool:
-    """Every header has a non-empty `tag` valid for `vr`."""
-    return all(h.get(tag) not in (None, "") and _element_valid(vr, h.get(tag)) for h in headers)
-
-
-def _element_valid(vr: str, value, tag: str = "") -> bool:
-    items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-    texts = [_ds(v) if vr == "DS" else str(v) for v in items]
-    if tag in ENUMERATED_VALUES and not all(t in ENUMERATED_VALUES[tag] for t in texts):
-        return False
-    return all(_valid_for_vr(vr, t) for t in texts)
-
-
-def _valid_for_vr(vr: str, text: str) -> bool:
-    """`text` is a valid value of VR `vr` (pydicom's VR rules: lengths, characters, formats; dates also real)."""
-    from pydicom import config
-    from pydicom.valuerep import validate_value
-
-    try:
-        validate_value(vr, text, config.RAISE)
-        if vr == "DA" and text:
-            datetime.datetime.strptime(text, "%Y%m%d")
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
-def _repair(vr: str, text: str) -> str | None:
-    """A repaired value where the intent is unambiguous, else None: an Age String without its leading zeros
-    ('0Y', '45 Y') is zero-padded; UIDs and decimal/integer strings lose stray spaces and NULs."""
-    if vr == "AS":
-        match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", text, flags=re.IGNORECASE)
-        return f"{int(match.group(1)):03d}{match.group(2).upper()}" if match else None
-    if vr in ("UI", "DS", "IS"):
-        stripped = text.strip(" \0")
-        return stripped if stripped != text and stripped and _valid_for_vr(vr, stripped) else None
-    return None
-
-
-def _ds(value) -> str:
-    """A Decimal String value (at most 16 characters) for a float."""
-    from pydicom.valuerep import format_number_as_ds
-
-    original = getattr(value, "original_string", None)  # a source's own DS string, kept as written
-    if original:
-        return str(original)
-    if isinstance(value, str) or not isinstance(value, (float, int, np.floating, np.integer)):
-        return str(value)
-    return format_number_as_ds(float(value))
+    text = decimal_string(value) if value not in (None, "") else ""
+    return text if text and valid_for_vr("DS", text) and float(text) > 0 else None
 
 
 # ------------------------------------------------------------------------------------------ RTSTRUCT masks

@@ -18,8 +18,7 @@ from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dataset.discovery import Case
-from dgcf_auto.dicomio import (DEFAULT_UID_PREFIX, frame_of_reference, open_series, source_values,
-                              write_ct_series)
+from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_series, write_ct_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
 from dgcf_auto.inference.predictor import SCTPredictor
@@ -85,7 +84,7 @@ def check_frames_of_reference(inputs: list[Case], output_dir: Path, output_forma
         if item.source.is_dir() and image_suffix(output_path(item, output_dir, output_format)) is None:
             series = open_series(item.source, item.name, item.series_uids)
             try:
-                frame_of_reference(series, source_values(series.headers[0])[0], uid_prefix, new_frame_of_reference)
+                frame_of_reference(series, uid_prefix, new_frame_of_reference)
             except DGCFError as exc:
                 problems.append(f"case {item.name}: {exc}")
     if problems:
