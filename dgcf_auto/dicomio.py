@@ -259,8 +259,11 @@ def _frame_geometry(series: Series, where: str):
     series.headers[0] = header  # the whole header: the functional groups are needed again to read the frames
     frames = list(header.get("PerFrameFunctionalGroupsSequence", []))
     count = int(header.NumberOfFrames)
+    if frames and len(frames) != count:
+        raise DGCFError(f"{where}: series {series.uid} is a multi-frame object with {len(frames)} per-frame "
+                        f"functional groups for {count} frames; cannot place its frames")
     lacking = [sequence for sequence, tag in FRAME_GEOMETRY
-               if len(frames) != count or any(_frame_value(header, f, sequence, tag) is None for f in frames)]
+               if not frames or any(_frame_value(header, f, sequence, tag) is None for f in frames)]
     if lacking:
         raise DGCFError(f"{where}: series {series.uid} is a multi-frame object without per-frame geometry "
                         f"(no {', '.join(lacking)}); cannot place its frames")
@@ -340,17 +343,20 @@ def read_checked_series(series: Series, case: str | None = None, where: str | No
     where = where or (f"case {case}: folder {series.folder.name}/" if case else f"folder {series.folder}")
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # spacing was checked above, with a clearer message
+    gdcm = not series.multiframe and all(_has_preamble(f) for f in series.files)  # GDCM needs the preamble
     try:
         if series.multiframe:
             image = _read_frames(series)
-        elif not all(_has_preamble(f) for f in series.files):  # GDCM needs the preamble; pydicom does not
+        elif not gdcm:
             image = _read_slices(series)
         else:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(f) for f in series.files])
             image = reader.Execute()
-    except (RuntimeError, ValueError, AttributeError) as exc:  # GDCM's errors; pydicom's for multi-frame data
-        reason = " ".join(str(exc).split())[-120:]
+    except (RuntimeError, ValueError, AttributeError, NotImplementedError) as exc:  # damaged or undecodable
+        reason = " ".join(str(exc).split())
+        # GDCM's messages end with the reason, after ITK's source locations; pydicom's start with it.
+        reason = reason[-120:] if gdcm else reason if len(reason) <= 120 else reason[:117] + "..."
         raise DGCFError(f"{where}: series {series.uid} cannot be read ({reason})") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
