@@ -254,8 +254,11 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
     started = time.perf_counter()
     if image_suffix(target) is None:  # a folder: the DICOM series
         source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
-        write_ct_series(sct, target, source_series, notify=lambda note: tqdm.write(f"dgcf_predict: case {item.name}: "
-                                                                                 f"{note}"), **dicom)
+
+        def say(note: str) -> None:  # repaired source values, a new Frame of Reference: once per case
+            tqdm.write(f"dgcf_predict: case {item.name}: {note}")
+
+        write_ct_series(sct, target, source_series, notify=say, **dicom)
     else:
         write_image(sct, target)
     report.add_case(item.name, write_seconds=round(time.perf_counter() - started, 3), output=target.name)
