@@ -504,10 +504,16 @@ def test_source_without_frame_of_reference_is_refused_unless_asked_for_a_new_one
     assert uid.startswith("1.2.999.") and uid != series.uid
     assert notes == [f"series {series.uid} has no Frame of Reference UID: wrote the new Frame of Reference UID "
                      f"{uid} derived from it (--new_frame_of_reference)"] * 2
-    other = _source_series(tmp_path / "other", 1)  # another source series gets another UID
+    other = _source_series(tmp_path / "other", 1)  # a source with its own UID keeps it despite the flag
     out = dicomio.write_ct_series(_sct_for(other, 1), tmp_path / "c", other, new_frame_of_reference=True,
                                   notify=notes.append)
     assert pydicom.dcmread(_files(out)[0]).FrameOfReferenceUID == other.headers[0].FrameOfReferenceUID
+    for path in _files(tmp_path / "other" / "mr"):  # without it, another series gets another derived UID
+        _edit(path, FrameOfReferenceUID="")
+    other = dicomio.open_series(tmp_path / "other" / "mr")
+    out = dicomio.write_ct_series(_sct_for(other, 1), tmp_path / "d", other, new_frame_of_reference=True,
+                                  uid_prefix="1.2.999.", notify=notes.append)
+    assert pydicom.dcmread(_files(out)[0]).FrameOfReferenceUID not in (uid, "")
 
 
 def test_rtstruct_contours_on_images_missing_from_the_series_are_one_line(tmp_path):
