@@ -124,3 +124,22 @@ def run_cli(module_name: str, argv: list[str], capsys) -> tuple[int, str, str]:
         module.main(argv)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
+
+
+def assert_valid_dicom(folder) -> None:
+    """Every file of a written DICOM series passes dciodvfy (dicom3tools) without an Error line.
+    Warnings are allowed (e.g. an empty Patient ID in a test series). .ci/run installs dicom3tools."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy not found: install Debian's dicom3tools (apt-get install -y dicom3tools), as .ci/run does")
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    assert files, f"no files in {folder}"
+    for path in files:
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], f"{path.name}: " + " | ".join(errors)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto import dicomio
-from model_fixtures import assert_same_image, data_folders, example_model, save_tiny_folds
+from model_fixtures import assert_same_image, assert_valid_dicom, data_folders, example_model, save_tiny_folds
 
 DATASET_ID = 1  # the README example says model=1
 MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -50,6 +50,7 @@ def _mr_dicom(case_dir: Path, target: Path) -> Path:
         ds = pydicom.dcmread(path)
         ds.PatientName, ds.PatientID = "Test^Patient", "PID42"
         ds.save_as(path)
+    assert_valid_dicom(target)
     return target
 
 
@@ -65,6 +66,7 @@ def test_dicom_series_round_trips_through_dgcf_predict(trained, tmp_path, capsys
     assert _predict(common + ["-o", str(tmp_path / "nii")]) == 0
     assert "%|" not in capsys.readouterr().err  # --disable-progress-bar: no tqdm bars
     series = tmp_path / "dcm" / "MR_SERIES"
+    assert_valid_dicom(series)
     nifti = sitk.ReadImage(str(tmp_path / "nii" / "MR_SERIES.nii.gz"))
     assert_same_image(dicomio.read_series(series), nifti, atol=1e-6)
     source = dicomio.open_series(source_dir)
@@ -77,6 +79,40 @@ def test_dicom_series_round_trips_through_dgcf_predict(trained, tmp_path, capsys
     assert written[0].SeriesDescription == "dgcf_auto sCT Dataset001_ExampleMR DGCFTrainer f0,1 chk final"
     report = json.loads((tmp_path / "dcm" / "prediction_report.json").read_text())
     assert report["cases"]["MR_SERIES"]["output"] == "MR_SERIES"
+
+
+def test_a_source_without_frame_of_reference_needs_new_frame_of_reference(trained, tmp_path, capsys):
+    case = _cases(trained)[0]
+    source_dir = _mr_dicom(case, tmp_path / "export" / "MR_SERIES")
+    for path in source_dir.iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.PatientAge = "0Y"  # and a value invalid for its VR, repaired once for the series
+        ds.save_as(path)
+    uid = pydicom.dcmread(next(source_dir.iterdir())).SeriesInstanceUID
+    common = ["-i", str(source_dir), "-m", str(trained["folder"]), "-f", "0", "-device", "cpu", "--disable_tta",
+              "--output-format", "dicom", "--disable-progress-bar"]
+    capsys.readouterr()
+    assert _predict(common + ["-o", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"case MR_SERIES: source series {uid} has no Frame of Reference UID: its sCT would "
+                            f"not register with anything; give --new_frame_of_reference to write a new one "
+                            f"derived from the source series")
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())  # refused before predicting
+    frames = []
+    for run in ("a", "b"):
+        assert _predict(common + ["-o", str(tmp_path / run), "--new_frame_of_reference"]) == 0
+        assert_valid_dicom(tmp_path / run / "MR_SERIES")
+        written = [pydicom.dcmread(p) for p in sorted((tmp_path / run / "MR_SERIES").iterdir())]
+        frames.append({d.FrameOfReferenceUID for d in written})
+        assert {d.PatientAge for d in written} == {"000Y"}
+        out = capsys.readouterr().out
+        notes = [line for line in out.splitlines() if line.startswith("dgcf_predict: case MR_SERIES: series ")]
+        assert notes == [f"dgcf_predict: case MR_SERIES: series {uid}: values invalid for their VR not copied into "
+                         f"the sCT: PatientAge '0Y' repaired to '000Y'",
+                         f"dgcf_predict: case MR_SERIES: series {uid} has no Frame of Reference UID: wrote the new "
+                         f"Frame of Reference UID {next(iter(frames[-1]))} derived from it (--new_frame_of_reference)"]
+    assert frames[0] == frames[1] and len(frames[0]) == 1  # one UID, the same on every run
 
 
 def test_python_api_matches_the_command_line(trained, tmp_path):

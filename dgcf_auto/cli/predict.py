@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="root for new DICOM UIDs, e.g. your organisation's '1.2.3.4.' (default: pydicom's)")
     p.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
                    help="in DICOM folders holding several image series, use the series with this UID")
+    p.add_argument("--new_frame_of_reference", action="store_true",
+                   help="DICOM output from a DICOM source without a Frame of Reference UID (refused by default): "
+                        "write one new UID derived from the source series, the same on every run")
     p.add_argument("--mask-roi", default=None, metavar="NAME",
                    help="body mask = this ROI of an RTSTRUCT in the DICOM source folder or the case folder, "
                         "rasterised on the source grid (replaces mask.nii.gz)")
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                       mask_from=args.mask_from, keep_background=args.keep_background,
                       save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
                       num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
+                      new_frame_of_reference=args.new_frame_of_reference,
                       num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
                       verbose=True, save_probabilities=args.save_probabilities, force=args.force,
                       max_voxels=args.max_voxels)

@@ -19,7 +19,7 @@ from dgcf_auto.atomic import write_json
 from dgcf_auto.dataset.discovery import TASK_OF_MODALITY, Case, read_case_folder, task_of
 from dgcf_auto.dataset.validation import validate_cases
 from dgcf_auto.dataset.writing import atomic_dataset_folder, check_target_free
-from dgcf_auto.dicomio import is_dicom_folder, open_series
+from dgcf_auto.dicomio import check_series_uids, is_dicom_folder, open_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import image_suffix
 
@@ -35,6 +35,8 @@ def synthrad_cases(input_dir: str | os.PathLike, series_uids: tuple[str, ...] = 
                if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in SKIPPED_FOLDERS]
     cases = [replace(read_case_folder(f), series_uids=tuple(series_uids)) for f in folders if _has_images(f)]
     if cases:
+        images = [path for case in cases for path in (case.source, case.ct, case.mask) if path and path.is_dir()]
+        check_series_uids(images, series_uids, f"input folder {input_dir}")
         return cases
     # A parent such as Task1/ holds anatomy folders, not cases: point at the right level.
     nested = [f.name for f in folders if any(_has_images(g) for g in f.iterdir() if g.is_dir())]

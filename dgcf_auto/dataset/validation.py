@@ -144,7 +144,7 @@ def _check_dicom_folder(path: Path, where: str, is_mask: bool, series_uids=()):
         return None, f"{where}: {problem}"
     if is_mask and not np.any(sitk.GetArrayViewFromImage(image)):
         return None, f"{where}: mask is empty (all voxels are 0)"
-    return series_header(series, image), None
+    return series_header(series), None
 
 
 def direction_problem(direction: np.ndarray, tolerance: float = 1e-3) -> str | None:

@@ -56,28 +56,29 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
             png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, force: bool = False,
-            max_voxels: int | None = None, predictor=None, save_probabilities: bool = False):
+            max_voxels: int | None = None, predictor=None, save_probabilities: bool = False,
+            new_frame_of_reference: bool = False):
     """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). `force`: predict sources that do not look like the model's training sources (recorded).
     `max_voxels`: the largest image read (default 2**31 voxels). `save_probabilities`: also keep each case's
-    normalised sCT before rounding (`<case>.npz` + `<case>.json`, for `dgcf_ensemble`). Returns the sCT
-    image(s) when `output` is None, else the list of written outputs."""
+    normalised sCT before rounding (`<case>.npz` + `<case>.json`, for `dgcf_ensemble`).
+    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
+    Returns the sCT image(s) when `output` is None, else the list of written outputs."""
     from dgcf_auto.imageio import voxel_limit
 
+    options = dict(locals())  # every argument, passed on by name
+    del options["max_voxels"], options["voxel_limit"]
     if save_probabilities and (output is None or isinstance(input, sitk.Image)):
         raise DGCFError("save_probabilities needs an output folder and case inputs (it writes <case>.npz there)")
     with voxel_limit(max_voxels):
-        return _predict(input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision,
-                        batch_size, output_format, series_uids, mask_roi, mask_from, keep_background,
-                        save_uncertainty, continue_prediction, num_workers, png_dir, dicom_uid_prefix, num_parts,
-                        part_id, progress, verbose, force, predictor, save_probabilities)
+        return _predict(**options)
 
 
-def _predict(input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
+def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
              output_format, series_uids, mask_roi, mask_from, keep_background, save_uncertainty,
              continue_prediction, num_workers, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
-             force, predictor, save_probabilities):
+             force, predictor, save_probabilities, new_frame_of_reference):
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
                         f"of {num_parts}")
@@ -113,7 +114,8 @@ def _predict(input, output, model, folds, device, tta, mask, trainer, plans, che
     return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction, num_workers,
                           save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
                           dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress,
-                          force=force, save_probabilities=save_probabilities)
+                          force=force, save_probabilities=save_probabilities,
+                          new_frame_of_reference=new_frame_of_reference)
 
 
 def _predict_image(predictor, image: sitk.Image, mask, output, output_format: str, uid_prefix: str | None):

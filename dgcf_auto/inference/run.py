@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dataset.discovery import Case
-from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, open_series, write_ct_series
-from dgcf_auto.errors import DGCFError
+from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_series, write_ct_series
+from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
@@ -76,19 +76,38 @@ def check_outputs(inputs: list[Case], output_dir: Path, output_format: str, inpu
         check_writable(png_dir, "figure folder")
 
 
+def check_frames_of_reference(inputs: list[Case], output_dir: Path, output_format: str, uid_prefix: str,
+                              new_frame_of_reference: bool) -> None:
+    """Before any prediction: every DICOM source written as a DICOM sCT has a Frame of Reference UID, or
+    --new_frame_of_reference asks for one (dicomio.frame_of_reference)."""
+    problems = []
+    for item in inputs:
+        if item.source.is_dir() and image_suffix(output_path(item, output_dir, output_format)) is None:
+            series = open_series(item.source, item.name, item.series_uids)
+            try:
+                frame_of_reference(series, uid_prefix, new_frame_of_reference)
+            except DGCFError as exc:
+                problems.append(f"case {item.name}: {exc}")
+    if problems:
+        raise DGCFInputErrors(problems)
+
+
 def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path,
                    output_format: str = ".nii.gz", continue_prediction: bool = False, num_workers: int = 2,
                    save_uncertainty: bool = False, png_dir: Path | None = None,
                    input_root: Path | None = None, dicom_uid_prefix: str | None = None,
                    part: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False,
-                   save_probabilities: bool = False) -> list[Path]:
+                   save_probabilities: bool = False, new_frame_of_reference: bool = False) -> list[Path]:
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
     `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
     `force`: predict sources that do not look like the model's (recorded as `forced` in report and provenance).
-    `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py)."""
+    `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py).
+    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir)
     forced = check_inputs(inputs, predictor.plans, force)
+    uid_prefix = dicom_uid_prefix or DEFAULT_UID_PREFIX
+    check_frames_of_reference(inputs, output_dir, output_format, uid_prefix, new_frame_of_reference)
 
     provenance = build_provenance(predictor.checkpoint_files[0].parent.parent, predictor.checkpoint_files,
                                   predictor.options)
@@ -109,7 +128,8 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
     if forced:
         report.report["forced"] = forced
-    dicom = dict(uid_prefix=dicom_uid_prefix or DEFAULT_UID_PREFIX, **dicom_description(predictor))
+    dicom = dict(uid_prefix=uid_prefix, new_frame_of_reference=new_frame_of_reference,
+                 **dicom_description(predictor))
     unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
     if predictor.derives_masks and unmasked:
         tqdm.write(f"dgcf_predict: no body mask given for {unmasked} case(s): masks "
@@ -253,7 +273,11 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
     started = time.perf_counter()
     if image_suffix(target) is None:  # a folder: the DICOM series
         source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
-        write_ct_series(sct, target, source_series, **dicom)
+
+        def say(note: str) -> None:  # repaired source values, a new Frame of Reference: once per case
+            tqdm.write(f"dgcf_predict: case {item.name}: {note}")
+
+        write_ct_series(sct, target, source_series, notify=say, **dicom)
     else:
         write_image(sct, target)
     report.add_case(item.name, write_seconds=round(time.perf_counter() - started, 3), output=target.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, expected_names, read_case_folder, role_files
 from dgcf_auto.dataset.source_checks import check_sources
 from dgcf_auto.dataset.validation import validate_cases
-from dgcf_auto.dicomio import is_dicom_folder
+from dgcf_auto.dicomio import check_series_uids, is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
 from dgcf_auto.plans import source_signature
@@ -28,6 +28,7 @@ def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = (), mask_roi
     """Cases under `path`, sorted by name; an error when there is nothing to predict. `series_uids` picks
     the series in DICOM folders that hold several; `mask_roi` names the RTSTRUCT ROI to use as body mask."""
     inputs = _collect(Path(path), tuple(series_uids or ()))
+    check_series_uids([case.source for case in inputs if case.source.is_dir()], series_uids, f"input {path}")
     return [replace(case, mask_roi=mask_roi) for case in inputs] if mask_roi else inputs
 
 
@@ -117,11 +118,11 @@ def read_roi_mask(case: Case, source) -> "sitk.Image":
     where = f"case {case.name}"
     if not files:
         raise DGCFError(f"{where}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it")
-    frame = None
+    frame, series = None, None
     if case.source.is_dir():
-        header = open_series(case.source, case.name, case.series_uids).headers[0]
-        frame = str(getattr(header, "FrameOfReferenceUID", "") or "") or None
-    return roi_mask(files, case.mask_roi, source, where, frame)
+        series = open_series(case.source, case.name, case.series_uids)
+        frame = str(getattr(series.headers[0], "FrameOfReferenceUID", "") or "") or None
+    return roi_mask(files, case.mask_roi, source, where, frame, series)
 
 
 def _roi_problem(case: Case) -> str | None:
@@ -131,7 +132,7 @@ def _roi_problem(case: Case) -> str | None:
     files = _rtstruct_candidates(case)
     names = []
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         names += [str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])]
     if not files:
         return f"case {case.name}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it"
