@@ -97,7 +97,10 @@ class DGCFTrainer:
         ckpt.check_compatible(state, path, self.variant.name, self.plans)
         try:
             self.network.load_state_dict(state["network_weights"])
-            self.optimizer.load_state_dict(state["optimizer_state"])
+            if state.get("optimizer_state") is not None:
+                self.optimizer.load_state_dict(state["optimizer_state"])
+            else:  # checkpoint_final keeps no optimiser state (lean model folders)
+                self.logger.print(f"{path.name} holds no optimiser state: Adam starts afresh from its weights")
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -131,7 +134,9 @@ class DGCFTrainer:
             close_batch_stream(stream)
         payload = self.checkpoint_payload(s.epochs)  # collective under torchrun: every rank takes part
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", payload)
+            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
+            # as nnU-Net: the finished fold keeps final (+ best); latest (with the optimiser state) goes
+            (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
             log.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
 
     def _train_epoch(self, epoch: int, stream) -> None:
@@ -168,7 +173,7 @@ class DGCFTrainer:
                                                                  or val["mae"] < self.logger.best_val_mae):
                 self.logger.best_val_mae = float(val["mae"])
                 payload["logger"] = self.logger.state_dict()
-                ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", payload)
+                ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", _without_optimizer(payload))
                 self.logger.print(f"new best validation MAE {val['mae']:.2f} HU -> checkpoint_best.pth")
             ckpt.save_checkpoint(self.output_folder / "checkpoint_latest.pth", payload)
             self.logger.plot_progress()
@@ -210,7 +215,9 @@ class DGCFTrainer:
         if not self.dist.is_main:
             return None
         return {
-            "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+            "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()
+                                if not k.startswith(ckpt.VIT_PREFIX)},
+            **self._shared_vit_reference(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": int(next_epoch),
@@ -222,6 +229,16 @@ class DGCFTrainer:
             "rng_state": rng,
             "dataloader_state": {"seed": self.settings.seed, "batches_done": batches},
         }
+
+    def _shared_vit_reference(self) -> dict:
+        """The frozen ViT is written once per model folder (content-addressed); checkpoints name it."""
+        reference = getattr(self, "_vit_reference", None)
+        if reference is None or (reference and not (self.output_folder.parent / reference["shared_vit"]).is_file()):
+            vit = {k[len(ckpt.VIT_PREFIX):]: v for k, v in self.network.state_dict().items()
+                   if k.startswith(ckpt.VIT_PREFIX)}
+            reference = ckpt.store_shared_vit(self.output_folder.parent, vit) if vit else {}
+            self._vit_reference = reference
+        return reference
 
     def training_config(self) -> dict:
         return {"trainer_name": self.variant.name, "paper_row": self.variant.paper_row,
@@ -245,6 +262,11 @@ class DGCFTrainer:
             log.print("WARNING: DINOv3 is RANDOMLY INITIALISED (--dinov3-random); results do not reproduce the paper")
         if not self.val_cases:
             log.print("this fold has no validation cases: no validation, no checkpoint_best.pth")
+
+
+def _without_optimizer(payload: dict) -> dict:
+    """checkpoint_best / _final: everything but the optimiser state (twice the trainable weights' size)."""
+    return {k: v for k, v in payload.items() if k != "optimizer_state"}
 
 
 def _lr_scheduler(optimizer: torch.optim.Optimizer, config: dict | None):
