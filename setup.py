@@ -37,6 +37,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )
