@@ -142,18 +142,20 @@ def _map_in_pool(func, items: list, workers: int, bar, names: list[str]) -> Iter
     pool.shutdown(wait=True)
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started, stop workers still on a case, and join them all."""
+def _stop_pool(pool: ProcessPoolExecutor, grace: float = 1.0) -> None:
+    """Cancel what has not started, let idle workers exit (`grace` s), stop those still on a case, join all."""
     processes = list((pool._processes or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
     busy = [p for p in processes if p.is_alive()]
     for process in busy:
         process.terminate()
-    for process in processes:
+    for process in busy:
         process.join(timeout=5)
-    killed = sum(1 for p in busy if p.exitcode is not None and p.exitcode < 0)
-    if killed:
-        note_stopped(f"{killed} worker process{'es' if killed > 1 else ''} in the middle of a case")
+    if busy:
+        note_stopped(f"{len(busy)} worker process{'es' if len(busy) > 1 else ''} in the middle of a case")
 
 
 def _dead_worker_error(processes: dict, in_progress, names: list[str], finished: int, total: int) -> DGCFError:

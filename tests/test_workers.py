@@ -135,3 +135,20 @@ time.sleep(120)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         assert gone_within([child], 1.0 if mode == "prctl" else 3.0), mode
+
+
+def test_sigterm_stops_and_joins_the_workers_and_says_what_it_stopped(raw_env):
+    """A clean stop: exit 143, every worker gone, the last line names what had to be killed."""
+    import re
+
+    root, env = raw_env
+    out = root / "pre" / "Dataset997_Workers" / "DGCFPlans_2d"
+    shutil.rmtree(out, ignore_errors=True)
+    run = start("plan_and_preprocess", ["-d", "997", "-np", "2", "-q"], env)
+    workers = kill_when(run, lambda: len(descendants(run.pid)) >= 2 and any(out.glob("*.json")), signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"dgcf_plan_and_preprocess: terminated \(SIGTERM\)"
+                        r"(; stopped (1 worker process|2 worker processes) in the middle of a case)?", last), last
+    assert gone_within(workers, 1)  # joined before the command returned, not left to the parent-death signal
