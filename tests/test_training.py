@@ -468,3 +468,41 @@ def test_sigkilled_trainer_leaves_no_data_loader_worker_and_resumes_exactly(data
         resumed, reference = load(fold / "checkpoint_final.pth"), load(trained / "checkpoint_final.pth")
         for key, value in reference["network_weights"].items():
             assert torch.equal(resumed["network_weights"][key], value), key
+
+
+def test_shared_vit_is_verified_and_checkpoints_of_the_old_layouts_still_load(trained, tmp_path):
+    """A changed or missing ViT file is one line; a checkpoint with the ViT inside (before lean model folders)
+    and an installed model's unhashed dinov3_vit.pth load to the very same network."""
+    import shutil
+
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.inference.model_loading import load_network
+
+    new = tmp_path / "new" / "fold_0" / "checkpoint_final.pth"
+    shutil.copytree(trained.parent, tmp_path / "new")
+    lean = load(new)
+    full = ckpt.load_checkpoint(new)
+    old = tmp_path / "old" / "fold_0" / "checkpoint_final.pth"  # written as before: ViT and optimiser inside
+    old.parent.mkdir(parents=True)
+    torch.save({k: v for k, v in {**full, "optimizer_state": {"state": {}, "param_groups": []}}.items()
+                if not k.startswith("shared_vit")}, old)
+    legacy = tmp_path / "legacy" / "fold_0" / "checkpoint_final.pth"  # an installed model of zip format 1
+    legacy.parent.mkdir(parents=True)
+    vit_file = tmp_path / "new" / lean["shared_vit"]
+    shutil.copy(vit_file, legacy.parent.parent / "dinov3_vit.pth")
+    torch.save({**{k: v for k, v in lean.items() if k != "shared_vit_sha256"}, "shared_vit": "dinov3_vit.pth"}, legacy)
+
+    source = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = load_network(new)(source)
+        for path in (old, legacy):
+            assert torch.equal(load_network(path)(source), expected), path
+
+    data = bytearray(vit_file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle of the tensors
+    vit_file.write_bytes(bytes(data))
+    with pytest.raises(DGCFError, match="do not match the SHA-256 the checkpoint records"):
+        ckpt.load_checkpoint(new)
+    vit_file.unlink()
+    with pytest.raises(DGCFError, match="frozen DINOv3 weights .* are missing"):
+        ckpt.load_checkpoint(new)
