@@ -205,6 +205,29 @@ def test_data_stream_is_deterministic_and_worker_independent(data_env):
     assert set(picks) <= set(loader.foreground_slices)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # batchgenerators' thread
+def test_a_killed_data_loader_worker_is_one_error_line(data_env):
+    import signal
+    import time
+
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.training.dataloading import next_batch
+
+    _, _, splits, data_folder = load_preprocessed(999, "DGCFPlans")
+    loader = SliceDataLoader([open_case(data_folder, n) for n in splits[0]["train"]], 2, seed=0, num_workers=2)
+    stream = make_batch_stream(loader, 2)
+    try:
+        assert next_batch(stream)["batch_number"] == 0
+        os.kill(stream._processes[1].pid, signal.SIGKILL)
+        start = time.time()
+        with pytest.raises(DGCFError, match="a data-loader worker process died"):
+            for _ in range(1000):
+                next_batch(stream)
+        assert time.time() - start < 10
+    finally:
+        close_batch_stream(stream)
+
+
 def test_augmentation_moves_source_and_ct_together():
     from dgcf_auto.training.dataloading import CaseArrays, augmentation_transform
 

@@ -137,6 +137,17 @@ def make_batch_stream(loader: SliceDataLoader, num_workers: int):
                                   seeds=[loader.seed + w for w in range(num_workers)], pin_memory=False)
 
 
+def next_batch(stream) -> dict:
+    """The next batch; a background worker that died (killed, out of memory) is one error line, not a trace."""
+    try:
+        return next(stream)
+    except RuntimeError as exc:
+        if "no longer alive" not in str(exc):
+            raise
+        raise DGCFError("a data-loader worker process died (killed, e.g. by the out-of-memory killer); continue "
+                        "from the last epoch's checkpoint with --c, with fewer --num-workers if memory is short") from None
+
+
 def close_batch_stream(stream, timeout: float = 10) -> None:
     """Stop and join the background workers (a clean stop leaves none); note any that had to be killed."""
     if isinstance(stream, MultiThreadedAugmenter):

@@ -22,7 +22,7 @@ from dgcf_auto.network.execution import autocast, autocast_dtype
 from dgcf_auto.plans import network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
-                                            make_batch_stream)
+                                            make_batch_stream, next_batch)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
 from dgcf_auto.training.logger import TrainingLogger, finite_or_none
 from dgcf_auto.training.validation import validate_cases
@@ -149,7 +149,7 @@ class DGCFTrainer:
                    leave=False, dynamic_ncols=True)
         for it in bar:
             t0 = time.perf_counter()
-            batch = next(stream)
+            batch = next_batch(stream)
             wait += time.perf_counter() - t0
             assert batch["batch_number"] == self.batches_done, "data stream out of order"
             self.batches_done += 1
