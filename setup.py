@@ -39,7 +39,7 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image"],
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil"],
                     "mutation": ["cosmic-ray>=8.3"]},  # benchmarks/mutation.py
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )

@@ -160,27 +160,38 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None,
+                busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.
 
-    A second holder waits, after printing `waiting` once (to stderr). The lock goes with the process: a killed
-    run never leaves a stale lock behind.
+    A second holder waits, after printing `waiting` once (to stderr); or, given `busy`, does not wait but
+    raises DGCFError(busy), where `{pid}` in `busy` becomes the holder's process id (recorded in the lock
+    file). The lock goes with the process: a killed run never leaves a stale lock behind, the next run
+    simply takes it over.
     """
     import fcntl
     import sys
 
     folder = prepare_folder(folder)
     try:
-        handle = open(folder / name, "a")
+        handle = open(folder / name, "a+")
     except OSError as exc:
         raise write_error(folder / name, exc) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if busy is not None:
+                handle.seek(0)
+                holder = handle.read().strip()
+                raise DGCFError(busy.format(pid=holder if holder.isdigit() else "(unknown)")) from None
             if waiting:
                 print(waiting, file=sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         try:
             yield
         finally:

@@ -139,7 +139,6 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
               file=sys.stderr)
     payload = {
         "network_weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        "optimizer_state": None,  # not trained here: nothing to continue
         "epoch": 0,
         "plans": plans,
         "trainer_name": trainer,

@@ -48,18 +48,23 @@ def test_zip_holds_weights_once_and_no_optimiser(model):
         manifest = json.loads(archive.read("manifest.json"))
         prefix = f"{model['raw'].name}/{MODEL}/"
         assert manifest["folds"] == ["fold_0", "fold_1", "fold_2"]  # CV folds, not fold_all, by default
-        assert names == {"manifest.json"} | {prefix + n for n in (
-            "dinov3_vit.pth", "plans.json", "README.md", "DINOv3_LICENSE_NOTICE.txt", "dataset_fingerprint.json",
+        vit_names = [n for n in names if n.startswith(prefix + "dinov3_")]
+        assert len(vit_names) == 1  # the frozen ViT once, named by the SHA-256 of its bytes
+        vit_sha = hashlib.sha256(archive.read(vit_names[0])).hexdigest()
+        assert vit_names[0] == f"{prefix}dinov3_{vit_sha[:16]}.pth"
+        assert names == {"manifest.json", vit_names[0]} | {prefix + n for n in (
+            "plans.json", "README.md", "DINOv3_LICENSE_NOTICE.txt", "dataset_fingerprint.json",
             "dataset.json", "splits_final.json", "fold_0/checkpoint_final.pth", "fold_1/checkpoint_final.pth",
             "fold_2/checkpoint_final.pth")}
         for name in names - {"manifest.json"}:
             assert manifest["sha256"][name] == hashlib.sha256(archive.read(name)).hexdigest()
         fold = torch.load(io.BytesIO(archive.read(prefix + "fold_1/checkpoint_final.pth")), weights_only=True)
-        vit = torch.load(io.BytesIO(archive.read(prefix + "dinov3_vit.pth")), weights_only=True)
+        vit = torch.load(io.BytesIO(archive.read(vit_names[0])), weights_only=True)
         readme = archive.read(prefix + "README.md").decode()
         notice = archive.read(prefix + "DINOv3_LICENSE_NOTICE.txt").decode()
     original = torch.load(model["files"][1], weights_only=True)["network_weights"]
-    assert "optimizer_state" not in fold and fold["shared_vit"] == "dinov3_vit.pth"
+    assert "optimizer_state" not in fold and fold["shared_vit"] == vit_names[0].split("/")[-1]
+    assert fold["shared_vit_sha256"] == vit_sha
     assert not any(k.startswith("dinov3.") for k in fold["network_weights"])
     assert set(fold["network_weights"]) | {"dinov3." + k for k in vit} == set(original)
     for key, value in vit.items():

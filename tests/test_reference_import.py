@@ -5,6 +5,8 @@ and a hand-built state dict with the authors' key names at base width 8 (tests/r
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import warnings
 
@@ -72,6 +74,11 @@ def test_imported_checkpoint_reproduces_their_forward_and_predicts(env, capsys, 
     assert state["plans"]["network"]["architecture"] == "dgcn_release"
     assert state["plans"]["network"]["options"] == {"vit_input_offset": 1.0}  # an MR dataset
     assert state["plans"]["training"]["schedule"] == "release"
+    # the frozen ViT is not inside: it is the model folder's one content-addressed file, which the import wrote
+    assert not any(k.startswith("dinov3.") for k in state["network_weights"])
+    vit_file = ckpt.parent.parent / state["shared_vit"]
+    assert hashlib.sha256(vit_file.read_bytes()).hexdigest() == state["shared_vit_sha256"]
+    assert vit_file.name == f"dinov3_{state['shared_vit_sha256'][:16]}.pth"
 
     network = dgcf_auto.load_network(ckpt)
     assert not network.training and isinstance(network, torch.nn.Module)

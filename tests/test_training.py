@@ -27,8 +27,7 @@ from dgcf_auto.training.variants import TRAINERS, effective_plans
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
 TINY = {"epochs": 2, "iterations_per_epoch": 3, "dinov3_random": True, "device": "cpu", "num_workers": 0}
-FOLD0_FILES = ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth", "progress.png",
-               "training_config.json")
+FOLD0_FILES = ("checkpoint_best.pth", "checkpoint_final.pth", "progress.png", "training_config.json")
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +69,28 @@ def load(path: Path) -> dict:
 
 
 def test_fold_folder_has_every_output_and_checkpoints_load(trained):
+    import hashlib
+
     for name in FOLD0_FILES:
         assert (trained / name).is_file(), name
+    assert not (trained / "checkpoint_latest.pth").exists()  # removed after the final epoch, as nnU-Net does
     assert trained.parts[-3:] == ("Dataset999_Example", "DGCFTrainer__DGCFPlans__2d", "fold_0")
-    for name in ("checkpoint_latest.pth", "checkpoint_best.pth", "checkpoint_final.pth"):
+    vit_files = list(trained.parent.glob("dinov3_*.pth"))
+    assert len(vit_files) == 1  # the frozen ViT, once per model folder, named by its SHA-256
+    digest = hashlib.sha256(vit_files[0].read_bytes()).hexdigest()
+    assert vit_files[0].name == f"dinov3_{digest[:16]}.pth"
+    vit = load(vit_files[0])
+    for name in ("checkpoint_best.pth", "checkpoint_final.pth"):
         state = load(trained / name)
         assert state["trainer_name"] == "DGCFTrainer" and state["dinov3_source"] == "random"
         assert state["plans"]["network"]["architecture"] == "cross_fusion"
-        assert any(k.startswith("dinov3.") or ".vit." in k for k in state["network_weights"])  # ViT included
+        assert not any(k.startswith("dinov3.") for k in state["network_weights"])  # the ViT is not inside
+        assert state["shared_vit"] == vit_files[0].name and state["shared_vit_sha256"] == digest
+        assert "optimizer_state" not in state  # only checkpoint_latest keeps it
+        merged = ckpt.load_checkpoint(trained / name)["network_weights"]
+        assert len(merged) == len(state["network_weights"]) + len(vit)
+        for key, value in vit.items():
+            assert torch.equal(merged["dinov3." + key], value), key
     final = load(trained / "checkpoint_final.pth")
     assert final["epoch"] == 2 and final["plans"]["training"]["epochs"] == 2
     history = final["logger"]["history"]
@@ -124,11 +137,27 @@ def test_every_variant_trains_one_epoch(data_env, name):
     assert terms == pytest.approx(history["train_loss"][0], rel=1e-5)
 
 
+def _stop_after_latest_of_epoch(monkeypatch, epoch: int) -> None:
+    """Simulate a kill right after checkpoint_latest.pth of `epoch` (1-based) was written."""
+    original = ckpt.save_checkpoint
+
+    def save_then_stop(path, payload):
+        original(path, payload)
+        if Path(path).name == "checkpoint_latest.pth" and payload["epoch"] == epoch:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_stop)
+
+
 def test_resume_continues_exactly_where_it_stopped(data_env, trained, monkeypatch, capsys):
     monkeypatch.setenv("DGCF_results", str(data_env[0] / "res_resume"))
-    first = run_training(999, "2d", "0", seed=3, **{**TINY, "epochs": 1})
+    with monkeypatch.context() as patch:
+        _stop_after_latest_of_epoch(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(999, "2d", "0", seed=3, **TINY)
+    first = data_env[0] / "res_resume" / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
     stopped = load(first / "checkpoint_latest.pth")
     assert stopped["epoch"] == 1 and stopped["logger"]["history"]["epoch"] == [0]
+    assert not (first / "checkpoint_final.pth").exists()
 
     from dgcf_auto.training.trainer import DGCFTrainer
     seen = {}
@@ -147,11 +176,12 @@ def test_resume_continues_exactly_where_it_stopped(data_env, trained, monkeypatc
     assert resumed["logger"]["history"]["train_loss"] == reference["logger"]["history"]["train_loss"]
     for key, value in reference["network_weights"].items():  # as if never stopped (and workers 0 vs 2)
         assert torch.equal(resumed["network_weights"][key], value), key
+    assert not (first / "checkpoint_latest.pth").exists()
 
-    capsys.readouterr()
+    capsys.readouterr()  # --c on the finished fold: checkpoint_latest is gone, checkpoint_final says it is done
     with pytest.raises(SystemExit) as exit_info:
         train_main(["999", "2d", "0", "--c", "-device", "cpu", "--dinov3-random"])
-    assert exit_info.value.code == 0 and "already finished 2 epochs" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "is a finished model: it already trained 2 epochs" in capsys.readouterr().out
 
 
 def test_data_stream_is_deterministic_and_worker_independent(data_env):
@@ -174,6 +204,29 @@ def test_data_stream_is_deterministic_and_worker_independent(data_env):
     loader = SliceDataLoader(cases, 64, seed=0, foreground_fraction=1.0)
     picks = loader.sample_slices(np.random.default_rng(0))
     assert set(picks) <= set(loader.foreground_slices)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # batchgenerators' thread
+def test_a_killed_data_loader_worker_is_one_error_line(data_env):
+    import signal
+    import time
+
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.training.dataloading import next_batch
+
+    _, _, splits, data_folder = load_preprocessed(999, "DGCFPlans")
+    loader = SliceDataLoader([open_case(data_folder, n) for n in splits[0]["train"]], 2, seed=0, num_workers=2)
+    stream = make_batch_stream(loader, 2)
+    try:
+        assert next_batch(stream)["batch_number"] == 0
+        os.kill(stream._processes[1].pid, signal.SIGKILL)
+        start = time.time()
+        with pytest.raises(DGCFError, match="a data-loader worker process died"):
+            for _ in range(1000):
+                next_batch(stream)
+        assert time.time() - start < 10
+    finally:
+        close_batch_stream(stream)
 
 
 def test_augmentation_moves_source_and_ct_together():
@@ -249,9 +302,89 @@ def test_clear_errors(data_env, trained, capsys, monkeypatch):
     monkeypatch.setenv("DGCF_results", str(data_env[0] / "res_corrupt"))
     broken = data_env[0] / "res_corrupt" / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
     broken.mkdir(parents=True)
-    (broken / "checkpoint_latest.pth").write_bytes((trained / "checkpoint_latest.pth").read_bytes()[:5000])
+    (broken / "checkpoint_latest.pth").write_bytes((trained / "checkpoint_final.pth").read_bytes()[:5000])
     err = run_cli_error(["999", "2d", "0", "--c"] + base, capsys)
-    assert "checkpoint_latest.pth is corrupt" in err
+    assert "checkpoint_latest.pth is corrupt" in err and "delete" not in err
+    assert (broken / "checkpoint_latest.pth").stat().st_size == 5000  # left as it was
+
+
+def _fold(results: Path, fold: int = 0) -> Path:
+    return results / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / f"fold_{fold}"
+
+
+def test_c_and_fresh_starts_never_delete_a_checkpoint(data_env, trained, capsys, monkeypatch):
+    """--c without checkpoint_latest continues from checkpoint_final or refuses; a fresh start over an earlier
+    run needs --start_over, which moves the earlier files aside byte for byte."""
+    import shutil
+
+    base = ["-device", "cpu", "--dinov3-random", "--num-workers", "0", "--iterations-per-epoch", "3"]
+    results = data_env[0] / "res_keep"
+    monkeypatch.setenv("DGCF_results", str(results))
+    fold = _fold(results)
+    shutil.copytree(trained.parent, fold.parent)  # a finished model (its shared ViT file included)
+    before = {p.name: p.read_bytes() for p in fold.glob("checkpoint_*.pth")}
+    assert sorted(before) == ["checkpoint_best.pth", "checkpoint_final.pth"]
+
+    err = run_cli_error(["999", "2d", "0"] + base, capsys)  # no --c: refused, nothing touched
+    assert "already holds checkpoint_final.pth, checkpoint_best.pth" in err and "--start_over" in err
+    (fold / "checkpoint_final.pth").rename(fold / "final.keep")
+    err = run_cli_error(["999", "2d", "0", "--c"] + base, capsys)  # only best: nothing to continue from
+    assert "neither checkpoint_latest.pth nor checkpoint_final.pth" in err
+    (fold / "final.keep").rename(fold / "checkpoint_final.pth")
+    assert {p.name: p.read_bytes() for p in fold.glob("checkpoint_*.pth")} == before
+
+    # --c with more epochs continues the finished model from checkpoint_final (no optimiser state kept)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "0", "--c", "--epochs", "3", "--no-final-validation"] + base)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "continuing from" in out and "checkpoint_final.pth at epoch 2" in out and "Adam starts afresh" in out
+    assert load(fold / "checkpoint_final.pth")["logger"]["history"]["epoch"] == [0, 1, 2]
+
+    finished = {p.name: p.read_bytes() for p in fold.iterdir() if p.is_file() and not p.name.startswith(".")}
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "0", "--start_over", "--epochs", "1", "--no-final-validation"] + base)
+    assert exit_info.value.code == 0
+    moved = list((fold / "previous_runs").iterdir())
+    assert len(moved) == 1 and f"are now in {moved[0]}" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in moved[0].iterdir() if p.is_file()} == finished
+    assert load(fold / "checkpoint_final.pth")["epoch"] == 1  # the new run's own
+    err = run_cli_error(["999", "2d", "0", "--c", "--start_over"] + base, capsys)
+    assert "contradict" in err
+
+
+def test_a_second_trainer_on_the_same_fold_exits_naming_the_first(data_env, capsys, monkeypatch):
+    """Two dgcf_train on one fold: the second exits with one line naming the holder's pid; the lock of a dead
+    process is taken over."""
+    import signal
+    import time
+
+    results = data_env[0] / "res_lock"
+    monkeypatch.setenv("DGCF_results", str(results))
+    fold = _fold(results, 2)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dgcf_auto.cli.train", "999", "2d", "2", "-device", "cpu", "--dinov3-random",
+         "--num-workers", "0", "--epochs", "500", "--iterations-per-epoch", "1", "--no-final-validation"],
+        env={**os.environ, **data_env[1], "DGCF_results": str(results), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (fold / "checkpoint_latest.pth").exists():  # it holds the lock and is training
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        base = ["999", "2d", "2", "-device", "cpu", "--dinov3-random", "--num-workers", "0"]
+        err = run_cli_error(base + ["--c"], capsys)
+        assert err.strip().splitlines() == [f"dgcf_train: error: {fold} is being trained by another dgcf_train "
+                                            f"(process {first.pid}); wait for it to finish, or stop it first"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (fold / ".dgcf_train.lock").read_text().strip() == str(first.pid)  # stale: its holder is dead
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # taken over: --c finishes the killed run
+        train_main(base + ["--c", "--epochs", "1", "--iterations-per-epoch", "1", "--no-final-validation"])
+    assert exit_info.value.code == 0
 
 
 def test_step_lr_schedule_from_the_plans_changes_the_rate_per_epoch_and_resumes(data_env, tmp_path):
@@ -328,3 +461,72 @@ def test_paper_split_test_cases_are_never_trained_or_validated_on():
         train, val = fold_cases(splits, fold, Path("splits_final.json"))
         assert not test & (set(train) | set(val))
         assert set(train) | set(val) | test == set(names)
+
+
+def test_sigkilled_trainer_leaves_no_data_loader_worker_and_resumes_exactly(data_env, trained, monkeypatch):
+    """kill -9 of dgcf_train with 2 data-loader workers: every worker is gone within 10 s (issue 22), and
+    --c then finishes the run bit-identically to the uninterrupted reference run."""
+    import signal
+
+    from process_watch import descendants, gone_within, kill_when
+
+    results = data_env[0] / "res_kill"
+    fold = _fold(results)
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "dgcf_auto.cli.train", "999", "2d", "0", "-device", "cpu", "--dinov3-random",
+         "--num-workers", "2", "--seed", "3", "--epochs", "60", "--iterations-per-epoch", "3",
+         "--no-final-validation"],
+        env={**os.environ, **data_env[1], "DGCF_results": str(results), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = kill_when(trainer, lambda: len(descendants(trainer.pid)) >= 2
+                        and (fold / "checkpoint_latest.pth").is_file(), signal.SIGKILL)
+    assert len(workers) == 2
+    assert gone_within(workers, 10), f"data-loader workers {workers} outlived the SIGKILLed trainer"
+    stopped = load(fold / "checkpoint_latest.pth")["epoch"]
+    assert 1 <= stopped < 60 and not (fold / "checkpoint_final.pth").exists()
+
+    # --c to 2 epochs: same stream, same weights as the never-stopped 2-epoch run (when it stopped before)
+    monkeypatch.setenv("DGCF_results", str(results))
+    if stopped < 2:
+        run_training(999, "2d", "0", seed=3, continue_training=True, **TINY)
+        resumed, reference = load(fold / "checkpoint_final.pth"), load(trained / "checkpoint_final.pth")
+        for key, value in reference["network_weights"].items():
+            assert torch.equal(resumed["network_weights"][key], value), key
+
+
+def test_shared_vit_is_verified_and_checkpoints_of_the_old_layouts_still_load(trained, tmp_path):
+    """A changed or missing ViT file is one line; a checkpoint with the ViT inside (before lean model folders)
+    and an installed model's unhashed dinov3_vit.pth load to the very same network."""
+    import shutil
+
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.inference.model_loading import load_network
+
+    new = tmp_path / "new" / "fold_0" / "checkpoint_final.pth"
+    shutil.copytree(trained.parent, tmp_path / "new")
+    lean = load(new)
+    full = ckpt.load_checkpoint(new)
+    old = tmp_path / "old" / "fold_0" / "checkpoint_final.pth"  # written as before: ViT and optimiser inside
+    old.parent.mkdir(parents=True)
+    torch.save({k: v for k, v in {**full, "optimizer_state": {"state": {}, "param_groups": []}}.items()
+                if not k.startswith("shared_vit")}, old)
+    legacy = tmp_path / "legacy" / "fold_0" / "checkpoint_final.pth"  # an installed model of zip format 1
+    legacy.parent.mkdir(parents=True)
+    vit_file = tmp_path / "new" / lean["shared_vit"]
+    shutil.copy(vit_file, legacy.parent.parent / "dinov3_vit.pth")
+    torch.save({**{k: v for k, v in lean.items() if k != "shared_vit_sha256"}, "shared_vit": "dinov3_vit.pth"}, legacy)
+
+    source = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = load_network(new)(source)
+        for path in (old, legacy):
+            assert torch.equal(load_network(path)(source), expected), path
+
+    data = bytearray(vit_file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle of the tensors
+    vit_file.write_bytes(bytes(data))
+    with pytest.raises(DGCFError, match="do not match the SHA-256 the checkpoint records"):
+        ckpt.load_checkpoint(new)
+    vit_file.unlink()
+    with pytest.raises(DGCFError, match="frozen DINOv3 weights .* are missing"):
+        ckpt.load_checkpoint(new)

@@ -19,13 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default DGCFTrainer: DGCN, L1 + MLDP)")
     p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
-    p.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
+    p.add_argument("--c", action="store_true",
+                   help="continue from checkpoint_latest.pth, else from checkpoint_final.pth (a finished model: "
+                        "trains on only with a larger --epochs); never deletes anything")
     p.add_argument("-pretrained_weights", default=None, metavar="CHECKPOINT",
                    help="initialise the network from this checkpoint of another run (fine-tuning; the "
                         "architectures must agree); its path and SHA-256 are recorded in training_config.json")
     p.add_argument("--npz", action="store_true",
                    help="final validation also keeps the float predictions (<case>.npz/.json), which "
                         "dgcf_find_best_configuration needs to score ensembles")
+    p.add_argument("--start_over", action="store_true",
+                   help="train the fold afresh although it holds an earlier run's checkpoints: they are moved "
+                        "into fold_X/previous_runs/<time>/, not deleted (without --c or this, such a fold is refused)")
     p.add_argument("--epochs", type=int, default=None, help="override plans['training']['epochs'] (recorded)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="override the global batch size (recorded); split evenly over torchrun processes")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           dinov3_random=args.dinov3_random, precision=args.precision,
                           vgg_weights=args.vgg_weights, validation=_validation_mode(args),
                           best_metric=args.best_metric, save_probabilities=args.npz,
-                          pretrained_weights=args.pretrained_weights)
+                          pretrained_weights=args.pretrained_weights, start_over=args.start_over)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

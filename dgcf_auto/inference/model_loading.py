@@ -1,7 +1,6 @@
 """Find trained folds in DGCF_results and turn their checkpoints back into networks."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
@@ -13,9 +12,7 @@ from dgcf_auto.errors import DGCFError
 CONFIGURATION = "2d"
 DEFAULT_TRAINER = "DGCFTrainer"
 DEFAULT_PLANS = "DGCFPlans"
-# Exported/installed models keep the frozen ViT once, beside the folds, not inside every fold's checkpoint.
-SHARED_VIT_FILE = "dinov3_vit.pth"
-VIT_PREFIX = "dinov3."  # the DGCN's state-dict keys of its FrozenDINOv3
+VIT_PREFIX = checkpoint_format.VIT_PREFIX
 
 
 def trained_datasets() -> list[Path]:
@@ -69,32 +66,10 @@ def resolve_folds(model_folder: Path, folds: list[str] | None, checkpoint_name: 
 
 
 def load_checkpoint(path: Path, merge_shared_vit: bool = True) -> dict:
-    """A fold's checkpoint, for prediction: only the weights and the plans are needed. The checkpoint of an
-    installed model names a shared ViT file (`shared_vit`); its weights are merged back in."""
-    checkpoint = checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS)
-    if merge_shared_vit and "shared_vit" in checkpoint:
-        vit = load_shared_vit(path, checkpoint["shared_vit"])
-        checkpoint["network_weights"] = {**{VIT_PREFIX + k: v for k, v in vit.items()},
-                                         **checkpoint["network_weights"]}
-    return checkpoint
-
-
-def load_shared_vit(checkpoint_path: Path, name: str) -> dict:
-    """The ViT weights file a checkpoint names; it lives in the model folder, one level above the fold."""
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise DGCFError(f"checkpoint {checkpoint_path}: invalid shared ViT file name {name!r}")
-    vit_path = Path(checkpoint_path).parent.parent / name
-    if not vit_path.is_file():
-        raise DGCFError(f"checkpoint {checkpoint_path}: its shared ViT weights {vit_path} are missing; "
-                        f"reinstall the model")
-    stat = vit_path.stat()
-    return _load_vit_file(str(vit_path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_vit_file(path: str, mtime_ns: int, size: int) -> dict:
-    """Cached: every fold of an ensemble names the same file (the key changes when the file does)."""
-    return checkpoint_format.load_checkpoint(Path(path), required=())
+    """A fold's checkpoint, for prediction: only the weights and the plans are needed. The frozen ViT kept
+    once per model folder (`shared_vit`, verified by its SHA-256) is merged back in."""
+    return checkpoint_format.load_checkpoint(path, required=checkpoint_format.PREDICTION_KEYS,
+                                             merge_shared_vit=merge_shared_vit)
 
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",

@@ -6,7 +6,8 @@ Zip layout (every path relative, under one model folder):
     <Dataset>/<Trainer>__<Plans>__2d/README.md          what the model is and what it was trained on
         DINOv3_LICENSE_NOTICE.txt                       whose ViT weights these are and under which licence
         plans.json, dataset_fingerprint.json, dataset.json, splits_final.json (when present)
-        dinov3_vit.pth                                  the frozen ViT, ONCE for all folds
+        dinov3_<sha256[:16]>.pth                        the frozen ViT, ONCE for all folds (checkpoints
+                                                        name it and its SHA-256; loading verifies it)
         fold_<k>/<checkpoint>.pth                       weights without the ViT and without optimiser state
         fold_<k>/training_config.json                   the trainer settings of that fold
 
@@ -31,7 +32,7 @@ import torch
 from dgcf_auto import __version__, paths
 from dgcf_auto.atomic import atomic_folder, atomic_path
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.inference.model_loading import SHARED_VIT_FILE, VIT_PREFIX, load_checkpoint, load_shared_vit
+from dgcf_auto.inference.model_loading import VIT_PREFIX, load_checkpoint
 
 MANIFEST = "manifest.json"
 FORMAT = "dgcf_auto-model"
@@ -60,23 +61,25 @@ def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
                 archive.writestr(str(root / name), data)
 
             for path in checkpoint_files:
-                checkpoint = load_checkpoint(path, merge_shared_vit=False)
+                checkpoint = load_checkpoint(path)  # complete weights: a shared ViT is merged in, verified
                 weights = checkpoint["network_weights"]
                 own_vit = {k[len(VIT_PREFIX):]: v for k, v in weights.items() if k.startswith(VIT_PREFIX)}
-                if own_vit and vit is None:
-                    vit, vit_from = own_vit, path
-                    add(SHARED_VIT_FILE, _torch_bytes(vit))
-                elif own_vit and (own_vit.keys() != vit.keys() or any(not torch.equal(own_vit[k], vit[k]) for k in vit)):
-                    raise DGCFError(f"checkpoint {path}: its frozen DINOv3 weights differ from {vit_from}'s; the "
-                                    f"folds of one model must share them (export the folds separately)")
+                reference = {}
+                if own_vit:
+                    vit_bytes = _torch_bytes(own_vit)
+                    digest = hashlib.sha256(vit_bytes).hexdigest()
+                    reference = {"shared_vit": f"dinov3_{digest[:16]}.pth", "shared_vit_sha256": digest}
+                    if vit is None:
+                        vit, vit_from = reference, path
+                        add(reference["shared_vit"], vit_bytes)
+                    elif digest != vit["shared_vit_sha256"]:
+                        raise DGCFError(f"checkpoint {path}: its frozen DINOv3 weights differ from {vit_from}'s; "
+                                        f"the folds of one model must share them (export the folds separately)")
+                    del vit_bytes
                 payload = {"network_weights": {k: v for k, v in weights.items() if not k.startswith(VIT_PREFIX)},
                            "plans": checkpoint["plans"], "epoch": checkpoint.get("epoch", 0),
                            "trainer_name": checkpoint.get("trainer_name", ""),
-                           "dinov3_source": checkpoint.get("dinov3_source", "unknown"),
-                           **({"shared_vit": SHARED_VIT_FILE} if own_vit or "shared_vit" in checkpoint else {})}
-                if "shared_vit" in checkpoint and vit is None:  # an installed model: its ViT file is beside it
-                    vit, vit_from = load_shared_vit(path, checkpoint["shared_vit"]), path
-                    add(SHARED_VIT_FILE, _torch_bytes(vit))
+                           "dinov3_source": checkpoint.get("dinov3_source", "unknown"), **reference}
                 add(f"{path.parent.name}/{path.name}", _torch_bytes(payload))
                 config = path.parent / "training_config.json"
                 if config.is_file():
@@ -88,7 +91,8 @@ def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
                 if preprocessed_folder is not None and (preprocessed_folder / name).is_file():
                     add(name, (preprocessed_folder / name).read_bytes())
             add("README.md", _readme(model_folder, checkpoint_files, summaries, preprocessed_folder).encode())
-            add(LICENCE_FILE, _licence_notice(summaries[0].get("dinov3_source", "unknown"), vit is not None).encode())
+            add(LICENCE_FILE, _licence_notice(summaries[0].get("dinov3_source", "unknown"),
+                                              vit["shared_vit"] if vit else None).encode())
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dgcf_auto_version": __version__,
                         "model_folder": str(root), "checkpoint": checkpoint_files[0].name,
                         "folds": [p.parent.name for p in checkpoint_files], "sha256": hashes}
@@ -148,13 +152,13 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _licence_notice(source: str, has_vit: bool) -> str:
-    if not has_vit:
+def _licence_notice(source: str, vit_file: str | None) -> str:
+    if not vit_file:
         return "This model uses no DINOv3 encoder (cnn_only); no Meta weights are included.\n"
     if source == "random":
-        return ("The frozen ViT in dinov3_vit.pth is RANDOMLY INITIALISED (a test/demo model): it holds no "
+        return (f"The frozen ViT in {vit_file} is RANDOMLY INITIALISED (a test/demo model): it holds no "
                 "Meta DINOv3 weights, and its results do not reproduce the DGCF paper.\n")
-    return ("dinov3_vit.pth holds Meta's DINOv3 ViT-B/16 (LVD-1689M) weights, unchanged (frozen in training),\n"
+    return (f"{vit_file} holds Meta's DINOv3 ViT-B/16 (LVD-1689M) weights, unchanged (frozen in training),\n"
             f"loaded from: {source}\n\n"
             "They are distributed under the DINOv3 License (https://ai.meta.com/resources/models-and-libraries/"
             "dinov3-license/,\nalso in https://github.com/facebookresearch/dinov3). Whoever shares or uses this "

@@ -6,6 +6,7 @@ the index of the next batch (stored in the checkpoint) to continue the exact sam
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.workers import die_with_parent, ignore_interrupts, note_stopped
 
 
 @dataclass
@@ -65,6 +67,15 @@ class SliceDataLoader(SlimDataLoaderBase):
         self.slice_index = np.concatenate([np.arange(len(c.source)) for c in cases])
         body = np.concatenate([np.asarray(c.mask).reshape(len(c.mask), -1).any(axis=1) for c in cases])
         self.foreground_slices = np.flatnonzero(body)
+        self.parent_pid = os.getpid()  # the trainer; a background worker dies with it
+
+    def set_thread_id(self, thread_id: int) -> None:
+        # batchgenerators calls this first thing in each MultiThreadedAugmenter worker (its `producer`): the
+        # hook that makes the worker die with the trainer, even when the trainer is SIGKILLed.
+        super().set_thread_id(thread_id)
+        if os.getpid() != self.parent_pid:
+            die_with_parent(self.parent_pid)
+            ignore_interrupts()  # Ctrl-C reaches the trainer, which stops its workers in order
 
     @property
     def num_slices(self) -> int:
@@ -126,6 +137,22 @@ def make_batch_stream(loader: SliceDataLoader, num_workers: int):
                                   seeds=[loader.seed + w for w in range(num_workers)], pin_memory=False)
 
 
-def close_batch_stream(stream) -> None:
+def next_batch(stream) -> dict:
+    """The next batch; a background worker that died (killed, out of memory) is one error line, not a trace."""
+    try:
+        return next(stream)
+    except RuntimeError as exc:
+        if "no longer alive" not in str(exc):
+            raise
+        raise DGCFError("a data-loader worker process died (killed, e.g. by the out-of-memory killer); continue "
+                        "from the last epoch's checkpoint with --c, with fewer --num-workers if memory is short") from None
+
+
+def close_batch_stream(stream, timeout: float = 10) -> None:
+    """Stop and join the background workers (a clean stop leaves none); note any that had to be killed."""
     if isinstance(stream, MultiThreadedAugmenter):
-        stream._finish()
+        processes = list(stream._processes)
+        stream._finish(timeout=timeout)  # asks them to stop, waits `timeout` s, terminates stragglers
+        killed = sum(1 for p in processes if p.exitcode is not None and p.exitcode < 0)
+        if killed:
+            note_stopped(f"{killed} data-loader worker{'s' if killed > 1 else ''} that did not stop in {timeout:g} s")

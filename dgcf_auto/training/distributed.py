@@ -56,6 +56,10 @@ def init_distributed(device_type: str) -> DistributedContext:
     if world_size <= 1:
         return DistributedContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent: die with it, however it ends
+        from dgcf_auto.workers import die_with_parent
+
+        die_with_parent(os.getppid())
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DGCFError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs visible")

@@ -5,11 +5,14 @@ Everything here is resolution and checking (clear errors before any work starts)
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
+import os
 from pathlib import Path
 
 from dgcf_auto import paths
-from dgcf_auto.atomic import check_writable, read_json
+from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
@@ -65,7 +68,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
                  dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
                  validation: str = "final", best_metric: str | None = None, save_probabilities: bool = False,
-                 pretrained_weights: str | None = None) -> Path | None:
+                 pretrained_weights: str | None = None, start_over: bool = False) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
     (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
@@ -73,6 +76,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     `_release` trainers, as the authors' train.json; "mae" otherwise).
     `save_probabilities` (--npz): the final validation keeps its float predictions for ensembling.
     `pretrained_weights`: initialise the network from another run's checkpoint (same architecture).
+    `continue_training` (--c) continues from checkpoint_latest, else checkpoint_final; `start_over` moves an
+    earlier run's files aside (never deletes them). One run per fold at a time (a lock file in the fold).
     Raises DGCFError for every user-fixable problem."""
     if validation not in VALIDATION_MODES:
         raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
@@ -92,65 +97,67 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
-    if validation.startswith("only"):
-        checkpoint = "checkpoint_best.pth" if validation == "only-best" else "checkpoint_final.pth"
-        validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision,
-                      save_probabilities)
-        return output
-
-    latest, final = output / "checkpoint_latest.pth", output / "checkpoint_final.pth"
-    resume_state = None
-    if continue_training and latest.is_file():
-        resume_state = ckpt.load_checkpoint(latest)
-        recorded = resume_state["plans"]["training"]  # a resumed run keeps its recorded settings
-        epochs = epochs or recorded["epochs"]
-        batch_size = batch_size or recorded["batch_size"]
-        iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
-    overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
-    run_plans = effective_plans(plans, variant, overrides)
-    _check_patch_fits(run_plans, variant.name)
-    train_cases = [open_case(data_folder, n) for n in train_names]
-    val_cases = [open_case(data_folder, n) for n in val_names]
-    training = run_plans["training"]
-    if not training.get("iterations_per_epoch"):
-        # the fallback definition: one epoch shows as many slices as the fold's training set holds
-        total = sum(len(c.source) for c in train_cases)
-        training["iterations_per_epoch"] = max(1, math.ceil(total / training["batch_size"]))
-    settings = TrainingSettings(epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
-                                iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
-                                num_workers=num_workers, val_every=val_every, compile=compile,
-                                dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
-                                precision=precision, vgg_weights=vgg_weights, best_metric=best_metric,
-                                pretrained_weights=str(Path(pretrained_weights).resolve()) if pretrained_weights else None,
-                                pretrained_weights_sha256=pretrained_sha256)
-    if resume_state is not None:
-        ckpt.check_compatible(resume_state, latest, variant.name, run_plans)
-        if final.is_file() and resume_state["epoch"] >= settings.epochs:
-            print(f"dgcf_train: {output} already finished {settings.epochs} epochs (checkpoint_final.pth); "
-                  f"nothing to do (pass a larger --epochs to train on, or --val to redo the validation)")
+    with _fold_lock(output):
+        if validation.startswith("only"):
+            checkpoint = "checkpoint_best.pth" if validation == "only-best" else "checkpoint_final.pth"
+            validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision,
+                          save_probabilities)
             return output
-
-    ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
-    try:
-        trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
-                              resolve_device(device, ctx), ctx,
-                              run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
-                                        "configuration": configuration,
-                                        "command_line_overrides": {k: v for k, v in overrides.items() if v}})
-        if ctx.is_main:
-            _announce_start(output, continue_training, resume_state is not None)
-        trainer.initialize()
+        resume_from = _resume_point(output, continue_training, start_over)
+        resume_state = None
+        if resume_from is not None:
+            resume_state = ckpt.load_checkpoint(resume_from)
+            recorded = resume_state["plans"]["training"]  # a resumed run keeps its recorded settings
+            epochs = epochs or recorded["epochs"]
+            batch_size = batch_size or recorded["batch_size"]
+            iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
+        overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
+        run_plans = effective_plans(plans, variant, overrides)
+        _check_patch_fits(run_plans, variant.name)
+        train_cases = [open_case(data_folder, n) for n in train_names]
+        val_cases = [open_case(data_folder, n) for n in val_names]
+        training = run_plans["training"]
+        if not training.get("iterations_per_epoch"):
+            # the fallback definition: one epoch shows as many slices as the fold's training set holds
+            total = sum(len(c.source) for c in train_cases)
+            training["iterations_per_epoch"] = max(1, math.ceil(total / training["batch_size"]))
+        settings = TrainingSettings(epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
+                                    iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
+                                    num_workers=num_workers, val_every=val_every, compile=compile,
+                                    dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
+                                    precision=precision, vgg_weights=vgg_weights, best_metric=best_metric,
+                                    pretrained_weights=(str(Path(pretrained_weights).resolve())
+                                                        if pretrained_weights else None),
+                                    pretrained_weights_sha256=pretrained_sha256)
         if resume_state is not None:
-            trainer.load_checkpoint(latest, resume_state)
-        trainer.run()
-    finally:
-        shutdown_distributed(ctx)
-    if not ctx.is_main:
-        return None
-    if validation == "final" and val_names:
-        validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
-                      precision, save_probabilities)
-    return output
+            ckpt.check_compatible(resume_state, resume_from, variant.name, run_plans)
+            if resume_from.name == "checkpoint_final.pth" and resume_state["epoch"] >= settings.epochs:
+                print(f"dgcf_train: {output} is a finished model: it already trained {resume_state['epoch']} "
+                      f"epochs (checkpoint_final.pth); nothing to do (pass a larger --epochs to train on, or "
+                      f"--val to redo the validation)")
+                return output
+
+        if start_over and int(os.environ.get("RANK", "0")) == 0:
+            _move_aside(output)
+        ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
+        try:
+            trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
+                                  resolve_device(device, ctx), ctx,
+                                  run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
+                                            "configuration": configuration,
+                                            "command_line_overrides": {k: v for k, v in overrides.items() if v}})
+            trainer.initialize()
+            if resume_state is not None:
+                trainer.load_checkpoint(resume_from, resume_state)
+            trainer.run()
+        finally:
+            shutdown_distributed(ctx)
+        if not ctx.is_main:
+            return None
+        if validation == "final" and val_names:
+            validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
+                          precision, save_probabilities)
+        return output
 
 
 def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -> str | None:
@@ -166,16 +173,52 @@ def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -
     return file_sha256(pretrained_weights)
 
 
-def _announce_start(output: Path, continue_training: bool, resuming: bool) -> None:
-    if continue_training and not resuming:
-        print(f"dgcf_train: --c given but {output / 'checkpoint_latest.pth'} does not exist; starting from scratch")
-    if not resuming:  # a fresh run must not leave an old run's final/best beside its own new files
-        stale = [f for f in ("checkpoint_final.pth", "checkpoint_best.pth") if (output / f).is_file()]
-        for name in stale:
-            (output / name).unlink()
-        if stale:
-            print(f"dgcf_train: starting over in {output}; removed the previous run's {', '.join(stale)} "
-                  f"(use --c to continue a run instead)")
+CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_final.pth", "checkpoint_best.pth")
+LOCK_FILE = ".dgcf_train.lock"
+PREVIOUS_RUNS = "previous_runs"
+
+
+def _fold_lock(output: Path):
+    """One dgcf_train per fold: a second one exits with one line naming the first (torchrun: rank 0 locks)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(output, LOCK_FILE, busy=f"{output} is being trained by another dgcf_train (process {{pid}}); "
+                                               f"wait for it to finish, or stop it first")
+
+
+def _resume_point(output: Path, continue_training: bool, start_over: bool) -> Path | None:
+    """The checkpoint --c continues from (latest, else final); None for a fresh start. Nothing is deleted:
+    a fresh start over an earlier run's checkpoints needs --start_over (they are moved aside)."""
+    existing = [name for name in CHECKPOINTS if (output / name).is_file()]
+    if continue_training and start_over:
+        raise DGCFError("--c and --start_over contradict each other: continue the run, or start it afresh")
+    if continue_training:
+        for name in CHECKPOINTS[:2]:
+            if name in existing:
+                return output / name
+        if existing:
+            raise DGCFError(f"--c: {output} holds {', '.join(existing)} but neither checkpoint_latest.pth nor "
+                            f"checkpoint_final.pth to continue from; pass --start_over instead of --c to move "
+                            f"them aside into {PREVIOUS_RUNS}/ and train afresh")
+        print(f"dgcf_train: --c given but {output} holds no checkpoint yet; starting this fold")
+        return None
+    if existing and not start_over:
+        raise DGCFError(f"{output} already holds {', '.join(existing)} from an earlier run; pass --c to continue "
+                        f"it, or --start_over to move it aside into {PREVIOUS_RUNS}/ and train afresh")
+    return None
+
+
+def _move_aside(output: Path) -> None:
+    """--start_over: the earlier run's files go to previous_runs/<UTC time>/ inside the fold (never deleted)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = output / PREVIOUS_RUNS / stamp
+    moving = [p for p in output.iterdir() if p.name not in (PREVIOUS_RUNS, LOCK_FILE)]
+    if not moving:
+        return
+    target.mkdir(parents=True)
+    for path in moving:
+        os.replace(path, target / path.name)
+    print(f"dgcf_train: --start_over: the earlier run's {len(moving)} files are now in {target}")
 
 
 def _check_patch_fits(plans: dict, trainer_name: str) -> None:

@@ -21,7 +21,7 @@ from dgcf_auto.network.execution import autocast, autocast_dtype
 from dgcf_auto.plans import network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
-                                            make_batch_stream)
+                                            make_batch_stream, next_batch)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
 from dgcf_auto.training.logger import TrainingLogger, finite_or_none
 from dgcf_auto.training.validation import validate_cases
@@ -105,7 +105,10 @@ class DGCFTrainer:
         ckpt.check_compatible(state, path, self.variant.name, self.plans)
         try:
             self.network.load_state_dict(state["network_weights"])
-            self.optimizer.load_state_dict(state["optimizer_state"])
+            if state.get("optimizer_state") is not None:
+                self.optimizer.load_state_dict(state["optimizer_state"])
+            else:  # checkpoint_final keeps no optimiser state (lean model folders)
+                self.logger.print(f"{path.name} holds no optimiser state: Adam starts afresh from its weights")
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -139,7 +142,9 @@ class DGCFTrainer:
             close_batch_stream(stream)
         payload = self.checkpoint_payload(s.epochs)  # collective under torchrun: every rank takes part
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", payload)
+            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
+            # as nnU-Net: the finished fold keeps final (+ best); latest (with the optimiser state) goes
+            (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
             log.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
 
     def _train_epoch(self, epoch: int, stream) -> None:
@@ -152,7 +157,7 @@ class DGCFTrainer:
                    leave=False, dynamic_ncols=True)
         for it in bar:
             t0 = time.perf_counter()
-            batch = next(stream)
+            batch = next_batch(stream)
             wait += time.perf_counter() - t0
             assert batch["batch_number"] == self.batches_done, "data stream out of order"
             self.batches_done += 1
@@ -177,7 +182,7 @@ class DGCFTrainer:
             if val is not None and self.logger.is_better(metric, val[metric]):
                 self.logger.best = {"metric": metric, "value": float(val[metric]), "epoch": epoch}
                 payload["logger"] = self.logger.state_dict()
-                ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", payload)
+                ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", _without_optimizer(payload))
                 shown = f"MAE {val['mae']:.2f} HU" if metric == "mae" else f"2D SSIM {val['ssim']:.4f}"
                 self.logger.print(f"new best validation {shown} -> checkpoint_best.pth")
             ckpt.save_checkpoint(self.output_folder / "checkpoint_latest.pth", payload)
@@ -220,7 +225,9 @@ class DGCFTrainer:
         if not self.dist.is_main:
             return None
         return {
-            "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+            "network_weights": {k: v.detach().cpu() for k, v in self.network.state_dict().items()
+                                if not k.startswith(ckpt.VIT_PREFIX)},
+            **self._shared_vit_reference(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": int(next_epoch),
@@ -232,6 +239,16 @@ class DGCFTrainer:
             "rng_state": rng,
             "dataloader_state": {"seed": self.settings.seed, "batches_done": batches},
         }
+
+    def _shared_vit_reference(self) -> dict:
+        """The frozen ViT is written once per model folder (content-addressed); checkpoints name it."""
+        reference = getattr(self, "_vit_reference", None)
+        if reference is None or (reference and not (self.output_folder.parent / reference["shared_vit"]).is_file()):
+            vit = {k[len(ckpt.VIT_PREFIX):]: v for k, v in self.network.state_dict().items()
+                   if k.startswith(ckpt.VIT_PREFIX)}
+            reference = ckpt.store_shared_vit(self.output_folder.parent, vit) if vit else {}
+            self._vit_reference = reference
+        return reference
 
     def training_config(self) -> dict:
         return {"trainer_name": self.variant.name, "paper_row": self.variant.paper_row,
@@ -256,6 +273,11 @@ class DGCFTrainer:
             log.print("WARNING: DINOv3 is RANDOMLY INITIALISED (--dinov3-random); results do not reproduce the paper")
         if not self.val_cases:
             log.print("this fold has no validation cases: no validation, no checkpoint_best.pth")
+
+
+def _without_optimizer(payload: dict) -> dict:
+    """checkpoint_best / _final: everything but the optimiser state (twice the trainable weights' size)."""
+    return {k: v for k, v in payload.items() if k != "optimizer_state"}
 
 
 def _lr_scheduler(optimizer: torch.optim.Optimizer, config: dict | None):
