@@ -42,6 +42,11 @@ def _plans_file(dataset: str | int, plans_name: str) -> Path:
     if plans_name == RELEASE_PLANS and (folder is None or not (folder / f"{plans_name}.json").is_file()):
         from dgcf_auto.preprocessing.run import plan_and_preprocess
 
+        try:
+            paths.raw_dataset(dataset)
+        except DGCFError as exc:
+            raise DGCFError(f"{exc}; the import needs {RELEASE_PLANS}.json: make the raw dataset and run "
+                            f"dgcf_plan_and_preprocess -d {paths.parse_dataset_id(dataset)} -pl release") from None
         print(f"{RELEASE_PLANS}.json is missing: planning it now (dgcf_plan_and_preprocess -d "
               f"{paths.parse_dataset_id(dataset)} -pl release --plan-only)", file=sys.stderr)
         summary = plan_and_preprocess(dataset, 1, preprocess=False, progress=False, planner="release")

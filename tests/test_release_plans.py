@@ -184,3 +184,23 @@ def test_release_planner_refuses_grid_overrides(planned):
     with pytest.raises(SystemExit) as exit_info:
         main(["-d", "982", "-pl", "release", "--patch-size", "64", "64", "--plan-only"])
     assert exit_info.value.code == 1
+
+
+def test_import_makes_missing_release_plans_or_says_how(planned, capsys):
+    from dgcf_auto.cli.import_reference_checkpoint import main
+    from dgcf_auto.dataset.example import make_example_dataset
+
+    root, _, _ = planned
+    make_example_dataset(root / "raw" / "Dataset983_New", "mr2ct", n=2, seed=1, size_scale=0.3)
+    argv = ["--generator", str(root / "absent.pth"), "--dinov3-weights", str(root / "absent_vit.pth")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["-d", "983"])
+    err = capsys.readouterr().err
+    assert "DGCFReleasePlans.json is missing: planning it now (dgcf_plan_and_preprocess -d 983 -pl release" in err
+    assert read_json(root / "preprocessed" / "Dataset983_New" / "DGCFReleasePlans.json")["plans_name"] == \
+        "DGCFReleasePlans"
+    assert exit_info.value.code == 1 and "absent.pth does not exist" in err  # then the generator is checked
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["-d", "984"])  # no raw dataset to plan from: one line
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1 and "Dataset984_" in err, err
