@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from dgcf_auto.atomic import read_json
+from model_fixtures import data_folders
 
 SIZE = 256
 WINDOW = (-1024.0, 2000.0)
@@ -81,21 +82,18 @@ def planned(tmp_path_factory):
     from dgcf_auto.preprocessing.run import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("release_plans")
-    mp = pytest.MonkeyPatch()
-    for key in ("raw", "preprocessed", "results"):
-        mp.setenv(f"DGCF_{key}", str(root / key))
-    make_example_dataset(root / "raw" / "Dataset981_MR", "mr2ct", n=2, seed=0, size_scale=0.3)
-    make_example_dataset(root / "raw" / "Dataset982_CBCT", "cbct2ct", n=2, seed=0, size_scale=0.3)
-    plan_and_preprocess(981, 1, planner="default", preprocess=False, progress=False)
-    mr = plan_and_preprocess(981, 1, planner="release", progress=False)
-    cbct = plan_and_preprocess(982, 1, planner="release", preprocess=False, progress=False)
-    yield root, mr, cbct
-    mp.undo()
+    with data_folders(root):
+        make_example_dataset(root / "DGCF_raw" / "Dataset981_MR", "mr2ct", n=2, seed=0, size_scale=0.3)
+        make_example_dataset(root / "DGCF_raw" / "Dataset982_CBCT", "cbct2ct", n=2, seed=0, size_scale=0.3)
+        plan_and_preprocess(981, 1, planner="default", preprocess=False, progress=False)
+        plan_and_preprocess(981, 1, planner="release", progress=False)
+        plan_and_preprocess(982, 1, planner="release", preprocess=False, progress=False)
+        yield root
 
 
 def test_release_planner_writes_its_own_plans_and_arrays(planned):
-    root, mr, _ = planned
-    folder = root / "preprocessed" / "Dataset981_MR"
+    root = planned
+    folder = root / "DGCF_preprocessed" / "Dataset981_MR"
     plans = read_json(folder / "DGCFReleasePlans.json")
     assert (folder / "DGCFPlans.json").is_file()  # both plans side by side
     assert plans["plans_name"] == "DGCFReleasePlans"
@@ -104,7 +102,7 @@ def test_release_planner_writes_its_own_plans_and_arrays(planned):
     assert plans["source_normalization"]["percentiles"] == [1.0, 99.0]
     assert not (folder / "DGCFPlans_2d").exists()
     for case in read_json(folder / "dataset.json")["cases"]:
-        source = sitk.ReadImage(str(root / "raw" / "Dataset981_MR" / case / "mr.nii.gz"))
+        source = sitk.ReadImage(str(root / "DGCF_raw" / "Dataset981_MR" / case / "mr.nii.gz"))
         array = np.load(folder / "DGCFReleasePlans_2d" / f"{case}_source.npy")
         assert array.shape == (source.GetSize()[2], SIZE, SIZE)  # every stored slice, stretched
 
@@ -113,10 +111,10 @@ def test_trainer_never_reads_the_other_plans_arrays(planned):
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.training.run import load_preprocessed
 
-    root, _, _ = planned
+    root = planned
     _, plans, _, data = load_preprocessed(981, "DGCFReleasePlans")
     assert data.name == "DGCFReleasePlans_2d" and plans["plans_name"] == "DGCFReleasePlans"
-    folder = root / "preprocessed" / "Dataset981_MR"
+    folder = root / "DGCF_preprocessed" / "Dataset981_MR"
     copied = folder / "Mixed.json"  # a plans file whose arrays are another identifier's
     copied.write_text((folder / "DGCFReleasePlans.json").read_text())
     (folder / "Mixed_2d").mkdir()
@@ -136,9 +134,9 @@ def test_trainer_never_reads_the_other_plans_arrays(planned):
 def test_release_plans_match_their_formulas_there_and_back(planned, modality):
     from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
 
-    root, _, _ = planned
+    root = planned
     dataset = "Dataset981_MR" if modality == "mr" else "Dataset982_CBCT"
-    plans = read_json(root / "preprocessed" / dataset / "DGCFReleasePlans.json")
+    plans = read_json(root / "DGCF_preprocessed" / dataset / "DGCFReleasePlans.json")
     (image, ct_image, mask_image), (source, ct, mask) = rotated_case(modality)
 
     if modality == "mr":
@@ -163,8 +161,8 @@ def test_predictor_writes_the_sct_on_the_input_grid(planned):
     """The predictor's own path (int16 HU on the input grid), the network replaced by the fixed linear map."""
     from dgcf_auto.inference.predictor import SCTPredictor
 
-    root, _, _ = planned
-    plans = read_json(root / "preprocessed" / "Dataset981_MR" / "DGCFReleasePlans.json")
+    root = planned
+    plans = read_json(root / "DGCF_preprocessed" / "Dataset981_MR" / "DGCFReleasePlans.json")
     (image, _, _), (source, _, _) = rotated_case("mr", seed=5)
     predictor = SCTPredictor.__new__(SCTPredictor)
     predictor.plans, predictor.mask_from, predictor.mask_background = plans, "none", False
@@ -190,14 +188,14 @@ def test_import_makes_missing_release_plans_or_says_how(planned, capsys):
     from dgcf_auto.cli.import_reference_checkpoint import main
     from dgcf_auto.dataset.example import make_example_dataset
 
-    root, _, _ = planned
-    make_example_dataset(root / "raw" / "Dataset983_New", "mr2ct", n=2, seed=1, size_scale=0.3)
+    root = planned
+    make_example_dataset(root / "DGCF_raw" / "Dataset983_New", "mr2ct", n=2, seed=1, size_scale=0.3)
     argv = ["--generator", str(root / "absent.pth"), "--dinov3-weights", str(root / "absent_vit.pth")]
     with pytest.raises(SystemExit) as exit_info:
         main(argv + ["-d", "983"])
     err = capsys.readouterr().err
     assert "DGCFReleasePlans.json is missing: planning it now (dgcf_plan_and_preprocess -d 983 -pl release" in err
-    assert read_json(root / "preprocessed" / "Dataset983_New" / "DGCFReleasePlans.json")["plans_name"] == \
+    assert read_json(root / "DGCF_preprocessed" / "Dataset983_New" / "DGCFReleasePlans.json")["plans_name"] == \
         "DGCFReleasePlans"
     assert exit_info.value.code == 1 and "absent.pth does not exist" in err  # then the generator is checked
     with pytest.raises(SystemExit) as exit_info:
