@@ -202,3 +202,12 @@ def test_import_makes_missing_release_plans_or_says_how(planned, capsys):
         main(argv + ["-d", "984"])  # no raw dataset to plan from: one line
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1 and "Dataset984_" in err, err
+
+
+def test_constant_mr_volume_is_one_clear_error():
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.preprocessing.normalization import source_normalization_params
+
+    with pytest.raises(DGCFError, match="p1 = 7 and p99 = 7 leave no range to normalise"):
+        source_normalization_params(np.full((3, 4, 5), 7.0, np.float32), None,
+                                    {"scheme": "percentile_window", "percentiles": [1, 99]})
