@@ -25,9 +25,33 @@ from dgcf_auto.errors import DGCFError
 DEFAULT_TRAINER = "DGCFTrainer_release"
 CONFIGURATION = "2d"
 CHECKPOINT_NAME = "checkpoint_final.pth"
+RELEASE_PLANS = "DGCFReleasePlans"  # their preprocessing: what their generator was trained on
 
 # Their ViT-only generator (use_cnn=False) still builds fuse1..fuse4; its forward never calls them.
 UNUSED_WITHOUT_CNN = re.compile(r"^fuse[1-4]\.")
+
+
+def _plans_file(dataset: str | int, plans_name: str) -> Path:
+    """`<preprocessed>/<Dataset>/<plans_name>.json`; release plans are made (planning only) when missing."""
+    try:
+        folder = paths.preprocessed_dataset(dataset)
+    except DGCFError:
+        if plans_name != RELEASE_PLANS:
+            raise
+        folder = None
+    if plans_name == RELEASE_PLANS and (folder is None or not (folder / f"{plans_name}.json").is_file()):
+        from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+        try:
+            paths.raw_dataset(dataset)
+        except DGCFError as exc:
+            raise DGCFError(f"{exc}; the import needs {RELEASE_PLANS}.json: make the raw dataset and run "
+                            f"dgcf_plan_and_preprocess -d {paths.parse_dataset_id(dataset)} -pl release") from None
+        print(f"{RELEASE_PLANS}.json is missing: planning it now (dgcf_plan_and_preprocess -d "
+              f"{paths.parse_dataset_id(dataset)} -pl release --plan-only)", file=sys.stderr)
+        summary = plan_and_preprocess(dataset, 1, preprocess=False, progress=False, planner="release")
+        folder = Path(summary["output_folder"])
+    return folder / f"{plans_name}.json"
 
 
 def read_reference_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -100,7 +124,7 @@ def _base_width(reference: dict[str, torch.Tensor], fallback: int) -> int:
 
 def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Path, dataset: str | int,
                                 trainer: str = DEFAULT_TRAINER, fold: str = "all",
-                                plans_name: str = "DGCFPlans") -> Path:
+                                plans_name: str = RELEASE_PLANS) -> Path:
     """Write `<results>/<Dataset>/<trainer>__<plans>__2d/fold_<fold>/checkpoint_final.pth` from their
     generator state_dict and a DINOv3 weights file; returns its path. Every problem is one DGCFError line."""
     from dgcf_auto.atomic import read_json
@@ -115,8 +139,8 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
         raise DGCFError(f"trainer {trainer} trains {variant.network!r}, not the released DGCN; use one of the "
                         f"DGCFTrainer_release* trainers (-tr)")
     fold = parse_fold(fold)
-    folder = paths.preprocessed_dataset(dataset)
-    plans_file = folder / f"{plans_name}.json"
+    plans_file = _plans_file(dataset, plans_name)
+    folder = plans_file.parent
     if not plans_file.is_file():
         raise DGCFError(f"dataset {folder.name}: {plans_file} is missing; run dgcf_plan_and_preprocess -d "
                         f"{paths.parse_dataset_id(folder.name)} first (the import needs its plans)")

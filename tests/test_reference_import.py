@@ -33,11 +33,13 @@ def env(tmp_path_factory):
     make_example_dataset(root / "raw" / "Dataset997_Example", "mr2ct", n=2, seed=0, size_scale=0.5)
     plan_and_preprocess(997, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
                         progress=False)
-    plans_file = root / "preprocessed" / "Dataset997_Example" / "DGCFPlans.json"
-    plans = json.loads(plans_file.read_text())
-    plans["network"]["dinov3"].update(layers=[1, 2, 3, 4], model_kwargs=TINY_VIT_KWARGS)
-    plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
-    plans_file.write_text(json.dumps(plans))
+    plan_and_preprocess(997, 1, preprocess=False, progress=False, planner="release")  # where imports go
+    for name in ("DGCFPlans", "DGCFReleasePlans"):
+        plans_file = root / "preprocessed" / "Dataset997_Example" / f"{name}.json"
+        plans = json.loads(plans_file.read_text())
+        plans["network"]["dinov3"].update(layers=[1, 2, 3, 4], model_kwargs=TINY_VIT_KWARGS)
+        plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
+        plans_file.write_text(json.dumps(plans))
     torch.manual_seed(5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +68,7 @@ def args(root, generator="best_net_G.pth", *extra):
 def test_imported_checkpoint_reproduces_their_forward_and_predicts(env, capsys, tmp_path):
     code, out, err = run_import(args(env, "best_net_G.pth", "-f", "0"), capsys)
     assert code == 0, err
-    ckpt = env / "results" / "Dataset997_Example" / "DGCFTrainer_release__DGCFPlans__2d" / "fold_0" / \
+    ckpt = env / "results" / "Dataset997_Example" / "DGCFTrainer_release__DGCFReleasePlans__2d" / "fold_0" / \
         "checkpoint_final.pth"
     assert f"imported: {ckpt}" in out
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -94,7 +96,7 @@ def test_imported_checkpoint_reproduces_their_forward_and_predicts(env, capsys, 
     from dgcf_auto.cli.predict import main as predict_main
     with pytest.raises(SystemExit) as exit_info:
         predict_main(["-i", str(env / "raw" / "Dataset997_Example"), "-o", str(tmp_path / "sct"), "-d", "997",
-                      "-tr", "DGCFTrainer_release", "-f", "0", "-device", "cpu"])
+                      "-tr", "DGCFTrainer_release", "-p", "DGCFReleasePlans", "-f", "0", "-device", "cpu"])
     assert exit_info.value.code == 0
     assert len(list((tmp_path / "sct").glob("*.nii.gz"))) == 2
 

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", default="0", help="fold whose split is evaluated (default 0)")
     parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
                         "that have predictions)")
-    parser.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default DGCFPlans; DGCFReleasePlans "
+                                                        "after -pl release)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",

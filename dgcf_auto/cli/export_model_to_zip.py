@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("-o", required=True, help="zip file to write (model.zip)")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    p.add_argument("-p", default="DGCFPlans",
+                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: folds 0..4 that exist, else all)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     add_version(p)

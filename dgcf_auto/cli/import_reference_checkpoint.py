@@ -11,8 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgcf_import_reference_checkpoint",
         description="Turn the state_dict of the authors' DINOGuidedGenerator (HiLab-git/DGCF, e.g. "
-                    "best_net_G.pth) and a DINOv3 weights file into <results>/<Dataset>/<trainer>__DGCFPlans__2d/"
-                    "fold_<f>/checkpoint_final.pth, so dgcf_predict and dgcf_evaluate run their trained model. "
+                    "best_net_G.pth) and a DINOv3 weights file into "
+                    "<results>/<Dataset>/<trainer>__DGCFReleasePlans__2d/fold_<f>/checkpoint_final.pth, so dgcf_predict and dgcf_evaluate run their trained model. "
                     "Every tensor is matched by name and shape (strict). See documentation/model.md.")
     parser.add_argument("--generator", required=True, help="their saved generator state_dict (.pth)")
     parser.add_argument("--dinov3-weights", required=True,
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which released configuration the file is: DGCFTrainer_release (default), "
                              "DGCFTrainer_release_L1, _VGG, _cnnOnly_L1 or _vitOnly_L1")
     parser.add_argument("-f", "--fold", default="all", help="fold folder to write (default: all)")
-    parser.add_argument("-p", "--plans", default="DGCFPlans", help="plans identifier (default DGCFPlans)")
+    parser.add_argument("-p", "--plans", default="DGCFReleasePlans",
+                        help="plans identifier (default DGCFReleasePlans: the authors' preprocessing, which their "
+                             "generator was trained on; planned from the raw dataset when missing)")
     add_version(parser)
     return parser
 

@@ -14,6 +14,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(splits_final.json) and preprocessed slice stacks to $DGCF_preprocessed/Dataset<id>_<Name>/. "
                     "Plans values can be overridden below; overridden values are recorded in plans['overrides'].")
     parser.add_argument("-d", "--dataset-id", required=True, help="dataset id (1, 001 or Dataset001_Name)")
+    parser.add_argument("-pl", default="default", choices=("default", "release"),
+                        help="planner: 'default' derives DGCFPlans from the dataset's fingerprint; 'release' writes "
+                             "DGCFReleasePlans with the authors' fixed preprocessing (256x256 stretched slices, MR "
+                             "[p1, p99], CBCT/CT [-1024, 2000] HU; documentation/plans.md). Train, predict, evaluate "
+                             "and export then take -p DGCFReleasePlans")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo fingerprint, plans, folds and every case (default: skip what is up to date)")
@@ -55,12 +60,9 @@ def main(argv=None):
     overrides = {key: getattr(args, key) for key in OVERRIDE_ARGS if getattr(args, key) is not None}
     with voxel_limit(args.max_voxels):
         summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
-                                      preprocess=not args.plan_only, progress=not args.quiet, force=args.force)
-    grid = summary["plans"]["configurations"]["2d"]
-    window = summary["plans"]["ct_normalization"]
-    print(f"plans: {grid['slice_axis']} slices {grid['patch_size'][0]}x{grid['patch_size'][1]} at "
-          f"{grid['inplane_spacing'][0]:.3g} mm, CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU, "
-          f"{summary['num_folds']} fold(s)")
+                                      preprocess=not args.plan_only, progress=not args.quiet, force=args.force,
+                                      planner=args.pl)
+    print(f"{summary['description']}, {summary['num_folds']} fold(s)")
     done = summary["preprocessed"]
     if done is not None:
         print(f"preprocessed {len(done['done'])} case(s), {len(done['skipped'])} up to date")

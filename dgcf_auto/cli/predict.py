@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble (default: the cross-validation folds 0..4 that exist, else fold_all)")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    p.add_argument("-p", default="DGCFPlans",
+                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--disable_tta", action="store_true",

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configuration", help="configuration (only 2d exists)")
     p.add_argument("fold", help="fold0, 0 or all")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default DGCFTrainer: DGCN, L1 + MLDP)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    p.add_argument("-p", default="DGCFPlans",
+                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--c", action="store_true",
                    help="continue from checkpoint_latest.pth, else from checkpoint_final.pth (a finished model: "

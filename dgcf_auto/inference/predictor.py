@@ -21,7 +21,7 @@ from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
 from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network, load_checkpoint
 from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
-from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct, restore_slices
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
 
 HU_MIN, HU_MAX = -1024, 3071  # int16 CT range a treatment-planning system expects
@@ -120,8 +120,7 @@ class SCTPredictor:
             # The CT normalisation is linear, so a spread in normalised units is scale * spread in HU.
             low, high = ct_window(self.plans)
             std_hu = std * np.float32((high - low) / 2.0)
-            uncertainty = from_slice_grid(slices_to_image(std_hu, prepared.properties["slice_grid"]),
-                                          prepared.properties["original_geometry"], sitk.sitkLinear, 0.0)
+            uncertainty = restore_slices(std_hu, prepared.properties, self.plans, 0.0, sitk.sitkLinear)
             uncertainty.CopyInformation(source)
         return CasePrediction(sct, uncertainty, mean, prepared.properties, background)
 
@@ -168,7 +167,9 @@ def _grid_and_normalisation(plans: dict) -> tuple:
 
 def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, tolerance: float = 1e-3) -> None:
     """A body wider than the planned field of view gets no prediction there (air): never silently."""
-    grid = properties["slice_grid"]
+    grid = properties.get("slice_grid")
+    if grid is None:  # stretched slices (release plans) cover the whole field of view
+        return
     ones = np.ones([int(v) for v in reversed(grid["size"])], np.uint8)
     covered = from_slice_grid(slices_to_image(ones, grid), properties["original_geometry"],
                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

@@ -14,7 +14,6 @@ import numpy as np
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import NetworkPlans, TrainingPlans
 
-PLANS_FILE = "DGCFPlans.json"
 PLANS_NAME = "DGCFPlans"
 CONFIGURATION = "2d"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"

@@ -10,6 +10,9 @@ Source (plans["source_normalization"]):
   linearly to [-1, 1]. With clip_max = 1 the brightest 1 % of body voxels saturate at +1, as in the common
   implementation of the paper's rule; background (0) lands on -1, like air on the CT side.
 - scheme "window" (CBCT): clip to the planned [clip_low, clip_high] and map to [-1, 1], like CT.
+- scheme "percentile_window" (MRI in the release plans, the authors' code): clip to the volume's own
+  [p_low, p_high] percentiles over every voxel (no mask; `np.percentile`, linear) and map that range to
+  [-1, 1] (their `calculate_ptile` + `ClipTransform` + `LinearNormalize`, see documentation/plans.md).
 
 `normalize_source` returns the per-case values (the MR p99) as `params`; they go to the case properties so
 that `apply_source_normalization` / `denormalize_source` can redo or undo exactly the same mapping.
@@ -73,10 +76,19 @@ def source_normalization_params(arr: np.ndarray, mask: np.ndarray | None, scheme
         return {"scheme": "percentile", "percentile": q, "value": p,
                 "clip_max": float(scheme_cfg.get("clip_max", 1.0)),
                 "computed_on": "mask" if values is not arr else "volume"}
+    if scheme == "percentile_window":
+        low_q, high_q = (float(q) for q in scheme_cfg["percentiles"])
+        low, high = (float(v) for v in np.percentile(arr, [low_q, high_q]))
+        if not (np.isfinite(low) and np.isfinite(high) and high > low):
+            raise DGCFError(f"source percentiles p{low_q:g} = {low:g} and p{high_q:g} = {high:g} leave no range to "
+                            f"normalise; is the image constant?")
+        return {"scheme": "percentile_window", "percentiles": [low_q, high_q], "clip_low": low, "clip_high": high,
+                "computed_on": "volume"}
     if scheme == "window":
         return {"scheme": "window", "clip_low": float(scheme_cfg["clip_low"]),
                 "clip_high": float(scheme_cfg["clip_high"])}
-    raise DGCFError(f"unknown source normalisation scheme {scheme!r} (expected 'percentile' or 'window')")
+    raise DGCFError(f"unknown source normalisation scheme {scheme!r} "
+                    f"(expected 'percentile', 'percentile_window' or 'window')")
 
 
 def apply_source_normalization(arr: np.ndarray, params: dict) -> np.ndarray:

@@ -11,6 +11,11 @@
      view.
 `restore_ct(slices, properties, plans)`: `denormalize_ct`, then `slicing.from_slice_grid` onto exactly the
 original grid (size, spacing, origin, direction from the properties); outside the slice grid: -1024 HU.
+
+Plans whose configuration says `"grid": "stretch"` (the release plans, planning/release_planner.py) take the
+authors' path instead: every stored slice of the volume, normalised on the original voxels (whole-volume
+percentiles, no mask) and stretched to the patch size (`stretch.py`); `restore_ct` resizes back onto each
+slice's own size, so the sCT lies on the input's exact grid.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_norma
                                                    denormalize_ct, normalize_ct, source_normalization_params)
 from dgcf_auto.preprocessing.slicing import (from_slice_grid, interpolator, slice_grid_reference, slices_to_image,
                                              to_slice_grid)
+from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
 PROPERTIES_VERSION = 1
 
@@ -59,6 +65,8 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
         # The mask shares the source's grid (within tolerance): give it the exact geometry.
         mask = sitk.Cast(mask != 0, sitk.sitkUInt8)
         mask.CopyInformation(source)
+    if is_stretched(plans):
+        return _preprocess_stretched(source, ct, mask, plans, case_name)
     reference = slice_grid_reference(source, mask, plans)
     smooth = _intensity_interpolator(plans)
 
@@ -98,14 +106,67 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
     return PreprocessedCase(source_slices, ct_slices, mask_slices, properties)
 
 
+def is_stretched(plans: dict) -> bool:
+    """Plans of the authors' slice geometry (every stored slice stretched to the patch size)?"""
+    return plans["configurations"]["2d"].get("grid") == "stretch"
+
+
+def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image | None, plans: dict,
+                          case_name: str) -> PreprocessedCase:
+    """The release plans: normalise the stored voxels, then stretch every stored slice (see stretch.py).
+
+    Normalising first equals their clip -> resize -> linear map: bilinear weights sum to 1, so the linear map
+    commutes with the resize, while the clip must come first (it does, inside the normalisation)."""
+    size = tuple(int(v) for v in plans["configurations"]["2d"]["patch_size"])
+    source_array = _array(source)
+    params = source_normalization_params(source_array, None, plans["source_normalization"])
+    source_slices = stretch_slices(apply_source_normalization(source_array, params), size)
+    del source_array
+    ct_slices = None
+    if ct is not None:
+        ct_slices = stretch_slices(normalize_ct(_array(ct), *ct_window(plans)), size)
+    if mask is None:
+        mask_slices = np.ones(source_slices.shape, np.uint8)
+    else:  # their bilinear resize of the mask, binarised at one half (their code uses it nowhere else)
+        mask_slices = (stretch_slices(_array(mask), size) >= 0.5).astype(np.uint8)
+    properties = {
+        "version": PROPERTIES_VERSION,
+        "case": case_name,
+        "original_geometry": geometry(source),
+        "grid": "stretch",
+        "shape": list(source_slices.shape),
+        "source_normalization": params,
+        "ct_normalization": dict(plans["ct_normalization"]),
+        "has_ct": ct is not None,
+        "foreground_voxels": int(mask_slices.sum()),
+    }
+    return PreprocessedCase(source_slices, ct_slices, mask_slices, properties)
+
+
 def _intensity_interpolator(plans: dict) -> int:
     return interpolator(plans["configurations"]["2d"].get("interpolation", "bspline"))
 
 
 def restore_ct(normalised_slices: np.ndarray, properties: dict, plans: dict) -> sitk.Image:
     """(S, H, W) normalised sCT -> float32 HU image on exactly the case's original grid."""
-    hu = denormalize_ct(np.asarray(normalised_slices), *ct_window(plans))
-    slices = slices_to_image(hu, properties["slice_grid"])
-    restored = from_slice_grid(slices, properties["original_geometry"], _intensity_interpolator(plans), CT_AIR_HU,
-                               sitk.sitkFloat32)
-    return restored
+    clip = bool(plans["ct_normalization"].get("clip_output", True))
+    hu = denormalize_ct(np.asarray(normalised_slices), *ct_window(plans), clip=clip)
+    return restore_slices(hu, properties, plans, CT_AIR_HU)
+
+
+def restore_slices(slices: np.ndarray, properties: dict, plans: dict, default_value: float,
+                   interpolation: int | None = None) -> sitk.Image:
+    """Any (S, H, W) map on the case's slices (HU, a spread in HU) -> float32 image on the original grid;
+    outside the slice grid: `default_value`. `interpolation`: a SimpleITK interpolator (default: the plans');
+    stretched slices always go back with their own bilinear resize."""
+    original = properties["original_geometry"]
+    if properties.get("grid") == "stretch":
+        shape = tuple(int(v) for v in reversed(original["size"]))
+        image = sitk.GetImageFromArray(unstretch_slices(slices, shape[1:]))
+        image.SetSpacing([float(v) for v in original["spacing"]])
+        image.SetOrigin([float(v) for v in original["origin"]])
+        image.SetDirection([float(v) for v in original["direction"]])
+        return image
+    grid_image = slices_to_image(np.asarray(slices, np.float32), properties["slice_grid"])
+    interpolation = _intensity_interpolator(plans) if interpolation is None else interpolation
+    return from_slice_grid(grid_image, original, interpolation, default_value, sitk.sitkFloat32)

@@ -4,8 +4,10 @@ Everything that can be checked is checked before the first file is written (data
 overrides, an existing splits file), so bad input leaves DGCF_preprocessed untouched.
 
 Output, in $DGCF_preprocessed/Dataset<id>_<Name>/:
-  dataset.json, dataset_fingerprint.json, DGCFPlans.json, splits_final.json,
-  DGCFPlans_2d/<case>_source.npy, <case>_ct.npy, <case>_mask.npy (S, H, W), <case>.json (properties).
+  dataset.json, dataset_fingerprint.json, <plans>.json, splits_final.json,
+  <plans>_2d/<case>_source.npy, <case>_ct.npy, <case>_mask.npy (S, H, W), <case>.json (properties),
+where <plans> is the planner's identifier (`-pl default`: DGCFPlans, `-pl release`: DGCFReleasePlans;
+planning/planners.py). Fingerprint, folds and dataset.json are shared by every planner.
 A case is up to date when its four files exist, the signature stored in its json (a hash of the
 preprocessing-relevant plans and the input files' paths, sizes and mtimes) matches, and every array has the
 shape its json and the plans give; such cases are skipped. A lock file in the output folder keeps a second
@@ -29,8 +31,8 @@ from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
-from dgcf_auto.planning.planner import (CONFIGURATION, DATA_IDENTIFIER, PLANS_FILE, check_overrides, plan_experiment,
-                                        preprocessing_signature_fields)
+from dgcf_auto.planning.planner import CONFIGURATION, preprocessing_signature_fields
+from dgcf_auto.planning.planners import data_identifier, get_planner
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
@@ -119,15 +121,17 @@ def _output_folder(raw_dir: Path) -> Path:
 
 def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite: bool = False,
                         split: str = "5fold", overrides: dict | None = None, preprocess: bool = True,
-                        progress: bool = True, force: bool = False) -> dict:
+                        progress: bool = True, force: bool = False, planner: str = "default") -> dict:
     """The whole command; returns a summary (paths, plans, preprocessing counts, `forced`: what the source
-    checks let pass with `force`, also recorded in the preprocessed dataset.json)."""
+    checks let pass with `force`, also recorded in the preprocessed dataset.json). `planner`: a key of
+    planning.planners.PLANNERS (`-pl`)."""
     if split not in SPLIT_MODES:
         raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_MODES)})")
     if int(num_processes) < 1:
         raise DGCFError(f"-np must be at least 1, got {num_processes}")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    check_overrides(overrides)
+    chosen = get_planner(planner)
+    chosen.check_overrides(overrides)
     raw_dir = raw_dataset(dataset_id)
     out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
@@ -138,20 +142,20 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     with folder_lock(out_dir, LOCK_FILE, waiting=f"dgcf_plan_and_preprocess: {out_dir} is in use by another run; "
                                                  f"waiting for it to finish (Ctrl-C to give up)"):
         return _plan_and_preprocess_locked(raw_dir, out_dir, cases, num_processes, overwrite, split, overrides,
-                                           preprocess, progress, forced)
+                                           preprocess, progress, chosen, forced)
 
 
 def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case], num_processes: int,
                                 overwrite: bool, split: str, overrides: dict, preprocess: bool,
-                                progress: bool, forced: list[dict] = ()) -> dict:
+                                progress: bool, chosen, forced: list[dict] = ()) -> dict:
     names = [c.name for c in cases]
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
     fraction = sum(len(f["train"]) for f in folds) / (len(folds) * len(names))
 
     fingerprint = fingerprint_dataset(cases, out_dir / FINGERPRINT_FILE, num_processes, overwrite, progress)
-    plans = plan_experiment(fingerprint, raw_dir.name, overrides, fraction)
-    plans_file = out_dir / PLANS_FILE
+    plans = chosen.plan(fingerprint, raw_dir.name, overrides, fraction)
+    plans_file = out_dir / f"{chosen.plans_name}.json"
     if overwrite or not plans_file.is_file() or read_json(plans_file) != json.loads(json.dumps(plans)):
         write_json(plans, plans_file)
     splits = write_splits(names, out_dir / SPLITS_FILE, split, overwrite)
@@ -162,8 +166,8 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
         write_json(info, out_dir / "dataset.json")
 
     summary = {"output_folder": str(out_dir), "plans": plans, "num_folds": len(splits),
-               "preprocessed": None, "forced": list(forced)}
+               "preprocessed": None, "forced": list(forced), "description": chosen.describe(plans)}
     if preprocess:
-        summary["preprocessed"] = preprocess_dataset(cases, plans, out_dir / DATA_IDENTIFIER, num_processes,
+        summary["preprocessed"] = preprocess_dataset(cases, plans, out_dir / data_identifier(plans), num_processes,
                                                      overwrite, progress)
     return summary

@@ -44,11 +44,17 @@ def load_preprocessed(dataset: str | int, plans_name: str) -> tuple[Path, dict, 
         if not file.is_file():
             raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
                             f"-d {paths.parse_dataset_id(folder.name)} first")
+    plans = read_json(plans_file)
+    # Each plans identifier has its own arrays: a trainer given one plans file never reads another's.
+    identifier = plans.get("configurations", {}).get(CONFIGURATIONS[0], {}).get("data_identifier")
+    if plans.get("plans_name", plans_name) != plans_name or identifier not in (None, f"{plans_name}_2d"):
+        raise DGCFError(f"dataset {folder.name}: {plans_file} names plans {plans.get('plans_name')!r} with arrays "
+                        f"{identifier!r}, not {plans_name!r}; re-run dgcf_plan_and_preprocess")
     data_folder = folder / f"{plans_name}_2d"
     if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
         raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
                         f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
-    return folder, read_json(plans_file), read_json(splits_file), data_folder
+    return folder, plans, read_json(splits_file), data_folder
 
 
 def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[str], list[str]]:

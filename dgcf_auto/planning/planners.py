@@ -1,0 +1,45 @@
+"""Planner registry for `dgcf_plan_and_preprocess -pl`: name -> plans identifier and planning function.
+
+nnU-Net's convention: `-pl` chooses the planner at planning time; its plans identifier (`-p` at train,
+predict, evaluate and export time) names `<identifier>.json` and the `<identifier>_2d/` array folder, so
+two sets of plans live side by side in one preprocessed dataset and never share arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.planning import planner, release_planner
+
+
+def _describe_default(plans: dict) -> str:
+    grid = plans["configurations"][planner.CONFIGURATION]
+    window = plans["ct_normalization"]
+    return (f"plans: {grid['slice_axis']} slices {grid['patch_size'][0]}x{grid['patch_size'][1]} at "
+            f"{grid['inplane_spacing'][0]:.3g} mm, CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU")
+
+
+@dataclass(frozen=True)
+class Planner:
+    plans_name: str
+    plan: Callable[..., dict]        # (fingerprint, dataset_name, overrides, train_fraction) -> plans
+    describe: Callable[[dict], str]  # one line for the console
+    check_overrides: Callable[[dict], None]  # before anything is written
+
+
+PLANNERS: dict[str, Planner] = {
+    "default": Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default, planner.check_overrides),
+    "release": Planner(release_planner.PLANS_NAME, release_planner.plan_release, release_planner.describe,
+                       release_planner.check_overrides),
+}
+
+
+def get_planner(name: str) -> Planner:
+    if name not in PLANNERS:
+        raise DGCFError(f"unknown planner '{name}' (-pl); available: {', '.join(PLANNERS)}")
+    return PLANNERS[name]
+
+
+def data_identifier(plans: dict) -> str:
+    return plans["configurations"][planner.CONFIGURATION]["data_identifier"]
