@@ -24,7 +24,7 @@ from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, r
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
-from dgcf_auto.inference.report import PeakMemory, RunReport, report_name
+from dgcf_auto.inference.report import REPORT_FILE, PeakMemory, RunReport, report_name
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 
 
@@ -64,12 +64,48 @@ def check_output_location(inputs: list[Case], output_dir: Path, output_format: s
                                 f"choose a separate output folder")
 
 
+def case_outputs(item: Case, output_dir: Path, output_format: str, save_uncertainty: bool = False,
+                 extra_outputs: dict[str, str] | None = None) -> dict[Path, str]:
+    """Every path predicting `item` writes, with what it is: the sCT, its uncertainty map, and one per entry of
+    `extra_outputs` ({suffix after the case name: what it is}, e.g. {".npz": "probabilities"})."""
+    target = output_path(item, output_dir, output_format)
+    outputs = {target: "its sCT"}
+    if save_uncertainty:
+        outputs[uncertainty_path(item, target)] = "its uncertainty map"
+    for suffix, what in (extra_outputs or {}).items():
+        outputs[Path(output_dir) / f"{item.name}{suffix}"] = f"its {what}"
+    return outputs
+
+
+def check_output_collisions(inputs: list[Case], output_dir: Path, output_format: str, save_uncertainty: bool = False,
+                            extra_outputs: dict[str, str] | None = None) -> None:
+    """Two cases that would write one name (foo's uncertainty map and the sCT of a case foo_uncertainty) would
+    overwrite each other, and --continue-prediction would then trust the wrong file: refuse in one line naming
+    both inputs. `inputs`: every case of the run (all parts)."""
+    output_dir = Path(output_dir)
+    writers: dict[Path, str] = {}
+    for item in inputs:
+        for path, what in case_outputs(item, output_dir, output_format, save_uncertainty, extra_outputs).items():
+            mine = f"case {item.name} ({what}, from {item.source})"
+            if path in writers:
+                raise DGCFError(f"output {path}: both {writers[path]} and {mine} would write it; "
+                                f"rename one of the inputs")
+            writers[path] = mine
+    for name, what in ((PROVENANCE_FILE, "this run's provenance record"), (REPORT_FILE, "this run's report")):
+        if output_dir / name in writers:
+            raise DGCFError(f"output {output_dir / name}: both {writers[output_dir / name]} and {what} would write "
+                            f"it; rename that input")
+
+
 def check_outputs(inputs: list[Case], output_dir: Path, output_format: str, input_root: Path | None = None,
-                  png_dir: Path | None = None) -> None:
-    """Everything about where outputs go, checked before any expensive work."""
+                  png_dir: Path | None = None, save_uncertainty: bool = False,
+                  extra_outputs: dict[str, str] | None = None) -> None:
+    """Everything about where outputs go, checked before any expensive work. `inputs`: every case of the run
+    (all parts); `extra_outputs` as in `case_outputs`."""
     if output_format not in OUTPUT_FORMATS:
         raise DGCFError(f"output format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     check_output_location(inputs, output_dir, output_format, input_root)
+    check_output_collisions(inputs, output_dir, output_format, save_uncertainty, extra_outputs)
     check_writable(output_dir)
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
@@ -83,7 +119,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
     `part` = (part_id, num_parts) names this run's report when a large input set is split across machines."""
     output_dir = Path(output_dir)
-    check_outputs(inputs, output_dir, output_format, input_root, png_dir)
+    check_outputs(inputs, output_dir, output_format, input_root, png_dir, save_uncertainty)
     check_inputs(inputs, predictor.plans.get("source_modality"))
 
     provenance = build_provenance(predictor.checkpoint_files[0].parent.parent, predictor.checkpoint_files,
