@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from dgcf_auto import __version__, paths
-from dgcf_auto.atomic import atomic_folder, atomic_path
+from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.model_loading import SHARED_VIT_FILE, VIT_PREFIX, load_checkpoint, load_shared_vit
 
@@ -196,6 +196,7 @@ def install_model(zip_path: Path, overwrite: bool = False, results_root: Path | 
             raise DGCFError(f"{where}: {missing[0]!r} is listed in the manifest but missing from the zip")
         results = paths.results_root() if results_root is None else Path(results_root)
         target = results / root
+        recover_swaps(target.parent)  # an earlier install killed between its renames: its model first
         _check_target(results, root, target, overwrite)
         needed = sum(i.file_size for i in infos)
         results.mkdir(parents=True, exist_ok=True)
