@@ -246,6 +246,16 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     return folder
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail in one line, before any expensive work, when the file `path` cannot be written: it is a folder, or
+    its folder cannot take files (see `check_writable`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DGCFError(f"{what} {path}: is a folder, not a file")
+    check_writable(path.parent, f"{what} folder")
+    return path
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.

@@ -124,7 +124,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
 
     provenance = build_provenance(predictor.checkpoint_files[0].parent.parent, predictor.checkpoint_files,
                                   predictor.options)
-    previous = read_provenance(output_dir)
+    previous = _read_record(output_dir)
     if previous is not None and previous.get("model_id") == provenance["model_id"]:
         provenance["cases"] = previous["cases"]  # outputs of this same model stay on record
     todo = inputs
@@ -208,6 +208,14 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     return "not on the source's grid" if mismatch else None
 
 
+def _read_record(folder: Path) -> dict | None:
+    """The output folder's provenance (checked); a broken one stops the run before it trusts or merges anything."""
+    try:
+        return read_provenance(folder)
+    except DGCFError as exc:
+        raise DGCFError(f"{exc}; remove the file to predict every case again") from None
+
+
 class _ProvenanceRecorder:
     """The provenance JSON, rewritten (atomically) after every case so that a killed run leaves a true record."""
 
@@ -226,7 +234,7 @@ class _ProvenanceRecorder:
         # the records other processes wrote for this same model, and add ours.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.path.parent):
-            on_disk = read_provenance(self.path.parent)
+            on_disk = _read_record(self.path.parent)
             if on_disk is not None and on_disk.get("model_id") == self.provenance["model_id"]:
                 others = {k: v for k, v in on_disk["cases"].items() if k not in self.pending}
                 self.provenance["cases"] = {**others, **self.provenance["cases"]}
