@@ -44,7 +44,8 @@ def test_a_bare_compare_finds_what_a_bare_evaluate_writes(tmp_path, monkeypatch,
     monkeypatch.setenv("DGCF_results", str(tmp_path))
     for trainer, offset in (("DGCFTrainer", 1.0), ("UNetTrainer", 0.0)):
         rows = [{"case": c, "reference_file": f"/raw/{c}/ct.nii.gz",
-                 "metrics": {m: 0.5 + 0.1 * i + offset for m in columns}} for i, c in enumerate(["c1", "c2", "c3"])]
+                 "metrics": {m: 0.5 + 0.1 * i + offset * (1 + 0.1 * i * i) for m in columns}}
+                for i, c in enumerate(["c1", "c2", "c3"])]
         path = tmp_path / "Dataset001_X" / f"{trainer}__DGCFPlans__2d" / "fold_0" / "test" / summary_file_name(evaluated)
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"metric_per_case": rows, "profile": get_profile(evaluated).describe(),
@@ -70,7 +71,7 @@ def _provenance_model(trainer: str, folds: list[str], plans: str = "DGCFPlans", 
      ["DGCFTrainer (DGCFPlans)", "DGCFTrainer (ReleasePlans)"]),
 ])
 def test_two_summaries_in_one_folder_are_labelled_by_their_models(tmp_path, capsys, models, labels):
-    paths = [_summary(tmp_path / "run" / f"summary_{i}.json", ["c1", "c2", "c3"], [27.0 + i, 28.0 + i, 26.0 + i],
+    paths = [_summary(tmp_path / "run" / f"summary_{i}.json", ["c1", "c2", "c3"], [27.0 + i, 28.0 + 0.5 * i, 26.0 + 0.2 * i],
                       prediction_model=_provenance_model(trainer, [f"fold_{f}" for f in folds], plans))
              for i, (trainer, folds, plans) in enumerate(models)]
     assert _run_compare([*map(str, paths), "-o", str(tmp_path / "out")]) == 0
