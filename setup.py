@@ -36,6 +36,7 @@ setup(
         "scipy",
         "tqdm",
         "matplotlib",
+        "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
