@@ -33,6 +33,17 @@ def test_sct_of_one_case_and_uncertainty_of_another_are_refused_before_any_work(
     assert not out.exists()  # nothing predicted, nothing written
 
 
+def test_a_collision_between_two_parts_is_seen_by_each_part(trained, tmp_path, capsys):
+    """-num_parts 2: foo is part 0's, foo_uncertainty part 1's; each part alone would overwrite the other's file."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _flat_inputs(trained, inputs, ["foo.nii.gz", "foo_uncertainty.nii.gz"])
+    for part in ("0", "1"):
+        assert _predict(["-i", str(inputs), "-o", str(out), "-device", "cpu", "--disable_tta", "--save-uncertainty",
+                         "-num_parts", "2", "-part_id", part]) == 1
+        assert "both case foo (its uncertainty map" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_same_names_without_uncertainty_are_fine(trained, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     _flat_inputs(trained, inputs, ["foo.nii.gz", "foo_uncertainty.nii.gz"])
