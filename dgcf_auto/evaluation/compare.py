@@ -2,9 +2,11 @@
 
 Rows are methods, columns are metrics per task, each cell mean ± std over that method's cases; the best mean
 of a column is bold, and `*` marks a method that is better than the best other method with p < 0.05 in a
-paired two-sided test over the cases both have (Student's t-test, as the paper, or Wilcoxon signed-rank).
-Cases that some summaries lack are reported and left out of the pairing only. Outputs: Markdown, CSV,
-LaTeX and a PNG of per-case box plots per metric.
+paired two-sided test over the cases both have (Student's t-test, as the paper, or Wilcoxon signed-rank),
+never with fewer cases than the test can use (`min_pairs`; a note says so). Cases that some summaries lack are
+reported and left out of the pairing only. Methods are named by the model that wrote their predictions
+(`label_methods`). Summaries are checked against SUMMARY_SCHEMA first. Outputs: Markdown, CSV, LaTeX and a PNG
+of per-case box plots per metric.
 """
 from __future__ import annotations
 

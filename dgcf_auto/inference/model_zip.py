@@ -11,9 +11,10 @@ Zip layout (every path relative, under one model folder):
         fold_<k>/training_config.json                   the trainer settings of that fold
 
 A zip is untrusted input: the installer refuses absolute paths, `..`, links and files outside the one model
-folder, checks every file against the manifest, loads weights only with weights_only=True, and installs
-through a temporary folder renamed into place (nothing is left behind on failure; an installed model is
-replaced only with overwrite=True).
+folder, checks the manifest against MANIFEST_SCHEMA and every file against the manifest (and the zip's CRC-32),
+loads weights only with weights_only=True, and installs through a temporary folder renamed into place (nothing
+is left behind on failure; an installed model is replaced only with overwrite=True, by a journalled swap that a
+kill at any point cannot lose: `atomic.atomic_folder`).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ import torch
 from dgcf_auto import __version__, paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.schema import SHA256, check, parse
 from dgcf_auto.inference.model_loading import SHARED_VIT_FILE, VIT_PREFIX, load_checkpoint, load_shared_vit
+from dgcf_auto.schema import SHA256, check, parse
 
 MANIFEST = "manifest.json"
 FORMAT = "dgcf_auto-model"
