@@ -38,6 +38,7 @@ setup(
         "scipy",
         "tqdm",
         "matplotlib",
+        "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil"],
                     "mutation": ["cosmic-ray>=8.3"]},  # benchmarks/mutation.py

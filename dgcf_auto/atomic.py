@@ -6,6 +6,11 @@ EACCES, EDQUOT, ...) and any failed check becomes one `DGCFError("cannot write <
 the temporary file is removed. A run killed mid-write (SIGKILL) leaves its temporary file behind; the next
 write into that folder removes it: temporary names carry host and process id, and only those of processes
 that no longer exist on this host are removed, so parallel runs never delete each other's files.
+
+A folder that replaces another (an installed model, a DICOM series) swaps with two renames under a journal
+(`.<name>.dgcf-swap.<host>.<pid>.json`, written before the first rename): a run killed between them leaves the
+old folder and the new one under hidden names, and the next run touching that parent folder finishes the swap
+from the journal (or undoes it) before it removes any stale temporary files; the journal protects them until then.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from dgcf_auto.errors import DGCFError
 
 TEMP_MARKER = ".dgcf-tmp."
 _TEMP_PATTERN = re.compile(re.escape(TEMP_MARKER) + r"(?P<host>[^.]+)\.(?P<pid>\d+)\.[0-9a-f]+")
+SWAP_MARKER = ".dgcf-swap."
+_SWAP_PATTERN = re.compile(re.escape(SWAP_MARKER) + r"(?P<host>[^.]+)\.(?P<pid>\d+)\.json$")
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _cleaned_folders: set[tuple[int, str]] = set()
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -95,10 +102,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             if path.is_file():
                 _fsync(path)
         if target.exists() or target.is_symlink():
-            old = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.old"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap(tmp, target)
         else:
             os.replace(tmp, target)
         _fsync(target.parent)
@@ -107,6 +111,85 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Replace the folder `target` by the complete folder `new`: journal, target -> hidden old, new -> target,
+    remove old and journal. Killed anywhere, `recover_swaps` later finds the old folder or the new one."""
+    old = target.parent / f".{target.name}{TEMP_MARKER}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.old"
+    journal = target.parent / f".{target.name}{SWAP_MARKER}{_HOST}.{os.getpid()}.json"
+    write_json({"target": target.name, "new": new.name, "old": old.name}, journal)
+    try:
+        os.replace(target, old)
+        os.replace(new, target)
+        _fsync(target.parent)
+    finally:  # done: remove the old folder; failed (an OSError): put it back
+        _finish_swap(journal)
+
+
+def _finish_swap(journal: Path) -> Path | None:
+    """Complete (or undo) the swap a journal records, whatever step it stopped at; returns its target.
+
+    Target in place: the swap finished (or never began), the hidden copies go. Target missing: the new folder
+    (complete: the journal is written after it) is renamed into place, else the old one is put back.
+    """
+    try:
+        record = json.loads(journal.read_text())
+        target, new, old = (journal.parent / _plain_name(record[k]) for k in ("target", "new", "old"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a journal is written atomically: unreadable means not ours; leave it and what it names
+    if not (target.exists() or target.is_symlink()):
+        for candidate in (new, old):
+            if candidate.is_dir():
+                try:
+                    os.replace(candidate, target)
+                    break
+                except OSError:  # e.g. another process recovering the same journal got there first
+                    continue
+    if target.exists():
+        for leftover in (new, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        _fsync(journal.parent)
+        with contextlib.suppress(FileNotFoundError):
+            journal.unlink()
+    return target
+
+
+def _plain_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or os.sep in name or name in (".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    return name
+
+
+def _swap_journals(folder: str | os.PathLike) -> list[tuple[Path, re.Match]]:
+    with contextlib.suppress(OSError):
+        return [(Path(entry.path), match) for entry in os.scandir(folder)
+                if TEMP_MARKER not in entry.name and (match := _SWAP_PATTERN.search(entry.name))]
+    return []
+
+
+def recover_swaps(folder: str | os.PathLike) -> list[Path]:
+    """Finish the folder replacements that killed runs of this host left half done in `folder` (see `_swap`);
+    returns the folders recovered. Swaps of running processes are left to them."""
+    recovered = []
+    for journal, match in _swap_journals(folder):
+        if match["host"] == _HOST and not _process_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                if (target := _finish_swap(journal)) is not None:
+                    recovered.append(target)
+    return recovered
+
+
+def _journalled_names(folder: str | os.PathLike) -> set[str]:
+    """Hidden folders that an unfinished swap still needs: never stale."""
+    names = set()
+    for journal, _ in _swap_journals(folder):
+        try:
+            record = json.loads(journal.read_text())
+            names |= {record.get("new"), record.get("old")}
+        except (OSError, ValueError, AttributeError):
+            continue
+    return names
 
 
 def prepare_folder(folder: str | os.PathLike) -> Path:
@@ -121,12 +204,16 @@ def prepare_folder(folder: str | os.PathLike) -> Path:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporary files left in `folder` by killed processes of this host; returns what was removed."""
+    """Delete temporary files left in `folder` by killed processes of this host; returns what was removed.
+    Interrupted folder swaps are recovered first, and the copies a swap in progress needs are kept."""
     removed = []
+    recover_swaps(folder)
+    needed = _journalled_names(folder)
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             match = _TEMP_PATTERN.search(entry.name) if entry.name.startswith(".") else None
-            if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
+            if match and match["host"] == _HOST and not _process_alive(int(match["pid"])) \
+                    and entry.name not in needed:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):  # an atomic_folder's temporary folder
                         shutil.rmtree(entry.path)
@@ -157,6 +244,16 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
     if existing == folder:
         remove_stale_temps(folder)
     return folder
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail in one line, before any expensive work, when the file `path` cannot be written: it is a folder, or
+    its folder cannot take files (see `check_writable`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DGCFError(f"{what} {path}: is a folder, not a file")
+    check_writable(path.parent, f"{what} folder")
+    return path
 
 
 @contextlib.contextmanager

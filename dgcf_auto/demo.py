@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from dgcf_auto.atomic import read_json
+from dgcf_auto.atomic import check_writable, read_json
 from dgcf_auto.errors import DGCFError
 
 DEMO_DATASET_ID = 999
@@ -30,7 +30,7 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
 
     if num_cases < 5:
         raise DGCFError(f"the demo needs at least 5 cases for its 7:1:2 split, got {num_cases}")
-    output = Path(output).resolve()
+    output = check_writable(Path(output).resolve(), "demo folder")
     if overwrite and output.exists():
         shutil.rmtree(output)
     for variable in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):

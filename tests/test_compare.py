@@ -90,7 +90,9 @@ def test_missing_cases_reported_and_left_out_of_pairing(tmp_path):
     b_ms = [0.9, 0.93, 0.9, 0.95]
     b = write_summary(tmp_path / "b.json", "B", b_ms, A_PSNR[:4], cases=CASES[:4])
     _, _, cells, notes = compare.build_table([compare.load_summary(a), compare.load_summary(b)])
-    assert notes == ["MRI→CT: B lacks 1 case(s) that other methods have (c5); they are left out of its paired tests"]
+    assert notes == ["MRI→CT: B lacks 1 case(s) that other methods have (c5); they are left out of its paired tests",
+                     "MRI→CT: too few cases for a paired Student's t-test (4 in common, at least 5 needed): "
+                     "no significance marked"]
     assert cells["B", "MRI→CT", "ms_ssim_body"].n == 4 and cells["A", "MRI→CT", "ms_ssim_body"].n == 5
     assert cells["B", "MRI→CT", "ms_ssim_body"].p_value == pytest.approx(paired_t_p(b_ms, A_MS[:4]), rel=1e-9)
 
@@ -109,7 +111,7 @@ def test_two_tasks_side_by_side_and_labels(tmp_path):
     ("profile", "metric profile synthrad2023, but"),
     ("dataset", "dataset Dataset009_Z, but"),
     ("duplicate", "both are method 'A'"),
-    ("not_json", "not a dgcf_evaluate summary"),
+    ("not_json", "b.json: not valid JSON"),
 ])
 def test_bad_summaries_one_line(tmp_path, capsys, problem, message):
     first = write_summary(tmp_path / "a.json", "A", A_MS, A_PSNR)
@@ -122,8 +124,9 @@ def test_bad_summaries_one_line(tmp_path, capsys, problem, message):
     else:
         second = tmp_path / "b.json"
         second.write_text("{not json")
+    inputs = [str(first), str(second)] if problem != "duplicate" else [f"A={first}", f"A={second}"]  # given labels
     with pytest.raises(SystemExit) as exit_info:
-        compare_cli.main([str(first), str(second), "-o", str(tmp_path / "out")])
+        compare_cli.main([*inputs, "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and not (tmp_path / "out" / "table.md").exists()

@@ -72,7 +72,7 @@ def test_predict_evaluate_compare_without_hand_written_python(data, capsys):
     assert second["missing_predictions"] == [dropped] and second["n"]["psnr_full"] == 1
     assert [r["case"] for r in first["metric_per_case"]] == data["test"]
     assert first["metric_per_case"][0]["mask_file"].endswith("mask.nii.gz")
-    code, out, err = run("compare", ["-o", str(data["root"] / "table")], capsys)
+    code, out, err = run("compare", ["-o", str(data["root"] / "table"), "--profile", "dgcf-paper"], capsys)
     assert code == 0, err
     table = (data["root"] / "table" / "table.md").read_text().splitlines()
     assert table[0] == "| method | MRI→CT: ms_ssim_body (%) | MRI→CT: psnr_body (dB) |"

@@ -5,6 +5,7 @@ import argparse
 
 from dgcf_auto.cli import add_version
 from dgcf_auto.errors import cli_entry
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,13 +15,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "two-sided test over the common cases gives p < 0.05 against the best other method. Writes "
                     "table.md, table.csv, table.tex and boxplots.png. See documentation/evaluation.md.")
     parser.add_argument("summaries", nargs="*", metavar="[LABEL=]SUMMARY",
-                        help="summary JSONs of dgcf_evaluate (label: the summary's trainer, else its folder); "
+                        help="summary JSONs of dgcf_evaluate (label: the trainer of the model that wrote the predictions, "
+                             "with plans, folds or checkpoint added where that tells methods apart; else the "
+                             "summary's folder); "
                              "default: every --split summary of --profile under $DGCF_results")
     parser.add_argument("-d", nargs="+", default=None, help="datasets to collect summaries from (default: all)")
     parser.add_argument("--split", default="test", choices=("val", "test"),
                         help="which split's summaries to collect (default test)")
-    parser.add_argument("--profile", default="dgcf-paper", help="which profile's summaries to collect "
-                        "(default dgcf-paper)")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+                        help=f"which profile's summaries to collect (default {DEFAULT_PROFILE}, as dgcf_evaluate's)")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help="columns (default: the profile's table columns, and segscore when present)")
     parser.add_argument("--test", default="ttest", choices=("ttest", "wilcoxon"),

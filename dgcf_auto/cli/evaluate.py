@@ -6,8 +6,8 @@ import argparse
 from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import add_max_voxels, add_version
 from dgcf_auto.errors import cli_entry
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
 
-PROFILE_NAMES = ("synthrad2023", "synthrad2025", "dgcf-paper")  # dgcf_auto.evaluation.profiles.PROFILES (cheap import)
 
 
 def _device(value: str) -> str:
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
     add_max_voxels(parser)
-    parser.add_argument("--profile", default="synthrad2023", choices=PROFILE_NAMES,
-                        help="metric definitions (default synthrad2023); see documentation/evaluation.md")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+                        help=f"metric definitions (default {DEFAULT_PROFILE}, as dgcf_compare's); see "
+                             "documentation/evaluation.md")
     add_version(parser)
     return parser
 

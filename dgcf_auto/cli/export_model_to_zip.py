@@ -28,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgcf_auto import paths
+    from dgcf_auto.atomic import check_output_file
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
     from dgcf_auto.inference.model_zip import export_model
 
+    check_output_file(args.o)
     model_folder = resolve_model_folder(args.d, args.tr, args.p)
     checkpoints = resolve_folds(model_folder, args.f, args.chk)
     try:

@@ -2,26 +2,32 @@
 
 Rows are methods, columns are metrics per task, each cell mean ± std over that method's cases; the best mean
 of a column is bold, and `*` marks a method that is better than the best other method with p < 0.05 in a
-paired two-sided test over the cases both have (Student's t-test, as the paper, or Wilcoxon signed-rank).
-Cases that some summaries lack are reported and left out of the pairing only. Outputs: Markdown, CSV,
-LaTeX and a PNG of per-case box plots per metric.
+paired two-sided test over the cases both have (Student's t-test, as the paper, or Wilcoxon signed-rank),
+never with fewer cases than the test can use (`min_pairs`; a note says so). Cases that some summaries lack are
+reported and left out of the pairing only. Methods are named by the model that wrote their predictions
+(`label_methods`). Summaries are checked against SUMMARY_SCHEMA first. Outputs: Markdown, CSV, LaTeX and a PNG
+of per-case box plots per metric.
 """
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dgcf_auto.atomic import atomic_path, read_json
+from dgcf_auto.atomic import atomic_path, check_writable
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
+from dgcf_auto.schema import read_checked
 
 TASK_LABELS = {"mr2ct": "MRI→CT", "cbct2ct": "CBCT→CT"}
 TESTS = ("ttest", "wilcoxon")
+TEST_NAMES = {"ttest": "Student's t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 ALPHA = 0.05
 PERCENT_PREFIXES = ("ssim", "ms_ssim", "segscore", "dice")  # fractions shown in %, as the paper does
 UNITS = {"psnr": "dB", "mae": "HU", "hd95": "mm"}
@@ -37,29 +43,71 @@ class MethodSummary:
     per_case: dict[str, dict[str, float | None]]
     lower_is_better: set[str]
     table: list[str]
+    identity: dict[str, str | None] = field(default_factory=dict)  # what tells methods apart (see label_methods)
+    labelled: bool = False  # the label was given (LABEL=PATH): never changed
 
 
 def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSummary:
+    """A dgcf_evaluate summary, checked against its schema (one line naming the file and the field)."""
     path = Path(path)
+    where = f"summary {path}"
     if not path.is_file():
-        raise DGCFError(f"summary {path}: not found")
-    try:
-        data = read_json(path)
-        rows = data["metric_per_case"]
-        per_case = {row["case"]: row["metrics"] for row in rows}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DGCFError(f"summary {path}: not a dgcf_evaluate summary ({exc.__class__.__name__}: {exc})") from None
-    profile = data.get("profile") or {}
-    if not isinstance(profile, dict) or "name" not in profile:
-        raise DGCFError(f"summary {path}: names no metric profile; re-run dgcf_evaluate to write one")
+        raise DGCFError(f"{where}: not found")
+    data = read_checked(path, SUMMARY_SCHEMA, where)
+    rows = data["metric_per_case"]
+    per_case: dict[str, dict[str, float | None]] = {}
+    for index, row in enumerate(rows):
+        if row["case"] in per_case:
+            raise DGCFError(f"{where}: field metric_per_case[{index}].case: {row['case']!r} appears twice")
+        per_case[row["case"]] = row["metrics"]
+    profile = data["profile"]
     definitions = profile.get("metrics", {})
     lower = {k for k, d in definitions.items() if not d.get("higher_is_better", True)} | {"segscore_hd95"}
     lower |= {k for row in per_case.values() for k in row if k.startswith("hd95")}
-    dataset = data.get("dataset") or str(Path(os.path.commonpath([r["reference_file"] for r in rows])))
+    try:
+        dataset = data.get("dataset") or str(Path(os.path.commonpath([r["reference_file"] for r in rows])))
+    except ValueError:  # absolute and relative paths mixed
+        raise DGCFError(f"{where}: field metric_per_case: its reference files share no folder; give the summary "
+                        f"a dataset field") from None
     task = TASK_LABELS.get(data.get("task"), data.get("task") or dataset)
-    label = label or data.get("trainer") or path.parent.name
-    return MethodSummary(label, task, dataset, profile["name"], path, per_case, lower,
-                         list(profile.get("table", [])))
+    identity = method_identity(data, path)
+    return MethodSummary(label or identity["trainer"] or identity["folder"], task, dataset, profile["name"], path,
+                         per_case, lower, list(profile.get("table", [])), identity, labelled=label is not None)
+
+
+def method_identity(summary: dict, path: Path) -> dict[str, str | None]:
+    """What says which method a summary is, in the order labels use it: the model that wrote the predictions
+    (from their provenance, else the summary's own fields), then where the summary lies."""
+    model = summary.get("prediction_model") or {}
+    folds = model.get("folds") or ([f"fold_{summary['fold']}"] if summary.get("fold") is not None else [])
+    numbers = [f.removeprefix("fold_") for f in folds]
+    return {"trainer": model.get("trainer") or summary.get("trainer"),
+            "plans": model.get("plans") or summary.get("plans"),
+            "configuration": model.get("configuration") or summary.get("configuration"),
+            "folds": (f"fold {numbers[0]}" if len(numbers) == 1 else f"folds {','.join(numbers)}") if numbers else None,
+            "checkpoint": (model.get("checkpoint") or "").removesuffix(".pth") or None,
+            "folder": path.parent.name, "file": path.stem}
+
+
+def label_methods(summaries: list[MethodSummary]) -> None:
+    """Summaries of one task that share a label (two trainers' summaries in one folder, one trainer's folds)
+    get the parts of their identity that differ added: 'DGCFTrainer (folds 0,1,2)'. Given labels stay."""
+    groups: dict[tuple[str, str], list[MethodSummary]] = {}
+    for s in summaries:
+        if not s.labelled:
+            groups.setdefault((s.label, s.task), []).append(s)
+    for (label, _), group in groups.items():
+        if len(group) < 2:
+            continue
+        shown: list[str] = []  # the first identity parts that differ, until they tell the group apart
+        for key in group[0].identity:
+            if len({s.identity[key] for s in group}) > 1:
+                shown.append(key)
+                if len({tuple(s.identity[k] for k in shown) for s in group}) == len(group):
+                    break
+        for s in group:
+            parts = [s.identity[key] or f"no {key}" for key in shown]
+            s.label = f"{label} ({', '.join(parts)})" if parts else label
 
 
 def check_consistent(summaries: list[MethodSummary]) -> None:
@@ -82,6 +130,15 @@ def check_consistent(summaries: list[MethodSummary]) -> None:
             raise DGCFError(f"summaries {seen[s.label, s.task]} and {s.path}: both are method {s.label!r} on "
                             f"{s.task}; give one of them another label (LABEL=PATH)")
         seen[s.label, s.task] = s.path
+
+
+def min_pairs(test: str) -> int:
+    """Fewest paired cases for which `test` may mark a difference. Wilcoxon's exact two-sided p is at least
+    2 / 2**n, so below 6 pairs it can never fall under 0.05; the t-test can, but with fewer than 5 pairs (3 degrees
+    of freedom or less) its normality assumption cannot be checked at all and one case decides p."""
+    if test == "wilcoxon":
+        return next(n for n in itertools.count(1) if 2 * 0.5 ** n < ALPHA)
+    return 5
 
 
 def paired_p_value(a: np.ndarray, b: np.ndarray, test: str = "ttest") -> float:
@@ -118,6 +175,7 @@ def _values(summary: MethodSummary, metric: str) -> dict[str, float]:
 
 def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None, test: str = "ttest"):
     """(methods, columns [(task, metric)], cells {(method, task, metric): Cell}, notes [str])."""
+    label_methods(summaries)
     check_consistent(summaries)
     tasks = list(dict.fromkeys(s.task for s in summaries))
     methods = list(dict.fromkeys(s.label for s in summaries))
@@ -134,6 +192,7 @@ def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None
                 notes.append(f"{task}: {s.label} lacks {len(absent)} case(s) that other methods have "
                              f"({', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''}); "
                              "they are left out of its paired tests")
+        fewest = math.inf  # the smallest number of pairs a test was refused for, in this task
         for metric in metrics:
             values = {s.label: _values(s, metric) for s in group}
             if not any(values.values()):
@@ -159,7 +218,13 @@ def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None
                 a = np.array([values[label][c] for c in common])
                 b = np.array([values[rival][c] for c in common])
                 cell.p_value = paired_p_value(a, b, test)
+                if len(common) < min_pairs(test):
+                    fewest = min(fewest, len(common))
+                    continue
                 cell.significant = sign * cell.mean > sign * cells[rival, task, metric].mean and cell.p_value < ALPHA
+        if fewest < math.inf:
+            notes.append(f"{task}: too few cases for a paired {TEST_NAMES[test]} ({fewest} in common, at least "
+                         f"{min_pairs(test)} needed): no significance marked")
     return methods, columns, cells, notes
 
 
@@ -188,9 +253,9 @@ def to_markdown(methods, columns, cells, notes, test: str) -> str:
     for method in methods:
         lines.append(f"| {method} | " + " | ".join(_cell_text(cells.get((method, t, m)), m, ("**", "**"))
                                                    for t, m in columns) + " |")
-    test_name = "paired two-sided Student's t-test" if test == "ttest" else "paired two-sided Wilcoxon signed-rank test"
     lines += ["", f"mean ± std (population, over each method's cases); best in bold; * p < {ALPHA} against the "
-                  f"best other method ({test_name} over the cases both have)."]
+                  f"best other method (paired two-sided {TEST_NAMES[test]} over the cases both have, at least "
+                  f"{min_pairs(test)})."]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -268,12 +333,11 @@ def find_summaries(split: str, profile: str, datasets: list[str] | None = None) 
 def compare(inputs: list[tuple[str | None, str]], output_dir, metrics: list[str] | None = None,
             test: str = "ttest") -> str:
     """Write table.md, table.csv, table.tex and boxplots.png into `output_dir`; return the Markdown."""
+    output_dir = check_writable(output_dir)
     summaries = [load_summary(path, label) for label, path in inputs]
     methods, columns, cells, notes = build_table(summaries, metrics, test)
     if not columns:
         raise DGCFError(f"none of the metrics {', '.join(metrics or [])} is in the summaries")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(methods, columns, cells, notes, test)
     for name, text in (("table.md", markdown), ("table.csv", to_csv(methods, columns, cells)),
                        ("table.tex", to_latex(methods, columns, cells))):

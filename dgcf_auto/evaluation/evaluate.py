@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from dgcf_auto.atomic import check_writable, write_json
+from dgcf_auto.atomic import check_output_file, check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
@@ -230,7 +230,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     $DGCF_results/segscore_cache).
     """
     chosen = get_profile(profile)
-    check_writable(Path(output_json).parent, "output folder")  # before minutes of metrics
+    check_output_file(output_json)  # before minutes of metrics
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
     missing: list[str] = []
@@ -249,6 +249,8 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
     per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
     extra = dict(extra or {})
+    if (model := _prediction_model(Path(pred_dir))) is not None:
+        extra["prediction_model"] = model
     if segscore:
         from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
 
@@ -264,6 +266,19 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
     write_json(summary, output_json)
     return summary
+
+
+def _prediction_model(pred_dir: Path) -> dict | None:
+    """The model that wrote the predictions, from their folder's provenance (dgcf_predict), for the summary:
+    dgcf_compare labels methods with it. A broken record only costs the label: a warning, not an error."""
+    from dgcf_auto.inference.provenance import model_of, read_provenance
+
+    try:
+        record = read_provenance(pred_dir)
+    except DGCFError as exc:
+        print(f"warning: {exc}; the summary names no model", file=sys.stderr)
+        return None
+    return model_of(record) if record is not None else None
 
 
 def format_table(summary: dict, metrics=None) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dgcf_auto.atomic import check_output_file, check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.evaluate import SOURCE_STEMS, flat_images, one_image
 from dgcf_auto.figures import save_case_figure
@@ -39,16 +40,19 @@ def visualize(inp, sct, output, ref=None, mask=None) -> list[Path]:
         raise DGCFError(f"input {inp}: not found")
     if inp.is_file():
         case = strip_suffix(sct)
+        check_output_file(output)
         return [_figure(case, inp, sct, Path(ref) if ref else None, Path(mask) if mask else None, output)]
     if _is_case_folder(inp):
         if not sct.is_file():
             raise DGCFError(f"sCT {sct}: not a file (a single case folder takes one sCT image)")
+        check_output_file(output)
         source, ct, case_mask = _case_files(inp, ref, mask)
         return [_figure(inp.name, source, sct, ct, case_mask, output)]
     if not sct.is_dir():
         raise DGCFError(f"sCT {sct}: not a folder (a folder of cases takes a folder of sCT images)")
     if ref or mask:
         raise DGCFError("-ref and -mask apply to a single case; a folder of cases uses each case's ct and mask")
+    check_writable(output, "output folder")
     preds = flat_images(sct)
     cases = sorted(p for p in inp.iterdir() if p.is_dir() and p.name in preds and _is_case_folder(p))
     if not cases:

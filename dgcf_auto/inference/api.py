@@ -94,13 +94,17 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
     if isinstance(input, list):  # cases already resolved (dgcf_predict --split): their dataset is the input root
-        inputs, input_root = input[part_id::num_parts], input[0].folder.parent if input else None
+        everything, input_root = input, input[0].folder.parent if input else None
     else:
-        inputs, input_root = collect_inputs(input, tuple(series_uids or ()), mask_roi)[part_id::num_parts], Path(input)
+        everything, input_root = collect_inputs(input, tuple(series_uids or ()), mask_roi), Path(input)
+    inputs = everything[part_id::num_parts]
     if not inputs:
-        raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(collect_inputs(input))} in {input})")
-    if output is not None:  # where outputs go is checked before any model is loaded
-        check_outputs(inputs, Path(output), output_format, input_root, Path(png_dir) if png_dir else None)
+        raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(everything)} in {input})")
+    if output is not None:  # where outputs go (of every part: names must not collide) is checked before loading
+        from dgcf_auto.inference.saved_predictions import SAVED_OUTPUTS
+
+        check_outputs(everything, Path(output), output_format, input_root, Path(png_dir) if png_dir else None,
+                      save_uncertainty, SAVED_OUTPUTS if save_probabilities else None)
     predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
                                             batch_size, keep_background, mask_from, progress)
     if verbose:

@@ -7,6 +7,7 @@ import torch
 
 from dgcf_auto import checkpoint as checkpoint_format
 from dgcf_auto import paths
+from dgcf_auto.atomic import recover_swaps
 from dgcf_auto.errors import DGCFError
 
 CONFIGURATION = "2d"
@@ -36,8 +37,9 @@ def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str) ->
     else:
         dataset_folder = paths.results_dataset(dataset)
     folder = dataset_folder / f"{trainer}__{plans}__{CONFIGURATION}"
+    recover_swaps(dataset_folder)  # an install killed between its renames: finish it first
     if not folder.is_dir():
-        trained = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir())
+        trained = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise DGCFError(f"no trained model {folder.name} in {dataset_folder} "
                         f"(trained: {', '.join(trained) or 'none'}); check -tr/-p or run dgcf_train")
     return folder

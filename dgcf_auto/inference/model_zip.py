@@ -12,9 +12,10 @@ Zip layout (every path relative, under one model folder):
         fold_<k>/training_config.json                   the trainer settings of that fold
 
 A zip is untrusted input: the installer refuses absolute paths, `..`, links and files outside the one model
-folder, checks every file against the manifest, loads weights only with weights_only=True, and installs
-through a temporary folder renamed into place (nothing is left behind on failure; an installed model is
-replaced only with overwrite=True).
+folder, checks the manifest against MANIFEST_SCHEMA and every file against the manifest (and the zip's CRC-32),
+loads weights only with weights_only=True, and installs through a temporary folder renamed into place (nothing
+is left behind on failure; an installed model is replaced only with overwrite=True, by a journalled swap that a
+kill at any point cannot lose: `atomic.atomic_folder`).
 """
 from __future__ import annotations
 
@@ -25,14 +26,17 @@ import json
 import shutil
 import stat
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import torch
 
 from dgcf_auto import __version__, paths
-from dgcf_auto.atomic import atomic_folder, atomic_path
+from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.model_loading import VIT_PREFIX, load_checkpoint
+from dgcf_auto.schema import SHA256, check, parse
 
 MANIFEST = "manifest.json"
 FORMAT = "dgcf_auto-model"
@@ -40,6 +44,7 @@ FORMAT_VERSION = 1
 LICENCE_FILE = "DINOv3_LICENSE_NOTICE.txt"
 DATASET_FILES = ("dataset_fingerprint.json", "dataset.json", "splits_final.json")
 _CHUNK = 1 << 20
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)  # what zipfile raises for an entry whose bytes are wrong
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -183,11 +188,11 @@ def install_model(zip_path: Path, overwrite: bool = False, results_root: Path | 
         for info in infos:
             _check_entry(info, where)
         manifest = _read_manifest(archive, where)
-        root = PurePosixPath(manifest["model_folder"])
+        root = manifest.model_folder
         if len(root.parts) != 2 or not paths.DATASET_PATTERN.match(root.parts[0]) or ".." in root.parts \
                 or root.is_absolute() or root.parts[1].count("__") != 2:
             raise DGCFError(f"{where}: manifest names an invalid model folder {str(root)!r}")
-        hashes = manifest["sha256"]
+        hashes = manifest.sha256
         names = [i.filename for i in infos if not i.is_dir() and i.filename != MANIFEST]
         outside = [n for n in names if PurePosixPath(n).parts[:2] != root.parts]
         if outside:
@@ -200,6 +205,7 @@ def install_model(zip_path: Path, overwrite: bool = False, results_root: Path | 
             raise DGCFError(f"{where}: {missing[0]!r} is listed in the manifest but missing from the zip")
         results = paths.results_root() if results_root is None else Path(results_root)
         target = results / root
+        recover_swaps(target.parent)  # an earlier install killed between its renames: its model first
         _check_target(results, root, target, overwrite)
         needed = sum(i.file_size for i in infos)
         results.mkdir(parents=True, exist_ok=True)
@@ -233,19 +239,58 @@ def _check_entry(info: zipfile.ZipInfo, where: str) -> None:
         raise DGCFError(f"{where}: entry {name!r} is a link or special file; refusing to install")
 
 
-def _read_manifest(archive: zipfile.ZipFile, where: str) -> dict:
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json of a model zip, after MANIFEST_SCHEMA."""
+    model_folder: PurePosixPath
+    sha256: dict[str, str]      # every other entry -> its SHA-256
+    folds: list[str]
+    checkpoint: str | None
+    format_version: int
+    dgcf_auto_version: str | None
+
+
+MANIFEST_SCHEMA = {
+    "type": "object",
+    "required": ["format", "format_version", "model_folder", "sha256"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "format_version": {"type": "integer", "minimum": 1},
+        "dgcf_auto_version": {"type": "string"},
+        "model_folder": {"type": "string", "minLength": 1},
+        "checkpoint": {"type": "string"},
+        "folds": {"type": "array", "items": {"type": "string"}},
+        "sha256": {"type": "object", "minProperties": 1, "additionalProperties": SHA256},
+    },
+}
+
+
+def _read_manifest(archive: zipfile.ZipFile, where: str) -> Manifest:
     try:
-        manifest = json.loads(archive.read(MANIFEST))
+        data = parse(_read_entry(archive, MANIFEST, where), f"{where}: {MANIFEST}")
     except KeyError:
         raise DGCFError(f"{where}: no {MANIFEST}; not a dgcf_auto model zip (dgcf_export_model_to_zip)") from None
-    except ValueError:
-        raise DGCFError(f"{where}: {MANIFEST} is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("sha256"), dict):
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DGCFError(f"{where}: {MANIFEST} is not a dgcf_auto model manifest")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise DGCFError(f"{where}: format version {manifest['format_version']} is newer than this dgcf_auto "
-                        f"reads ({FORMAT_VERSION}); update dgcf_auto")
-    return manifest
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise DGCFError(f"{where}: format version {version} is newer than this dgcf_auto reads ({FORMAT_VERSION}); "
+                        f"update dgcf_auto")
+    check(data, MANIFEST_SCHEMA, f"{where}: {MANIFEST}")  # a newer format may differ: checked after the version
+    return Manifest(PurePosixPath(data["model_folder"]), data["sha256"], data.get("folds", []),
+                    data.get("checkpoint"), version, data.get("dgcf_auto_version"))
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """An entry's bytes; a damaged one (bad CRC, cut deflate stream) is one line. KeyError when absent."""
+    try:
+        return archive.read(name)
+    except _DAMAGED as exc:
+        raise _damaged(where, name, exc) from None
+
+
+def _damaged(where: str, name: str, exc: Exception) -> DGCFError:
+    return DGCFError(f"{where}: entry {name!r} is corrupt ({exc}); nothing was installed")
 
 
 def _check_target(results: Path, root: PurePosixPath, target: Path, overwrite: bool) -> None:
@@ -265,9 +310,12 @@ def _extract_checked(archive: zipfile.ZipFile, name: str, target: Path, expected
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with archive.open(name) as src, open(target, "wb") as dst:
-        while chunk := src.read(_CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
+        try:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+        except _DAMAGED as exc:
+            raise _damaged(where, name, exc) from None
     if digest.hexdigest() != expected:
         raise DGCFError(f"{where}: {name} does not match its SHA-256 in the manifest (corrupt or altered); "
                         f"nothing was installed")

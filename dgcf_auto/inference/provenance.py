@@ -3,8 +3,8 @@
 `dgcf_predict` writes it into its output folder as `prediction_provenance.json` (the counterpart of
 nnU-Net's `predict_from_raw_data_args.json`), with one entry per case written (the output file's size and
 SHA-256). `--continue-prediction` trusts an existing output only when that record and the current model
-agree (`model_id`). Self-contained (standard library only, lazy version look-ups) so that other writers
-(a run report, a model export) can reuse `build_provenance` and `file_sha256`.
+agree (`model_id`), and only after the whole file matched PROVENANCE_SCHEMA. Light (no torch, lazy version
+look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` and `file_sha256`.
 """
 from __future__ import annotations
 
@@ -18,9 +18,31 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
+from dgcf_auto.schema import SHA256, STRING_OR_NULL, read_checked
+
 PROVENANCE_FILE = "prediction_provenance.json"
 PROVENANCE_VERSION = 1
 PACKAGES = ("dgcf_auto", "torch", "timm", "SimpleITK", "nibabel", "numpy", "scipy")
+# What a rerun reads back (see read_provenance); later versions may add fields.
+PROVENANCE_SCHEMA = {
+    "type": "object",
+    "required": ["model_id", "cases"],
+    "properties": {
+        "provenance_version": {"type": "integer"},
+        "model_id": SHA256,
+        "model": {"type": "object", "properties": {
+            **{key: STRING_OR_NULL for key in ("folder", "dataset", "trainer", "plans", "configuration")},
+            "folds": {"type": "array", "items": {"type": "object", "required": ["fold", "checkpoint"], "properties": {
+                "fold": {"type": "string"}, "checkpoint": {"type": "string"}, "file": {"type": "string"},
+                "sha256": SHA256}}}}},
+        "cases": {"type": "object", "additionalProperties": {
+            "type": "object",
+            "required": ["source", "output", "bytes", "sha256"],
+            "properties": {"source": {"type": "string"}, "output": {"type": "string"},
+                           "bytes": {"type": "integer", "minimum": 0}, "sha256": SHA256,
+                           "source_sha256": SHA256, "uncertainty_sha256": SHA256, "written": {"type": "string"}}}},
+    },
+}
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -90,13 +112,19 @@ def case_record(source: str | os.PathLike, output: str | os.PathLike) -> dict:
 
 
 def read_provenance(folder: str | os.PathLike) -> dict | None:
-    """The folder's provenance record, or None when there is none or it cannot be read."""
+    """The folder's provenance record, checked against PROVENANCE_SCHEMA; None when there is none. A record
+    that is not one is a DGCFError naming the file and the field (nothing in it can be trusted)."""
     path = Path(folder) / PROVENANCE_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("cases"), dict) else None
+    return read_checked(path, PROVENANCE_SCHEMA, f"provenance {path}") if path.is_file() else None
+
+
+def model_of(record: dict) -> dict:
+    """Which model wrote a folder's predictions, for an evaluation summary (dgcf_compare's labels)."""
+    model = record.get("model", {})
+    folds = model.get("folds", [])
+    return {"trainer": model.get("trainer"), "plans": model.get("plans"), "configuration": model.get("configuration"),
+            "folds": [f["fold"] for f in folds], "checkpoint": folds[0]["checkpoint"] if folds else None,
+            "model_id": record["model_id"]}
 
 
 def _now() -> str:

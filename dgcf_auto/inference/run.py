@@ -24,8 +24,9 @@ from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, r
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
-from dgcf_auto.inference.report import PeakMemory, RunReport, report_name
-from dgcf_auto.inference.saved_predictions import saved_files, write_folder_plans, write_saved_prediction
+from dgcf_auto.inference.report import REPORT_FILE, PeakMemory, RunReport, report_name
+from dgcf_auto.inference.saved_predictions import (PLANS_FILE, SAVED_OUTPUTS, saved_files, write_folder_plans,
+                                                   write_saved_prediction)
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 
 
@@ -65,12 +66,51 @@ def check_output_location(inputs: list[Case], output_dir: Path, output_format: s
                                 f"choose a separate output folder")
 
 
+def case_outputs(item: Case, output_dir: Path, output_format: str, save_uncertainty: bool = False,
+                 extra_outputs: dict[str, str] | None = None) -> dict[Path, str]:
+    """Every path predicting `item` writes, with what it is: the sCT, its uncertainty map, and one per entry of
+    `extra_outputs` ({suffix after the case name: what it is}, e.g. {".npz": "probabilities"})."""
+    target = output_path(item, output_dir, output_format)
+    outputs = {target: "its sCT"}
+    if save_uncertainty:
+        outputs[uncertainty_path(item, target)] = "its uncertainty map"
+    for suffix, what in (extra_outputs or {}).items():
+        outputs[Path(output_dir) / f"{item.name}{suffix}"] = f"its {what}"
+    return outputs
+
+
+def check_output_collisions(inputs: list[Case], output_dir: Path, output_format: str, save_uncertainty: bool = False,
+                            extra_outputs: dict[str, str] | None = None) -> None:
+    """Two cases that would write one name (foo's uncertainty map and the sCT of a case foo_uncertainty) would
+    overwrite each other, and --continue-prediction would then trust the wrong file: refuse in one line naming
+    both inputs. `inputs`: every case of the run (all parts)."""
+    output_dir = Path(output_dir)
+    writers: dict[Path, str] = {}
+    for item in inputs:
+        for path, what in case_outputs(item, output_dir, output_format, save_uncertainty, extra_outputs).items():
+            mine = f"case {item.name} ({what}, from {item.source})"
+            if path in writers:
+                raise DGCFError(f"output {path}: both {writers[path]} and {mine} would write it; "
+                                f"rename one of the inputs")
+            writers[path] = mine
+    reserved = [(PROVENANCE_FILE, "this run's provenance record"), (REPORT_FILE, "this run's report")]
+    if extra_outputs == SAVED_OUTPUTS:
+        reserved.append((PLANS_FILE, "the folder's plans for dgcf_ensemble"))
+    for name, what in reserved:
+        if output_dir / name in writers:
+            raise DGCFError(f"output {output_dir / name}: both {writers[output_dir / name]} and {what} would write "
+                            f"it; rename that input")
+
+
 def check_outputs(inputs: list[Case], output_dir: Path, output_format: str, input_root: Path | None = None,
-                  png_dir: Path | None = None) -> None:
-    """Everything about where outputs go, checked before any expensive work."""
+                  png_dir: Path | None = None, save_uncertainty: bool = False,
+                  extra_outputs: dict[str, str] | None = None) -> None:
+    """Everything about where outputs go, checked before any expensive work. `inputs`: every case of the run
+    (all parts); `extra_outputs` as in `case_outputs`."""
     if output_format not in OUTPUT_FORMATS:
         raise DGCFError(f"output format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     check_output_location(inputs, output_dir, output_format, input_root)
+    check_output_collisions(inputs, output_dir, output_format, save_uncertainty, extra_outputs)
     check_writable(output_dir)
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
@@ -104,7 +144,8 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py).
     `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series."""
     output_dir = Path(output_dir)
-    check_outputs(inputs, output_dir, output_format, input_root, png_dir)
+    check_outputs(inputs, output_dir, output_format, input_root, png_dir, save_uncertainty,
+                  SAVED_OUTPUTS if save_probabilities else None)
     forced = check_inputs(inputs, predictor.plans, force)
     uid_prefix = dicom_uid_prefix or DEFAULT_UID_PREFIX
     check_frames_of_reference(inputs, output_dir, output_format, uid_prefix, new_frame_of_reference)
@@ -113,7 +154,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
                                   predictor.options)
     if forced:
         provenance["forced"] = forced
-    previous = read_provenance(output_dir)
+    previous = _read_record(output_dir)
     if previous is not None and previous.get("model_id") == provenance["model_id"]:
         provenance["cases"] = previous["cases"]  # outputs of this same model stay on record
     todo = inputs
@@ -210,6 +251,14 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     return "not on the source's grid" if mismatch else None
 
 
+def _read_record(folder: Path) -> dict | None:
+    """The output folder's provenance (checked); a broken one stops the run before it trusts or merges anything."""
+    try:
+        return read_provenance(folder)
+    except DGCFError as exc:
+        raise DGCFError(f"{exc}; remove the file to predict every case again") from None
+
+
 class _ProvenanceRecorder:
     """The provenance JSON, rewritten (atomically) after every case so that a killed run leaves a true record."""
 
@@ -228,7 +277,7 @@ class _ProvenanceRecorder:
         # the records other processes wrote for this same model, and add ours.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.path.parent):
-            on_disk = read_provenance(self.path.parent)
+            on_disk = _read_record(self.path.parent)
             if on_disk is not None and on_disk.get("model_id") == self.provenance["model_id"]:
                 others = {k: v for k, v in on_disk["cases"].items() if k not in self.pending}
                 self.provenance["cases"] = {**others, **self.provenance["cases"]}

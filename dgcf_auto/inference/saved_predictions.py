@@ -25,6 +25,8 @@ from dgcf_auto.errors import DGCFError
 
 PLANS_FILE = "plans.json"
 SAVED_VERSION = 1
+# What each case adds beside its sCT, for the output-name collision check ({suffix after the case name: what}).
+SAVED_OUTPUTS = {".npz": "saved float prediction", ".json": "saved properties"}
 
 
 @dataclass

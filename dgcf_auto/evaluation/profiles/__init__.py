@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.profiles.base import MetricDefinition, Profile
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE
 from dgcf_auto.evaluation.profiles import dgcf_paper, synthrad2023, synthrad2025
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (synthrad2023.PROFILE, synthrad2025.PROFILE, dgcf_paper.PROFILE)}
-DEFAULT_PROFILE = "synthrad2023"
 
 __all__ = ["PROFILES", "DEFAULT_PROFILE", "MetricDefinition", "Profile", "get_profile"]
 
