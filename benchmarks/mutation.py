@@ -6,12 +6,15 @@
 
 cosmic-ray edits the files it mutates, so the run happens in a throw-away copy of the tracked files (under
 --workdir, default a temporary folder), one session per module with the tests that cover it (MODULES).
-Prints a table (module, mutants, killed, survived, incompetent or timed out) and each survivor's diff;
-`--keep` leaves the copy and its session databases for `cr-report <module>.sqlite`.
+Prints a table (module, mutants, killed, survived, incompetent or timed out, skipped) and each survivor's
+diff; `--keep` leaves the copy and its session databases for `cr-report <module>.sqlite`. Mutants inside type
+annotations are skipped before running (with `from __future__ import annotations` they are never evaluated:
+equivalent by construction), and so are lines marked `# pragma: no mutate`.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -54,6 +57,38 @@ def copy_tracked(workdir: Path) -> Path:
     return repo
 
 
+def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions, as cosmic-ray numbers them (line 1-based, column 0-based), of every annotation."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        annotations = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            arguments += [a for a in (node.args.vararg, node.args.kwarg) if a is not None]
+            annotations = [a.annotation for a in arguments if a.annotation is not None] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            annotations = [node.annotation]
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in annotations if a is not None]
+    return spans
+
+
+def skip_unmutatable(session: Path, module_file: Path) -> int:
+    """Mark annotation and `# pragma: no mutate` mutants as skipped; returns how many."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    source = module_file.read_text()
+    lines, spans = source.splitlines(), _annotation_spans(source)
+    skipped = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in list(db.pending_work_items):
+            start = tuple(item.mutations[0].start_pos)
+            if "pragma: no mutate" in lines[start[0] - 1] or any(a <= start < b for a, b in spans):
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+                skipped += 1
+    return skipped
+
+
 def run_module(repo: Path, module: str, tests: str, timeout: float) -> dict:
     """cosmic-ray init + baseline + exec for one module; counts and survivor diffs from its session."""
     from cosmic_ray.work_db import WorkDB, use_db
@@ -63,15 +98,20 @@ def run_module(repo: Path, module: str, tests: str, timeout: float) -> dict:
     config.write_text(CONFIG.format(module=f"dgcf_auto/{module}", timeout=timeout,
                                     command=f"{PYTEST} {tests}".replace('"', '\\"')))
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    skipped = 0
     for step in (["init", str(config), str(session)], ["baseline", str(config)],
                  ["exec", str(config), str(session)]):
+        if step[0] == "exec":
+            skipped = skip_unmutatable(session, repo / "dgcf_auto" / module)
         done = subprocess.run(["cosmic-ray", *step], cwd=repo, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{module}: cosmic-ray {step[0]} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent_or_timeout": 0}
+    counts = {"mutants": 0, "killed": 0, "survived": 0, "incompetent_or_timeout": 0, "skipped": skipped}
     survivors = []
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item, result in db.completed_work_items:
+            if result.worker_outcome.value == "skipped":
+                continue
             counts["mutants"] += 1
             outcome = result.test_outcome.value if result.test_outcome else result.worker_outcome.value
             if outcome == "killed":
@@ -100,9 +140,11 @@ def main(argv=None) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"| module | mutants | killed | survived | incompetent / timeout |\n|---|---|---|---|---|")
+    print("| module | mutants run | killed | survived | incompetent / timeout | skipped (annotations, pragma) |\n"
+          "|---|---|---|---|---|---|")
     for module, r in results.items():
-        print(f"| {module} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['incompetent_or_timeout']} |")
+        print(f"| {module} | {r['mutants']} | {r['killed']} | {r['survived']} | {r['incompetent_or_timeout']} "
+              f"| {r['skipped']} |")
     for module, r in results.items():
         for diff in r["survivors"]:
             print(f"\nsurvivor in {module}:\n{diff}")

@@ -288,3 +288,34 @@ def test_case_figure_draws_the_mask_centre_slice_in_the_ct_window_radiologically
     marker = rgb[top + 2:top + quarter_y, left + 2:left + quarter_x]
     assert (marker >= 254).all()  # the marker is drawn white, top left: anterior up, patient right on the left
     assert not (rgb[top + 2:top + quarter_y, right - quarter_x:right - 1] >= 254).all()
+
+
+# Mutation testing (benchmarks/mutation.py) of preprocessing/pipeline.py: survivors that were real gaps.
+def test_preprocessing_normalises_inside_the_given_mask_and_keeps_the_mask_off_the_field_of_view(trained):
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    rng = np.random.default_rng(4)
+    array = rng.uniform(0, 50, (3, 10, 12)).astype(np.float32)
+    array[:, 2:8, 3:9] = rng.uniform(200, 400, (3, 6, 6))  # the body: much brighter than the background
+    mask_array = np.zeros(array.shape, np.uint8)
+    mask_array[:, 2:8, 3:9] = 7  # any non-zero label is body
+    source, mask = sitk.GetImageFromArray(array), sitk.GetImageFromArray(mask_array)
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[32, 32],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "source_normalization": {"scheme": "percentile", "percentile": 99.0}}
+    case = preprocess_case(source, None, mask, plans, "M")
+    assert case.properties["source_normalization"]["value"] == pytest.approx(
+        np.percentile(array[mask_array > 0], 99), rel=1e-6)
+    assert case.mask.sum() == np.count_nonzero(mask_array) and set(np.unique(case.mask)) == {0, 1}
+    without = preprocess_case(source, None, None, plans, "M")  # no mask: the source's field of view, not more
+    assert without.mask.sum() == array.size
+
+
+@pytest.mark.parametrize("size", [(8, 9), (4, 5, 6, 2)])
+def test_preprocessing_refuses_a_source_that_is_not_3d(trained, size):
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    with pytest.raises(DGCFError, match=rf"case X: source must be a 3D image, got {len(size)}D"):
+        preprocess_case(sitk.Image(list(size), sitk.sitkFloat32), None, None, trained["plans"], "X")
