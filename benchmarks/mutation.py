@@ -29,7 +29,7 @@ PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 300"
 MODULES = {
     "preprocessing/normalization.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'normalisation or round_trip or restore or window or past'",
     "preprocessing/slicing.py": "tests/test_preprocessing.py tests/test_wrong_results.py tests/test_integrity.py -k 'test_9 or ramp or window or past'",
-    "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'round_trip or restore or without or window or past or uncertainty'",
+    "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'round_trip or restore or without or window or past or uncertainty or given_mask or not_3d'",
     "inference/predictor.py": "tests/test_wrong_results.py tests/test_prediction.py",
     "evaluation/metrics.py": "tests/test_evaluation.py tests/test_evaluation_profiles.py",
     "evaluation/compare.py": "tests/test_compare.py tests/test_wrong_results.py -k 'paired or lowest or compare'",
