@@ -15,6 +15,8 @@ CONSOLE_SCRIPTS = {
     "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
 }
 
+DOSE = ["pyRadPlan==0.5.0", "pydantic<2.12", "pymedphys>=0.41", "numba"]  # dgcf_evaluate --dose
+
 setup(
     name="dgcf_auto",
     version="0.1.0",
@@ -37,6 +39,10 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image"]},
+    extras_require={
+        # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)
+        "dose": DOSE,
+        "test": ["pytest>=7", "pytest-timeout", "scikit-image", *DOSE],
+    },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )
