@@ -19,6 +19,7 @@ import numpy as np
 
 from dgcf_auto.atomic import atomic_path, read_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 
 TASK_LABELS = {"mr2ct": "MRI→CT", "cbct2ct": "CBCT→CT"}
 TESTS = ("ttest", "wilcoxon")
@@ -39,6 +40,10 @@ class MethodSummary:
     table: list[str]
 
 
+# Lower is better for HD95 and the dose errors (dgcf_evaluate --dose); the gamma pass rate is higher-better.
+LOWER_PREFIXES = ("hd95", "dose_mae_target_", "dvh_")
+
+
 def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSummary:
     path = Path(path)
     if not path.is_file():
@@ -54,7 +59,7 @@ def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSum
         raise DGCFError(f"summary {path}: names no metric profile; re-run dgcf_evaluate to write one")
     definitions = profile.get("metrics", {})
     lower = {k for k, d in definitions.items() if not d.get("higher_is_better", True)} | {"segscore_hd95"}
-    lower |= {k for row in per_case.values() for k in row if k.startswith("hd95")}
+    lower |= {k for row in per_case.values() for k in row if k.startswith(LOWER_PREFIXES)}
     dataset = data.get("dataset") or str(Path(os.path.commonpath([r["reference_file"] for r in rows])))
     task = TASK_LABELS.get(data.get("task"), data.get("task") or dataset)
     label = label or data.get("trainer") or path.parent.name
@@ -125,6 +130,8 @@ def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None
         metrics = list(summaries[0].table)
         if any("segscore" in row for s in summaries for row in s.per_case.values()):
             metrics.append("segscore")
+        metrics += list(dict.fromkeys(k for s in summaries for row in s.per_case.values() for k in row
+                                      if k.startswith(DOSE_PREFIXES)))
     columns, cells, notes = [], {}, []
     for task in tasks:
         group = [s for s in summaries if s.task == task]

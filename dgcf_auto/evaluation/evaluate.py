@@ -20,13 +20,13 @@ from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
+from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
 from dgcf_auto.workers import map_cases
 
 SOURCE_STEMS = ("mr", "cbct")
-DOSE_PREFIXES = ("dose_mae_target_", "dvh_", "gamma_")  # dgcf_auto.evaluation.dose.run (cheap to import here)
 DEFINITIONS = "what each metric computes: see \"profile\" and documentation/evaluation.md"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dgcf_auto.errors import DGCFError
 
 INSTALL_HINT = 'pip install -e ".[dose]"'
+DOSE_PREFIXES = ("dose_mae_target_", "dvh_", "gamma_")  # per-case metric names: <prefix><photon|proton>
 
 
 def require_dose_extra() -> None:

@@ -1,8 +1,8 @@
 """`dgcf_evaluate --dose photon proton`: per case, plan on the CT, recompute on the sCT, metrics and files.
 
 Files per case under `<summary folder>/dose/<case>/`: dose_ct_<modality>.nii.gz and dose_sct_<modality>.nii.gz
-(Gy per fraction, on the dose grid, in the planning frame), structures_dose_grid.nii.gz (bit i = the i-th
-structure of the summary's `structures` list), dose_<modality>.png (CT dose, sCT dose, difference, three
+(Gy per fraction, on the dose grid, in the planning frame), structures_plan.nii.gz (the PTV and OARs on the
+planning-frame CT grid; bit i = the i-th name of `structures_plan_bits`), dose_<modality>.png (CT dose, sCT dose, difference, three
 views) and dvh_<modality>.png. The reference plan (weights and CT dose) is cached per case and modality,
 keyed by the CT file's hash, the structures' hash and every plan setting, so every method compared on the
 same cases is scored against the same plan.
@@ -32,7 +32,8 @@ from dgcf_auto.workers import map_cases
 
 METRIC_NAMES = ("dose_mae_target", "dvh", "gamma")
 DEFINITIONS = {
-    "dose_mae_target_<m>": "sum |D_sct - D_ct| / Rx / n over the n dose-grid voxels with D_ct >= 0.9 Rx",
+    "dose_mae_target_<m>": "sum |D_sct - D_ct| / Rx / n over the n CT-grid voxels with D_ct >= 0.9 Rx (dose "
+                           "interpolated linearly from the dose grid onto the CT grid, as matRad does)",
     "dvh_<m>": "|dD98|/D98_ct + |dCI95|/CI95_ct of the PTV + mean |dD2|/D2_ct + mean |dDmean|/Dmean_ct of the "
                "3 OARs with the highest (D5 + Dmean)/2 on the CT (SynthRAD DoseMetrics.dvh_metric, eps 1e-12)",
     "gamma_<m>": "% of voxels above 10 % of the CT dose maximum with gamma <= 1 at 2 %/2 mm global (pymedphys)",
@@ -110,24 +111,21 @@ class ReferenceCache:
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
 
 
-def on_grid(image: sitk.Image, grid: sitk.Image, label: bool) -> sitk.Image:
-    interp = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    return sitk.Resample(image, grid, sitk.Transform(), interp, 0.0 if label else -1000.0, image.GetPixelID())
+def on_grid(image: sitk.Image, grid: sitk.Image, interp, default: float) -> sitk.Image:
+    return sitk.Resample(image, grid, sitk.Transform(), interp, default, image.GetPixelID())
 
 
 def structure_values(dose: np.ndarray, masks: dict[str, np.ndarray], rx: float) -> dict[str, dict]:
     return {name: dm.structure_values(dose, mask, rx, target=name == "PTV") for name, mask in masks.items()}
 
 
-def dose_metrics(d_ct: np.ndarray, d_sct: np.ndarray, masks: dict[str, np.ndarray], rx: float,
-                 spacing_zyx) -> tuple[dict, dict]:
-    """({metric: value}, {"ct": values, "sct": values, "oars_used": [...]}) of one case and modality."""
+def dose_metrics(d_ct: np.ndarray, d_sct: np.ndarray, masks: dict[str, np.ndarray], rx: float) -> tuple[dict, dict]:
+    """({mae, dvh}, {"ct": values, "sct": values, "oars_used": [...]}) of one case and modality."""
     ct_values, sct_values = structure_values(d_ct, masks, rx), structure_values(d_sct, masks, rx)
     oars_ct = {k: v for k, v in ct_values.items() if k != "PTV"}
     oars_sct = {k: v for k, v in sct_values.items() if k != "PTV"}
     dvh, used = dm.dvh_metric(ct_values["PTV"], sct_values["PTV"], oars_ct, oars_sct)
-    return ({"dose_mae_target": dm.mae_target(d_ct, d_sct, rx), "dvh": dvh,
-             "gamma": dm.gamma_pass_rate(d_ct, d_sct, spacing_zyx)},
+    return ({"dose_mae_target": dm.mae_target(d_ct, d_sct, rx), "dvh": dvh},
             {"ct": ct_values, "sct": sct_values, "oars_used": used})
 
 
@@ -152,14 +150,19 @@ def evaluate_case(job: DoseJob) -> dict:
                                           sitk.GetArrayFromImage(ct_p), tuple(reversed(ct_p.GetSpacing())),
                                           settings.target, settings.margin_mm)
         case = PlanningCase(ct_p, ptv, oars, body)
+        plan_masks = {"PTV": ptv, **oars}
         bar.update()
         out = job.out_dir / job.case
         out.mkdir(parents=True, exist_ok=True)
+        structures_file = out / "structures_plan.nii.gz"
+        write_image(masks_to_image(plan_masks, ct_p), structures_file)
         cache = ReferenceCache(job.cache_dir)
         ct_digest = file_digest(job.ct_file)
         structure_digest = "+".join(file_digest(Path(f)) for f in structures.files) or structures.source
         metrics, record = {}, {"structures_source": structures.source, "structure_files": structures.files,
-                               "target": settings.target, "oars": list(oars), "files": {}, "dvh": {}}
+                               "target": settings.target, "oars": list(oars), "dvh": {},
+                               "files": {"structures_plan": str(structures_file)},
+                               "structures_plan_bits": list(plan_masks)}
         for modality in settings.modalities:
             bar.set_postfix_str(f"{modality}: plan")
             planner = Planner(case, modality, settings)
@@ -174,27 +177,33 @@ def evaluate_case(job: DoseJob) -> dict:
             dose_sct = planner.dose(sct_p, weights)
             bar.update()
             bar.set_postfix_str(f"{modality}: metrics")
-            masks_grid = image_to_masks(on_grid(masks_to_image({"PTV": ptv, **oars}, ct_p), dose_ct, True),
-                                        ["PTV", *oars])
-            d_ct, d_sct = sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct)
-            values, dvh = dose_metrics(d_ct, d_sct, masks_grid, settings.rx_gy, tuple(reversed(dose_ct.GetSpacing())))
-            metrics.update({f"{name}_{modality}": value for name, value in values.items()})
-            record["dvh"][modality] = dvh
+            # MAE and DVH on the CT grid (dose interpolated linearly, as matRad's resultGUI that SynthRAD
+            # scores), gamma on the dose grid.
+            d_ct, d_sct = (sitk.GetArrayFromImage(on_grid(sitk.Cast(d, sitk.sitkFloat64), ct_p, sitk.sitkLinear, 0.0))
+                          for d in (dose_ct, dose_sct))
+            if not (d_ct[ptv] > 0).any():
+                problem = (f"case {job.case}: the automatic {modality} plan puts no dose in the PTV "
+                           f"({int(ptv.sum())} voxels); its dose metrics are left out")
+                record.setdefault("problems", []).append(problem)
+                metrics.update({f"{name}_{modality}": math.nan for name in METRIC_NAMES})
+            else:
+                values, dvh = dose_metrics(d_ct, d_sct, plan_masks, settings.rx_gy)
+                values["gamma"] = dm.gamma_pass_rate(sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct),
+                                                     tuple(reversed(dose_ct.GetSpacing())))
+                metrics.update({f"{name}_{modality}": value for name, value in values.items()})
+                record["dvh"][modality] = dvh
             files = {"dose_ct": out / f"dose_ct_{modality}.nii.gz", "dose_sct": out / f"dose_sct_{modality}.nii.gz",
                      "dose_png": out / f"dose_{modality}.png", "dvh_png": out / f"dvh_{modality}.png"}
             write_image(dose_ct, files["dose_ct"])
             write_image(dose_sct, files["dose_sct"])
-            structures_file = out / "structures_dose_grid.nii.gz"
-            write_image(masks_to_image(masks_grid, dose_ct), structures_file)
             from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
 
             title = f"{job.case} {modality}: plan on the CT, recomputed on the sCT"
-            save_dose_figure(on_grid(ct_p, dose_ct, False), dose_ct, dose_sct,
-                             masks_to_image({"PTV": masks_grid["PTV"]}, dose_ct), files["dose_png"], title)
-            save_dvh_figure(d_ct, d_sct, masks_grid, files["dvh_png"], f"{job.case} {modality} DVH (solid CT, dashed sCT)")
+            ptv_grid = on_grid(masks_to_image({"PTV": ptv}, ct_p), dose_ct, sitk.sitkNearestNeighbor, 0)
+            save_dose_figure(on_grid(ct_p, dose_ct, sitk.sitkLinear, -1000.0), dose_ct, dose_sct, ptv_grid,
+                             files["dose_png"], title)
+            save_dvh_figure(d_ct, d_sct, plan_masks, files["dvh_png"], f"{job.case} {modality} DVH (solid CT, dashed sCT)")
             record["files"][modality] = {k: str(v) for k, v in files.items()}
-            record["files"]["structures_dose_grid"] = str(structures_file)
-            record["structures_dose_grid_bits"] = list(masks_grid)
             bar.update()
         return {"metrics": metrics, "case": record}
     finally:
@@ -214,6 +223,8 @@ def evaluate_dose(cases, settings: DoseSettings, out_dir: Path, structures_dir=N
             warn(result["skipped"])
             records[job.case] = {"skipped": result["skipped"]}
             continue
+        for problem in result["case"].get("problems", []):
+            warn(problem)
         per_case[job.case] = {k: (v if math.isfinite(v) else math.nan) for k, v in result["metrics"].items()}
         records[job.case] = result["case"]
     return per_case, {"settings": settings.describe(), "definitions": DEFINITIONS,
