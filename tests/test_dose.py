@@ -172,12 +172,13 @@ def test_dvh_metric_formula_by_hand():
     from dgcf_auto.evaluation.dose.metrics import dvh_metric
 
     target_ct, target_sct = {"D98": 2.0, "CI95": 0.8}, {"D98": 1.9, "CI95": 0.6}
+    # c has the highest D2 but the lowest (D5 + Dmean) / 2: SynthRAD ranks by D5, so c stays out
     oars_ct = {"a": {"D2": 1.0, "D5": 1.0, "Dmean": 0.5}, "b": {"D2": 2.0, "D5": 1.8, "Dmean": 1.0},
-               "c": {"D2": 0.2, "D5": 0.1, "Dmean": 0.05}, "d": {"D2": 1.5, "D5": 1.5, "Dmean": 0.9}}
+               "c": {"D2": 4.0, "D5": 0.1, "Dmean": 0.05}, "d": {"D2": 1.5, "D5": 1.5, "Dmean": 0.9}}
     oars_sct = {"a": {"D2": 1.1, "Dmean": 0.5}, "b": {"D2": 1.8, "Dmean": 1.1}, "c": {"D2": 5.0, "Dmean": 5.0},
                 "d": {"D2": 1.5, "Dmean": 0.45}}
     value, used = dvh_metric(target_ct, target_sct, oars_ct, oars_sct)
-    assert used == ["b", "d", "a"]  # (D5 + Dmean) / 2: 1.4, 1.2, 0.75; c is left out
+    assert used == ["b", "d", "a"]  # (D5 + Dmean) / 2: 1.4, 1.2, 0.75, c 0.075
     expected = 0.1 / 2.0 + 0.2 / 0.8 + (0.2 / 2.0 + 0.0 + 0.1 / 1.0) / 3 + (0.1 / 1.0 + 0.45 / 0.9 + 0.0) / 3
     assert value == pytest.approx(expected, rel=1e-9)
 
@@ -285,7 +286,10 @@ def test_reference_cache_refuses_a_damaged_entry(tmp_path):
                                                                    sitk.GetArrayFromImage(dose))
     assert cache.load("c", "photon", key, 7) is None                       # other steering geometry
     assert cache.load("c", "photon", {**key, "ct_sha1": "abd"}, 6) is None  # another CT
-    entry = next(tmp_path.glob("c_photon_*"))
+    cache.store("c", "photon", {**key, "ct_sha1": "abd"}, np.ones(6), dose)  # its own entry, beside the first
+    assert np.array_equal(cache.load("c", "photon", key, 6)[0], np.arange(6))
+    assert np.array_equal(cache.load("c", "photon", {**key, "ct_sha1": "abd"}, 6)[0], np.ones(6))
+    entry = cache._entry("c", "photon", key)
     (entry / "weights.npy").write_bytes((entry / "weights.npy").read_bytes()[:-8])
     assert cache.load("c", "photon", key, 6) is None                       # truncated: planned again
 
