@@ -31,6 +31,9 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert sct.GetSize() == source.GetSize() and sct.GetDirection() == source.GetDirection()
     assert sitk.GetArrayViewFromImage(sct).dtype == np.int16
     assert (out / "figures" / f"{case}.png").stat().st_size > 10_000
+    if "dose" in summary:  # the dose extra is installed: plans on the example structures, maps and DVHs
+        assert {"dose_mae_target_photon", "gamma_proton"} <= set(row["metrics"])
+        assert (out / "dose" / case / "dvh_proton.png").is_file()
     fold = out / "DGCF_results" / "Dataset999_ExampleCBCT" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
     assert {"checkpoint_final.pth", "progress.png", "training_config.json"} <= {p.name for p in fold.iterdir()}
     assert not (tmp_path / "user_data").exists()
