@@ -255,7 +255,14 @@ def test_bad_structure_inputs_name_case_and_file(small_case):
     legend.write_text(json.dumps({"prostate": 1, "liver": 9}))
     with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: no voxel has the label of liver"):
         evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
-    assert not (small_case / "out" / "s.json").exists()
+    legend.write_text(json.dumps(ex.STRUCTURES))
+    labels_file = small_case / "ref" / "1PA001" / "structures.nii.gz"
+    labels = sitk.ReadImage(str(labels_file))
+    labels.SetSpacing(tuple(2 * v for v in labels.GetSpacing()))
+    sitk.WriteImage(labels, str(labels_file))
+    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: not on the grid of the CT \(spacing"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    assert not (small_case / "out" / "s.json").exists() and not (small_case / "out" / "dose").exists()
 
 
 def test_without_the_extra_dose_says_what_to_install(small_case, monkeypatch, capsys):

@@ -25,8 +25,9 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.dose import metrics as dm
 from dgcf_auto.evaluation.dose.plan import (DoseSettings, PlanningCase, Planner, image_to_masks, masks_to_image,
                                             planning_frame)
-from dgcf_auto.evaluation.dose.structures import (CaseStructures, plan_structures, read_structures,
-                                                  structure_files, totalsegmentator_structures)
+from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
+from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
+                                                  read_structures, structure_files, totalsegmentator_structures)
 from dgcf_auto.imageio import read_image, write_image
 from dgcf_auto.workers import map_cases
 
@@ -196,8 +197,6 @@ def evaluate_case(job: DoseJob) -> dict:
                      "dose_png": out / f"dose_{modality}.png", "dvh_png": out / f"dvh_{modality}.png"}
             write_image(dose_ct, files["dose_ct"])
             write_image(dose_sct, files["dose_sct"])
-            from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
-
             title = f"{job.case} {modality}: plan on the CT, recomputed on the sCT"
             ptv_grid = on_grid(masks_to_image({"PTV": ptv}, ct_p), dose_ct, sitk.sitkNearestNeighbor, 0)
             save_dose_figure(on_grid(ct_p, dose_ct, sitk.sitkLinear, -1000.0), dose_ct, dose_sct, ptv_grid,
@@ -217,6 +216,8 @@ def evaluate_dose(cases, settings: DoseSettings, out_dir: Path, structures_dir=N
     jobs = [DoseJob(c.name, Path(c.ct), Path(c.sct), settings, Path(out_dir),
                     Path(structures_dir) if structures_dir else None, Path(cache_dir) if cache_dir else None,
                     device, progress=num_processes <= 1) for c in cases]
+    for job in jobs:  # every given structure set checked before minutes of planning
+        check_structures(job.case, job.ct_file, job.structures_dir, settings.target)
     per_case, records = {}, {}
     for job, result in zip(jobs, map_cases(evaluate_case, jobs, num_processes=num_processes, desc="dose")):
         if "skipped" in result:

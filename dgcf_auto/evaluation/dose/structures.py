@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.imageio import geometry_mismatch, read_image
+from dgcf_auto.imageio import geometry_mismatch, read_header, read_image
 
 LABEL_FILE, LEGEND_FILE = "structures.nii.gz", "structures.json"
 BODY_HU = -400.0  # body outline: CT above this, holes (gas, lungs) filled
@@ -68,8 +68,13 @@ def read_legend(case: str, path: Path) -> dict[str, int]:
         raise DGCFError(f"case {case}: file {path}: not a structure legend ({exc})") from None
 
 
-def read_structures(case: str, ct: sitk.Image, labels_file: Path, legend_file: Path) -> CaseStructures:
+def read_structures(case: str, ct, labels_file: Path, legend_file: Path, target: str | None = None) -> CaseStructures:
+    """Named masks from a label map and its legend (`ct`: the CT image or its header, for the grid check);
+    a DGCFError naming the case and file for any problem, and when `target` is not in the legend."""
     legend = read_legend(case, legend_file)
+    if target is not None and target not in legend:
+        raise DGCFError(f"case {case}: no structure named {target!r} for the dose target "
+                        f"(structures: {', '.join(legend)}; choose one with --dose_target)")
     labels = read_image(labels_file, case)
     if diff := geometry_mismatch(ct, labels):
         raise DGCFError(f"case {case}: file {labels_file}: not on the grid of the CT ({diff})")
@@ -79,6 +84,13 @@ def read_structures(case: str, ct: sitk.Image, labels_file: Path, legend_file: P
         raise DGCFError(f"case {case}: file {labels_file}: no voxel has the label of {', '.join(empty)} "
                         f"(legend {legend_file.name})")
     return CaseStructures(masks, "label map", [str(labels_file), str(legend_file)])
+
+
+def check_structures(case: str, ct_file: Path, structures_dir, target: str) -> None:
+    """Every problem of a case's given structures, before any plan is computed (no half-written output)."""
+    files = structure_files(case, ct_file, structures_dir)
+    if files is not None:
+        read_structures(case, read_header(ct_file, case), *files, target=target)
 
 
 def totalsegmentator_structures(case: str, ct: sitk.Image, device: str | None = None) -> CaseStructures:
