@@ -130,6 +130,49 @@ def dose_metrics(d_ct: np.ndarray, d_sct: np.ndarray, masks: dict[str, np.ndarra
             {"ct": ct_values, "sct": sct_values, "oars_used": used})
 
 
+def planning_case(job: DoseJob, ct: sitk.Image, structures: CaseStructures) -> PlanningCase:
+    """CT, PTV, OARs and body of a case in the planning frame."""
+    ct_p = planning_frame(sitk.Cast(ct, sitk.sitkFloat32))
+    labels_p = planning_frame(masks_to_image(structures.masks, ct), reference=ct, label=True)
+    masks_p = CaseStructures(image_to_masks(labels_p, list(structures.masks)), structures.source)
+    ptv, oars, body = plan_structures(job.case, masks_p, sitk.GetArrayFromImage(ct_p),
+                                      tuple(reversed(ct_p.GetSpacing())), job.settings.target, job.settings.margin_mm)
+    return PlanningCase(ct_p, ptv, oars, body)
+
+
+def score(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, dose_sct: sitk.Image,
+          record: dict) -> dict:
+    """{metric_modality: value}: MAE and DVH on the CT grid (dose interpolated linearly, as matRad's resultGUI
+    cubes that SynthRAD scores), gamma on the dose grid; NaN with a problem line when the plan missed the PTV."""
+    d_ct, d_sct = (sitk.GetArrayFromImage(on_grid(sitk.Cast(d, sitk.sitkFloat64), case.ct, sitk.sitkLinear, 0.0))
+                   for d in (dose_ct, dose_sct))
+    if not (d_ct[case.ptv] > 0).any():
+        record.setdefault("problems", []).append(
+            f"case {job.case}: the automatic {modality} plan puts no dose in the PTV ({int(case.ptv.sum())} "
+            "voxels); its dose metrics are left out")
+        return {f"{name}_{modality}": math.nan for name in METRIC_NAMES}
+    masks = {"PTV": case.ptv, **case.oars}
+    values, record["dvh"][modality] = dose_metrics(d_ct, d_sct, masks, job.settings.rx_gy)
+    values["gamma"] = dm.gamma_pass_rate(sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct),
+                                         tuple(reversed(dose_ct.GetSpacing())))
+    out = job.out_dir / job.case
+    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png", f"{job.case} {modality} DVH (solid CT, dashed sCT)")
+    return {f"{name}_{modality}": value for name, value in values.items()}
+
+
+def write_doses(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, dose_sct: sitk.Image) -> dict:
+    """The two dose files and the dose PNG; {what: path} (with the DVH PNG `score` draws)."""
+    out = job.out_dir / job.case
+    files = {"dose_ct": out / f"dose_ct_{modality}.nii.gz", "dose_sct": out / f"dose_sct_{modality}.nii.gz",
+             "dose_png": out / f"dose_{modality}.png", "dvh_png": out / f"dvh_{modality}.png"}
+    write_image(dose_ct, files["dose_ct"])
+    write_image(dose_sct, files["dose_sct"])
+    ptv = on_grid(masks_to_image({"PTV": case.ptv}, case.ct), dose_ct, sitk.sitkNearestNeighbor, 0)
+    save_dose_figure(on_grid(case.ct, dose_ct, sitk.sitkLinear, -1000.0), dose_ct, dose_sct, ptv,
+                     files["dose_png"], f"{job.case} {modality}: plan on the CT, recomputed on the sCT")
+    return {k: str(v) for k, v in files.items() if k != "dvh_png" or v.is_file()}
+
+
 def evaluate_case(job: DoseJob) -> dict:
     """{"metrics": {...}, "case": {files, dvh values, structures}} or {"skipped": reason}."""
     settings = job.settings
@@ -138,71 +181,39 @@ def evaluate_case(job: DoseJob) -> dict:
     try:
         bar.set_postfix_str(stages[0])
         ct = read_image(job.ct_file, job.case)
-        sct = read_image(job.sct_file, job.case)
         structures = find_structures(job, ct)
         if isinstance(structures, str):
             return {"skipped": structures}
-        ct_p = planning_frame(sitk.Cast(ct, sitk.sitkFloat32))
-        sct_p = planning_frame(sitk.Cast(sct, sitk.sitkFloat32), reference=ct)
-        names = list(structures.masks)
-        labels_p = planning_frame(masks_to_image(structures.masks, ct), reference=ct, label=True)
-        masks_p = image_to_masks(labels_p, names)
-        ptv, oars, body = plan_structures(job.case, CaseStructures(masks_p, structures.source),
-                                          sitk.GetArrayFromImage(ct_p), tuple(reversed(ct_p.GetSpacing())),
-                                          settings.target, settings.margin_mm)
-        case = PlanningCase(ct_p, ptv, oars, body)
-        plan_masks = {"PTV": ptv, **oars}
+        case = planning_case(job, ct, structures)
+        sct_p = planning_frame(sitk.Cast(read_image(job.sct_file, job.case), sitk.sitkFloat32), reference=ct)
         bar.update()
         out = job.out_dir / job.case
         out.mkdir(parents=True, exist_ok=True)
         structures_file = out / "structures_plan.nii.gz"
-        write_image(masks_to_image(plan_masks, ct_p), structures_file)
+        write_image(masks_to_image({"PTV": case.ptv, **case.oars}, case.ct), structures_file)
         cache = ReferenceCache(job.cache_dir)
-        ct_digest = file_digest(job.ct_file)
-        structure_digest = "+".join(file_digest(Path(f)) for f in structures.files) or structures.source
+        key = {"ct_sha1": file_digest(job.ct_file),
+               "structures_sha1": "+".join(file_digest(Path(f)) for f in structures.files) or structures.source}
         metrics, record = {}, {"structures_source": structures.source, "structure_files": structures.files,
-                               "target": settings.target, "oars": list(oars), "dvh": {},
+                               "target": settings.target, "oars": list(case.oars), "dvh": {},
                                "files": {"structures_plan": str(structures_file)},
-                               "structures_plan_bits": list(plan_masks)}
+                               "structures_plan_bits": ["PTV", *case.oars]}
         for modality in settings.modalities:
             bar.set_postfix_str(f"{modality}: plan")
             planner = Planner(case, modality, settings)
-            key = {"ct_sha1": ct_digest, "structures_sha1": structure_digest, "plan": settings.describe(modality)}
-            cached = cache.load(job.case, modality, key, planner.num_bixels)
+            modality_key = {**key, "plan": settings.describe(modality)}
+            cached = cache.load(job.case, modality, modality_key, planner.num_bixels)
             record[f"{modality}_reference"] = "cache" if cached else "planned"
             weights, dose_ct = cached if cached else planner.optimise()
             if not cached:
-                cache.store(job.case, modality, key, weights, dose_ct)
+                cache.store(job.case, modality, modality_key, weights, dose_ct)
             bar.update()
             bar.set_postfix_str(f"{modality}: sCT dose")
             dose_sct = planner.dose(sct_p, weights)
             bar.update()
             bar.set_postfix_str(f"{modality}: metrics")
-            # MAE and DVH on the CT grid (dose interpolated linearly, as matRad's resultGUI that SynthRAD
-            # scores), gamma on the dose grid.
-            d_ct, d_sct = (sitk.GetArrayFromImage(on_grid(sitk.Cast(d, sitk.sitkFloat64), ct_p, sitk.sitkLinear, 0.0))
-                          for d in (dose_ct, dose_sct))
-            if not (d_ct[ptv] > 0).any():
-                problem = (f"case {job.case}: the automatic {modality} plan puts no dose in the PTV "
-                           f"({int(ptv.sum())} voxels); its dose metrics are left out")
-                record.setdefault("problems", []).append(problem)
-                metrics.update({f"{name}_{modality}": math.nan for name in METRIC_NAMES})
-            else:
-                values, dvh = dose_metrics(d_ct, d_sct, plan_masks, settings.rx_gy)
-                values["gamma"] = dm.gamma_pass_rate(sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct),
-                                                     tuple(reversed(dose_ct.GetSpacing())))
-                metrics.update({f"{name}_{modality}": value for name, value in values.items()})
-                record["dvh"][modality] = dvh
-            files = {"dose_ct": out / f"dose_ct_{modality}.nii.gz", "dose_sct": out / f"dose_sct_{modality}.nii.gz",
-                     "dose_png": out / f"dose_{modality}.png", "dvh_png": out / f"dvh_{modality}.png"}
-            write_image(dose_ct, files["dose_ct"])
-            write_image(dose_sct, files["dose_sct"])
-            title = f"{job.case} {modality}: plan on the CT, recomputed on the sCT"
-            ptv_grid = on_grid(masks_to_image({"PTV": ptv}, ct_p), dose_ct, sitk.sitkNearestNeighbor, 0)
-            save_dose_figure(on_grid(ct_p, dose_ct, sitk.sitkLinear, -1000.0), dose_ct, dose_sct, ptv_grid,
-                             files["dose_png"], title)
-            save_dvh_figure(d_ct, d_sct, plan_masks, files["dvh_png"], f"{job.case} {modality} DVH (solid CT, dashed sCT)")
-            record["files"][modality] = {k: str(v) for k, v in files.items()}
+            metrics.update(score(job, case, modality, dose_ct, dose_sct, record))
+            record["files"][modality] = write_doses(job, case, modality, dose_ct, dose_sct)
             bar.update()
         return {"metrics": metrics, "case": record}
     finally:
