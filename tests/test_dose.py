@@ -205,6 +205,25 @@ def test_example_structures_follow_the_tissue_map_and_the_patient_sides():
         assert centre_x["femoral_head_left"] > centre_x["femoral_head_right"]  # LPS: +x is the patient's left
 
 
+def test_planning_frame_reorients_flips_exactly_and_resamples_rotations():
+    from dgcf_auto.evaluation.dose.plan import planning_frame
+
+    identity = np.eye(3).ravel()
+    for index in (1, 3):  # stored RAS; rotated by a few degrees
+        images = ex.make_example_case(np.random.default_rng([0, index]), "mr2ct", index, size_scale=0.4)
+        labels = images["structures"]
+        framed = planning_frame(labels, label=True)
+        assert np.allclose(framed.GetDirection(), identity)
+        if index == 1:
+            lps = sitk.DICOMOrient(labels, "LPS")
+            assert np.array_equal(sitk.GetArrayFromImage(framed), sitk.GetArrayFromImage(lps))
+        centres = []
+        for image in (labels, framed):  # the prostate stays where it is in the patient (within a voxel)
+            z, y, x = np.argwhere(sitk.GetArrayFromImage(image) == ex.STRUCTURES["prostate"]).mean(axis=0)
+            centres.append(np.array(image.TransformContinuousIndexToPhysicalPoint((x, y, z))))
+        assert np.linalg.norm(centres[0] - centres[1]) < max(labels.GetSpacing())
+
+
 def test_example_dataset_writes_structures_and_legend_unless_asked_not_to(tmp_path):
     ex.make_example_dataset(tmp_path / "on", n=1, size_scale=0.3)
     ex.make_example_dataset(tmp_path / "off", n=1, size_scale=0.3, structures=False)

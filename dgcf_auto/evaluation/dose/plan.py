@@ -126,17 +126,17 @@ class PlanningCase:
 
 
 def planning_frame(image: sitk.Image, reference: sitk.Image | None = None, label: bool = False) -> sitk.Image:
-    """`image` in the axis-aligned LPS frame of `reference` (default: its own)."""
+    """`image` (on the grid of `reference`, default its own) in the reference's axis-aligned LPS frame.
+
+    Flipped or permuted axes are reoriented voxel for voxel (sitk.DICOMOrient, exact); a rotated grid is
+    resampled (linear, or nearest for labels) onto `_axis_aligned_grid`."""
     reference = reference if reference is not None else image
-    oriented = sitk.DICOMOrient(reference, "LPS")
-    if not np.allclose(oriented.GetDirection(), np.eye(3).ravel(), atol=1e-6):
-        oriented = _axis_aligned_grid(reference)
-    if reference is image and oriented.GetDirection() == image.GetDirection() and \
-            oriented.GetOrigin() == image.GetOrigin():
-        return image
+    oriented = sitk.DICOMOrient(image, "LPS")
+    if np.allclose(oriented.GetDirection(), np.eye(3).ravel(), atol=1e-6):
+        return oriented
     interp = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    default = 0.0 if label else -1000.0
-    return sitk.Resample(image, oriented, sitk.Transform(), interp, default, image.GetPixelID())
+    return sitk.Resample(image, _axis_aligned_grid(reference), sitk.Transform(), interp, 0.0 if label else -1000.0,
+                         image.GetPixelID())
 
 
 def _axis_aligned_grid(image: sitk.Image) -> sitk.Image:

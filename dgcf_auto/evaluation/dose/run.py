@@ -186,6 +186,7 @@ def evaluate_case(job: DoseJob) -> dict:
             return {"skipped": structures}
         case = planning_case(job, ct, structures)
         sct_p = planning_frame(sitk.Cast(read_image(job.sct_file, job.case), sitk.sitkFloat32), reference=ct)
+        sct_p.CopyInformation(case.ct)  # checked to be on the CT's grid: drop float rounding of its header
         bar.update()
         out = job.out_dir / job.case
         out.mkdir(parents=True, exist_ok=True)
