@@ -1,7 +1,7 @@
 """Dose evaluation speed and memory per case: seconds and peak RSS of `dgcf_evaluate --dose` for one modality.
 
 Each row runs in a fresh child process (its peak RSS is its own) on the example pelvis phantom resampled onto
-a 512 x 512 x 100 grid (about 0.8 mm x 0.8 mm x 2.9 mm; linear for HU, nearest for the structures), with
+a 512 x 512 x 100 grid over the same extent (linear for HU, nearest for the structures), with
 sCT = CT + 80 HU inside the body. A row covers what one case costs: planning on the CT (influence matrix and
 optimisation; no cache), the influence matrix on the sCT, the metrics (gamma included) and the files and PNGs.
 Prints a markdown table.
