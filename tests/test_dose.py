@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-pytest.importorskip("pyRadPlan")
-pytest.importorskip("pymedphys")
-
-from dgcf_auto.dataset import example as ex  # noqa: E402
-from dgcf_auto.errors import DGCFError  # noqa: E402
+from dgcf_auto.dataset import example as ex
+from dgcf_auto.errors import DGCFError
 
 RX = 2.5
 CASE = "1PA004"  # case index 3: a small in-plane rotation, so planning resamples onto an axis-aligned grid
@@ -259,6 +256,34 @@ def test_case_without_structures_is_skipped_with_one_line(small_case, monkeypatc
     reason = summary["dose"]["cases"]["1PA001"]["skipped"]
     assert reason.startswith("case 1PA001: no structures for the dose plan") and "weights not found" in reason
     assert reason in capsys.readouterr().err
+
+
+def test_totalsegmentator_structures_when_none_are_given(monkeypatch):
+    from dgcf_auto.evaluation import segscore
+    from dgcf_auto.evaluation.dose.structures import totalsegmentator_structures
+
+    images = ex.make_example_case(np.random.default_rng([0, 0]), "mr2ct", 0, size_scale=0.4)
+    ids = {name: label for label, name in segscore.totalseg_class_map().items()}
+    ours = sitk.GetArrayFromImage(images["structures"])
+
+    class FakeTotalSegmentator:  # TotalSegmentator's label ids for our phantom's organs
+        settings = {"version": "fake"}
+
+        def __init__(self, fast, device):
+            pass
+
+        def __call__(self, image):
+            labels = np.zeros(ours.shape, np.uint8)
+            labels[ours == ex.STRUCTURES["prostate"]] = ids["prostate"]
+            labels[ours == ex.STRUCTURES["bladder"]] = ids["urinary_bladder"]
+            labels[ours == ex.STRUCTURES["femoral_head_left"]] = ids["femur_left"]
+            return labels
+
+    monkeypatch.setattr(segscore, "TotalSegmentatorSegmenter", FakeTotalSegmentator)
+    found = totalsegmentator_structures("1PA001", images["ct"])
+    assert list(found.masks) == ["prostate", "bladder", "femur_left"]  # absent ones (colon, femur_right) left out
+    assert np.array_equal(found.masks["bladder"], ours == ex.STRUCTURES["bladder"])
+    assert found.source == "TotalSegmentator fake 'total'"
 
 
 def test_bad_structure_inputs_name_case_and_file(small_case):

@@ -29,7 +29,7 @@ LABEL_FILE, LEGEND_FILE = "structures.nii.gz", "structures.json"
 BODY_HU = -400.0  # body outline: CT above this, holes (gas, lungs) filled
 # TotalSegmentator 'total' names used when no structures are given (its v2 class map has no rectum).
 TOTALSEG_NAMES = {"prostate": "prostate", "urinary_bladder": "bladder", "colon": "colon",
-                  "femur_left": "femoral_head_left", "femur_right": "femoral_head_right"}
+                  "femur_left": "femur_left", "femur_right": "femur_right"}
 
 
 @dataclass
@@ -95,11 +95,11 @@ def check_structures(case: str, ct_file: Path, structures_dir, target: str) -> N
 
 def totalsegmentator_structures(case: str, ct: sitk.Image, device: str | None = None) -> CaseStructures:
     """TotalSegmentator's pelvic structures; a DGCFError (the case is skipped) when its weights are missing."""
-    from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter, totalseg_class_map
+    from dgcf_auto.evaluation import segscore
 
-    segmenter = TotalSegmentatorSegmenter(fast=False, device=device)
-    labels = sitk.GetArrayFromImage(segmenter(ct))
-    ids = {name: label for label, name in totalseg_class_map().items()}
+    segmenter = segscore.TotalSegmentatorSegmenter(fast=False, device=device)
+    labels = segscore._labels(segmenter, ct)  # the segmenter's labels on the CT's grid, as SegScore reads them
+    ids = {name: label for label, name in segscore.totalseg_class_map().items()}
     masks = {ours: labels == ids[theirs] for theirs, ours in TOTALSEG_NAMES.items()
              if theirs in ids and (labels == ids[theirs]).any()}
     return CaseStructures(masks, f"TotalSegmentator {segmenter.settings['version']} 'total'")
