@@ -306,6 +306,9 @@ def test_bad_structure_inputs_name_case_and_file(small_case):
     sitk.WriteImage(labels, str(labels_file))
     with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: not on the grid of the CT \(spacing"):
         evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    with pytest.raises(DGCFError, match=r"structures folder .*nowhere: not found"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings(),
+                         structures_dir=small_case / "nowhere")
     assert not (small_case / "out" / "s.json").exists() and not (small_case / "out" / "dose").exists()
 
 

@@ -225,6 +225,8 @@ def evaluate_dose(cases, settings: DoseSettings, out_dir: Path, structures_dir=N
                   num_processes: int = 1, device: str | None = None, warn=None) -> tuple[dict, dict]:
     """({case: dose metrics}, the summary's "dose" entry) over the cases (EvalCase: name, ct, sct)."""
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    if structures_dir is not None and not Path(structures_dir).is_dir():
+        raise DGCFError(f"structures folder {structures_dir}: not found")
     jobs = [DoseJob(c.name, Path(c.ct), Path(c.sct), settings, Path(out_dir),
                     Path(structures_dir) if structures_dir else None, Path(cache_dir) if cache_dir else None,
                     device, progress=num_processes <= 1) for c in cases]
