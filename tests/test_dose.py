@@ -221,6 +221,24 @@ def test_planning_frame_reorients_flips_exactly_and_resamples_rotations():
         assert np.linalg.norm(centres[0] - centres[1]) < max(labels.GetSpacing())
 
 
+def test_planner_beams_are_the_recorded_ones():
+    from dgcf_auto.evaluation.dose.plan import DoseSettings, PlanningCase, Planner
+    from dgcf_auto.evaluation.dose.structures import body_mask
+
+    images = ex.make_example_case(np.random.default_rng([0, 0]), "mr2ct", 0, size_scale=0.4)
+    ct = sitk.Cast(images["ct"], sitk.sitkFloat32)
+    organs = sitk.GetArrayFromImage(images["structures"])
+    case = PlanningCase(ct, organs == ex.STRUCTURES["prostate"], {"bladder": organs == ex.STRUCTURES["bladder"]},
+                        body_mask(sitk.GetArrayFromImage(ct)))
+    settings = DoseSettings(photon_beams=7, dose_grid_mm=5.0)
+    for modality, expected in (("photon", [360.0 * k / 7 for k in range(7)]), ("proton", [90.0, 270.0])):
+        planner = Planner(case, modality, settings)
+        assert [b.gantry_angle for b in planner.stf.beams] == pytest.approx(expected)
+        assert [b.couch_angle for b in planner.stf.beams] == [0.0] * len(expected)
+        assert settings.describe(modality)[modality]["gantry_angles"] == pytest.approx(expected)
+        assert planner.stf.beams[0].radiation_mode == modality + "s"
+
+
 def test_example_dataset_writes_structures_and_legend_unless_asked_not_to(tmp_path):
     ex.make_example_dataset(tmp_path / "on", n=1, size_scale=0.3)
     ex.make_example_dataset(tmp_path / "off", n=1, size_scale=0.3, structures=False)
