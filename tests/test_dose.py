@@ -239,6 +239,22 @@ def test_planner_beams_are_the_recorded_ones():
         assert planner.stf.beams[0].radiation_mode == modality + "s"
 
 
+def test_hu_table_and_settings_checks(tmp_path):
+    from dgcf_auto.evaluation.dose.plan import DoseSettings, read_hlut
+
+    table = tmp_path / "hlut.csv"
+    table.write_text("HU,density\n-1000,0.0012\n0,1.0\n1500,1.9\n")
+    rows = read_hlut(table)
+    assert rows == ((-1000.0, 0.0012), (0.0, 1.0), (1500.0, 1.9))
+    hlut = DoseSettings(hlut=rows).describe()["hlut"]
+    assert hlut == {"source": "given", "hu": [-1000.0, 0.0, 1500.0], "density": [0.0012, 1.0, 1.9]}
+    table.write_text("0,1.0\n-1000,0.001\n")
+    with pytest.raises(DGCFError, match=r"HU table .*hlut.csv: expected at least two rows HU,density with HU increasing"):
+        read_hlut(table)
+    with pytest.raises(DGCFError, match=r"dose: rx_gy must be positive, got -2.0"):
+        DoseSettings(rx_gy=-2.0)
+
+
 def test_example_dataset_writes_structures_and_legend_unless_asked_not_to(tmp_path):
     ex.make_example_dataset(tmp_path / "on", n=1, size_scale=0.3)
     ex.make_example_dataset(tmp_path / "off", n=1, size_scale=0.3, structures=False)
