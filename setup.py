@@ -17,6 +17,8 @@ CONSOLE_SCRIPTS = {
     "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
 }
 
+DOSE = ["pyRadPlan==0.5.0", "pydantic<2.12", "pymedphys>=0.41", "numba"]  # dgcf_evaluate --dose
+
 setup(
     name="dgcf_auto",
     version="0.1.0",
@@ -40,7 +42,11 @@ setup(
         "matplotlib",
         "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil"],
-                    "mutation": ["cosmic-ray>=8.3"]},  # benchmarks/mutation.py
+    extras_require={
+        # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)
+        "dose": DOSE,
+        "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", *DOSE],
+        "mutation": ["cosmic-ray>=8.3"],  # benchmarks/mutation.py
+    },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )

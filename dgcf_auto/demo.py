@@ -17,8 +17,10 @@ DEMO_TRAINER = "DGCFTrainer"
 def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 10,
              iterations_per_epoch: int = 50, patch_size=(64, 64), features=(16, 32, 64, 128),
              device: str | None = None, dinov3_weights: str | None = None, overwrite: bool = False,
-             num_workers: int = 2) -> dict:
-    """Run every stage into `output`; returns the evaluation summary."""
+             num_workers: int = 2, dose: bool = True) -> dict:
+    """Run every stage into `output`; returns the evaluation summary.
+
+    `dose`: also the photon and proton dose evaluation (default plans) when the `dose` extra is installed."""
     from dgcf_auto.dataset.example import write_example_dataset
     from dgcf_auto.evaluation.evaluate import evaluate_folders, format_table
     from dgcf_auto.inference.model_loading import resolve_folds
@@ -63,16 +65,30 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
     predict_inputs(predictor, collect_inputs(test_input), predictions, input_root=test_input)
     _stage(5, "evaluate and draw the report")
     figures = output / "figures"
-    evaluation = evaluate_folders(test_input, predictions, output / "summary.json", png_dir=figures)
+    dose_settings = _dose_settings() if dose else None
+    evaluation = evaluate_folders(test_input, predictions, output / "summary.json", png_dir=figures,
+                                  dose=dose_settings)
 
     print("\n" + format_table(evaluation))
     print(f"\ndgcf_demo: finished in {time.time() - started:.0f} s")
     for what, where in (("example cases", raw_dataset), ("plans and slices", preprocessed),
                         ("trained fold", fold_dir), ("training curves", fold_dir / "progress.png"),
                         ("sCT volumes (HU)", predictions), ("metrics", output / "summary.json"),
-                        ("figures", figures)):
+                        ("figures", figures), *((("dose maps, DVHs", output / "dose"),) if dose_settings else ())):
         print(f"  {what:<18} {where}")
     return evaluation
+
+
+def _dose_settings():
+    """Default plans when pyRadPlan and pymedphys are installed (`pip install -e ".[dose]"`), else None."""
+    from importlib.util import find_spec
+
+    if find_spec("pyRadPlan") is None or find_spec("pymedphys") is None:
+        print('dgcf_demo: no dose evaluation (pip install -e ".[dose]" adds it)', file=sys.stderr)
+        return None
+    from dgcf_auto.evaluation.dose.plan import DoseSettings
+
+    return DoseSettings()
 
 
 def _stage(number: int, text: str) -> None:

@@ -235,7 +235,8 @@ def test_make_example_dataset_cli(tmp_path, monkeypatch, capsys):
     code, out, _ = _run_cli(main, ["-d", "998", "--task", "cbct2ct", "-n", "2", "--size-scale", "0.4"], capsys)
     target = tmp_path / "Dataset998_ExampleCBCT"
     assert code == 0 and str(target) in out
-    assert sorted(p.name for p in (target / "2PA001").iterdir()) == ["cbct.nii.gz", "ct.nii.gz", "mask.nii.gz"]
+    assert sorted(p.name for p in (target / "2PA001").iterdir()) == [
+        "cbct.nii.gz", "ct.nii.gz", "mask.nii.gz", "structures.json", "structures.nii.gz"]
     assert json.loads((target / "dataset.json").read_text())["task"] == "cbct2ct"
     assert len(validate_dataset(target, progress=False)) == 2
     before = (target / "2PA001" / "ct.nii.gz").read_bytes()

@@ -16,7 +16,8 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
     with pytest.raises(SystemExit) as exit_info:
         main(["-o", str(out), "--cases", "5", "--epochs", "1", "--iterations-per-epoch", "2",
-              "--patch-size", "32", "32", "--features", "8", "16", "32", "64", "-device", "cpu"])
+              "--patch-size", "32", "32", "--features", "8", "16", "32", "64", "-device", "cpu",
+              "--skip_dose"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr()
     assert "RANDOMLY" in printed.err
@@ -35,6 +36,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert sct.GetSize() == source.GetSize() and sct.GetDirection() == source.GetDirection()
     assert sitk.GetArrayViewFromImage(sct).dtype == np.int16
     assert (out / "figures" / f"{case}.png").stat().st_size > 10_000
+    assert "dose" not in summary  # --skip_dose: tests/test_dose.py covers the dose evaluation on example data
     fold = out / "DGCF_results" / "Dataset999_ExampleCBCT" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
     assert {"checkpoint_final.pth", "progress.png", "training_config.json"} <= {p.name for p in fold.iterdir()}
     assert not (tmp_path / "user_data").exists()

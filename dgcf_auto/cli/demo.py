@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dinov3-weights", default=None,
                    help="real DINOv3 ViT-B/16 weights; without them the demo uses RANDOM weights")
     p.add_argument("--overwrite", action="store_true", help="start the demo folder afresh")
+    p.add_argument("--skip_dose", action="store_true",
+                   help="leave out the photon/proton dose evaluation (run when the dose extra is installed)")
     add_version(p)
     return p
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     run_demo(args.output, task=args.task, num_cases=args.cases, epochs=args.epochs,
              iterations_per_epoch=args.iterations_per_epoch, patch_size=args.patch_size,
              features=args.features, device=args.device, dinov3_weights=args.dinov3_weights,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, dose=not args.skip_dose)
     return 0
 
 

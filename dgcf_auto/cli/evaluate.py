@@ -51,8 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
                         help=f"metric definitions (default {DEFAULT_PROFILE}, as dgcf_compare's); see "
                              "documentation/evaluation.md")
+    dose = parser.add_argument_group("dose (needs pip install -e \".[dose]\"; documentation/evaluation.md)")
+    dose.add_argument("--dose", nargs="+", default=None, choices=("photon", "proton"),
+                      help="also plan on each CT (pyRadPlan), recompute the plan on the sCT and report SynthRAD's "
+                           "dose MAE, DVH metric and gamma pass rate; files under <summary folder>/dose/<case>/")
+    dose.add_argument("--structures", default=None, metavar="DIR",
+                      help="structures per case: DIR/<case>/structures.nii.gz + structures.json (or "
+                           "DIR/<case>.nii.gz + <case>.json); default: those in the reference case folder, "
+                           "else TotalSegmentator when its weights are installed, else the case is skipped")
+    dose.add_argument("--dose_target", default="prostate", help="structure grown into the PTV (default prostate)")
+    dose.add_argument("--dose_margin", type=float, default=5.0, help="PTV margin in mm (default 5)")
+    dose.add_argument("--dose_rx", type=float, default=2.0, help="prescription in Gy per fraction (default 2)")
+    dose.add_argument("--dose_grid", type=float, default=3.0, help="dose grid spacing in mm (default 3)")
+    dose.add_argument("--photon_beams", type=int, default=5, help="equispaced coplanar photon beams (default 5)")
+    dose.add_argument("--hlut", default=None, metavar="CSV",
+                      help="HU to relative density table, two columns HU,density (default: pyRadPlan's)")
+    dose.add_argument("--dose_cache", default=None, metavar="DIR",
+                      help="cache of the reference plans on the CTs (default $DGCF_results/dose_cache)")
     add_version(parser)
     return parser
+
+
+def dose_settings(args):
+    """DoseSettings from the parsed flags; None without --dose."""
+    if not args.dose:
+        return None
+    from dgcf_auto.evaluation.dose.plan import DoseSettings, read_hlut
+
+    return DoseSettings(modalities=tuple(dict.fromkeys(args.dose)), rx_gy=args.dose_rx, target=args.dose_target,
+                        margin_mm=args.dose_margin, dose_grid_mm=args.dose_grid, photon_beams=args.photon_beams,
+                        hlut=read_hlut(args.hlut) if args.hlut else None)
 
 
 @cli_entry
@@ -64,7 +92,8 @@ def main(argv=None):
 
     options = dict(segscore_cache=args.segscore_cache or "default", mask_dir=args.mask,
                    segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
-                   device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile)
+                   device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile,
+                   dose=dose_settings(args), structures_dir=args.structures, dose_cache=args.dose_cache or "default")
     if args.split and (args.d is None or args.ref is not None):
         raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
     if not args.split and (args.ref is None or args.pred is None or args.output is None):

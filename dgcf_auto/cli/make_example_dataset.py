@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="dataset name (default ExampleMR / ExampleCBCT)")
     parser.add_argument("--size-scale", type=float, default=1.0,
                         help="scale the default ~96x80x24 voxel volumes (default 1.0)")
+    parser.add_argument("--structures", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write each case's planning structures (structures.nii.gz + structures.json: "
+                             "prostate, bladder, rectum, femoral heads) for dgcf_evaluate --dose (default on)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder of that name")
     add_version(parser)
     return parser
@@ -29,5 +32,5 @@ def main(argv=None):
     from dgcf_auto.dataset.example import write_example_dataset
 
     target = write_example_dataset(args.dataset_id, args.task, args.num_cases, args.seed, args.name,
-                                   args.size_scale, args.overwrite)
+                                   args.size_scale, args.overwrite, structures=args.structures)
     print(f"wrote {args.num_cases} {args.task} cases to {target}")

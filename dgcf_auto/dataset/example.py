@@ -45,6 +45,9 @@ TISSUES = {
     CORTEX: ("cortical bone", 1700.0, 30.0),
     MARROW: ("marrow", 300.0, 600.0),
 }
+# Structures for dose planning (`structures.nii.gz` + `structures.json`), drawn from the same tissue map.
+# Femoral heads: the head spheres (LPS: +x is the patient's left).
+STRUCTURES = {"prostate": 1, "bladder": 2, "rectum": 3, "femoral_head_right": 4, "femoral_head_left": 5}
 
 
 def case_name(task: str, case_index: int) -> str:
@@ -54,10 +57,10 @@ def case_name(task: str, case_index: int) -> str:
 
 def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
                       size_scale: float = 1.0) -> dict[str, sitk.Image]:
-    """One phantom: {'source', 'ct', 'mask', 'labels'} on one shared grid.
+    """One phantom: {'source', 'ct', 'mask', 'labels', 'structures'} on one shared grid.
 
     'labels' is the tissue map (keys of TISSUES) the images were simulated from, for tests and checks;
-    `case_index` picks the direction variant.
+    'structures' the planning structures (values of STRUCTURES); `case_index` picks the direction variant.
     """
     _, modality = _task(task)
     size = tuple(max(8, int(round(b * size_scale * rng.uniform(0.9, 1.1)))) for b in BASE_SIZE)
@@ -76,7 +79,8 @@ def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
 
     origin = tuple(-0.5 * n * s + rng.uniform(-25, 25) for n, s in zip(size, spacing))
     images = {}
-    for key, array in (("source", source), ("ct", ct), ("mask", mask), ("labels", labels)):
+    for key, array in (("source", source), ("ct", ct), ("mask", mask), ("labels", labels),
+                       ("structures", coords["structures"])):
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(spacing)
         image.SetOrigin(origin)
@@ -85,9 +89,11 @@ def make_example_case(rng: np.random.Generator, task: str, case_index: int = 0,
 
 
 def make_example_dataset(out_dir: str | os.PathLike, task: str = "mr2ct", n: int = 8, seed: int = 0,
-                         size_scale: float = 1.0, progress: bool = False) -> list[str]:
+                         size_scale: float = 1.0, progress: bool = False, structures: bool = True) -> list[str]:
     """Write `n` cases `<out_dir>/<case>/{mr|cbct,ct,mask}.nii.gz`; returns the case names.
 
+    `structures`: also `<case>/structures.nii.gz` and its legend `structures.json` (STRUCTURES), which
+    `dgcf_evaluate --dose` plans on.
     Case i depends only on (seed, i), so a larger n extends a smaller dataset without changing its cases.
     """
     _, modality = _task(task)
@@ -99,12 +105,15 @@ def make_example_dataset(out_dir: str | os.PathLike, task: str = "mr2ct", n: int
         name = case_name(task, i)
         for key, file_stem in (("source", modality), ("ct", "ct"), ("mask", "mask")):
             write_image(images[key], out_dir / name / f"{file_stem}.nii.gz")
+        if structures:
+            write_image(images["structures"], out_dir / name / "structures.nii.gz")
+            write_json(STRUCTURES, out_dir / name / "structures.json")
         names.append(name)
     return names
 
 
 def write_example_dataset(dataset_id: int, task: str, n: int = 8, seed: int = 0, name: str | None = None,
-                          size_scale: float = 1.0, overwrite: bool = False) -> Path:
+                          size_scale: float = 1.0, overwrite: bool = False, structures: bool = True) -> Path:
     """`$DGCF_raw/Dataset<id>_<name>/` built atomically; refuses an existing folder unless `overwrite`."""
     if task not in TASKS:
         raise DGCFError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -117,7 +126,7 @@ def write_example_dataset(dataset_id: int, task: str, n: int = 8, seed: int = 0,
     name = name or ("ExampleMR" if task == "mr2ct" else "ExampleCBCT")
     target = check_target_free(dataset_id, name, overwrite)
     with atomic_dataset_folder(target) as tmp:
-        make_example_dataset(tmp, task, n, seed, size_scale, progress=True)
+        make_example_dataset(tmp, task, n, seed, size_scale, progress=True, structures=structures)
         write_json({"name": target.name, "task": task, "source_modality": _task(task)[1], "num_cases": n,
                     "example": {"seed": seed, "size_scale": size_scale}}, tmp / "dataset.json")
     return target
@@ -207,6 +216,7 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
         dist2 = (q[0] - s * d[0]) ** 2 + (q[1] - s * d[1]) ** 2 + (q[2] - s * d[2]) ** 2
         bone(dist2 < radius ** 2, dist2 < (radius - cortex) ** 2)
 
+    heads = {}
     for side in (-1, 1):
         # Iliac wing: above the hip joint only, flaring outwards and backwards going up.
         ellipsoid_bone((side * (rng.uniform(0.5, 0.56) + 0.15 * (t + 0.3)), rng.uniform(0.0, 0.12) + 0.06 * t),
@@ -218,11 +228,24 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
         capsule_bone(head, trochanter, 0.08)
         capsule_bone(trochanter, (side * 0.7, head[1] + 0.04, -2.0), 0.1)
         ellipsoid_bone(head, (r_head,) * 3)
+        heads["femoral_head_right" if side < 0 else "femoral_head_left"] = ellipsoid(head, (r_head,) * 3) < 1
     # Sacrum: superior-posterior, following the sacral curve and narrowing downwards.
     sacrum_width = 0.24 * (0.5 + 0.5 * np.clip((t + 0.1) / 0.9, 0, 1))
     ellipsoid_bone((0, rng.uniform(0.55, 0.6) - 0.1 * (t - 0.45), 0.45), (sacrum_width, 0.09, 0.5))
     labels[body_r >= 1] = AIR                                     # nothing sticks out of the skin
+    coords["structures"] = _structures(labels, heads)
     return labels, coords
+
+
+def _structures(labels: np.ndarray, heads: dict[str, np.ndarray]) -> np.ndarray:
+    """Planning structures (STRUCTURES values) from the tissue map: organs by tissue, heads by their spheres."""
+    out = np.zeros(labels.shape, np.uint8)
+    out[np.isin(labels, (RECTAL_WALL, RECTAL_CONTENT, GAS))] = STRUCTURES["rectum"]
+    out[labels == BLADDER] = STRUCTURES["bladder"]
+    out[labels == PROSTATE] = STRUCTURES["prostate"]
+    for name, head in heads.items():
+        out[head & (labels != AIR)] = STRUCTURES[name]
+    return out
 
 
 def _tissue_values(rng: np.random.Generator, column: int, jitter: float) -> np.ndarray:

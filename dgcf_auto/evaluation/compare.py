@@ -24,6 +24,7 @@ from dgcf_auto.atomic import atomic_path, check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
 from dgcf_auto.schema import read_checked
+from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 
 TASK_LABELS = {"mr2ct": "MRI→CT", "cbct2ct": "CBCT→CT"}
 TESTS = ("ttest", "wilcoxon")
@@ -47,6 +48,10 @@ class MethodSummary:
     labelled: bool = False  # the label was given (LABEL=PATH): never changed
 
 
+# Lower is better for HD95 and the dose errors (dgcf_evaluate --dose); the gamma pass rate is higher-better.
+LOWER_PREFIXES = ("hd95", "dose_mae_target_", "dvh_")
+
+
 def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSummary:
     """A dgcf_evaluate summary, checked against its schema (one line naming the file and the field)."""
     path = Path(path)
@@ -63,7 +68,7 @@ def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSum
     profile = data["profile"]
     definitions = profile.get("metrics", {})
     lower = {k for k, d in definitions.items() if not d.get("higher_is_better", True)} | {"segscore_hd95"}
-    lower |= {k for row in per_case.values() for k in row if k.startswith("hd95")}
+    lower |= {k for row in per_case.values() for k in row if k.startswith(LOWER_PREFIXES)}
     try:
         dataset = data.get("dataset") or str(Path(os.path.commonpath([r["reference_file"] for r in rows])))
     except ValueError:  # absolute and relative paths mixed
@@ -183,6 +188,8 @@ def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None
         metrics = list(summaries[0].table)
         if any("segscore" in row for s in summaries for row in s.per_case.values()):
             metrics.append("segscore")
+        metrics += list(dict.fromkeys(k for s in summaries for row in s.per_case.values() for k in row
+                                      if k.startswith(DOSE_PREFIXES)))
     columns, cells, notes = [], {}, []
     for task in tasks:
         group = [s for s in summaries if s.task == task]

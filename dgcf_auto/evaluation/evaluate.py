@@ -20,6 +20,7 @@ from dgcf_auto.atomic import check_output_file, check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
+from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
@@ -222,14 +223,22 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
                      segscore_fast: bool = False, device: str | None = None, png_dir=None,
                      num_processes: int = 1, segmenter=None, profile: str = DEFAULT_PROFILE,
                      cases: list[EvalCase] | None = None, extra: dict | None = None,
-                     metrics_device: str | None = None, segscore_cache=None) -> dict:
+                     metrics_device: str | None = None, segscore_cache=None, dose=None,
+                     structures_dir=None, dose_cache=None) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it.
 
     `cases` (reference cases with CT/mask already resolved, e.g. a split's cases) replaces `ref_dir`.
     `segscore_cache`: folder caching the reference CTs' segmentations (None: no cache; "default":
     $DGCF_results/segscore_cache).
+    `dose`: a DoseSettings (dgcf_auto.evaluation.dose.plan): photon/proton plans on the CT recomputed on the
+    sCT, files under `<summary folder>/dose/`; `structures_dir`, `dose_cache` ("default":
+    $DGCF_results/dose_cache) as in dgcf_auto.evaluation.dose.run.
     """
     chosen = get_profile(profile)
+    if dose is not None:  # before minutes of metrics
+        from dgcf_auto.evaluation.dose import require_dose_extra
+
+        require_dose_extra()
     check_output_file(output_json)  # before minutes of metrics
     if png_dir is not None:
         check_writable(png_dir, "figure folder")
@@ -263,6 +272,17 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
             per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
                                               read_image(case.sct, case.name)))
         extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
+    if dose is not None:
+        from dgcf_auto.evaluation.dose.run import evaluate_dose
+
+        if dose_cache == "default":
+            from dgcf_auto.paths import results_root
+
+            dose_cache = results_root() / "dose_cache"
+        dose_metrics, extra["dose"] = evaluate_dose(cases, dose, Path(output_json).parent / "dose", structures_dir,
+                                                    dose_cache, num_processes, device)
+        for name, values in dose_metrics.items():
+            per_case[name].update(values)
     summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
     write_json(summary, output_json)
     return summary
@@ -285,6 +305,7 @@ def format_table(summary: dict, metrics=None) -> str:
     """Plain-text table: one row per case, then mean and std (default columns: the profile's, and segscore)."""
     if metrics is None:
         metrics = list(summary.get("profile", {}).get("metrics", {})) + ["segscore"]
+        metrics += [m for m in summary["mean"] if m.startswith(DOSE_PREFIXES)]
     shown = [m for m in metrics if m in summary["mean"]]
     width = max([len("case")] + [len(row["case"]) for row in summary["metric_per_case"]])
     lines = [f"{'case':<{width}}  " + "  ".join(f"{m:>10}" for m in shown)]

@@ -1,0 +1,89 @@
+"""SynthRAD's dose metrics (SynthRAD2023/metrics, functions/dose_metrics.py, class DoseMetrics) on dose arrays.
+
+- `mae_target`: sum |D_ct - D_sct| / Rx / n over the n voxels where D_ct >= 0.9 Rx.
+- DVH values as matRad's matRad_calcQualityIndicators computes them (SynthRAD reads them from matRad's `qi`):
+  D_x linear interpolation of the ascending sorted structure dose at (100 - x) % (numpy's percentile at
+  100 - x), mean, and for the target the conformity number CI = V_target,95^2 / (N_target * V_treated,95) at
+  95 % of Rx (matRad's `CI_<Rx>Gy`, which SynthRAD's code reads as "V95"). V95, the fraction of the target
+  receiving >= 95 % of Rx, is recorded too.
+- `dvh_metric`: |D98_ct - D98_sct + eps| / (D98_ct + eps) + |CI_ct - CI_sct + eps| / (CI_ct + eps)
+  + mean over the three OARs with the highest (D5 + Dmean) / 2 on the CT of |D2 error| / D2_ct
+  + mean over the same OARs of |Dmean error| / Dmean_ct (eps = 1e-12 inside the absolute value, as there).
+- `gamma`: pymedphys' gamma, 2 % / 2 mm, global (2 % of the CT dose maximum), 10 % lower dose cutoff;
+  pass rate in % of the evaluated voxels with gamma <= 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MAE_THRESHOLD = 0.9          # fraction of Rx above which mae_target counts voxels
+DVH_EPS = 1e-12
+NUM_OARS = 3
+GAMMA = {"dose_percent_threshold": 2.0, "distance_mm_threshold": 2.0, "lower_percent_dose_cutoff": 10.0,
+         "local_gamma": False, "interp_fraction": 10,
+         "skip_once_passed": True}  # stops searching a voxel once gamma <= 1: same pass rate, faster
+
+
+def mae_target(d_ct: np.ndarray, d_sct: np.ndarray, rx: float) -> float:
+    high = d_ct >= MAE_THRESHOLD * rx
+    if not high.any():
+        return math.nan
+    return float(np.sum(np.abs(d_ct[high] - d_sct[high]) / rx) / int(high.sum()))
+
+
+def dose_at_volume(dose_in_structure: np.ndarray, percent: float) -> float:
+    """matRad's DX: the dose that `percent` % of the structure receives at least."""
+    return float(np.percentile(dose_in_structure, 100.0 - percent))
+
+
+def structure_values(dose: np.ndarray, mask: np.ndarray, rx: float, target: bool = False) -> dict[str, float]:
+    """D2, D5, D98, Dmean (Gy) of one structure; for the target also V95 and CI95 (matRad's CI_<Rx>Gy)."""
+    values = dose[mask].astype(np.float64)
+    if values.size == 0:
+        return {k: math.nan for k in ("D2", "D5", "D98", "Dmean")}
+    out = {"D2": dose_at_volume(values, 2), "D5": dose_at_volume(values, 5),
+           "D98": dose_at_volume(values, 98), "Dmean": float(values.mean())}
+    if target:
+        in_target = int(np.sum(values >= 0.95 * rx))
+        treated = int(np.sum(dose >= 0.95 * rx))
+        out["V95"] = in_target / values.size
+        out["CI95"] = in_target ** 2 / (values.size * treated) if treated else math.nan
+    return out
+
+
+def _relative(ct: float, sct: float) -> float:
+    return abs(ct - sct + DVH_EPS) / (ct + DVH_EPS)
+
+
+def most_exposed_oars(ct_values: dict[str, dict], num: int = NUM_OARS) -> list[str]:
+    """The OARs with the highest (D5 + Dmean) / 2 on the CT dose, as SynthRAD chooses them."""
+    score = {name: (v["D5"] + v["Dmean"]) / 2 for name, v in ct_values.items() if math.isfinite(v["Dmean"])}
+    return sorted(score, key=score.get, reverse=True)[:num]
+
+
+def dvh_metric(target_ct: dict, target_sct: dict, oars_ct: dict[str, dict], oars_sct: dict[str, dict]
+               ) -> tuple[float, list[str]]:
+    """SynthRAD's DVH metric and the OARs it used."""
+    if not all(math.isfinite(v) for v in (target_ct["D98"], target_sct["D98"], target_ct["CI95"],
+                                          target_sct["CI95"])):
+        return math.nan, []
+    target = _relative(target_ct["D98"], target_sct["D98"]) + _relative(target_ct["CI95"], target_sct["CI95"])
+    used = most_exposed_oars(oars_ct)
+    if not used:
+        return float(target), used
+    d2 = [_relative(oars_ct[o]["D2"], oars_sct[o]["D2"]) for o in used]
+    dmean = [_relative(oars_ct[o]["Dmean"], oars_sct[o]["Dmean"]) for o in used]
+    return float(target + np.mean(d2) + np.mean(dmean)), used
+
+
+def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx) -> float:
+    """% of voxels above the cutoff with gamma <= 1 (pymedphys.gamma, SynthRAD's 2 %/2 mm global 10 %)."""
+    import pymedphys
+
+    axes = tuple(np.arange(n, dtype=np.float64) * s for n, s in zip(d_ct.shape, spacing_zyx))
+    gamma = pymedphys.gamma(axes, d_ct.astype(np.float64), axes, d_sct.astype(np.float64),
+                            quiet=True, **GAMMA)
+    valid = gamma[np.isfinite(gamma)]
+    return float(100.0 * np.mean(valid <= 1)) if valid.size else math.nan

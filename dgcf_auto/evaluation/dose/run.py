@@ -1,0 +1,246 @@
+"""`dgcf_evaluate --dose photon proton`: per case, plan on the CT, recompute on the sCT, metrics and files.
+
+Files per case under `<summary folder>/dose/<case>/`: dose_ct_<modality>.nii.gz and dose_sct_<modality>.nii.gz
+(Gy per fraction, on the dose grid, in the planning frame), structures_plan.nii.gz (the PTV and OARs on the
+planning-frame CT grid; bit i = the i-th name of `structures_plan_bits`), dose_<modality>.png (CT dose, sCT dose, difference, three
+views) and dvh_<modality>.png. The reference plan (weights and CT dose) is cached per case and modality,
+keyed by the CT file's hash, the structures' hash and every plan setting, so every method compared on the
+same cases is scored against the same plan.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from dgcf_auto.atomic import atomic_folder, write_npy
+from dgcf_auto.errors import DGCFError
+from dgcf_auto.evaluation.dose import metrics as dm
+from dgcf_auto.evaluation.dose.plan import (DoseSettings, PlanningCase, Planner, image_to_masks, masks_to_image,
+                                            planning_frame)
+from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
+from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
+                                                  read_structures, structure_files, totalsegmentator_structures)
+from dgcf_auto.imageio import read_image, write_image
+from dgcf_auto.workers import map_cases
+
+METRIC_NAMES = ("dose_mae_target", "dvh", "gamma")
+DEFINITIONS = {
+    "dose_mae_target_<m>": "sum |D_sct - D_ct| / Rx / n over the n CT-grid voxels with D_ct >= 0.9 Rx (dose "
+                           "interpolated linearly from the dose grid onto the CT grid, as matRad does)",
+    "dvh_<m>": "|dD98|/D98_ct + |dCI95|/CI95_ct of the PTV + mean |dD2|/D2_ct + mean |dDmean|/Dmean_ct of the "
+               "3 OARs with the highest (D5 + Dmean)/2 on the CT (SynthRAD DoseMetrics.dvh_metric, eps 1e-12)",
+    "gamma_<m>": "% of voxels above 10 % of the CT dose maximum with gamma <= 1 at 2 %/2 mm global (pymedphys)",
+}
+
+
+@dataclass
+class DoseJob:
+    case: str
+    ct_file: Path
+    sct_file: Path
+    settings: DoseSettings
+    out_dir: Path
+    structures_dir: Path | None
+    cache_dir: Path | None
+    device: str | None = None
+    progress: bool = True
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file, or of a DICOM folder's files in name order."""
+    digest = hashlib.sha1()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def find_structures(job: DoseJob, ct: sitk.Image) -> CaseStructures | str:
+    """The case's structures, or one line saying why there are none."""
+    files = structure_files(job.case, job.ct_file, job.structures_dir)
+    if files is not None:
+        return read_structures(job.case, ct, *files)
+    try:
+        return totalsegmentator_structures(job.case, ct, job.device)
+    except DGCFError as exc:
+        return (f"case {job.case}: no structures for the dose plan (no structures.nii.gz + structures.json in "
+                f"{'--structures or ' if job.structures_dir else ''}the case folder; TotalSegmentator: {exc}); skipped")
+
+
+class ReferenceCache:
+    """Reference plans on disk: `<dir>/<case>_<modality>_<key>/{weights.npy, dose_ct.nii.gz, key.json}`."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = Path(folder) if folder is not None else None
+
+    def _entry(self, case: str, modality: str, key: dict) -> Path:
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return self.folder / f"{case}_{modality}_{digest}"
+
+    def load(self, case: str, modality: str, key: dict, num_bixels: int):
+        """(weights, dose) when a verified entry exists, else None."""
+        if self.folder is None:
+            return None
+        entry = self._entry(case, modality, key)
+        try:
+            if json.loads((entry / "key.json").read_text()) != key:
+                return None
+            weights = np.load(entry / "weights.npy", allow_pickle=False)
+            dose = sitk.ReadImage(str(entry / "dose_ct.nii.gz"))
+            values = sitk.GetArrayViewFromImage(dose)
+            if weights.shape != (num_bixels,) or not np.isfinite(weights).all() or not np.isfinite(values).all():
+                return None
+            return weights, dose
+        except (OSError, ValueError, RuntimeError):
+            return None  # absent or unreadable: planned again and rewritten
+
+    def store(self, case: str, modality: str, key: dict, weights: np.ndarray, dose: sitk.Image) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(self._entry(case, modality, key)) as tmp:
+            write_npy(weights, tmp / "weights.npy")
+            write_image(dose, tmp / "dose_ct.nii.gz")
+            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
+
+
+def on_grid(image: sitk.Image, grid: sitk.Image, interp, default: float) -> sitk.Image:
+    return sitk.Resample(image, grid, sitk.Transform(), interp, default, image.GetPixelID())
+
+
+def structure_values(dose: np.ndarray, masks: dict[str, np.ndarray], rx: float) -> dict[str, dict]:
+    return {name: dm.structure_values(dose, mask, rx, target=name == "PTV") for name, mask in masks.items()}
+
+
+def dose_metrics(d_ct: np.ndarray, d_sct: np.ndarray, masks: dict[str, np.ndarray], rx: float) -> tuple[dict, dict]:
+    """({mae, dvh}, {"ct": values, "sct": values, "oars_used": [...]}) of one case and modality."""
+    ct_values, sct_values = structure_values(d_ct, masks, rx), structure_values(d_sct, masks, rx)
+    oars_ct = {k: v for k, v in ct_values.items() if k != "PTV"}
+    oars_sct = {k: v for k, v in sct_values.items() if k != "PTV"}
+    dvh, used = dm.dvh_metric(ct_values["PTV"], sct_values["PTV"], oars_ct, oars_sct)
+    return ({"dose_mae_target": dm.mae_target(d_ct, d_sct, rx), "dvh": dvh},
+            {"ct": ct_values, "sct": sct_values, "oars_used": used})
+
+
+def planning_case(job: DoseJob, ct: sitk.Image, structures: CaseStructures) -> PlanningCase:
+    """CT, PTV, OARs and body of a case in the planning frame."""
+    ct_p = planning_frame(sitk.Cast(ct, sitk.sitkFloat32))
+    labels_p = planning_frame(masks_to_image(structures.masks, ct), reference=ct, label=True)
+    masks_p = CaseStructures(image_to_masks(labels_p, list(structures.masks)), structures.source)
+    ptv, oars, body = plan_structures(job.case, masks_p, sitk.GetArrayFromImage(ct_p),
+                                      tuple(reversed(ct_p.GetSpacing())), job.settings.target, job.settings.margin_mm)
+    return PlanningCase(ct_p, ptv, oars, body)
+
+
+def score(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, dose_sct: sitk.Image,
+          record: dict) -> dict:
+    """{metric_modality: value}: MAE and DVH on the CT grid (dose interpolated linearly, as matRad's resultGUI
+    cubes that SynthRAD scores), gamma on the dose grid; NaN with a problem line when the plan missed the PTV."""
+    d_ct, d_sct = (sitk.GetArrayFromImage(on_grid(sitk.Cast(d, sitk.sitkFloat64), case.ct, sitk.sitkLinear, 0.0))
+                   for d in (dose_ct, dose_sct))
+    if not (d_ct[case.ptv] > 0).any():
+        record.setdefault("problems", []).append(
+            f"case {job.case}: the automatic {modality} plan puts no dose in the PTV ({int(case.ptv.sum())} "
+            "voxels); its dose metrics are left out")
+        return {f"{name}_{modality}": math.nan for name in METRIC_NAMES}
+    masks = {"PTV": case.ptv, **case.oars}
+    values, record["dvh"][modality] = dose_metrics(d_ct, d_sct, masks, job.settings.rx_gy)
+    values["gamma"] = dm.gamma_pass_rate(sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct),
+                                         tuple(reversed(dose_ct.GetSpacing())))
+    out = job.out_dir / job.case
+    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png", f"{job.case} {modality} DVH (solid CT, dashed sCT)")
+    return {f"{name}_{modality}": value for name, value in values.items()}
+
+
+def write_doses(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, dose_sct: sitk.Image) -> dict:
+    """The two dose files and the dose PNG; {what: path} (with the DVH PNG `score` draws)."""
+    out = job.out_dir / job.case
+    files = {"dose_ct": out / f"dose_ct_{modality}.nii.gz", "dose_sct": out / f"dose_sct_{modality}.nii.gz",
+             "dose_png": out / f"dose_{modality}.png", "dvh_png": out / f"dvh_{modality}.png"}
+    write_image(dose_ct, files["dose_ct"])
+    write_image(dose_sct, files["dose_sct"])
+    ptv = on_grid(masks_to_image({"PTV": case.ptv}, case.ct), dose_ct, sitk.sitkNearestNeighbor, 0)
+    save_dose_figure(on_grid(case.ct, dose_ct, sitk.sitkLinear, -1000.0), dose_ct, dose_sct, ptv,
+                     files["dose_png"], f"{job.case} {modality}: plan on the CT, recomputed on the sCT")
+    return {k: str(v) for k, v in files.items() if k != "dvh_png" or v.is_file()}
+
+
+def evaluate_case(job: DoseJob) -> dict:
+    """{"metrics": {...}, "case": {files, dvh values, structures}} or {"skipped": reason}."""
+    settings = job.settings
+    stages = ["structures"] + [f"{m}: {s}" for m in settings.modalities for s in ("plan", "sCT dose", "metrics")]
+    bar = tqdm(total=len(stages), desc=f"dose {job.case}", unit="stage", leave=False, disable=not job.progress)
+    try:
+        bar.set_postfix_str(stages[0])
+        ct = read_image(job.ct_file, job.case)
+        structures = find_structures(job, ct)
+        if isinstance(structures, str):
+            return {"skipped": structures}
+        case = planning_case(job, ct, structures)
+        sct_p = planning_frame(sitk.Cast(read_image(job.sct_file, job.case), sitk.sitkFloat32), reference=ct)
+        sct_p.CopyInformation(case.ct)  # checked to be on the CT's grid: drop float rounding of its header
+        bar.update()
+        out = job.out_dir / job.case
+        out.mkdir(parents=True, exist_ok=True)
+        structures_file = out / "structures_plan.nii.gz"
+        write_image(masks_to_image({"PTV": case.ptv, **case.oars}, case.ct), structures_file)
+        cache = ReferenceCache(job.cache_dir)
+        key = {"ct_sha1": file_digest(job.ct_file),
+               "structures_sha1": "+".join(file_digest(Path(f)) for f in structures.files) or structures.source}
+        metrics, record = {}, {"structures_source": structures.source, "structure_files": structures.files,
+                               "target": settings.target, "oars": list(case.oars), "dvh": {},
+                               "files": {"structures_plan": str(structures_file)},
+                               "structures_plan_bits": ["PTV", *case.oars]}
+        for modality in settings.modalities:
+            bar.set_postfix_str(f"{modality}: plan")
+            planner = Planner(case, modality, settings)
+            modality_key = {**key, "plan": settings.describe(modality)}
+            cached = cache.load(job.case, modality, modality_key, planner.num_bixels)
+            record[f"{modality}_reference"] = "cache" if cached else "planned"
+            weights, dose_ct = cached if cached else planner.optimise()
+            if not cached:
+                cache.store(job.case, modality, modality_key, weights, dose_ct)
+            bar.update()
+            bar.set_postfix_str(f"{modality}: sCT dose")
+            dose_sct = planner.dose(sct_p, weights)
+            bar.update()
+            bar.set_postfix_str(f"{modality}: metrics")
+            metrics.update(score(job, case, modality, dose_ct, dose_sct, record))
+            record["files"][modality] = write_doses(job, case, modality, dose_ct, dose_sct)
+            bar.update()
+        return {"metrics": metrics, "case": record}
+    finally:
+        bar.close()
+
+
+def evaluate_dose(cases, settings: DoseSettings, out_dir: Path, structures_dir=None, cache_dir=None,
+                  num_processes: int = 1, device: str | None = None, warn=None) -> tuple[dict, dict]:
+    """({case: dose metrics}, the summary's "dose" entry) over the cases (EvalCase: name, ct, sct)."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    if structures_dir is not None and not Path(structures_dir).is_dir():
+        raise DGCFError(f"structures folder {structures_dir}: not found")
+    jobs = [DoseJob(c.name, Path(c.ct), Path(c.sct), settings, Path(out_dir),
+                    Path(structures_dir) if structures_dir else None, Path(cache_dir) if cache_dir else None,
+                    device, progress=num_processes <= 1) for c in cases]
+    for job in jobs:  # every given structure set checked before minutes of planning
+        check_structures(job.case, job.ct_file, job.structures_dir, settings.target)
+    per_case, records = {}, {}
+    for job, result in zip(jobs, map_cases(evaluate_case, jobs, num_processes=num_processes, desc="dose")):
+        if "skipped" in result:
+            warn(result["skipped"])
+            records[job.case] = {"skipped": result["skipped"]}
+            continue
+        for problem in result["case"].get("problems", []):
+            warn(problem)
+        per_case[job.case] = {k: (v if math.isfinite(v) else math.nan) for k, v in result["metrics"].items()}
+        records[job.case] = result["case"]
+    return per_case, {"settings": settings.describe(), "definitions": DEFINITIONS,
+                      "reference_cache": str(cache_dir) if cache_dir else None, "cases": records}

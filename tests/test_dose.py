@@ -1,0 +1,405 @@
+"""dgcf_evaluate --dose: identity, sensitivity, an independent recomputation of SynthRAD's dose metrics, and
+the inputs around them. One tiny rotated phantom (non-identity direction), a coarse dose grid, a non-default
+prescription and margin, so the planning runs stay within seconds."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dgcf_auto.dataset import example as ex
+from dgcf_auto.errors import DGCFError
+
+RX = 2.5
+CASE = "1PA004"  # case index 3: a small in-plane rotation, so planning resamples onto an axis-aligned grid
+SHIFT_HU = 80.0
+
+
+def _settings():
+    from dgcf_auto.evaluation.dose.plan import DoseSettings
+
+    return DoseSettings(rx_gy=RX, margin_mm=4.0, dose_grid_mm=4.0, photon_beams=4)
+
+
+def _write_sct(ct_file, mask_file, target, shift):
+    ct = sitk.ReadImage(str(ct_file))
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    hu[sitk.GetArrayFromImage(sitk.ReadImage(str(mask_file))) > 0] += shift
+    sct = sitk.GetImageFromArray(hu)
+    sct.CopyInformation(ct)
+    sitk.WriteImage(sct, str(target))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"same": summary, "shift": summary, "root": folder}: the CT as its own sCT, then CT + 80 HU in the body."""
+    from dgcf_auto.evaluation.evaluate import evaluate_folders
+
+    root = tmp_path_factory.mktemp("dose")
+    ex.make_example_dataset(root / "all", "mr2ct", n=4, seed=0, size_scale=0.6)
+    (root / "ref").mkdir()
+    shutil.copytree(root / "all" / CASE, root / "ref" / CASE)
+    out = {"root": root}
+    for name, shift in (("same", 0.0), ("shift", SHIFT_HU)):
+        (root / name).mkdir()
+        _write_sct(root / "ref" / CASE / "ct.nii.gz", root / "ref" / CASE / "mask.nii.gz",
+                   root / name / f"{CASE}.nii.gz", shift)
+        out[name] = evaluate_folders(root / "ref", root / name, root / f"out_{name}" / "summary.json",
+                                     dose=_settings(), dose_cache=root / "cache")
+    return out
+
+
+def _metrics(summary):
+    return summary["metric_per_case"][0]["metrics"]
+
+
+def test_identity_gives_zero_error_and_full_gamma(runs):
+    m = _metrics(runs["same"])
+    for modality in ("photon", "proton"):
+        assert m[f"dose_mae_target_{modality}"] == 0.0
+        assert m[f"dvh_{modality}"] == pytest.approx(0.0, abs=1e-9)  # SynthRAD's eps: 1e-12 / D98 at most
+        assert m[f"gamma_{modality}"] == 100.0
+        ptv = runs["same"]["dose"]["cases"][CASE]["dvh"][modality]["ct"]["PTV"]
+        # the plan delivers Rx (D98 lower: the PTV of this 6 cm phantom lies in the photons' build-up region)
+        assert ptv["D98"] > 0.75 * RX and ptv["Dmean"] == pytest.approx(RX, rel=0.05)
+
+
+def test_80_hu_shift_hurts_protons_more_than_photons(runs):
+    m = _metrics(runs["shift"])
+    assert m["dose_mae_target_proton"] > m["dose_mae_target_photon"] > 0
+    assert m["dvh_proton"] > m["dvh_photon"] > 1e-6
+    assert m["gamma_proton"] < 100.0
+    assert m["gamma_photon"] <= 100.0
+    # the second run scored against the cached reference plan of the first
+    record = runs["shift"]["dose"]["cases"][CASE]
+    assert record["photon_reference"] == record["proton_reference"] == "cache"
+    assert runs["same"]["dose"]["cases"][CASE]["photon_reference"] == "planned"
+
+
+# ---- independent recomputation from the written files (numpy + pymedphys, nothing from the package) ----
+
+def _matrad_dx(values, x):
+    """matRad_calcQualityIndicators: interp1(linspace(0, 1, n), sort(dose), (100 - x) / 100)."""
+    ordered = np.sort(values)
+    return float(np.interp((100 - x) / 100, np.linspace(0, 1, ordered.size), ordered))
+
+
+def _independent(files, record):
+    import pymedphys
+
+    grid = sitk.ReadImage(files["structures_plan"])
+    codes = sitk.GetArrayFromImage(grid).astype(np.int64)
+    masks = {name: (codes >> bit) & 1 == 1 for bit, name in enumerate(record["structures_plan_bits"])}
+    dose = {}
+    for key in ("dose_ct", "dose_sct"):
+        image = sitk.ReadImage(files[key])
+        dose[key] = image
+    on_ct = {k: sitk.GetArrayFromImage(sitk.Resample(v, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat64)) for k, v in dose.items()}
+    ct, sct = on_ct["dose_ct"], on_ct["dose_sct"]
+    high = ct >= 0.9 * RX
+    mae = float(np.mean(np.abs(ct[high] - sct[high])) / RX)
+
+    def values(d, name):
+        v = d[masks[name]]
+        return {"D2": _matrad_dx(v, 2), "D5": _matrad_dx(v, 5), "D98": _matrad_dx(v, 98), "mean": float(v.mean()),
+                "CI": (np.sum(v >= 0.95 * RX) ** 2 / (v.size * np.sum(d >= 0.95 * RX)))}
+
+    eps = 1e-12
+    rel = lambda a, b: abs(a - b + eps) / (a + eps)  # noqa: E731
+    p_ct, p_sct = values(ct, "PTV"), values(sct, "PTV")
+    oars = [n for n in masks if n != "PTV"]
+    oar_ct = {n: values(ct, n) for n in oars}
+    chosen = sorted(oars, key=lambda n: (oar_ct[n]["D5"] + oar_ct[n]["mean"]) / 2, reverse=True)[:3]
+    dvh = rel(p_ct["D98"], p_sct["D98"]) + rel(p_ct["CI"], p_sct["CI"])
+    dvh += sum(rel(oar_ct[n]["D2"], values(sct, n)["D2"]) for n in chosen) / len(chosen)
+    dvh += sum(rel(oar_ct[n]["mean"], values(sct, n)["mean"]) for n in chosen) / len(chosen)
+    d_ct, d_sct = (sitk.GetArrayFromImage(d).astype(np.float64) for d in dose.values())
+    spacing = dose["dose_ct"].GetSpacing()[::-1]
+    axes = tuple(np.arange(n) * s for n, s in zip(d_ct.shape, spacing))
+    g = pymedphys.gamma(axes, d_ct, axes, d_sct, dose_percent_threshold=2, distance_mm_threshold=2,
+                        lower_percent_dose_cutoff=10, quiet=True)
+    gamma = 100.0 * np.mean(g[~np.isnan(g)] <= 1)
+    return mae, dvh, gamma, chosen
+
+
+@pytest.mark.parametrize("modality", ["photon", "proton"])
+def test_metrics_recomputed_from_the_written_files(runs, modality):
+    summary = runs["shift"]
+    record = summary["dose"]["cases"][CASE]
+    files = {**record["files"][modality], "structures_plan": record["files"]["structures_plan"]}
+    mae, dvh, gamma, chosen = _independent(files, record)
+    m = _metrics(summary)
+    # rel 1e-5: NIfTI stores the rotated case's planning grid in float32, so the files' grid is off by ~1e-6 mm
+    assert m[f"dose_mae_target_{modality}"] == pytest.approx(mae, rel=1e-5)
+    assert m[f"dvh_{modality}"] == pytest.approx(dvh, rel=1e-5)
+    assert m[f"gamma_{modality}"] == pytest.approx(gamma, abs=1e-9)
+    assert record["dvh"][modality]["oars_used"] == chosen
+
+
+def test_files_named_in_the_summary_and_plan_recorded(runs):
+    summary = runs["shift"]
+    record = summary["dose"]["cases"][CASE]
+    folder = runs["root"] / "out_shift" / "dose" / CASE
+    for modality in ("photon", "proton"):
+        names = {k: v for k, v in record["files"][modality].items()}
+        assert names == {"dose_ct": str(folder / f"dose_ct_{modality}.nii.gz"),
+                         "dose_sct": str(folder / f"dose_sct_{modality}.nii.gz"),
+                         "dose_png": str(folder / f"dose_{modality}.png"), "dvh_png": str(folder / f"dvh_{modality}.png")}
+        dose = sitk.ReadImage(names["dose_ct"])
+        assert dose.GetSpacing() == pytest.approx((4.0, 4.0, 4.0))
+        assert np.allclose(dose.GetDirection(), np.eye(3).ravel())
+    settings = summary["dose"]["settings"]
+    assert settings["rx_gy"] == RX and settings["margin_mm"] == 4.0 and settings["dose_grid_mm"] == 4.0
+    assert settings["photon"]["gantry_angles"] == [0.0, 90.0, 180.0, 270.0]
+    assert settings["proton"]["gantry_angles"] == [90.0, 270.0]
+    assert settings["hlut"]["source"] == "pyRadPlan default_hlut()"
+    assert settings["hlut"]["hu"][0] == -1024 and settings["hlut"]["density"][-1] == 2.505
+    assert record["structures_source"] == "label map" and record["target"] == "prostate"
+    assert record["oars"] == ["bladder", "rectum", "femoral_head_right", "femoral_head_left"]
+
+
+# ---- cheap checks: no planning ----
+
+def test_dvh_metric_formula_by_hand():
+    from dgcf_auto.evaluation.dose.metrics import dvh_metric
+
+    target_ct, target_sct = {"D98": 2.0, "CI95": 0.8}, {"D98": 1.9, "CI95": 0.6}
+    # c has the highest D2 but the lowest (D5 + Dmean) / 2: SynthRAD ranks by D5, so c stays out
+    oars_ct = {"a": {"D2": 1.0, "D5": 1.0, "Dmean": 0.5}, "b": {"D2": 2.0, "D5": 1.8, "Dmean": 1.0},
+               "c": {"D2": 4.0, "D5": 0.1, "Dmean": 0.05}, "d": {"D2": 1.5, "D5": 1.5, "Dmean": 0.9}}
+    oars_sct = {"a": {"D2": 1.1, "Dmean": 0.5}, "b": {"D2": 1.8, "Dmean": 1.1}, "c": {"D2": 5.0, "Dmean": 5.0},
+                "d": {"D2": 1.5, "Dmean": 0.45}}
+    value, used = dvh_metric(target_ct, target_sct, oars_ct, oars_sct)
+    assert used == ["b", "d", "a"]  # (D5 + Dmean) / 2: 1.4, 1.2, 0.75, c 0.075
+    expected = 0.1 / 2.0 + 0.2 / 0.8 + (0.2 / 2.0 + 0.0 + 0.1 / 1.0) / 3 + (0.1 / 1.0 + 0.45 / 0.9 + 0.0) / 3
+    assert value == pytest.approx(expected, rel=1e-9)
+
+
+def test_mae_target_counts_only_voxels_above_90_percent_of_rx():
+    from dgcf_auto.evaluation.dose.metrics import mae_target
+
+    d_ct = np.array([2.0, 1.8, 1.79, 0.5])
+    d_sct = np.array([1.9, 2.0, 0.0, 3.0])
+    assert mae_target(d_ct, d_sct, 2.0) == pytest.approx((0.1 + 0.2) / 2.0 / 2)
+
+
+def test_example_structures_follow_the_tissue_map_and_the_patient_sides():
+    for index in (0, 1):  # 1: stored RAS, x flipped
+        images = ex.make_example_case(np.random.default_rng([0, index]), "mr2ct", index, size_scale=0.5)
+        labels = sitk.GetArrayFromImage(images["labels"])
+        structures = sitk.GetArrayFromImage(images["structures"])
+        assert np.array_equal(structures == ex.STRUCTURES["prostate"], labels == ex.PROSTATE)
+        assert np.array_equal(structures == ex.STRUCTURES["bladder"], labels == ex.BLADDER)
+        centre_x = {}
+        for side in ("femoral_head_left", "femoral_head_right"):
+            z, y, x = np.argwhere(structures == ex.STRUCTURES[side]).mean(axis=0)
+            centre_x[side] = images["structures"].TransformContinuousIndexToPhysicalPoint((x, y, z))[0]
+        assert centre_x["femoral_head_left"] > centre_x["femoral_head_right"]  # LPS: +x is the patient's left
+
+
+def test_planning_frame_reorients_flips_exactly_and_resamples_rotations():
+    from dgcf_auto.evaluation.dose.plan import planning_frame
+
+    identity = np.eye(3).ravel()
+    for index in (1, 3):  # stored RAS; rotated by a few degrees
+        images = ex.make_example_case(np.random.default_rng([0, index]), "mr2ct", index, size_scale=0.4)
+        labels = images["structures"]
+        framed = planning_frame(labels, label=True)
+        assert np.allclose(framed.GetDirection(), identity)
+        if index == 1:
+            lps = sitk.DICOMOrient(labels, "LPS")
+            assert np.array_equal(sitk.GetArrayFromImage(framed), sitk.GetArrayFromImage(lps))
+        centres = []
+        for image in (labels, framed):  # the prostate stays where it is in the patient (within a voxel)
+            z, y, x = np.argwhere(sitk.GetArrayFromImage(image) == ex.STRUCTURES["prostate"]).mean(axis=0)
+            centres.append(np.array(image.TransformContinuousIndexToPhysicalPoint((x, y, z))))
+        assert np.linalg.norm(centres[0] - centres[1]) < max(labels.GetSpacing())
+
+
+def test_planner_beams_are_the_recorded_ones():
+    from dgcf_auto.evaluation.dose.plan import DoseSettings, PlanningCase, Planner
+    from dgcf_auto.evaluation.dose.structures import body_mask
+
+    images = ex.make_example_case(np.random.default_rng([0, 0]), "mr2ct", 0, size_scale=0.4)
+    ct = sitk.Cast(images["ct"], sitk.sitkFloat32)
+    organs = sitk.GetArrayFromImage(images["structures"])
+    case = PlanningCase(ct, organs == ex.STRUCTURES["prostate"], {"bladder": organs == ex.STRUCTURES["bladder"]},
+                        body_mask(sitk.GetArrayFromImage(ct)))
+    settings = DoseSettings(photon_beams=7, dose_grid_mm=5.0)
+    for modality, expected in (("photon", [360.0 * k / 7 for k in range(7)]), ("proton", [90.0, 270.0])):
+        planner = Planner(case, modality, settings)
+        assert [b.gantry_angle for b in planner.stf.beams] == pytest.approx(expected)
+        assert [b.couch_angle for b in planner.stf.beams] == [0.0] * len(expected)
+        assert settings.describe(modality)[modality]["gantry_angles"] == pytest.approx(expected)
+        assert planner.stf.beams[0].radiation_mode == modality + "s"
+
+
+def test_hu_table_and_settings_checks(tmp_path):
+    from dgcf_auto.evaluation.dose.plan import DoseSettings, read_hlut
+
+    table = tmp_path / "hlut.csv"
+    table.write_text("HU,density\n-1000,0.0012\n0,1.0\n1500,1.9\n")
+    rows = read_hlut(table)
+    assert rows == ((-1000.0, 0.0012), (0.0, 1.0), (1500.0, 1.9))
+    hlut = DoseSettings(hlut=rows).describe()["hlut"]
+    assert hlut == {"source": "given", "hu": [-1000.0, 0.0, 1500.0], "density": [0.0012, 1.0, 1.9]}
+    table.write_text("0,1.0\n-1000,0.001\n")
+    with pytest.raises(DGCFError, match=r"HU table .*hlut.csv: expected at least two rows HU,density with HU increasing"):
+        read_hlut(table)
+    with pytest.raises(DGCFError, match=r"dose: rx_gy must be positive, got -2.0"):
+        DoseSettings(rx_gy=-2.0)
+
+
+def test_example_dataset_writes_structures_and_legend_unless_asked_not_to(tmp_path):
+    ex.make_example_dataset(tmp_path / "on", n=1, size_scale=0.3)
+    ex.make_example_dataset(tmp_path / "off", n=1, size_scale=0.3, structures=False)
+    assert json.loads((tmp_path / "on" / "1PA001" / "structures.json").read_text()) == ex.STRUCTURES
+    labels = sitk.ReadImage(str(tmp_path / "on" / "1PA001" / "structures.nii.gz"))
+    ct = sitk.ReadImage(str(tmp_path / "on" / "1PA001" / "ct.nii.gz"))
+    assert labels.GetSize() == ct.GetSize() and labels.GetDirection() == ct.GetDirection()
+    assert not (tmp_path / "off" / "1PA001" / "structures.nii.gz").exists()
+
+
+@pytest.fixture()
+def small_case(tmp_path):
+    ex.make_example_dataset(tmp_path / "ref", n=1, size_scale=0.3)
+    (tmp_path / "pred").mkdir()
+    shutil.copy(tmp_path / "ref" / "1PA001" / "ct.nii.gz", tmp_path / "pred" / "1PA001.nii.gz")
+    return tmp_path
+
+
+def test_case_without_structures_is_skipped_with_one_line(small_case, monkeypatch, capsys):
+    from dgcf_auto.evaluation.dose import run
+    from dgcf_auto.evaluation.evaluate import evaluate_folders
+
+    for name in ("structures.nii.gz", "structures.json"):
+        (small_case / "ref" / "1PA001" / name).unlink()
+
+    def no_weights(*args, **kwargs):
+        raise DGCFError("SegScore: TotalSegmentator weights not found in /nowhere")
+
+    monkeypatch.setattr(run, "totalsegmentator_structures", no_weights)
+    summary = evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "summary.json",
+                               dose=_settings(), dose_cache=None)
+    assert "dose_mae_target_photon" not in _metrics(summary) and "mae" in _metrics(summary)
+    reason = summary["dose"]["cases"]["1PA001"]["skipped"]
+    assert reason.startswith("case 1PA001: no structures for the dose plan") and "weights not found" in reason
+    assert reason in capsys.readouterr().err
+
+
+def test_totalsegmentator_structures_when_none_are_given(monkeypatch):
+    from dgcf_auto.evaluation import segscore
+    from dgcf_auto.evaluation.dose.structures import totalsegmentator_structures
+
+    images = ex.make_example_case(np.random.default_rng([0, 0]), "mr2ct", 0, size_scale=0.4)
+    ids = {name: label for label, name in segscore.totalseg_class_map().items()}
+    ours = sitk.GetArrayFromImage(images["structures"])
+
+    class FakeTotalSegmentator:  # TotalSegmentator's label ids for our phantom's organs
+        settings = {"version": "fake"}
+
+        def __init__(self, fast, device):
+            pass
+
+        def __call__(self, image):
+            labels = np.zeros(ours.shape, np.uint8)
+            labels[ours == ex.STRUCTURES["prostate"]] = ids["prostate"]
+            labels[ours == ex.STRUCTURES["bladder"]] = ids["urinary_bladder"]
+            labels[ours == ex.STRUCTURES["femoral_head_left"]] = ids["femur_left"]
+            return labels
+
+    monkeypatch.setattr(segscore, "TotalSegmentatorSegmenter", FakeTotalSegmentator)
+    found = totalsegmentator_structures("1PA001", images["ct"])
+    assert list(found.masks) == ["prostate", "bladder", "femur_left"]  # absent ones (colon, femur_right) left out
+    assert np.array_equal(found.masks["bladder"], ours == ex.STRUCTURES["bladder"])
+    assert found.source == "TotalSegmentator fake 'total'"
+
+
+def test_bad_structure_inputs_name_case_and_file(small_case):
+    from dgcf_auto.evaluation.evaluate import evaluate_folders
+
+    legend = small_case / "ref" / "1PA001" / "structures.json"
+    legend.write_text(json.dumps({"bladder": 2}))
+    with pytest.raises(DGCFError, match=r"case 1PA001: no structure named 'prostate' .*structures: bladder"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    legend.write_text("[1, 2")
+    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.json: not a structure legend"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    legend.write_text(json.dumps({"prostate": 1, "liver": 9}))
+    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: no voxel has the label of liver"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    legend.write_text(json.dumps(ex.STRUCTURES))
+    labels_file = small_case / "ref" / "1PA001" / "structures.nii.gz"
+    labels = sitk.ReadImage(str(labels_file))
+    labels.SetSpacing(tuple(2 * v for v in labels.GetSpacing()))
+    sitk.WriteImage(labels, str(labels_file))
+    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: not on the grid of the CT \(spacing"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    with pytest.raises(DGCFError, match=r"structures folder .*nowhere: not found"):
+        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings(),
+                         structures_dir=small_case / "nowhere")
+    assert not (small_case / "out" / "s.json").exists() and not (small_case / "out" / "dose").exists()
+
+
+def test_without_the_extra_dose_says_what_to_install(small_case, monkeypatch, capsys):
+    import importlib.util
+
+    from dgcf_auto.cli.evaluate import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyRadPlan" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-ref", str(small_case / "ref"), "-pred", str(small_case / "pred"), "-o",
+              str(small_case / "out" / "s.json"), "--dose", "photon"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert err == ['dgcf_evaluate: error: --dose needs pyRadPlan: install the dose extra with pip install -e ".[dose]"']
+    assert not (small_case / "out" / "s.json").exists()
+
+
+def test_reference_cache_refuses_a_damaged_entry(tmp_path):
+    from dgcf_auto.evaluation.dose.run import ReferenceCache
+
+    cache = ReferenceCache(tmp_path)
+    key = {"ct_sha1": "abc", "plan": {"rx_gy": 2.0}}
+    dose = sitk.GetImageFromArray(np.full((3, 4, 5), 1.5, np.float32))
+    cache.store("c", "photon", key, np.arange(6, dtype=np.float64), dose)
+    weights, loaded = cache.load("c", "photon", key, 6)
+    assert np.array_equal(weights, np.arange(6)) and np.array_equal(sitk.GetArrayFromImage(loaded),
+                                                                   sitk.GetArrayFromImage(dose))
+    assert cache.load("c", "photon", key, 7) is None                       # other steering geometry
+    assert cache.load("c", "photon", {**key, "ct_sha1": "abd"}, 6) is None  # another CT
+    cache.store("c", "photon", {**key, "ct_sha1": "abd"}, np.ones(6), dose)  # its own entry, beside the first
+    assert np.array_equal(cache.load("c", "photon", key, 6)[0], np.arange(6))
+    assert np.array_equal(cache.load("c", "photon", {**key, "ct_sha1": "abd"}, 6)[0], np.ones(6))
+    entry = cache._entry("c", "photon", key)
+    (entry / "weights.npy").write_bytes((entry / "weights.npy").read_bytes()[:-8])
+    assert cache.load("c", "photon", key, 6) is None                       # truncated: planned again
+
+
+def test_compare_puts_dose_columns_in_the_table_with_their_direction(tmp_path):
+    from dgcf_auto.evaluation.compare import build_table, load_summary
+
+    rows = {"A": (0.01, 0.02, 99.0), "B": (0.03, 0.05, 90.0)}
+    paths = []
+    for label, (mae, dvh, gamma) in rows.items():
+        summary = {"metric_per_case": [{"case": f"c{i}", "reference_file": f"/ref/c{i}.nii.gz",
+                                        "metrics": {"mae": 50.0, "dose_mae_target_proton": mae + 0.001 * i,
+                                                    "dvh_proton": dvh, "gamma_proton": gamma - i}}
+                                       for i in range(3)],
+                   "profile": {"name": "synthrad2023", "metrics": {"mae": {"higher_is_better": False}},
+                               "table": ["mae"]}, "task": "mr2ct"}
+        paths.append(tmp_path / f"{label}.json")
+        paths[-1].write_text(json.dumps(summary))
+    summaries = [load_summary(p, label) for p, label in zip(paths, rows)]
+    assert {"dose_mae_target_proton", "dvh_proton"} <= summaries[0].lower_is_better
+    assert "gamma_proton" not in summaries[0].lower_is_better
+    methods, columns, cells, _ = build_table(summaries)
+    assert [metric for _, metric in columns] == ["mae", "dose_mae_target_proton", "dvh_proton", "gamma_proton"]
+    for task, metric in columns[1:]:  # A has the lower errors and the higher gamma: bold everywhere
+        assert cells["A", task, metric].best and not cells["B", task, metric].best
