@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider --timeout 300"
 # Module (under dgcf_auto/) -> the tests that pin its results; kept narrow so that one mutant costs seconds.
 MODULES = {
-    "preprocessing/normalization.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'normalisation or round_trip or restore or window or past'",
+    "preprocessing/normalization.py": "tests/test_preprocessing.py tests/test_release_plans.py tests/test_wrong_results.py -k 'normalisation or round_trip or restore or window or past or release'",
     "preprocessing/slicing.py": "tests/test_preprocessing.py tests/test_wrong_results.py tests/test_integrity.py -k 'test_9 or ramp or window or past'",
-    "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_wrong_results.py -k 'round_trip or restore or without or window or past or uncertainty or given_mask or not_3d'",
+    "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_release_plans.py tests/test_wrong_results.py -k 'round_trip or restore or without or window or past or uncertainty or given_mask or not_3d or release'",
     "inference/predictor.py": "tests/test_wrong_results.py tests/test_prediction.py",
     "evaluation/metrics.py": "tests/test_evaluation.py tests/test_evaluation_profiles.py",
     "evaluation/compare.py": "tests/test_compare.py tests/test_wrong_results.py -k 'paired or lowest or compare'",
