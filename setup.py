@@ -40,7 +40,8 @@ setup(
         "matplotlib",
         "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil"],
+    extras_require={"test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard"],
+                    "tensorboard": ["tensorboard"],  # dgcf_train --tensorboard
                     "mutation": ["cosmic-ray>=8.3"]},  # benchmarks/mutation.py
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )
