@@ -261,13 +261,14 @@ def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: st
                 busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.
 
-    A second holder waits, after printing `waiting` once (to stderr); or, given `busy`, does not wait but
+    A second holder waits, after logging `waiting` once (a warning); or, given `busy`, does not wait but
     raises DGCFError(busy), where `{pid}` in `busy` becomes the holder's process id (recorded in the lock
     file). The lock goes with the process: a killed run never leaves a stale lock behind, the next run
     simply takes it over.
     """
     import fcntl
-    import sys
+
+    from dgcf_auto.log import get_logger
 
     folder = prepare_folder(folder)
     try:
@@ -283,7 +284,7 @@ def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: st
                 holder = handle.read().strip()
                 raise DGCFError(busy.format(pid=holder if holder.isdigit() else "(unknown)")) from None
             if waiting:
-                print(waiting, file=sys.stderr, flush=True)
+                get_logger(__name__).warning(waiting)
             fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from dgcf_auto.atomic import check_writable, read_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
+
+log = get_logger(__name__)
 
 DEMO_DATASET_ID = 999
 DEMO_TRAINER = "DGCFTrainer"
@@ -17,9 +19,9 @@ DEMO_TRAINER = "DGCFTrainer"
 def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 10,
              iterations_per_epoch: int = 50, patch_size=(64, 64), features=(16, 32, 64, 128),
              device: str | None = None, dinov3_weights: str | None = None, overwrite: bool = False,
-             num_workers: int = 2, dose: bool = True) -> dict:
-    """Run every stage into `output`; returns the evaluation summary.
-
+             num_workers: int = 2, continue_training: bool = False, dose: bool = True) -> dict:
+    """Run every stage into `output`; returns the evaluation summary. The example data and preprocessing are
+    reused when up to date; training starts afresh with this call's schedule unless `continue_training`.
     `dose`: also the photon and proton dose evaluation (default plans) when the `dose` extra is installed."""
     from dgcf_auto.dataset.example import write_example_dataset
     from dgcf_auto.evaluation.evaluate import evaluate_folders, format_table
@@ -50,12 +52,11 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
     preprocessed = Path(summary["output_folder"])
     split = read_json(preprocessed / "splits_final.json")[0]
     _stage(3, f"train fold 0 ({epochs} epochs x {iterations_per_epoch} iterations)")
-    if dinov3_weights is None:
-        print("dgcf_demo: no --dinov3-weights given: DINOv3 is RANDOMLY initialised. The pipeline runs end to end, "
-              "but the numbers below say nothing about the paper's method.", file=sys.stderr)
-    fold_dir = run_training(DEMO_DATASET_ID, "2d", 0, DEMO_TRAINER, device=device, continue_training=True,
-                            num_workers=num_workers, dinov3_weights=dinov3_weights,
-                            dinov3_random=dinov3_weights is None)
+    # without weights the encoder warns that DINOv3 is random (network/dinov3.py)
+    fold_dir = run_training(DEMO_DATASET_ID, "2d", 0, DEMO_TRAINER, device=device,
+                            continue_training=continue_training, start_over=not continue_training, epochs=epochs,
+                            iterations_per_epoch=iterations_per_epoch, num_workers=num_workers,
+                            dinov3_weights=dinov3_weights, dinov3_random=dinov3_weights is None)
     _stage(4, f"predict the {len(split['test'])} held-out test case(s)")
     test_input = output / "test_cases"
     _link_cases(raw_dataset, split["test"], test_input)
@@ -70,7 +71,7 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
                                   dose=dose_settings)
 
     print("\n" + format_table(evaluation))
-    print(f"\ndgcf_demo: finished in {time.time() - started:.0f} s")
+    log.info(f"finished in {time.time() - started:.0f} s")
     for what, where in (("example cases", raw_dataset), ("plans and slices", preprocessed),
                         ("trained fold", fold_dir), ("training curves", fold_dir / "progress.png"),
                         ("sCT volumes (HU)", predictions), ("metrics", output / "summary.json"),
@@ -84,7 +85,7 @@ def _dose_settings():
     from importlib.util import find_spec
 
     if find_spec("pyRadPlan") is None or find_spec("pymedphys") is None:
-        print('dgcf_demo: no dose evaluation (pip install -e ".[dose]" adds it)', file=sys.stderr)
+        log.info('no dose evaluation (pip install -e ".[dose]" adds it)')
         return None
     from dgcf_auto.evaluation.dose.plan import DoseSettings
 
@@ -92,7 +93,7 @@ def _dose_settings():
 
 
 def _stage(number: int, text: str) -> None:
-    print(f"\n[{number}/5] {text}", flush=True)
+    log.info(f"[{number}/5] {text}")
 
 
 def _link_cases(raw_dataset: Path, names: list[str], target: Path) -> None:

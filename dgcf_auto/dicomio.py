@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,9 +30,10 @@ import SimpleITK as sitk
 from dgcf_auto.atomic import atomic_folder
 from dgcf_auto.dicom_values import all_valid, copyable_values, decimal_string, valid_for_vr
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 
 # pydicom's own root (https://pydicom.github.io/pydicom/stable/guides/user/uid.html); override it with your
-# organisation's root (--dicom-uid-prefix) for clinical use.
+# organisation's root (--dicom_uid_prefix) for clinical use.
 DEFAULT_UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -160,12 +160,12 @@ def select_series(folder: str | os.PathLike, where: str, series_uids=()) -> Seri
     chosen = [s for uid, s in found.items() if uid in set(series_uids or ())]
     images = [s for s in found.values() if s.is_image]
     if series_uids and not chosen and len(images) > 1:
-        raise DGCFError(f"{where}: no series with --series-uid {' '.join(series_uids)}; series found: "
+        raise DGCFError(f"{where}: no series with --series_uid {' '.join(series_uids)}; series found: "
                         f"{'; '.join(s.summary() for s in found.values())}")
     if len(chosen) == 1:
         if not chosen[0].is_image:
             raise DGCFError(f"{where}: series {chosen[0].summary()} is not an image series; choose an image "
-                            f"series with --series-uid")
+                            f"series with --series_uid")
         return chosen[0]
     if len(images) == 1:
         return images[0]
@@ -173,11 +173,11 @@ def select_series(folder: str | os.PathLike, where: str, series_uids=()) -> Seri
         listed = "; ".join(s.summary() for s in found.values())
         raise DGCFError(f"{where}: no image series, only {listed}; an RT object cannot be a source or CT")
     listed = "; ".join(s.summary() for s in images)
-    raise DGCFError(f"{where}: {len(images)} image series; choose one with --series-uid: {listed}")
+    raise DGCFError(f"{where}: {len(images)} image series; choose one with --series_uid: {listed}")
 
 
 def check_series_uids(folders, series_uids, where: str) -> None:
-    """Every UID of `series_uids` (--series-uid) names a series in one of the DICOM `folders`; otherwise one
+    """Every UID of `series_uids` (--series_uid) names a series in one of the DICOM `folders`; otherwise one
     line naming the UIDs that match nothing and the series found."""
     if not series_uids:
         return
@@ -185,7 +185,7 @@ def check_series_uids(folders, series_uids, where: str) -> None:
     unmatched = [uid for uid in series_uids if uid not in found]
     if unmatched:
         listed = "; ".join(s.summary() for s in found.values()) or "none"
-        raise DGCFError(f"{where}: no series with --series-uid {' '.join(unmatched)}; series found: {listed}")
+        raise DGCFError(f"{where}: no series with --series_uid {' '.join(unmatched)}; series found: {listed}")
 
 
 def check_series(series: Series, where: str) -> None:
@@ -443,7 +443,7 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
 
     from dgcf_auto import __version__
 
-    notify = notify or (lambda message: print(f"WARNING: {message}", file=sys.stderr))
+    notify = notify or get_logger(__name__).warning
     sop_class = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}[modality]
     if image.GetDimension() != 3:
         raise DGCFError(f"DICOM output {target}: expected a 3D image")

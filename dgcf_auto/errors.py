@@ -31,16 +31,18 @@ class Terminated(KeyboardInterrupt):
 
 
 def cli_entry(func: Callable[[], int | None]) -> Callable[[], None]:
-    """Decorate a console-script `main`: DGCFError -> message on stderr and exit 1, Ctrl-C -> exit 130,
-    SIGTERM -> exit 143 (both after the workers were stopped; the last line says if any had to be killed)."""
+    """Decorate a console-script `main`: its logging (log.command_session), DGCFError -> message on stderr and
+    exit 1, Ctrl-C -> exit 130, SIGTERM -> exit 143 (both after the workers were stopped; the last line says if
+    any had to be killed)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from dgcf_auto.log import command_session
         from dgcf_auto.workers import stopped_note
 
         prog = func.__module__.rsplit(".", 1)[-1]
         try:
-            with _sigterm_unwinds():
+            with _sigterm_unwinds(), command_session():
                 code = func(*args, **kwargs)
         except DGCFError as exc:
             for line in str(exc).splitlines():

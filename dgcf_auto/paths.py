@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 
 ENV_VARS = ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")
 DEFAULT_ROOT = Path("DGCF_data")
@@ -28,7 +28,7 @@ def data_root(variable: str) -> Path:
     default = (DEFAULT_ROOT / variable).resolve()
     if variable not in _warned:
         _warned.add(variable)
-        print(f"dgcf: {variable} is not set; using {default}", file=sys.stderr)
+        get_logger(__name__).warning(f"{variable} is not set; using {default}")
     return default
 
 

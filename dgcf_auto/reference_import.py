@@ -14,13 +14,13 @@ dropped by name and reported.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import torch
 
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 
 DEFAULT_TRAINER = "DGCFTrainer_release"
 CONFIGURATION = "2d"
@@ -47,8 +47,8 @@ def _plans_file(dataset: str | int, plans_name: str) -> Path:
         except DGCFError as exc:
             raise DGCFError(f"{exc}; the import needs {RELEASE_PLANS}.json: make the raw dataset and run "
                             f"dgcf_plan_and_preprocess -d {paths.parse_dataset_id(dataset)} -pl release") from None
-        print(f"{RELEASE_PLANS}.json is missing: planning it now (dgcf_plan_and_preprocess -d "
-              f"{paths.parse_dataset_id(dataset)} -pl release --plan-only)", file=sys.stderr)
+        get_logger(__name__).info(f"{RELEASE_PLANS}.json is missing: planning it now (dgcf_plan_and_preprocess "
+                                  f"-d {paths.parse_dataset_id(dataset)} -pl release --no_pp)")
         summary = plan_and_preprocess(dataset, 1, preprocess=False, progress=False, planner="release")
         folder = Path(summary["output_folder"])
     return folder / f"{plans_name}.json"
@@ -159,8 +159,8 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
     network = build_network(net_plans, dinov3)
     dropped = load_reference_weights(network, reference, str(generator))
     if dropped:
-        print(f"{len(dropped)} tensors of their ViT-only generator's unused fusion blocks (fuse1-4) not imported",
-              file=sys.stderr)
+        get_logger(__name__).info(f"{len(dropped)} tensors of their ViT-only generator's unused fusion blocks "
+                                  f"(fuse1-4) not imported")
     payload = {
         "network_weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "epoch": 0,

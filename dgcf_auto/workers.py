@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from tqdm import tqdm
+from dgcf_auto.log import progress_bar
 
 from dgcf_auto.errors import DGCFError
 
@@ -104,7 +104,7 @@ def map_cases(func: Callable[[T], R], items: Iterable[T], num_processes: int = 1
     items = list(items)
     if not items:
         return
-    bar = tqdm(total=len(items), desc=desc, unit="case", disable=not progress)
+    bar = progress_bar(total=len(items), desc=desc, unit="case", disable=not progress)
     try:
         if num_processes <= 1 or len(items) <= 1:
             for item in items:

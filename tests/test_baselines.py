@@ -60,14 +60,13 @@ def tiny(name: str, **options) -> torch.nn.Module:
     ("transunet", {"img_size": 224}, 105_275_921),               # TransUNet paper's 105.28 M at 224
     ("i2i_mamba", {}, 105_526_977 - 85_056_000),                 # original minus its never-called ViT-B encoder
 ])
-def test_paper_width_parameter_count(name, options, expected, capsys):
+def test_paper_width_parameter_count(name, options, expected, caplog):
     net = build_network({"architecture": name, "options": options}, None)
     assert n_params(net) == expected
     assert all(p.requires_grad for p in net.parameters())
     if name == "transunet":
-        err = capsys.readouterr().err
-        assert err.count("WARNING: TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED") == 1
-        assert WEIGHTS_ENV in err
+        (warning,) = [m for m in caplog.messages if "RANDOMLY INITIALISED" in m]  # logged once
+        assert warning.startswith("TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED") and WEIGHTS_ENV in warning
 
 
 def test_unused_vit_b_encoder_of_the_original_i2i_mamba_is_85_056_000_parameters():
@@ -254,10 +253,10 @@ def _timm_layout_file(tmp_path, grid: int):
     return path, state
 
 
-def test_transunet_loads_timm_layout_weights_from_a_local_file(tmp_path, capsys):
+def test_transunet_loads_timm_layout_weights_from_a_local_file(tmp_path, caplog):
     path, state = _timm_layout_file(tmp_path, grid=2)
     net = tiny("transunet", pretrained_weights=str(path))
-    assert "RANDOMLY" not in capsys.readouterr().err
+    assert "RANDOMLY" not in caplog.text
     loaded = net.encoder.state_dict()
     for key in ("patch_embed.backbone.stem.conv.weight", "blocks.1.mlp.fc2.weight", "norm.bias"):
         assert torch.equal(loaded[key], state[key])
@@ -345,10 +344,13 @@ def test_variant_trains_one_epoch_and_predicts(example_data, name, tmp_path, cap
 
 
 @pytest.mark.parametrize("name", list(RELEASE_VARIANTS))
-def test_release_variant_trains_one_epoch_with_its_schedule_and_ssim_checkpoint(example_data, name, capsys,
+def test_release_variant_trains_one_epoch_with_its_schedule_and_ssim_checkpoint(example_data, name, caplog,
                                                                                  monkeypatch):
+    import logging
+
     from dgcf_auto.training.run import run_training
 
+    caplog.set_level(logging.INFO, logger="dgcf_auto")
     root, raw = example_data
     plans_file = root / "DGCF_preprocessed" / raw.name / "DGCFPlans.json"
     plans = json.loads(plans_file.read_text())
@@ -376,7 +378,7 @@ def test_release_variant_trains_one_epoch_with_its_schedule_and_ssim_checkpoint(
     assert np.isfinite(history["train_loss"][0]) and 0 < history["val_ssim"][0] <= 1
     best = torch.load(output / "checkpoint_best.pth", map_location="cpu", weights_only=True)["logger"]["best"]
     assert best == {"metric": "ssim", "value": history["val_ssim"][0], "epoch": 0}
-    assert "checkpoint_best by validation ssim" in capsys.readouterr().out
+    assert "checkpoint_best by validation ssim" in caplog.text  # the Python API: through logging
 
 
 @pytest.mark.parametrize("best_metric, expected_epoch", [(None, 2), ("mae", 1)])

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from dgcf_auto.cli.demo import main
 
@@ -40,3 +41,15 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     fold = out / "DGCF_results" / "Dataset999_ExampleCBCT" / "DGCFTrainer__DGCFPlans__2d" / "fold_0"
     assert {"checkpoint_final.pth", "progress.png", "training_config.json"} <= {p.name for p in fold.iterdir()}
     assert not (tmp_path / "user_data").exists()
+    assert printed.err.count("RANDOMLY INITIALISED") == 1  # encoder, trainer and predictor say it once
+    assert "--c given" not in printed.err
+
+    # A rerun trains afresh with its own --epochs (it used to resume the old run and ignore them).
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-o", str(out), "--cases", "5", "--epochs", "2", "--iterations_per_epoch", "1",
+              "--patch_size", "32", "32", "--features", "8", "16", "32", "64", "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0, err
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=True)
+    assert final["logger"]["history"]["epoch"] == [0, 1] and final["dataloader_state"]["batches_done"] == [2]
+    assert "--c given" not in err and "continuing from" not in err

@@ -159,7 +159,7 @@ def test_several_series_are_listed_and_chosen_by_uid(tmp_path):
     with pytest.raises(DGCFError) as info:
         dicomio.read_series(folder, "c1")
     text = str(info.value)
-    assert "2 image series; choose one with --series-uid" in text and "\n" not in text
+    assert "2 image series; choose one with --series_uid" in text and "\n" not in text
     for uid in uids:
         assert f"{uid} " in text
     assert "'T2 axial' (MR, 22 slices)" in text and "'T1 axial' (MR, 22 slices)" in text
@@ -588,20 +588,20 @@ def test_a_series_uid_that_matches_nothing_is_named_with_the_series_found(tmp_pa
     with pytest.raises(DGCFError) as info:
         dicomio.read_series(folder, "c1", series_uids=("1.2.3.999",))
     text = str(info.value)
-    assert text.startswith("case c1: folder mr/: no series with --series-uid 1.2.3.999; series found: ")
+    assert text.startswith("case c1: folder mr/: no series with --series_uid 1.2.3.999; series found: ")
     assert all(uid in text for uid in uids) and "\n" not in text
     # A bare DICOM folder with one image series given to dgcf_predict: a UID that is not its own is an error.
     from dgcf_auto.inference.sources import collect_inputs
 
     only = _write(case["source"], tmp_path / "only", series_description="T2 axial")
-    with pytest.raises(DGCFError, match=r"^input .*only: no series with --series-uid 1\.2\.3\.999; series found: "
+    with pytest.raises(DGCFError, match=r"^input .*only: no series with --series_uid 1\.2\.3\.999; series found: "
                                         r".*'T2 axial'"):
         collect_inputs(only, ("1.2.3.999",))
     # dgcf_convert_synthrad2023 --series-uid: the same line for its case folders.
     from dgcf_auto.dataset.convert import synthrad_cases
 
     _dicom_case_folder(tmp_path / "in", "1PA001", 0)
-    with pytest.raises(DGCFError, match=r"^input folder .*in: no series with --series-uid 1\.2\.3\.999; "
+    with pytest.raises(DGCFError, match=r"^input folder .*in: no series with --series_uid 1\.2\.3\.999; "
                                         r"series found: .*\(MR, 22 slices\)"):
         synthrad_cases(tmp_path / "in", ("1.2.3.999",))
 

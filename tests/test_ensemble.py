@@ -130,8 +130,10 @@ def test_folders_that_do_not_agree_are_one_line_and_nothing_written(predicted, t
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_continue_prediction_redoes_a_case_whose_saved_floats_are_gone(predicted, tmp_path, capsys):
+def test_continue_prediction_redoes_a_case_whose_saved_floats_are_gone(predicted, tmp_path, caplog):
     from dgcf_auto.inference.api import predict
+
+    caplog.set_level("INFO", logger="dgcf_auto")
 
     out = _copy(predicted["out"][0], tmp_path / "again")
     case = predicted["cases"][2]
@@ -141,7 +143,7 @@ def test_continue_prediction_redoes_a_case_whose_saved_floats_are_gone(predicted
                 "DGCFTrainer__DGCFPlans__2d", folds=[0], device="cpu", tta=False, precision="fp32",
                 save_probabilities=True, continue_prediction=True, progress=False)
     assert "2 case(s) already predicted by this model, skipped; 1 to predict (1 without saved probabilities)" in \
-        capsys.readouterr().out
+        caplog.text  # the Python API: through logging
     with np.load(out / f"{case}.npz") as again, np.load(predicted["out"][0] / f"{case}.npz") as before:
         assert np.array_equal(again["sct"], before["sct"])
 

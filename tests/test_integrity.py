@@ -65,7 +65,7 @@ def test_1_full_disk_during_predict(trained, tmp_path, capsys, suffix, size):
     with tmpfs(tmp_path / "small", size=size) as small:
         out = small / "out"
         code = _predict(["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--disable_tta",
-                         "--output-format", suffix, "-np", "1"])
+                         "--output-format", suffix, "-nps", "1"])
         assert code == 1
         (line,) = _error_lines(capsys)
         assert line.startswith(f"dgcf_predict: error: cannot write {out}/") and \
@@ -345,7 +345,7 @@ def test_6_up_to_date_means_arrays_agree_with_json_and_plans(small_dataset, caps
     assert len(other["preprocessed"]["done"]) == 3  # new plans: nothing is up to date
 
 
-def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, capsys):
+def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, caplog):
     import fcntl
     import threading
 
@@ -364,7 +364,7 @@ def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, capsys)
         fcntl.flock(held, fcntl.LOCK_UN)
     worker.join(120)
     assert results and len(results[0]["preprocessed"]["done"]) == 3
-    assert "is in use by another run; waiting for it to finish" in capsys.readouterr().err
+    assert "is in use by another run; waiting for it to finish" in caplog.text
 
 
 # 7. Prediction without a mask derives the body, as training used it: normalisation, centring, FOV warning.
@@ -398,22 +398,23 @@ def test_7_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(tr
     assert _predict(["-i", str(tmp_path / "WIDE.nii.gz"), "-o", str(tmp_path / "out"), "-device", "cpu",
                      "-f", "0", "--disable_tta"]) == 0
     printed = capsys.readouterr()
-    assert "no body mask given for 1 case(s): masks derived from the source (plans)" in printed.out
+    assert "WARNING: no body mask given for 1 case(s): masks derived from the source (plans)" in printed.err
     assert "WARNING: case WIDE:" in printed.err and "of the body mask lies outside the planned slice grid" in printed.err
 
 
 # 10. Dataset folders as users receive them: overview/ and hidden files are skipped with a note.
-def test_10_overview_folder_and_hidden_files_are_skipped_with_a_note(small_dataset, capsys):
+def test_10_overview_folder_and_hidden_files_are_skipped_with_a_note(small_dataset, caplog):
     from dgcf_auto.dataset.validation import validate_dataset
     from dgcf_auto.errors import DGCFInputErrors
 
+    caplog.set_level("INFO", logger="dgcf_auto")
     (small_dataset / "overview").mkdir()
     (small_dataset / "overview" / "Task2_pelvis.xlsx").write_bytes(b"PK spreadsheet")
     (small_dataset / ".DS_Store").write_bytes(b"\0")
     (small_dataset / "._2PA001").write_bytes(b"\0")
     cases = validate_dataset(small_dataset, progress=False)
     assert [c.name for c in cases] == ["2PA001", "2PA002", "2PA003"]
-    (note,) = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    (note,) = [m for m in caplog.messages if "note:" in m]
     assert note.endswith("skipped 3 entries holding no case images: overview, .DS_Store, ._2PA001")
     (small_dataset / "2PA004").mkdir()  # some case images, some missing: still an error
     shutil.copy(small_dataset / "2PA001" / "ct.nii.gz", small_dataset / "2PA004" / "ct.nii.gz")

@@ -49,10 +49,11 @@ def test_dinov3_maps_have_patch_grid_shape_and_drop_prefix_tokens():
     assert dinov3.vit.num_prefix_tokens == 5  # cls + 4 registers exist, and are not in the maps
 
 
-def test_real_vit_b16_has_12_blocks_768_channels_and_h_over_16_maps(capsys):
+def test_real_vit_b16_has_12_blocks_768_channels_and_h_over_16_maps(caplog):
     torch.manual_seed(0)
     dinov3 = build_dinov3({"model": "vit_base_patch16_dinov3", "layers": [3, 6, 9, 12]}, random=True)
-    assert "WARNING: DINOv3 is RANDOMLY INITIALISED" in capsys.readouterr().err
+    assert [r.levelname for r in caplog.records if r.getMessage().startswith("DINOv3 is RANDOMLY INITIALISED")] \
+        == ["WARNING"]
     assert dinov3.depth == 12 and dinov3.embed_dim == 768 and dinov3.patch_size == 16
     assert dinov3.weights_source == "random"
     maps = dinov3(torch.zeros(1, 1, 32, 48))
@@ -170,7 +171,7 @@ def test_no_weights_is_an_error_naming_every_way_out():
     with pytest.raises(DGCFError) as info:
         build_dinov3(TINY_DINOV3_CFG)
     message = str(info.value)
-    for needle in ("--dinov3-random", "--dinov3-weights", "DGCF_DINOV3_WEIGHTS",
+    for needle in ("--dinov3_random", "--dinov3_weights", "DGCF_DINOV3_WEIGHTS",
                    "timm/vit_base_patch16_dinov3.lvd1689m", "dinov3_vitb16_pretrain_lvd1689m"):
         assert needle in message
     with pytest.raises(DGCFError, match="does not exist"):

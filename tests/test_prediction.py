@@ -92,7 +92,7 @@ def test_odd_anisotropic_rotated_file_keeps_its_geometry(trained, tmp_path):
     assert sct.GetPixelID() == sitk.sitkInt16
 
 
-def test_body_outside_the_planned_field_of_view_is_reported(trained, tmp_path, capsys):
+def test_body_outside_the_planned_field_of_view_is_reported(trained, tmp_path, caplog):
     from dgcf_auto.inference.predictor import SCTPredictor
 
     fold = sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1]
@@ -102,8 +102,8 @@ def test_body_outside_the_planned_field_of_view_is_reported(trained, tmp_path, c
     mask = sitk.GetImageFromArray(np.ones((4, 120, 160), np.uint8))
     mask.CopyInformation(wide)
     sct, _ = predictor.predict_volume(wide, mask, "WIDE")
-    err = capsys.readouterr().err
-    assert "WARNING: case WIDE:" in err and "of the body mask lies outside the planned slice grid" in err
+    (warning,) = [r for r in caplog.records if r.getMessage().startswith("case WIDE:")]
+    assert warning.levelname == "WARNING" and "of the body mask lies outside the planned slice grid" in warning.getMessage()
     assert sitk.GetArrayViewFromImage(sct)[2, 0, 0] == -1024  # body, but never predicted
 
 
@@ -224,3 +224,23 @@ def test_missing_model_is_a_clear_error(trained, tmp_path, capsys, monkeypatch):
     assert _predict(["-i", str(trained["raw"]), "-o", str(tmp_path / "out"), "-device", "cpu"]) == 1
     assert "checkpoint_final.pth is corrupt" in _error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_python_api_warns_like_the_cli_through_logging(trained, caplog):
+    """dgcf_auto.predict on an image: the derived-mask and random-weights warnings reach logging, as on the CLI;
+    passing mask= (the README's example) derives nothing and gives the masked result the CLI gives."""
+    import dgcf_auto
+
+    case = sorted(p for p in trained["raw"].iterdir() if p.is_dir())[0]
+    source, mask = sitk.ReadImage(str(case / "mr.nii.gz")), sitk.ReadImage(str(case / "mask.nii.gz"))
+    caplog.set_level("WARNING", logger="dgcf_auto")
+    unmasked = dgcf_auto.predict(source, model=trained["model_folder"], folds=[0], device="cpu", tta=False)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "no body mask given for 1 case(s): masks derived from the source (plans); see " \
+           "documentation/prediction.md" in warned
+    assert sum(m.startswith("DINOv3 is RANDOMLY INITIALISED") for m in warned) == 1
+    caplog.clear()
+    masked = dgcf_auto.predict(source, model=trained["model_folder"], folds=[0], device="cpu", tta=False, mask=mask)
+    assert not [r for r in caplog.records if "no body mask" in r.getMessage()]
+    outside = sitk.GetArrayViewFromImage(mask) == 0
+    assert (sitk.GetArrayViewFromImage(masked)[outside] == -1000).all() and unmasked.GetSize() == masked.GetSize()

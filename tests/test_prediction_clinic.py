@@ -106,11 +106,11 @@ def test_a_source_without_frame_of_reference_needs_new_frame_of_reference(traine
         written = [pydicom.dcmread(p) for p in sorted((tmp_path / run / "MR_SERIES").iterdir())]
         frames.append({d.FrameOfReferenceUID for d in written})
         assert {d.PatientAge for d in written} == {"000Y"}
-        out = capsys.readouterr().out
-        notes = [line for line in out.splitlines() if line.startswith("dgcf_predict: case MR_SERIES: series ")]
-        assert notes == [f"dgcf_predict: case MR_SERIES: series {uid}: values invalid for their VR not copied into "
+        err = capsys.readouterr().err
+        notes = [line for line in err.splitlines() if line.startswith("WARNING: case MR_SERIES: series ")]
+        assert notes == [f"WARNING: case MR_SERIES: series {uid}: values invalid for their VR not copied into "
                          f"the sCT: PatientAge '0Y' repaired to '000Y'",
-                         f"dgcf_predict: case MR_SERIES: series {uid} has no Frame of Reference UID: wrote the new "
+                         f"WARNING: case MR_SERIES: series {uid} has no Frame of Reference UID: wrote the new "
                          f"Frame of Reference UID {next(iter(frames[-1]))} derived from it (--new_frame_of_reference)"]
     assert frames[0] == frames[1] and len(frames[0]) == 1  # one UID, the same on every run
 
@@ -142,6 +142,7 @@ def test_readme_python_example_runs(trained, tmp_path, monkeypatch):
     case = _cases(trained)[0]
     (tmp_path / "1PA001").mkdir()
     (tmp_path / "1PA001" / "mr.nii.gz").symlink_to(case / "mr.nii.gz")
+    (tmp_path / "1PA001" / "mask.nii.gz").symlink_to(case / "mask.nii.gz")  # the example passes mask=
     (tmp_path / "cases").symlink_to(trained["raw"])
     exec(compile(code, "README.md", "exec"), {})
     assert sitk.ReadImage("1PA001_sct.nii.gz").GetSize() == sitk.ReadImage(str(case / "mr.nii.gz")).GetSize()

@@ -93,12 +93,12 @@ def test_transunet_release_matches_the_authors_constructor_outside_the_rule(monk
     assert net.encoder.pos_embed.abs().max() == 0
 
 
-def test_transunet_release_starts_random_even_with_imagenet_weights_at_hand(monkeypatch, tmp_path, capsys):
+def test_transunet_release_starts_random_even_with_imagenet_weights_at_hand(monkeypatch, tmp_path, caplog):
     weights = tmp_path / "in21k.pth"
     weights.write_bytes(b"not read")   # a release build must not even open it
     monkeypatch.setenv(WEIGHTS_ENV, str(weights))
     net = release_network("DGCFTrainer_transunet_release")
-    assert init_problems(net) == [] and "RANDOMLY INITIALISED" not in capsys.readouterr().err
+    assert init_problems(net) == [] and "RANDOMLY INITIALISED" not in caplog.text
     plans = NetworkPlans(architecture="transunet", init="release",
                          options={**TINY_OPTIONS["transunet"], "pretrained_weights": str(weights)}).to_dict()
     with pytest.raises(DGCFError, match="starts from random weights as the authors' code"):

@@ -181,7 +181,7 @@ def test_resume_continues_exactly_where_it_stopped(data_env, trained, monkeypatc
     capsys.readouterr()  # --c on the finished fold: checkpoint_latest is gone, checkpoint_final says it is done
     with pytest.raises(SystemExit) as exit_info:
         train_main(["999", "2d", "0", "--c", "-device", "cpu", "--dinov3-random"])
-    assert exit_info.value.code == 0 and "is a finished model: it already trained 2 epochs" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "is a finished model: it already trained 2 epochs" in capsys.readouterr().err
 
 
 def test_data_stream_is_deterministic_and_worker_independent(data_env):
@@ -338,8 +338,8 @@ def test_c_and_fresh_starts_never_delete_a_checkpoint(data_env, trained, capsys,
     with pytest.raises(SystemExit) as exit_info:
         train_main(["999", "2d", "0", "--c", "--epochs", "3", "--no-final-validation"] + base)
     assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "continuing from" in out and "checkpoint_final.pth at epoch 2" in out and "Adam starts afresh" in out
+    err = capsys.readouterr().err
+    assert "continuing from" in err and "checkpoint_final.pth at epoch 2" in err and "Adam starts afresh" in err
     assert load(fold / "checkpoint_final.pth")["logger"]["history"]["epoch"] == [0, 1, 2]
 
     finished = {p.name: p.read_bytes() for p in fold.iterdir() if p.is_file() and not p.name.startswith(".")}
@@ -347,7 +347,7 @@ def test_c_and_fresh_starts_never_delete_a_checkpoint(data_env, trained, capsys,
         train_main(["999", "2d", "0", "--start_over", "--epochs", "1", "--no-final-validation"] + base)
     assert exit_info.value.code == 0
     moved = list((fold / "previous_runs").iterdir())
-    assert len(moved) == 1 and f"are now in {moved[0]}" in capsys.readouterr().out
+    assert len(moved) == 1 and f"are now in {moved[0]}" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in moved[0].iterdir() if p.is_file()} == finished
     assert load(fold / "checkpoint_final.pth")["epoch"] == 1  # the new run's own
     err = run_cli_error(["999", "2d", "0", "--c", "--start_over"] + base, capsys)
@@ -530,3 +530,55 @@ def test_shared_vit_is_verified_and_checkpoints_of_the_old_layouts_still_load(tr
     vit_file.unlink()
     with pytest.raises(DGCFError, match="frozen DINOv3 weights .* are missing"):
         ckpt.load_checkpoint(new)
+
+
+def test_tensorboard_log_holds_the_epochs_loss_terms_and_a_validation_slice(data_env, capsys):
+    """dgcf_train --tensorboard: every loss term, the validation numbers and one source | sCT | CT slice per
+    epoch, equal to the checkpoint's history; the random-DINOv3 warning is printed once; no bars in a log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["999", "2d", "2", "--dinov3_random", "-device", "cpu", "--epochs", "2",
+                    "--iterations_per_epoch", "2", "--num_workers", "0", "--tensorboard", "--no_final_validation"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0, err
+    assert err.count("DINOv3 is RANDOMLY INITIALISED") == 1  # encoder, trainer and log once
+    assert "\x1b[A" not in err and "\r" not in err  # stderr is no terminal: no progress bars
+    fold = Path(os.environ["DGCF_results"]) / "Dataset999_Example" / "DGCFTrainer__DGCFPlans__2d" / "fold_2"
+    history = load(fold / "checkpoint_final.pth")["logger"]["history"]
+    events = EventAccumulator(str(fold / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    terms = [k[len("train_"):] for k in history if k.startswith("train_") and k != "train_loss"]
+    assert sorted(terms) == ["l1", "mldp"]
+    for tag, series in [("train/loss", "train_loss"), ("val/mae", "val_mae"), ("val/psnr", "val_psnr"),
+                        ("val/ssim", "val_ssim"), ("train/lr", "lr")] + [(f"train/{t}", f"train_{t}") for t in terms]:
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert logged == [(epoch, pytest.approx(v, rel=1e-6)) for epoch, v in zip(history["epoch"], history[series])], tag
+    (tag,) = events.Tags()["images"]
+    val_case = json.loads((fold / "training_config.json").read_text())["val_cases"][0]
+    assert tag.startswith(f"val/{val_case}") and [i.step for i in events.Images(tag)] == [0, 1]
+    image = events.Images(tag)[-1]
+    assert (image.width, image.height) == (3 * 32, 32)  # source | sCT | CT at the 32 x 32 patch size
+    import io
+
+    from PIL import Image
+
+    panel = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"), dtype=np.float32) / 255.0
+    _, _, _, data_folder = load_preprocessed(999, "DGCFPlans")
+    case = open_case(data_folder, val_case)
+    middle = len(case.source) // 2
+    for column, array in ((0, case.source), (2, case.ct)):  # [-1, 1] shown as [0, 1], in 8 bits
+        expected = np.clip((np.asarray(array[middle], np.float32) + 1) / 2, 0, 1)
+        assert np.abs(panel[:, 32 * column:32 * (column + 1)] - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_tensorboard_without_the_package_is_one_line_and_training_goes_on(monkeypatch, tmp_path, caplog):
+    from dgcf_auto.training.tensorboard import TensorBoardLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    board = TensorBoardLog(tmp_path)
+    board.epoch(0, 1.0, {"l1": 1.0}, 1e-3, None)
+    board.validation_image(0, "case", *[np.zeros((4, 4), np.float32)] * 3)
+    board.close()
+    (message,) = caplog.messages
+    assert message.startswith("--tensorboard: the tensorboard package is not installed") and not any(tmp_path.iterdir())

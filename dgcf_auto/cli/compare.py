@@ -1,15 +1,13 @@
 """dgcf_compare: evaluation summaries of several methods -> the paper's Table 1 (Markdown, CSV, LaTeX, box plots)."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="dgcf_compare",
         description="Rows: methods; columns: metrics per task, mean +- std, best in bold, * where a paired "
                     "two-sided test over the common cases gives p < 0.05 against the best other method. Writes "
@@ -29,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", default="ttest", choices=("ttest", "wilcoxon"),
                         help="paired two-sided Student's t-test (default, as the paper) or Wilcoxon signed-rank")
     parser.add_argument("-o", default=None, help="output folder (default $DGCF_results/comparison_<split>_<profile>)")
-    add_version(parser)
+    finish_parser(parser)
     return parser
 
 

@@ -2,25 +2,22 @@
 into one int16 HU sCT per case (nnU-Net's nnUNetv2_ensemble)."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 from dgcf_auto.imageio import IMAGE_SUFFIXES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dgcf_ensemble", description=__doc__, allow_abbrev=False)
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="dgcf_ensemble", description=__doc__)
     p.add_argument("-i", nargs="+", required=True, metavar="DIR",
                    help="prediction folders of dgcf_predict --save_probabilities (same cases, same plans)")
     p.add_argument("-o", required=True, metavar="OUT", help="output folder for <case>.nii.gz")
-    p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-np", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--output_format", default=".nii.gz", choices=list(IMAGE_SUFFIXES),
-                   help="image format of the averaged sCTs (default .nii.gz)")
+                   help="image format of the averaged sCTs (default: .nii.gz)")
     p.add_argument("--save_probabilities", action="store_true",
                    help="also keep the averaged <case>.npz / <case>.json (to ensemble the ensemble again)")
-    p.add_argument("--disable_progress_bar", action="store_true", help="no progress bar (logs, batch jobs)")
-    add_version(p)
+    finish_parser(p)
     return p
 
 

@@ -1,13 +1,10 @@
 """dgcf_evaluate: SynthRAD metrics (and optionally SegScore and PNGs) of a folder of sCTs against CTs."""
 from __future__ import annotations
 
-import argparse
-
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.cli import add_max_voxels, add_version
+from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
 from dgcf_auto.errors import cli_entry
 from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
-
 
 
 def _device(value: str) -> str:
@@ -15,8 +12,8 @@ def _device(value: str) -> str:
     return device_argument(value.lower().replace("gpu", "cuda"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="dgcf_evaluate",
         description="MAE, PSNR, SSIM, MS-SSIM (SynthRAD definitions) and per-tissue MAE inside the body mask, "
                     "per case and mean +- std. See documentation/evaluation.md.")
@@ -30,26 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", default=None, help="dataset id: with --split, reference CTs and masks come from it")
     parser.add_argument("--split", default=None, choices=("val", "test"),
                         help="instead of -ref: the cases fold -f records as val or test (dgcf_predict --split)")
-    parser.add_argument("-f", default="0", help="fold whose split is evaluated (default 0)")
+    parser.add_argument("-f", default="0", help="fold whose split is evaluated (default: 0)")
     parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
                         "that have predictions)")
-    parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default DGCFPlans; DGCFReleasePlans "
+    parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
                                                         "after -pl release)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
                         help="use TotalSegmentator's 3 mm 'fast' model for SegScore")
-    parser.add_argument("--segscore-cache", default=None, metavar="DIR",
+    parser.add_argument("--segscore_cache", default=None, metavar="DIR",
                         help="cache of the reference CTs' segmentations, per case, model and TotalSegmentator "
-                             "version (default $DGCF_results/segscore_cache)")
+                             "version (default: $DGCF_results/segscore_cache)")
     parser.add_argument("-device", default=None, type=_device,
                         help=f"device for TotalSegmentator and the SSIM/MS-SSIM metrics: {DEVICE_HELP}; 'gpu' is "
                              "accepted for 'cuda' (metrics on mps run on the CPU: no float64 there)")
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
-    parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default 1)")
+    parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default: 1)")
     add_max_voxels(parser)
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
-                        help=f"metric definitions (default {DEFAULT_PROFILE}, as dgcf_compare's); see "
+                        help=f"metric definitions (default: {DEFAULT_PROFILE}, as dgcf_compare's); see "
                              "documentation/evaluation.md")
     dose = parser.add_argument_group("dose (needs pip install -e \".[dose]\"; documentation/evaluation.md)")
     dose.add_argument("--dose", nargs="+", default=None, choices=("photon", "proton"),
@@ -59,16 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="structures per case: DIR/<case>/structures.nii.gz + structures.json (or "
                            "DIR/<case>.nii.gz + <case>.json); default: those in the reference case folder, "
                            "else TotalSegmentator when its weights are installed, else the case is skipped")
-    dose.add_argument("--dose_target", default="prostate", help="structure grown into the PTV (default prostate)")
-    dose.add_argument("--dose_margin", type=float, default=5.0, help="PTV margin in mm (default 5)")
-    dose.add_argument("--dose_rx", type=float, default=2.0, help="prescription in Gy per fraction (default 2)")
-    dose.add_argument("--dose_grid", type=float, default=3.0, help="dose grid spacing in mm (default 3)")
-    dose.add_argument("--photon_beams", type=int, default=5, help="equispaced coplanar photon beams (default 5)")
+    dose.add_argument("--dose_target", default="prostate", help="structure grown into the PTV")
+    dose.add_argument("--dose_margin", type=float, default=5.0, help="PTV margin in mm")
+    dose.add_argument("--dose_rx", type=float, default=2.0, help="prescription in Gy per fraction")
+    dose.add_argument("--dose_grid", type=float, default=3.0, help="dose grid spacing in mm")
+    dose.add_argument("--photon_beams", type=int, default=5, help="equispaced coplanar photon beams")
     dose.add_argument("--hlut", default=None, metavar="CSV",
                       help="HU to relative density table, two columns HU,density (default: pyRadPlan's)")
     dose.add_argument("--dose_cache", default=None, metavar="DIR",
-                      help="cache of the reference plans on the CTs (default $DGCF_results/dose_cache)")
-    add_version(parser)
+                      help="cache of the reference plans on the CTs; default $DGCF_results/dose_cache")
+    finish_parser(parser)
     return parser
 
 

@@ -1,26 +1,24 @@
 """dgcf_export_model_to_zip -d ID [-tr T] [-p P] [-f 0 1 ...] -o model.zip: a trained model, shareable."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    p = CommandParser(
         prog="dgcf_export_model_to_zip",
         description="Write one zip holding a trained model's weights (no optimiser state), plans, dataset "
                     "fingerprint, trainer settings, a README and the DINOv3 licence notice; the frozen ViT is "
                     "stored once for all folds, and a manifest holds every file's SHA-256.")
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("-o", required=True, help="zip file to write (model.zip)")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default DGCFTrainer)")
+    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
     p.add_argument("-p", default="DGCFPlans",
-                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
+                   help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: folds 0..4 that exist, else all)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
-    add_version(p)
+    finish_parser(p)
     return p
 
 
@@ -32,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
     from dgcf_auto.inference.model_zip import export_model
+    from dgcf_auto.log import get_logger
 
     check_output_file(args.o)
     model_folder = resolve_model_folder(args.d, args.tr, args.p)
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocessed = paths.find_dataset(paths.preprocessed_root(), args.d, "DGCF_preprocessed")
     except DGCFError:
         preprocessed = None
-        print("dgcf_export_model_to_zip: no preprocessed dataset folder found; the zip holds no fingerprint")
+        get_logger(__name__).warning("no preprocessed dataset folder found; the zip holds no fingerprint")
     result = export_model(model_folder, checkpoints, args.o, preprocessed)
     size = sum(c.stat().st_size for c in checkpoints)
     print(f"dgcf_export_model_to_zip: wrote {args.o} ({result['bytes'] / 1e6:.1f} MB, {result['files']} files) "

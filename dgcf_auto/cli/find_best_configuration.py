@@ -4,33 +4,30 @@ inference_information.json with the exact dgcf_predict / dgcf_ensemble commands 
 nnUNetv2_find_best_configuration)."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     from dgcf_auto.evaluation.compare import TESTS
     from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, PROFILES
 
-    p = argparse.ArgumentParser(prog="dgcf_find_best_configuration", description=__doc__, allow_abbrev=False)
+    p = CommandParser(prog="dgcf_find_best_configuration", description=__doc__)
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default DGCFPlans)")
+    p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default: DGCFTrainer)")
+    p.add_argument("-p", default="DGCFPlans", help="plans name (default: DGCFPlans)")
     p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
-                   help="folds whose final validation is pooled (default 0 1 2 3 4)")
-    p.add_argument("--metric", default="mae", help="metric to rank by (default mae; its direction comes from "
+                   help="folds whose final validation is pooled (default: 0 1 2 3 4)")
+    p.add_argument("--metric", default="mae", help="metric to rank by (default: mae; its direction comes from "
                    "the profile)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
-                   help=f"metric profile of the summaries (default {DEFAULT_PROFILE})")
+                   help=f"metric profile of the summaries (default: {DEFAULT_PROFILE})")
     p.add_argument("--test", default="ttest", choices=list(TESTS),
-                   help="paired test of the best against the runner-up (default ttest)")
+                   help="paired test of the best against the runner-up (default: ttest)")
     p.add_argument("--disable_ensembling", action="store_true",
                    help="score single trainers only (no saved float predictions needed)")
-    p.add_argument("-np", type=int, default=1, help="worker processes for ensembling and metrics (default 1)")
-    p.add_argument("--disable_progress_bar", action="store_true", help="no progress bars (logs, batch jobs)")
-    add_version(p)
+    p.add_argument("-np", type=int, default=1, help="worker processes for ensembling and metrics (default: 1)")
+    finish_parser(p)
     return p
 
 

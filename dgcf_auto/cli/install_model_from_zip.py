@@ -1,20 +1,18 @@
 """dgcf_install_model_from_zip model.zip [--overwrite]: install a shared model under DGCF_results."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    p = CommandParser(
         prog="dgcf_install_model_from_zip",
         description="Check a model zip written by dgcf_export_model_to_zip (paths, links, SHA-256 manifest, "
                     "weights-only loading) and install it under $DGCF_results atomically.")
     p.add_argument("zip", help="model zip")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model of the same name")
-    add_version(p)
+    finish_parser(p)
     return p
 
 

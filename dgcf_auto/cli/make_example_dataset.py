@@ -3,26 +3,26 @@ from __future__ import annotations
 
 import argparse
 
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="dgcf_make_example_dataset",
         description="Write synthetic pelvis-like MR/CBCT + CT phantoms as $DGCF_raw/Dataset<id>_<Name>/.")
-    parser.add_argument("-d", "--dataset-id", type=int, default=999, help="dataset id (default 999)")
+    parser.add_argument("-d", "--dataset_id", type=int, default=999, help="dataset id (default: 999)")
     parser.add_argument("--task", choices=("mr2ct", "cbct2ct"), default="mr2ct", help="source modality")
-    parser.add_argument("-n", "--num-cases", type=int, default=8, help="number of cases (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--name", default=None, help="dataset name (default ExampleMR / ExampleCBCT)")
-    parser.add_argument("--size-scale", type=float, default=1.0,
-                        help="scale the default ~96x80x24 voxel volumes (default 1.0)")
+    parser.add_argument("-n", "--num_cases", type=int, default=8, help="number of cases (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--name", default=None, help="dataset name (default: ExampleMR / ExampleCBCT)")
+    parser.add_argument("--size_scale", type=float, default=1.0,
+                        help="scale the default ~96x80x24 voxel volumes (default: 1.0)")
     parser.add_argument("--structures", action=argparse.BooleanOptionalAction, default=True,
                         help="also write each case's planning structures (structures.nii.gz + structures.json: "
-                             "prostate, bladder, rectum, femoral heads) for dgcf_evaluate --dose (default on)")
+                             "prostate, bladder, rectum, femoral heads) for dgcf_evaluate --dose")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder of that name")
-    add_version(parser)
+    finish_parser(parser)
     return parser
 
 

@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.cli import add_max_voxels, add_version
+from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dgcf_predict", description=__doc__, allow_abbrev=False)
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="dgcf_predict", description=__doc__)
     p.add_argument("-i", default=None, help="SynthRAD2023 case folders (mr.nii.gz or a DICOM folder mr/), a folder "
                    "of source images or DICOM folders, one image file, or one DICOM folder")
-    p.add_argument("-o", default=None, help="output folder (<case>.nii.gz, or <case>/ with --output-format dicom); "
+    p.add_argument("-o", default=None, help="output folder (<case>.nii.gz, or <case>/ with --output_format dicom); "
                    "with --split default $DGCF_results/<Dataset>/<Trainer>__<Plans>__2d/fold_F/validation|test")
     p.add_argument("--split", default=None, choices=["val", "test"],
                    help="instead of -i: the cases fold -f F records as val or test (test: --split paper datasets), "
@@ -26,44 +26,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", default="2d", choices=["2d"], help="configuration (only 2d exists)")
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble (default: the cross-validation folds 0..4 that exist, else fold_all)")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default DGCFTrainer)")
+    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
     p.add_argument("-p", default="DGCFPlans",
-                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
+                   help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--disable_tta", action="store_true",
                    help="no left-right mirror test-time augmentation (TTA doubles the network passes)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--continue-prediction", action="store_true",
+    p.add_argument("--continue_prediction", "--c", action="store_true",
                    help="skip cases whose output this same model (checkpoints and options) already wrote, "
                         "complete and on the input's grid (recorded in prediction_provenance.json); by "
                         "default existing outputs are overwritten")
     p.add_argument("--overwrite", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
-    p.add_argument("--mask-from", default="plans", choices=["plans", "otsu", "none"],
+    p.add_argument("--mask_from", default="plans", choices=["plans", "otsu", "none"],
                    help="cases without a mask: derive a body mask by thresholding the source at the plans' "
                         "level (default) or Otsu's, keeping the largest component with holes filled; 'none': "
                         "no mask (whole field of view, nothing set to -1000 HU)")
-    p.add_argument("-np", type=int, default=2, help="threads for reading and writing volumes")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("-npp", type=int, default=1, help="threads reading cases ahead of the network (each holds one "
+                   "case in memory)")
+    p.add_argument("-nps", type=int, default=1, help="threads writing finished sCTs (and figures)")
+    p.add_argument("--batch_size", type=int, default=None,
                    help="slices per network pass (default: sized from free GPU memory on CUDA, 16 on CPU; "
                         "halved on out-of-memory)")
-    p.add_argument("--output-format", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", "dicom", "same"],
+    p.add_argument("--output_format", default=".nii.gz", choices=[".nii.gz", ".nii", ".mha", "dicom", "same"],
                    help="'dicom': a CT series per case (one file per slice, the source's study and frame of "
                         "reference when the source is DICOM); 'same' keeps each input's own format")
-    p.add_argument("--dicom-uid-prefix", default=None, metavar="PREFIX",
+    p.add_argument("--dicom_uid_prefix", default=None, metavar="PREFIX",
                    help="root for new DICOM UIDs, e.g. your organisation's '1.2.3.4.' (default: pydicom's)")
-    p.add_argument("--series-uid", nargs="+", default=(), metavar="UID",
+    p.add_argument("--series_uid", nargs="+", default=(), metavar="UID",
                    help="in DICOM folders holding several image series, use the series with this UID")
     p.add_argument("--new_frame_of_reference", action="store_true",
                    help="DICOM output from a DICOM source without a Frame of Reference UID (refused by default): "
                         "write one new UID derived from the source series, the same on every run")
-    p.add_argument("--mask-roi", default=None, metavar="NAME",
+    p.add_argument("--mask_roi", default=None, metavar="NAME",
                    help="body mask = this ROI of an RTSTRUCT in the DICOM source folder or the case folder, "
                         "rasterised on the source grid (replaces mask.nii.gz)")
-    p.add_argument("--keep-background", action="store_true",
+    p.add_argument("--keep_background", action="store_true",
                    help="do not set voxels outside the body mask to -1000 HU")
-    p.add_argument("--save-uncertainty", action="store_true",
+    p.add_argument("--save_uncertainty", action="store_true",
                    help="also write <case>_uncertainty (std over folds and TTA, HU)")
     p.add_argument("--save_probabilities", action="store_true",
                    help="also keep each case's sCT before rounding to int16 (<case>.npz: float32 normalised slice "
@@ -76,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the other modality, spacing far outside the training range); recorded as 'forced' "
                         "in prediction_report.json and the provenance")
     add_max_voxels(p)
-    p.add_argument("--disable-progress-bar", action="store_true", help="no progress bars (logs, batch jobs)")
-    add_version(p)
+    finish_parser(p)
     return p
 
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                       output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
                       mask_from=args.mask_from, keep_background=args.keep_background,
                       save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
-                      num_workers=args.np, png_dir=args.png, dicom_uid_prefix=args.dicom_uid_prefix,
-                      new_frame_of_reference=args.new_frame_of_reference,
+                      reading_threads=args.npp, writing_threads=args.nps, png_dir=args.png,
+                      dicom_uid_prefix=args.dicom_uid_prefix, new_frame_of_reference=args.new_frame_of_reference,
                       num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
                       verbose=True, save_probabilities=args.save_probabilities, force=args.force,
                       max_voxels=args.max_voxels)

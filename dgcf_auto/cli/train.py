@@ -1,24 +1,22 @@
 """dgcf_train DATASET 2d FOLD [-tr TRAINER] [--c]: train one fold (multi-GPU: launch with torchrun)."""
 from __future__ import annotations
 
-import argparse
-
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     from dgcf_auto.training.variants import TRAINERS
 
-    p = argparse.ArgumentParser(prog="dgcf_train", description=__doc__, allow_abbrev=False,
-                                epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
+    p = CommandParser(prog="dgcf_train", description=__doc__,
+                      epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
     p.add_argument("configuration", help="configuration (only 2d exists)")
     p.add_argument("fold", help="fold0, 0 or all")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default DGCFTrainer: DGCN, L1 + MLDP)")
+    p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default: DGCFTrainer: DGCN, L1 + MLDP)")
     p.add_argument("-p", default="DGCFPlans",
-                   help="plans identifier (default DGCFPlans; DGCFReleasePlans after -pl release)")
+                   help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--c", action="store_true",
                    help="continue from checkpoint_latest.pth, else from checkpoint_final.pth (a finished model: "
@@ -33,19 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the fold afresh although it holds an earlier run's checkpoints: they are moved "
                         "into fold_X/previous_runs/<time>/, not deleted (without --c or this, such a fold is refused)")
     p.add_argument("--epochs", type=int, default=None, help="override plans['training']['epochs'] (recorded)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch_size", type=int, default=None,
                    help="override the global batch size (recorded); split evenly over torchrun processes")
-    p.add_argument("--iterations-per-epoch", type=int, default=None, help="override (recorded)")
-    p.add_argument("--dinov3-weights", default=None, help="DINOv3 ViT-B/16 weight file (Meta .pth or timm safetensors)")
-    p.add_argument("--dinov3-random", action="store_true", help="random DINOv3 weights: tests and demos only")
-    p.add_argument("--vgg-weights", default=None,
+    p.add_argument("--iterations_per_epoch", type=int, default=None, help="override (recorded)")
+    p.add_argument("--dinov3_weights", default=None, help="DINOv3 ViT-B/16 weight file (Meta .pth or timm safetensors)")
+    p.add_argument("--dinov3_random", action="store_true", help="random DINOv3 weights: tests and demos only")
+    p.add_argument("--vgg_weights", default=None,
                    help="torchvision VGG weight file for trainers with the vgg loss term (or $DGCF_VGG_WEIGHTS)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--num-workers", type=int, default=4, help="background data workers (0: main process)")
+    p.add_argument("--num_workers", type=int, default=4, help="background data workers (0: main process)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log loss terms, validation metrics and a validation slice per epoch to "
+                        "<fold>/tensorboard/ (needs the tensorboard package)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and slice sampling")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--val_every", type=int, default=1, help="validate every N epochs (and after the last)")
     p.add_argument("--best_metric", choices=["mae", "ssim"], default=None,
                    help="what picks checkpoint_best.pth: mae (lowest validation MAE in HU) or ssim (highest mean "
                         "2D validation SSIM, the authors' choice); default: ssim for the _release trainers, "
@@ -54,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     final.add_argument("--val", action="store_true",
                        help="only rerun the final validation (predict and score the fold's validation cases "
                             "into fold_X/validation/) with checkpoint_final.pth")
-    final.add_argument("--val-best", action="store_true", help="as --val, with checkpoint_best.pth")
-    final.add_argument("--no-final-validation", action="store_true",
+    final.add_argument("--val_best", action="store_true", help="as --val, with checkpoint_best.pth")
+    final.add_argument("--no_final_validation", action="store_true",
                        help="train only: skip predicting the validation cases after the last epoch")
-    add_version(p)
+    finish_parser(p)
     return p
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                           dinov3_random=args.dinov3_random, precision=args.precision,
                           vgg_weights=args.vgg_weights, validation=_validation_mode(args),
                           best_metric=args.best_metric, save_probabilities=args.npz,
-                          pretrained_weights=args.pretrained_weights, start_over=args.start_over)
+                          pretrained_weights=args.pretrained_weights, start_over=args.start_over,
+                          tensorboard=args.tensorboard)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

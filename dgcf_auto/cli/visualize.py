@@ -1,14 +1,12 @@
 """dgcf_visualize: source | sCT | CT | |sCT - CT| figures, one PNG per case (see documentation/evaluation.md)."""
 from __future__ import annotations
 
-import argparse
-
-from dgcf_auto.cli import add_version
+from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="dgcf_visualize",
         description="One case: -i SOURCE_or_case_dir -sct SCT [-ref CT] [-mask MASK] -o out.png. "
                     "A folder of cases: -i CASES_DIR -sct SCT_DIR -o OUT_DIR (one <case>.png each).")
@@ -17,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-ref", default=None, help="reference CT (default: ct.* of the case folder)")
     parser.add_argument("-mask", default=None, help="body mask (default: mask.* of the case folder)")
     parser.add_argument("-o", "--output", required=True, help="PNG file, or output folder in folder form")
-    add_version(parser)
+    finish_parser(parser)
     return parser
 
 

@@ -13,8 +13,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dgcf_auto.atomic import write_json
 from dgcf_auto.dataset.discovery import TASK_OF_MODALITY, Case, read_case_folder, task_of
 from dgcf_auto.dataset.validation import validate_cases
@@ -22,6 +20,7 @@ from dgcf_auto.dataset.writing import atomic_dataset_folder, check_target_free
 from dgcf_auto.dicomio import check_series_uids, is_dicom_folder, open_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import image_suffix
+from dgcf_auto.log import progress_bar
 
 SKIPPED_FOLDERS = {"overview"}  # SynthRAD ships its per-case spreadsheets here
 
@@ -71,7 +70,7 @@ def convert_synthrad2023(input_dir: str | os.PathLike, dataset_id: int, name: st
                                                f"cases; nothing was written:")
     task = task_of(cases)
     with atomic_dataset_folder(target) as tmp:
-        for case in tqdm(cases, desc="copying" if copy else "linking", unit="case", disable=not progress):
+        for case in progress_bar(cases, desc="copying" if copy else "linking", unit="case", disable=not progress):
             for role, path in ((case.modality, case.source), ("ct", case.ct), ("mask", case.mask)):
                 if path is not None and path.is_dir():
                     _place_series(case, path, tmp / case.name / role, copy)

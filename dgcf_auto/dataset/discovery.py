@@ -15,7 +15,6 @@ validation's job (`dgcf_auto.dataset.validation`).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ class Case:
     mask: Path | None = None
     problems: list[str] = field(default_factory=list)  # one line each, naming case and file
     series_uids: tuple[str, ...] = ()  # DICOM folders holding several series: read the one with this UID
-    mask_roi: str | None = None        # the body mask is this RTSTRUCT ROI (dgcf_predict --mask-roi)
+    mask_roi: str | None = None        # the body mask is this RTSTRUCT ROI (dgcf_predict --mask_roi)
 
     @property
     def folder(self) -> Path | None:
@@ -128,9 +127,9 @@ def find_cases(dataset_dir: str | os.PathLike, note=None) -> list[Case]:
 
 
 def _note(message: str) -> None:
-    from tqdm import tqdm
+    from dgcf_auto.log import get_logger
 
-    tqdm.write(message, file=sys.stderr)
+    get_logger(__name__).info(message)
 
 
 def task_of(cases: list[Case]) -> str:

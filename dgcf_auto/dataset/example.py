@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from tqdm import tqdm
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import write_image
+from dgcf_auto.log import progress_bar
 
 TASKS = {"mr2ct": ("1", "mr"), "cbct2ct": ("2", "cbct")}
 BASE_SIZE = (96, 80, 24)  # (x, y, z) voxels at size_scale=1: small, so tests are fast
@@ -99,7 +99,7 @@ def make_example_dataset(out_dir: str | os.PathLike, task: str = "mr2ct", n: int
     _, modality = _task(task)
     out_dir = Path(out_dir)
     names = []
-    for i in tqdm(range(int(n)), desc="example cases", unit="case", disable=not progress):
+    for i in progress_bar(range(int(n)), desc="example cases", unit="case", disable=not progress):
         rng = np.random.default_rng([int(seed), i])
         images = make_example_case(rng, task, i, size_scale=size_scale)
         name = case_name(task, i)

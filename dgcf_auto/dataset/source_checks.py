@@ -13,7 +13,6 @@ Shared by prediction (against the plans' `source_signature`, `plans.source_signa
 """
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +20,7 @@ import SimpleITK as sitk
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.errors import DGCFInputErrors
 from dgcf_auto.imageio import read_image
+from dgcf_auto.log import get_logger
 
 LABEL_MAX_DISTINCT = 32        # a label map rarely has more classes; a scan has thousands of values
 AIR_HU = -500.0                # below any soft tissue in HU, and never reached by MR's non-negative units
@@ -145,7 +145,7 @@ def check_sources(cases: list[Case], expected: dict, force: bool = False, label:
     if forced and not force:
         raise DGCFInputErrors([f["reason"] for f in forced])
     for entry in forced:
-        print(f"{label}: --force: {entry['reason']}", file=sys.stderr)
+        get_logger(__name__).warning(f"{label}: --force: {entry['reason']}")
     return forced
 
 

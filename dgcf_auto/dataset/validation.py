@@ -23,11 +23,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image, voxel_problem
+from dgcf_auto.log import progress_bar
 
 def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: bool = True,
                    progress: bool = False) -> list[str]:
@@ -39,7 +39,7 @@ def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: boo
     mixed = mixed_task_message(cases)
     if mixed:
         problems.append(mixed)
-    for case in tqdm(cases, desc="validating", unit="case", disable=not progress):
+    for case in progress_bar(cases, desc="validating", unit="case", disable=not progress):
         problems.extend(validate_case(case, require_ct, require_mask))
     return problems
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from dgcf_auto.atomic import atomic_folder, atomic_path, write_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
+
+log = get_logger(__name__)
 
 CONFIGURATION = "2d"
 SUMMARY = "summary.json"
@@ -71,7 +74,7 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlan
     results: dict[str, dict] = {}
     for trainer, per_fold in members.items():
         folder = results_dataset / model_identifier(trainer, plans) / f"crossval_results_folds_{folds_string(folds)}"
-        print(f"dgcf_find_best_configuration: {trainer}: gathering {len(folds)} fold(s) into {folder}")
+        log.info(f"{trainer}: gathering {len(folds)} fold(s) into {folder}")
         gather_folds(per_fold, folder)
         results[model_identifier(trainer, plans)] = {"folder": folder, "summary": _score(
             folder, cases, profile.name, num_processes, {**common, "trainer": trainer})}
@@ -81,7 +84,7 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlan
         for combination in ensembles:
             identifier = ensemble_identifier([model_identifier(t, plans) for t in combination], folds)
             folder = results_dataset / "ensembles" / identifier
-            print(f"dgcf_find_best_configuration: ensemble of {', '.join(combination)} into {folder}")
+            log.info(f"ensemble of {', '.join(combination)} into {folder}")
             with atomic_folder(folder) as tmp:
                 ensemble_folders([results[model_identifier(t, plans)]["folder"] for t in combination], tmp,
                                  num_processes=num_processes, progress=progress)

@@ -8,13 +8,11 @@ in seconds, lists every problem, and leaves no summary behind.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from dgcf_auto.atomic import check_output_file, check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
@@ -24,7 +22,10 @@ from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
+from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.workers import map_cases
+
+log = get_logger(__name__)
 
 SOURCE_STEMS = ("mr", "cbct")
 DEFINITIONS = "what each metric computes: see \"profile\" and documentation/evaluation.md"
@@ -48,7 +49,7 @@ def one_image(folder: Path, stem: str, case: str) -> Path | None:
 
 def flat_images(folder: Path) -> dict[str, Path]:
     """{case: file} of `<case>.{nii.gz,nii,mha}` (or a DICOM series folder `<case>/`, as
-    `dgcf_predict --output-format dicom` writes) directly in `folder`; a DGCFError on duplicates."""
+    `dgcf_predict --output_format dicom` writes) directly in `folder`; a DGCFError on duplicates."""
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if ((path.is_file() and image_suffix(path)) or is_dicom_folder(path)) and not path.name.startswith("."):
@@ -102,7 +103,7 @@ def match_cases(ref_dir, pred_dir, mask_dir=None, warn=None, reference: list[Eva
     `reference`: the reference cases themselves (instead of reading `ref_dir`); `missing` is filled with the
     names of reference cases that have no prediction.
     """
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    warn = warn or log.warning
     refs = {c.name: c for c in reference} if reference is not None else find_reference_cases(ref_dir)
     preds = flat_images(_check_folder(pred_dir, "prediction"))
     if not preds:
@@ -249,7 +250,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         raise DGCFInputErrors(list(unusable.values()))
     cases = [c for c in cases if c.name not in unusable]
     if not any(c.mask for c in cases):
-        print("warning: no masks found; metrics cover the whole image", file=sys.stderr)
+        log.warning("no masks found; metrics cover the whole image")
     if segscore and segmenter is None:  # fail on missing weights before the long image metrics
         from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter
 
@@ -268,7 +269,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
 
             segscore_cache = results_root() / "segscore_cache"
         scorer = SegScorer(segmenter, segscore_cache)
-        for case in tqdm(cases, desc="SegScore", unit="case"):
+        for case in progress_bar(cases, desc="SegScore", unit="case"):
             per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
                                               read_image(case.sct, case.name)))
         extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
@@ -296,7 +297,7 @@ def _prediction_model(pred_dir: Path) -> dict | None:
     try:
         record = read_provenance(pred_dir)
     except DGCFError as exc:
-        print(f"warning: {exc}; the summary names no model", file=sys.stderr)
+        log.warning(f"{exc}; the summary names no model")
         return None
     return model_of(record) if record is not None else None
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dgcf_auto.atomic import check_output_file, check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.evaluate import SOURCE_STEMS, flat_images, one_image
 from dgcf_auto.figures import save_case_figure
 from dgcf_auto.imageio import geometry_mismatch, read_image, strip_suffix
+from dgcf_auto.log import progress_bar
 
 
 def _is_case_folder(folder: Path) -> bool:
@@ -58,7 +57,7 @@ def visualize(inp, sct, output, ref=None, mask=None) -> list[Path]:
     if not cases:
         raise DGCFError(f"no case folder in {inp} has an sCT in {sct} (expected {sct}/<case>.nii.gz)")
     written = []
-    for folder in tqdm(cases, desc="figures", unit="case"):
+    for folder in progress_bar(cases, desc="figures", unit="case"):
         source, ct, case_mask = _case_files(folder)
         written.append(_figure(folder.name, source, preds[folder.name], ct, case_mask, output / f"{folder.name}.png"))
     return written

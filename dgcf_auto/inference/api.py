@@ -12,7 +12,9 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 
+log = get_logger(__name__)
 PathLike = str | os.PathLike
 
 
@@ -53,8 +55,8 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
             precision: str = "auto", batch_size: int | None = None, output_format: str = ".nii.gz",
             series_uids=(), mask_roi: str | None = None, mask_from: str = "plans", keep_background: bool = False,
-            save_uncertainty: bool = False, continue_prediction: bool = False, num_workers: int = 2,
-            png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
+            save_uncertainty: bool = False, continue_prediction: bool = False, reading_threads: int = 1,
+            writing_threads: int = 1, png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, force: bool = False,
             max_voxels: int | None = None, predictor=None, save_probabilities: bool = False,
             new_frame_of_reference: bool = False):
@@ -77,16 +79,19 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
 
 def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
              output_format, series_uids, mask_roi, mask_from, keep_background, save_uncertainty,
-             continue_prediction, num_workers, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
+             continue_prediction, reading_threads, writing_threads, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
              force, predictor, save_probabilities, new_frame_of_reference):
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
                         f"of {num_parts}")
+    from dgcf_auto.inference.run import warn_derived_masks
+
     if isinstance(input, sitk.Image):
         if num_parts != 1:
             raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
         predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
                                                 batch_size, keep_background, mask_from, progress)
+        warn_derived_masks(predictor, int(mask is None))
         return _predict_image(predictor, input, mask, output, output_format, dicom_uid_prefix)
     if mask is not None:
         raise DGCFError("mask= is for a SimpleITK image input; put mask.nii.gz beside the source in a case folder")
@@ -113,13 +118,15 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
         from dgcf_auto.inference.run import _read
 
         check_inputs(inputs, predictor.plans, force)
+        warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in inputs))
         images = {item.name: predictor.predict_volume(*_read(item), item.name)[0] for item in inputs}
         return next(iter(images.values())) if len(images) == 1 else images
-    return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction, num_workers,
+    return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction,
                           save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
                           dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress,
                           force=force, save_probabilities=save_probabilities,
-                          new_frame_of_reference=new_frame_of_reference)
+                          new_frame_of_reference=new_frame_of_reference,
+                          threads=(reading_threads, writing_threads))
 
 
 def _predict_image(predictor, image: sitk.Image, mask, output, output_format: str, uid_prefix: str | None):
@@ -143,8 +150,6 @@ def _announce(predictor, inputs, num_parts: int, part_id: int) -> None:
     folder = predictor.checkpoint_files[0].parent.parent
     part = f" (part {part_id} of {num_parts})" if num_parts > 1 else ""
     vit = ", ViT shared by the folds" if predictor.shared_encoder is not None and len(predictor.networks) > 1 else ""
-    print(f"dgcf_predict: {len(inputs)} case(s){part}, {len(predictor.networks)} fold(s) of "
-          f"{folder.parent.name}/{folder.name}, {predictor.passes_per_slice} network pass(es) per slice{vit}, "
-          f"device {predictor.device}, {predictor.options['precision']}")
-    if "random" in predictor.weights_sources:
-        print("dgcf_predict: WARNING: this model was trained with RANDOM DINOv3 weights (a test/demo model)")
+    log.info(f"{len(inputs)} case(s){part}, {len(predictor.networks)} fold(s) of "
+             f"{folder.parent.name}/{folder.name}, {predictor.passes_per_slice} network pass(es) per slice{vit}, "
+             f"device {predictor.device}, {predictor.options['precision']}")

@@ -1,7 +1,7 @@
 """A body mask for prediction when none is given, so that the case is treated as in training.
 
 Training normalises the MR inside the body mask, centres the slice grid on the mask and sets the outside to
-air; without a mask all three would use the whole image. Methods (`dgcf_predict --mask-from`):
+air; without a mask all three would use the whole image. Methods (`dgcf_predict --mask_from`):
 - "plans" (default): threshold the source at plans["body_mask"]["threshold"] (derived from the intensity
   statistics inside the training masks, see planning/planner.py `plan_body_mask`; for MR in units of the
   case's own 99th percentile), keep the largest connected component, fill holes slice by slice;
@@ -22,7 +22,7 @@ MASK_METHODS = ("plans", "otsu", "none")
 def effective_method(method: str, plans: dict) -> str:
     """The method actually used: 'plans' falls back to 'otsu' when the plans hold no body_mask section."""
     if method not in MASK_METHODS:
-        raise DGCFError(f"--mask-from must be one of {', '.join(MASK_METHODS)}, got {method!r}")
+        raise DGCFError(f"--mask_from must be one of {', '.join(MASK_METHODS)}, got {method!r}")
     return "otsu" if method == "plans" and "body_mask" not in plans else method
 
 
@@ -45,7 +45,7 @@ def derive_body_mask(source: sitk.Image, plans: dict, method: str = "plans", cas
     labels, count = ndimage.label(body)
     if count == 0:
         raise DGCFError(f"case {case}: no body found in the source above {threshold:.4g} ({method} threshold); "
-                        f"give a mask or use --mask-from none")
+                        f"give a mask or use --mask_from none")
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))

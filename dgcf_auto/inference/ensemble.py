@@ -88,7 +88,7 @@ def check_members(folders: list[Path]) -> dict:
 def _check_same_mask(mask, reference, first: Path, folder: Path, case: str) -> None:
     if (mask is None) != (reference is None) or (mask is not None and not np.array_equal(mask, reference)):
         raise DGCFError(f"case {case}: {saved_files(folder, case)[0]}: its body mask differs from {first}'s "
-                        f"(other --mask-from / --keep-background?); cannot average")
+                        f"(other --mask_from / --keep_background?); cannot average")
 
 
 def _case_geometry(folder: Path, case: str) -> dict:

@@ -6,19 +6,19 @@ only batches slices through the networks and averages them.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import to_array
 from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
 from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network, load_checkpoint
+from dgcf_auto.log import get_logger
+from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct, restore_slices
@@ -29,6 +29,7 @@ BACKGROUND_HU = -1000
 # Mirror along the slice's left-right axis (the last array axis of the slice grid). Anatomy stays plausible,
 # unlike an anterior-posterior flip the networks never saw in training (augmentation is off by default).
 TTA_FLIP_DIMS = ((), (-1,))
+log = get_logger(__name__)
 
 
 class SCTPredictor:
@@ -57,8 +58,8 @@ class SCTPredictor:
                 reference_vit = vit_weights
             elif sharing and not _same_tensors(vit_weights, reference_vit):
                 sharing = False  # folds trained from different ViT weights: each keeps its own
-                tqdm.write(f"note: {file}: frozen DINOv3 weights differ from {self.checkpoint_files[0].parent.name}'s; "
-                           f"every fold runs its own ViT", file=sys.stderr)
+                log.info(f"note: {file}: frozen DINOv3 weights differ from {self.checkpoint_files[0].parent.name}'s; "
+                         f"every fold runs its own ViT")
             network = build_trained_network(checkpoint, self.device, shared_vit if sharing else None)
             if index == 0:
                 shared_vit = getattr(network, "dinov3", None)
@@ -74,6 +75,8 @@ class SCTPredictor:
                          for n in self.networks))
         self.shared_encoder = self.networks[0].encode_dino if can_share else None
         self.weights_sources = sorted(sources)
+        if "random" in self.weights_sources:
+            log.warning(RANDOM_DINOV3_WARNING)
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)
         self.progress = progress
@@ -176,9 +179,9 @@ def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, to
     body = sitk.GetArrayFromImage(mask) > 0
     outside = float(np.count_nonzero(body & (sitk.GetArrayFromImage(covered) == 0))) / max(np.count_nonzero(body), 1)
     if outside > tolerance:
-        tqdm.write(f"WARNING: case {case}: {outside:.1%} of the body mask lies outside the planned slice grid "
-                   f"and gets no prediction ({CT_AIR_HU:.0f} HU); re-plan with a larger field of view "
-                   f"(--patch-size / --spacing) and retrain, or check the mask", file=sys.stderr)
+        log.warning(f"case {case}: {outside:.1%} of the body mask lies outside the planned slice grid "
+                    f"and gets no prediction ({CT_AIR_HU:.0f} HU); re-plan with a larger field of view "
+                    f"(--patch_size / --spacing) and retrain, or check the mask")
 
 
 def _as_int16_image(hu: np.ndarray, reference: sitk.Image) -> sitk.Image:

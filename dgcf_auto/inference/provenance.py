@@ -2,7 +2,7 @@
 
 `dgcf_predict` writes it into its output folder as `prediction_provenance.json` (the counterpart of
 nnU-Net's `predict_from_raw_data_args.json`), with one entry per case written (the output file's size and
-SHA-256). `--continue-prediction` trusts an existing output only when that record and the current model
+SHA-256). `--continue_prediction` trusts an existing output only when that record and the current model
 agree (`model_id`), and only after the whole file matched PROVENANCE_SCHEMA. Light (no torch, lazy version
 look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` and `file_sha256`.
 """
@@ -105,7 +105,7 @@ def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os
 
 
 def case_record(source: str | os.PathLike, output: str | os.PathLike) -> dict:
-    """What `--continue-prediction` checks about one written output."""
+    """What `--continue_prediction` checks about one written output."""
     output = Path(output)
     return {"source": str(Path(source).resolve()), "output": output.name, "bytes": output_bytes(output),
             "sha256": file_sha256(output), "written": _now()}

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from dgcf_auto.atomic import check_writable, write_json
 from dgcf_auto.dataset.discovery import Case
@@ -28,7 +27,9 @@ from dgcf_auto.inference.report import REPORT_FILE, PeakMemory, RunReport, repor
 from dgcf_auto.inference.saved_predictions import (PLANS_FILE, SAVED_OUTPUTS, saved_files, write_folder_plans,
                                                    write_saved_prediction)
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
+from dgcf_auto.log import get_logger, progress_bar
 
+log = get_logger(__name__)
 
 OUTPUT_FORMATS = IMAGE_SUFFIXES + ("dicom", "same")
 
@@ -82,7 +83,7 @@ def case_outputs(item: Case, output_dir: Path, output_format: str, save_uncertai
 def check_output_collisions(inputs: list[Case], output_dir: Path, output_format: str, save_uncertainty: bool = False,
                             extra_outputs: dict[str, str] | None = None) -> None:
     """Two cases that would write one name (foo's uncertainty map and the sCT of a case foo_uncertainty) would
-    overwrite each other, and --continue-prediction would then trust the wrong file: refuse in one line naming
+    overwrite each other, and --continue_prediction would then trust the wrong file: refuse in one line naming
     both inputs. `inputs`: every case of the run (all parts)."""
     output_dir = Path(output_dir)
     writers: dict[Path, str] = {}
@@ -133,16 +134,18 @@ def check_frames_of_reference(inputs: list[Case], output_dir: Path, output_forma
 
 
 def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path,
-                   output_format: str = ".nii.gz", continue_prediction: bool = False, num_workers: int = 2,
+                   output_format: str = ".nii.gz", continue_prediction: bool = False,
                    save_uncertainty: bool = False, png_dir: Path | None = None,
                    input_root: Path | None = None, dicom_uid_prefix: str | None = None,
                    part: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False,
-                   save_probabilities: bool = False, new_frame_of_reference: bool = False) -> list[Path]:
+                   save_probabilities: bool = False, new_frame_of_reference: bool = False,
+                   threads: tuple[int, int] = (1, 1)) -> list[Path]:
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
     `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
     `force`: predict sources that do not look like the model's (recorded as `forced` in report and provenance).
     `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py).
-    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series."""
+    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
+    `threads` = (reading, writing): cases read ahead of the network at once, and sCTs written at once."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir, save_uncertainty,
                   SAVED_OUTPUTS if save_probabilities else None)
@@ -171,18 +174,16 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
         report.report["forced"] = forced
     dicom = dict(uid_prefix=uid_prefix, new_frame_of_reference=new_frame_of_reference,
                  **dicom_description(predictor))
-    unmasked = sum(item.mask is None and not item.mask_roi for item in todo)
-    if predictor.derives_masks and unmasked:
-        tqdm.write(f"dgcf_predict: no body mask given for {unmasked} case(s): masks "
-                   f"derived from the source ({predictor.mask_from}); see documentation/prediction.md")
+    warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in todo))
 
     written = []
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        pending_reads = [pool.submit(_read, item) for item in todo[:1]]
+    ahead = max(1, threads[0])
+    with ThreadPoolExecutor(ahead) as readers, ThreadPoolExecutor(max(1, threads[1])) as pool:
+        pending_reads = [readers.submit(_read, item) for item in todo[:ahead]]
         writes = []
-        for index, item in enumerate(tqdm(todo, desc="cases", unit="case", disable=not progress)):
-            if index + 1 < len(todo):  # read the next case while this one is predicted
-                pending_reads.append(pool.submit(_read, todo[index + 1]))
+        for index, item in enumerate(progress_bar(todo, desc="cases", unit="case", disable=not progress)):
+            if index + ahead < len(todo):  # read the next cases while this one is predicted
+                pending_reads.append(readers.submit(_read, todo[index + ahead]))
             for job in writes:  # a failed write (full disk) stops the run now, not after every prediction
                 if job.done():
                     job.result()
@@ -206,6 +207,14 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     return written
 
 
+def warn_derived_masks(predictor: SCTPredictor, unmasked: int) -> None:
+    """Said wherever a prediction derives its own body mask (CLI and Python API): the mask changes the
+    normalisation and which voxels are set to air, so the result differs from one made with the case's mask."""
+    if predictor.derives_masks and unmasked:
+        log.warning(f"no body mask given for {unmasked} case(s): masks derived from the source "
+                    f"({predictor.mask_from}); see documentation/prediction.md")
+
+
 def _cases_to_redo(inputs: list[Case], output_dir: Path, output_format: str, save_uncertainty: bool,
                    provenance: dict, save_probabilities: bool = False) -> list[Case]:
     """The cases whose existing output cannot be trusted; prints how many are skipped and why the rest are not."""
@@ -219,8 +228,8 @@ def _cases_to_redo(inputs: list[Case], output_dir: Path, output_format: str, sav
             todo.append(item)
     skipped = len(inputs) - len(todo)
     why = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
-    tqdm.write(f"dgcf_predict: --continue-prediction: {skipped} case(s) already predicted by this model, skipped; "
-               f"{len(todo)} to predict" + (f" ({why})" if why else ""))
+    log.info(f"--continue_prediction: {skipped} case(s) already predicted by this model, skipped; "
+             f"{len(todo)} to predict" + (f" ({why})" if why else ""))
     return todo
 
 
@@ -324,7 +333,7 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
         source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
 
         def say(note: str) -> None:  # repaired source values, a new Frame of Reference: once per case
-            tqdm.write(f"dgcf_predict: case {item.name}: {note}")
+            log.warning(f"case {item.name}: {note}")
 
         write_ct_series(sct, target, source_series, notify=say, **dicom)
     else:

@@ -117,7 +117,7 @@ def read_roi_mask(case: Case, source) -> "sitk.Image":
     files = _rtstruct_candidates(case)
     where = f"case {case.name}"
     if not files:
-        raise DGCFError(f"{where}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it")
+        raise DGCFError(f"{where}: --mask_roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it")
     frame, series = None, None
     if case.source.is_dir():
         series = open_series(case.source, case.name, case.series_uids)
@@ -126,7 +126,7 @@ def read_roi_mask(case: Case, source) -> "sitk.Image":
 
 
 def _roi_problem(case: Case) -> str | None:
-    """Before any prediction: an RTSTRUCT holding the --mask-roi ROI exists for the case."""
+    """Before any prediction: an RTSTRUCT holding the --mask_roi ROI exists for the case."""
     import pydicom
 
     files = _rtstruct_candidates(case)
@@ -135,7 +135,7 @@ def _roi_problem(case: Case) -> str | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         names += [str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])]
     if not files:
-        return f"case {case.name}: --mask-roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it"
+        return f"case {case.name}: --mask_roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it"
     if case.mask_roi.strip().lower() not in {n.strip().lower() for n in names}:
         return (f"case {case.name}: no RTSTRUCT ROI named '{case.mask_roi}' (ROIs found: "
                 f"{', '.join(sorted(set(names))) or 'none'})")

@@ -10,7 +10,7 @@ Known difference, not copied: `features` returns one tensor, so their loop over 
 the first four *samples* of the batch; at their batch size of 4 that equals the L1 over the whole batch,
 which is what we compute for any batch size.
 
-Weights are never downloaded: a file given by `--vgg-weights`, else $DGCF_VGG_WEIGHTS, else torchvision's
+Weights are never downloaded: a file given by `--vgg_weights`, else $DGCF_VGG_WEIGHTS, else torchvision's
 own download cache ($TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth). Either a full torchvision VGG19 state
 dict or just its `features.*` entries.
 """
@@ -41,7 +41,7 @@ def torch_hub_checkpoint() -> Path:
 
 
 def resolve_vgg_weights(path: str | None) -> Path:
-    candidates = [("--vgg-weights", path), ("DGCF_VGG_WEIGHTS", os.environ.get("DGCF_VGG_WEIGHTS"))]
+    candidates = [("--vgg_weights", path), ("DGCF_VGG_WEIGHTS", os.environ.get("DGCF_VGG_WEIGHTS"))]
     for origin, value in candidates:
         if value:
             if not Path(value).is_file():
@@ -51,7 +51,7 @@ def resolve_vgg_weights(path: str | None) -> Path:
     if cached.is_file():
         return cached
     raise DGCFError(f"the vgg loss term needs torchvision's ImageNet VGG19 weights ({TORCHVISION_FILE}), "
-                    f"which are never downloaded: put the file at {cached}, or pass --vgg-weights FILE "
+                    f"which are never downloaded: put the file at {cached}, or pass --vgg_weights FILE "
                     f"or set DGCF_VGG_WEIGHTS")
 
 

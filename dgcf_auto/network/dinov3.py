@@ -21,17 +21,28 @@ Hugging Face cache; never a download). Random weights only when asked for, with 
 """
 from __future__ import annotations
 
-import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Sequence
 
-import timm
 import torch
 import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger, quiet_known_warnings
 from dgcf_auto.plans import DINOV3_INPUT_MODES, DinoV3Plans
+
+with warnings.catch_warnings():  # also for Python API users, who have no command_session
+    quiet_known_warnings()
+    import timm
+
+log = get_logger(__name__)
+# One text wherever random weights show up (the encoder, the trainer, the demo, a predictor loading such a
+# model), so the once-per-command filter prints it once.
+RANDOM_DINOV3_WARNING = ("DINOv3 is RANDOMLY INITIALISED (--dinov3_random, or the demo without --dinov3_weights): "
+                         "its features are meaningless and results do not reproduce the paper; for tests and demos "
+                         "only")
 
 DEFAULT_DINOV3_CFG = asdict(DinoV3Plans())
 
@@ -189,10 +200,8 @@ def build_dinov3(dinov3_cfg: dict | DinoV3Plans | None = None, weights: str | No
     vit = create_vit(cfg)
     if random:
         if weights:
-            raise DGCFError(f"both DINOv3 weights ({weights}) and --dinov3-random given: choose one")
-        message = ("DINOv3 is RANDOMLY INITIALISED (--dinov3-random): features are meaningless, results do "
-                   "not reproduce the paper; use only for tests and demos")
-        print(f"WARNING: {message}", file=sys.stderr)
+            raise DGCFError(f"both DINOv3 weights ({weights}) and --dinov3_random given: choose one")
+        log.warning(RANDOM_DINOV3_WARNING)
         source = "random"
     else:
         path, source = resolve_weights(cfg["model"], weights, getattr(vit, "pretrained_cfg", {}))

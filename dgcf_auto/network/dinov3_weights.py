@@ -1,6 +1,6 @@
 """Find and load DINOv3 weights, offline only.
 
-Resolution order: an explicit path (`--dinov3-weights`), then $DGCF_DINOV3_WEIGHTS, then the local Hugging
+Resolution order: an explicit path (`--dinov3_weights`), then $DGCF_DINOV3_WEIGHTS, then the local Hugging
 Face cache entry of timm's `timm/vit_base_patch16_dinov3.lvd1689m` (found through huggingface_hub's cache
 lookup; nothing is ever downloaded). Formats: Meta's original release (`dinov3_vitb16_pretrain_lvd1689m-*.pth`,
 keys like `storage_tokens`, `blocks.0.ls1.gamma`) converted with timm's own `checkpoint_filter_fn`, and timm
@@ -20,7 +20,7 @@ WEIGHTS_ENV = "DGCF_DINOV3_WEIGHTS"
 WHERE_TO_GET = ("get Meta's dinov3_vitb16_pretrain_lvd1689m-*.pth from the DINOv3 release page "
                 "(https://github.com/facebookresearch/dinov3, licence acceptance needed) or timm's "
                 "model.safetensors from Hugging Face 'timm/vit_base_patch16_dinov3.lvd1689m', then pass "
-                f"--dinov3-weights <file> or set {WEIGHTS_ENV}=<file>; --dinov3-random runs with random "
+                f"--dinov3_weights <file> or set {WEIGHTS_ENV}=<file>; --dinov3_random runs with random "
                 "weights (tests/demo only)")
 
 
@@ -48,7 +48,7 @@ def find_in_hf_cache(repo_id: str) -> Path | None:
 
 def resolve_weights(model_name: str, weights: str | None, pretrained_cfg: dict | None) -> tuple[Path, str]:
     """(file, source label). Raises DGCFError saying where to get weights when none is found."""
-    for given, origin in ((weights, "--dinov3-weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
+    for given, origin in ((weights, "--dinov3_weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
         if given:
             path = Path(given).expanduser()
             if not path.is_file():

@@ -7,10 +7,11 @@ import contextlib
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger, progress_bar
 
+log = get_logger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -53,7 +54,7 @@ class BatchSizer:
     def __init__(self, device: torch.device, fixed: int | None = None, fraction: float = 0.7, maximum: int = 256,
                  free_memory=None):
         if fixed is not None and int(fixed) < 1:
-            raise DGCFError(f"--batch-size must be at least 1, got {fixed}")
+            raise DGCFError(f"--batch_size must be at least 1, got {fixed}")
         self.device = torch.device(device)
         self.size = int(fixed) if fixed is not None else None
         self.automatic = fixed is None
@@ -80,7 +81,7 @@ class BatchSizer:
         self.back_offs += 1
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        tqdm.write(f"out of memory on {self.device}: slice batch reduced to {self.size}")
+        log.info(f"out of memory on {self.device}: slice batch reduced to {self.size}")
         return self.size
 
 
@@ -131,7 +132,7 @@ def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, dev
     sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder))
     total = np.zeros(slices.shape, np.float64)
     total_sq = np.zeros(slices.shape, np.float64) if with_std else None
-    bar = tqdm(total=slices.shape[0], desc=desc, unit="slice", leave=False, disable=desc is None)
+    bar = progress_bar(total=slices.shape[0], desc=desc, unit="slice", leave=False, disable=desc is None)
     start = 0
     while start < slices.shape[0]:
         stop = min(start + sizer.size, slices.shape[0])

@@ -22,7 +22,6 @@ layout (.safetensors / .bin / .pth). Without one the encoder starts random, with
 from __future__ import annotations
 
 import os
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
 
@@ -214,8 +214,8 @@ def build_transunet(in_channels: int, out_channels: int, options: dict, init: st
                 for k, v in settings.items())
     path = resolve_encoder_weights(explicit, paper)
     if path is None:
-        print(f"WARNING: TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED (no ImageNet weights found; "
-              f"{WHERE_TO_GET}); a trained checkpoint loaded afterwards replaces them", file=sys.stderr)
+        get_logger(__name__).warning(f"TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED (no ImageNet weights "
+                                     f"found; {WHERE_TO_GET}); a trained checkpoint loaded afterwards replaces them")
     else:
         net.load_encoder_weights(path)
     return net

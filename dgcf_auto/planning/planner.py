@@ -154,10 +154,10 @@ def check_overrides(overrides: dict) -> None:
     if "patch_size" in overrides:
         patch = overrides["patch_size"]
         if len(patch) != 2 or any(int(p) <= 0 or int(p) % multiple for p in patch):
-            raise DGCFError(f"--patch-size {' '.join(map(str, patch))}: give 2 values, each a positive "
+            raise DGCFError(f"--patch_size {' '.join(map(str, patch))}: give 2 values, each a positive "
                             f"multiple of {multiple} (what every registered network accepts)")
     if "ct_window" in overrides and not overrides["ct_window"][1] > overrides["ct_window"][0]:
-        raise DGCFError(f"--ct-window {overrides['ct_window']}: the upper bound must exceed the lower")
+        raise DGCFError(f"--ct_window {overrides['ct_window']}: the upper bound must exceed the lower")
     for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
         if key in overrides and not overrides[key] > 0:
             raise DGCFError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")

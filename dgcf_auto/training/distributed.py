@@ -90,5 +90,5 @@ def resolve_device(name: str | None, ctx: DistributedContext | None = None) -> t
 def split_batch_size(global_batch: int, world_size: int) -> int:
     if global_batch % world_size:
         raise DGCFError(f"batch size {global_batch} is not divisible by the {world_size} processes "
-                        f"(each takes batch_size / world_size slices); choose --batch-size accordingly")
+                        f"(each takes batch_size / world_size slices); choose --batch_size accordingly")
     return global_batch // world_size

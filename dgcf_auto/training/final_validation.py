@@ -4,7 +4,7 @@ The validation cases are predicted from the raw dataset on their original grids,
 predictor and API as `dgcf_predict` (so the numbers are what a user of the model gets, not the trainer's
 slice-grid validation), into `fold_X/validation/<case>.nii.gz`, and scored with the default metric profile
 into `fold_X/validation/summary.json` (every metric per case and the means, each with its N).
-`dgcf_train ... --val` reruns only this step; `--val-best` uses `checkpoint_best.pth`. With `--npz` the float
+`dgcf_train ... --val` reruns only this step; `--val_best` uses `checkpoint_best.pth`. With `--npz` the float
 predictions are kept as well (`<case>.npz` + `<case>.json`, see inference/saved_predictions.py), which
 `dgcf_find_best_configuration` needs to score ensembles of trainers.
 """
@@ -14,6 +14,9 @@ from pathlib import Path
 
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
+
+log = get_logger(__name__)
 
 SUMMARY_FILE = "summary.json"
 
@@ -29,7 +32,7 @@ def validate_fold(dataset: str | int, trainer: str, plans_name: str, configurati
     from dgcf_auto.planning.splits import split_cases
 
     if str(fold) == "all":
-        print("dgcf_train: fold 'all' has no validation cases; no final validation")
+        log.info("fold 'all' has no validation cases; no final validation")
         return None
     raw, cases = split_cases(dataset, "val", fold)
     model_folder = paths.training_output_folder(raw.name, trainer, plans_name, configuration, fold).parent
@@ -37,13 +40,13 @@ def validate_fold(dataset: str | int, trainer: str, plans_name: str, configurati
         raise DGCFError(f"fold {fold}: {model_folder / f'fold_{fold}' / checkpoint} does not exist; train the fold "
                         f"first (--val reruns only the final validation)")
     output = paths.split_prediction_folder(raw.name, trainer, plans_name, configuration, fold, "val")
-    print(f"dgcf_train: final validation of fold {fold} with {checkpoint}: predicting {len(cases)} validation "
-          f"case(s) into {output}")
+    log.info(f"final validation of fold {fold} with {checkpoint}: predicting {len(cases)} validation case(s) "
+             f"into {output}")
     predict(cases, output, model=model_folder, folds=[fold], device=device, trainer=trainer, plans=plans_name,
             checkpoint=checkpoint, precision=precision, save_probabilities=save_probabilities)
     summary_file = output / SUMMARY_FILE
     (_, summary), = evaluate_split(dataset, "val", fold, trainers=[trainer], plans=plans_name,
                                    configuration=configuration, pred_dir=output, output_json=summary_file)
     means = ", ".join(f"{k} {v:.4g}" for k, v in summary.get("mean", {}).items() if isinstance(v, (int, float)))
-    print(f"dgcf_train: validation summary {summary_file}: {means}")
+    log.info(f"validation summary {summary_file}: {means}")
     return summary_file

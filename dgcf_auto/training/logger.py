@@ -1,12 +1,15 @@
 """Per-epoch history, the plain-text training log and progress.png (rank 0 only writes)."""
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from dgcf_auto.atomic import atomic_path, png_complete
+from dgcf_auto.log import get_logger
+
+log = get_logger(__name__)
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_mae", "val_psnr", "val_ssim", "lr", "epoch_time", "data_wait")
 TERM_PREFIX = "train_"  # one history series per loss term: train_l1, train_mldp, ...
@@ -25,14 +28,17 @@ class TrainingLogger:
             self.output_folder.mkdir(parents=True, exist_ok=True)
             self.log_file = self.output_folder / f"training_log_{stamp}.txt"
 
-    def print(self, message: str) -> None:
-        """A line on stdout and in the log file (rank 0 only)."""
+    def print(self, message: str, level: int = logging.INFO) -> None:
+        """A message through logging (stderr) and a time-stamped line in the log file (rank 0 only)."""
         if not self.enabled:
             return
-        line = f"{datetime.now():%Y-%m-%d %H:%M:%S}: {message}"
-        print(line, file=sys.stdout, flush=True)
+        log.log(level, message)
+        prefix = "WARNING: " if level >= logging.WARNING else ""
         with open(self.log_file, "a") as f:  # appended line by line: a crash keeps everything so far
-            f.write(line + "\n")
+            f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S}: {prefix}{message}\n")
+
+    def warning(self, message: str) -> None:
+        self.print(message, logging.WARNING)
 
     @property
     def term_names(self) -> list[str]:

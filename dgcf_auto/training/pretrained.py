@@ -2,7 +2,7 @@
 MR model for brain MR), as nnU-Net's load_pretrained_weights.
 
 Every trainable weight of this run's network must exist in the checkpoint with the same shape; the frozen
-DINOv3 is left out of the comparison (it comes from --dinov3-weights, and lean checkpoints do not hold it).
+DINOv3 is left out of the comparison (it comes from --dinov3_weights, and lean checkpoints do not hold it).
 The checkpoint is read through dgcf_auto/checkpoint.py, so every checkpoint format it reads works here.
 """
 from __future__ import annotations

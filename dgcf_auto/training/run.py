@@ -14,12 +14,15 @@ from pathlib import Path
 from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import get_logger
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
+
+log = get_logger(__name__)
 
 CONFIGURATIONS = ("2d",)
 VALIDATION_MODES = ("final", "none", "only", "only-best")
@@ -74,7 +77,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                  val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
                  dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
                  validation: str = "final", best_metric: str | None = None, save_probabilities: bool = False,
-                 pretrained_weights: str | None = None, start_over: bool = False) -> Path | None:
+                 pretrained_weights: str | None = None, start_over: bool = False,
+                 tensorboard: bool = False) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
     (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
@@ -94,8 +98,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     if best_metric not in BEST_METRICS:
         raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {best_metric!r}")
     fold = parse_fold(fold)
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size),
-                        ("--iterations-per-epoch", iterations_per_epoch), ("--val-every", val_every)):
+    for name, value in (("--epochs", epochs), ("--batch_size", batch_size),
+                        ("--iterations_per_epoch", iterations_per_epoch), ("--val_every", val_every)):
         if value is not None and value < 1:
             raise DGCFError(f"{name} must be at least 1, got {value}")
     pretrained_sha256 = _check_pretrained(pretrained_weights, continue_training)
@@ -134,13 +138,13 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                                     precision=precision, vgg_weights=vgg_weights, best_metric=best_metric,
                                     pretrained_weights=(str(Path(pretrained_weights).resolve())
                                                         if pretrained_weights else None),
-                                    pretrained_weights_sha256=pretrained_sha256)
+                                    pretrained_weights_sha256=pretrained_sha256, tensorboard=tensorboard)
         if resume_state is not None:
             ckpt.check_compatible(resume_state, resume_from, variant.name, run_plans)
             if resume_from.name == "checkpoint_final.pth" and resume_state["epoch"] >= settings.epochs:
-                print(f"dgcf_train: {output} is a finished model: it already trained {resume_state['epoch']} "
-                      f"epochs (checkpoint_final.pth); nothing to do (pass a larger --epochs to train on, or "
-                      f"--val to redo the validation)")
+                log.info(f"{output} is a finished model: it already trained {resume_state['epoch']} "
+                         f"epochs (checkpoint_final.pth); nothing to do (pass a larger --epochs to train on, or "
+                         f"--val to redo the validation)")
                 return output
 
         if start_over and int(os.environ.get("RANK", "0")) == 0:
@@ -206,7 +210,7 @@ def _resume_point(output: Path, continue_training: bool, start_over: bool) -> Pa
             raise DGCFError(f"--c: {output} holds {', '.join(existing)} but neither checkpoint_latest.pth nor "
                             f"checkpoint_final.pth to continue from; pass --start_over instead of --c to move "
                             f"them aside into {PREVIOUS_RUNS}/ and train afresh")
-        print(f"dgcf_train: --c given but {output} holds no checkpoint yet; starting this fold")
+        log.info(f"--c given but {output} holds no checkpoint yet; starting this fold")
         return None
     if existing and not start_over:
         raise DGCFError(f"{output} already holds {', '.join(existing)} from an earlier run; pass --c to continue "
@@ -224,7 +228,7 @@ def _move_aside(output: Path) -> None:
     target.mkdir(parents=True)
     for path in moving:
         os.replace(path, target / path.name)
-    print(f"dgcf_train: --start_over: the earlier run's {len(moving)} files are now in {target}")
+    log.info(f"--start_over: the earlier run's {len(moving)} files are now in {target}")
 
 
 def _check_patch_fits(plans: dict, trainer_name: str) -> None:

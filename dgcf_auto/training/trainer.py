@@ -13,17 +13,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.network.execution import autocast, autocast_dtype
+from dgcf_auto.log import progress_bar
+from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
+from dgcf_auto.network.execution import autocast, autocast_dtype, predict_slice_stack
 from dgcf_auto.plans import network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream, next_batch)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
 from dgcf_auto.training.logger import TrainingLogger, finite_or_none
+from dgcf_auto.training.tensorboard import TensorBoardLog
 from dgcf_auto.training.validation import validate_cases
 from dgcf_auto.training.variants import TrainerVariant
 
@@ -46,6 +48,7 @@ class TrainingSettings:
     best_metric: str = "mae"   # what picks checkpoint_best.pth: "mae" (lowest) or "ssim" (highest 2D SSIM)
     pretrained_weights: str | None = None         # checkpoint the network started from (-pretrained_weights)
     pretrained_weights_sha256: str | None = None  # its SHA-256, so the start point is on record
+    tensorboard: bool = False  # also write <fold>/tensorboard/ (training/tensorboard.py)
 
 
 class DGCFTrainer:
@@ -57,6 +60,7 @@ class DGCFTrainer:
         self.output_folder, self.device = Path(output_folder), device
         self.dist = dist_ctx or DistributedContext()
         self.run_info = run_info or {}
+        self.tensorboard: TensorBoardLog | None = None  # made in run() when settings.tensorboard
         self.local_batch_size = split_batch_size(settings.batch_size, self.dist.world_size)
         self.autocast_dtype = autocast_dtype(device, settings.precision)  # bf16 needs no GradScaler
         self.logger = TrainingLogger(self.output_folder, enabled=self.dist.is_main)
@@ -135,11 +139,14 @@ class DGCFTrainer:
                                  training.foreground_slice_fraction, transform,
                                  start_batch=self.batches_done, num_workers=s.num_workers)
         stream = make_batch_stream(loader, s.num_workers)
+        self.tensorboard = TensorBoardLog(self.output_folder) if s.tensorboard and self.dist.is_main else None
         try:
             for epoch in range(self.start_epoch, s.epochs):
                 self._train_epoch(epoch, stream)
         finally:
             close_batch_stream(stream)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         payload = self.checkpoint_payload(s.epochs)  # collective under torchrun: every rank takes part
         if self.dist.is_main:
             ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
@@ -153,8 +160,8 @@ class DGCFTrainer:
         start = time.perf_counter()
         wait = 0.0
         sums = torch.zeros(1 + len(self.loss.names), dtype=torch.float32, device=self.device)  # mps: no float64
-        bar = tqdm(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
-                   leave=False, dynamic_ncols=True)
+        bar = progress_bar(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
+                           leave=False, dynamic_ncols=True)
         for it in bar:
             t0 = time.perf_counter()
             batch = next_batch(stream)
@@ -174,6 +181,8 @@ class DGCFTrainer:
                                  val_mae=val_mae, val_psnr=val_psnr, val_ssim=val_ssim,
                                  lr=self.optimizer.param_groups[0]["lr"], epoch_time=epoch_time,
                                  data_wait=wait / epoch_time)
+        if self.tensorboard is not None:
+            self._write_tensorboard(epoch, means, val)
         if self.scheduler is not None:
             self.scheduler.step()  # per epoch, as StepLR's step_size counts epochs
         payload = self.checkpoint_payload(epoch + 1)
@@ -210,6 +219,23 @@ class DGCFTrainer:
                                     VALIDATION_BATCH_SIZE, self.autocast_dtype)
             result.pop("per_case")
         return self.dist.broadcast_object(result)
+
+    def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
+        """This epoch's loss terms and validation numbers, and the middle slice of the first validation case."""
+        self.tensorboard.epoch(epoch, means[0], dict(zip(self.loss.names, means[1:])),
+                               self.optimizer.param_groups[0]["lr"], val)
+        if val is None:
+            return
+        case = self.val_cases[0]
+        middle = len(case.source) // 2
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            sct, _ = predict_slice_stack([self.network], case.source[middle:middle + 1], self.device, 1,
+                                         self.autocast_dtype)
+        finally:
+            self.network.train(was_training)
+        self.tensorboard.validation_image(epoch, case.name, case.source[middle], sct[0], case.ct[middle])
 
     # ---------------------------------------------------------------- state
     def checkpoint_payload(self, next_epoch: int) -> dict | None:
@@ -270,7 +296,7 @@ class DGCFTrainer:
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
                   f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, compile {s.compile}")
         if self.dinov3_source == "random":
-            log.print("WARNING: DINOv3 is RANDOMLY INITIALISED (--dinov3-random); results do not reproduce the paper")
+            log.warning(RANDOM_DINOV3_WARNING)
         if not self.val_cases:
             log.print("this fold has no validation cases: no validation, no checkpoint_best.pth")
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from dgcf_auto.atomic import atomic_folder, write_npy
 from dgcf_auto.errors import DGCFError
@@ -29,6 +27,7 @@ from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
 from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
                                                   read_structures, structure_files, totalsegmentator_structures)
 from dgcf_auto.imageio import read_image, write_image
+from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.workers import map_cases
 
 METRIC_NAMES = ("dose_mae_target", "dvh", "gamma")
@@ -177,7 +176,7 @@ def evaluate_case(job: DoseJob) -> dict:
     """{"metrics": {...}, "case": {files, dvh values, structures}} or {"skipped": reason}."""
     settings = job.settings
     stages = ["structures"] + [f"{m}: {s}" for m in settings.modalities for s in ("plan", "sCT dose", "metrics")]
-    bar = tqdm(total=len(stages), desc=f"dose {job.case}", unit="stage", leave=False, disable=not job.progress)
+    bar = progress_bar(total=len(stages), desc=f"dose {job.case}", unit="stage", leave=False, disable=not job.progress)
     try:
         bar.set_postfix_str(stages[0])
         ct = read_image(job.ct_file, job.case)
@@ -224,7 +223,7 @@ def evaluate_case(job: DoseJob) -> dict:
 def evaluate_dose(cases, settings: DoseSettings, out_dir: Path, structures_dir=None, cache_dir=None,
                   num_processes: int = 1, device: str | None = None, warn=None) -> tuple[dict, dict]:
     """({case: dose metrics}, the summary's "dose" entry) over the cases (EvalCase: name, ct, sct)."""
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    warn = warn or get_logger(__name__).warning
     if structures_dir is not None and not Path(structures_dir).is_dir():
         raise DGCFError(f"structures folder {structures_dir}: not found")
     jobs = [DoseJob(c.name, Path(c.ct), Path(c.sct), settings, Path(out_dir),
