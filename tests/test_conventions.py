@@ -69,3 +69,16 @@ def test_a_wrong_dataset_name_is_one_line_not_a_match_on_the_number(tmp_path):
         find_dataset(tmp_path, "Dataset001_Wrong", "DGCF_results")
     assert str(info.value) == (f"dataset Dataset001_Wrong: no such folder in DGCF_results={tmp_path}; id 1 is "
                                f"Dataset001_Right (pass -d 1 or -d Dataset001_Right)")
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    """The README's promise: its test command (dicom3tools, the test extra, pytest) is what CI runs."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    after = readme[readme.index("this is what CI runs"):]
+    command = re.search(r"```bash\n(.*?)\n```", after, re.S).group(1).strip()
+    assert "pytest" in command and "dicom3tools" in command and '".[test]"' in command
+    assert command in (root / ".ci" / "run").read_text().splitlines()
