@@ -1,8 +1,6 @@
 """dgcf_make_example_dataset: synthetic pelvis phantoms in SynthRAD2023 format under $DGCF_raw."""
 from __future__ import annotations
 
-import argparse
-
 from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
 
@@ -18,9 +16,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--name", default=None, help="dataset name (default: ExampleMR / ExampleCBCT)")
     parser.add_argument("--size_scale", type=float, default=1.0,
                         help="scale the default ~96x80x24 voxel volumes (default: 1.0)")
-    parser.add_argument("--structures", action=argparse.BooleanOptionalAction, default=True,
-                        help="also write each case's planning structures (structures.nii.gz + structures.json: "
-                             "prostate, bladder, rectum, femoral heads) for dgcf_evaluate --dose")
+    parser.add_argument("--no_structures", dest="structures", action="store_false",
+                        help="leave out each case's planning structures (structures.nii.gz + structures.json: "
+                             "prostate, bladder, rectum, femoral heads), written by default for dgcf_evaluate --dose")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder of that name")
     finish_parser(parser)
     return parser

@@ -4,7 +4,7 @@ Where a case's structures come from, in this order:
 1. `--structures DIR`: `DIR/<case>/structures.nii.gz` + `DIR/<case>/structures.json`, or `DIR/<case>.nii.gz`
    + `DIR/<case>.json`;
 2. the reference case folder itself: `<case>/structures.nii.gz` + `<case>/structures.json` (what
-   `dgcf_make_example_dataset --structures` writes);
+   `dgcf_make_example_dataset` writes by default);
 3. TotalSegmentator 'total' on the CT, when its weights are installed locally (never downloaded);
 otherwise the case is skipped with one line saying why. The legend maps structure names to label values,
 e.g. {"prostate": 1, "bladder": 2}. The label map must lie on the CT's grid.
