@@ -148,6 +148,9 @@ def test_release_plans_match_their_formulas_there_and_back(planned, modality):
     prepared = preprocess_case(image, ct_image, mask_image, plans, "rotated")
     np.testing.assert_allclose(prepared.source, expected_source, atol=2e-5, rtol=0)
     np.testing.assert_allclose(prepared.ct, expected_ct, atol=2e-5, rtol=0)
+    stretched_mask = resize_slices(mask.astype(np.float64), SIZE, SIZE)  # the stored mask: stretched, >= 0.5
+    assert np.array_equal(prepared.mask, (stretched_mask >= 0.5).astype(np.uint8))
+    assert prepared.properties["has_ct"] is True
 
     sct = restore_ct(network(prepared.source), prepared.properties, plans)
     expected_sct = resize_slices(from_unit(network(expected_source), *WINDOW), *source.shape[1:])

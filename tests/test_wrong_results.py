@@ -319,3 +319,19 @@ def test_preprocessing_refuses_a_source_that_is_not_3d(trained, size):
 
     with pytest.raises(DGCFError, match=rf"case X: source must be a 3D image, got {len(size)}D"):
         preprocess_case(sitk.Image(list(size), sitk.sitkFloat32), None, None, trained["plans"], "X")
+
+
+def test_plans_without_clip_output_keep_the_sct_in_the_ct_window_and_record_no_ct(trained):
+    """Plans written before `clip_output` existed clip network outputs beyond [-1, 1] to the CT window."""
+    from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+
+    source = sitk.Image([12, 10, 3], sitk.sitkFloat32) + 100.0
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[16, 16],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "ct_normalization": {"clip_low": -1000.0, "clip_high": 1500.0}}
+    assert "clip_output" not in plans["ct_normalization"]
+    case = preprocess_case(source, None, None, plans, "C")
+    assert case.properties["has_ct"] is False
+    sct = sitk.GetArrayFromImage(restore_ct(np.full(case.source.shape, 1.3, np.float32), case.properties, plans))
+    assert sct.max() == 1500.0 and sct.min() == 1500.0  # 1.3 clipped to 1 -> clip_high, not 1.3 x 1250 + 250
