@@ -403,3 +403,34 @@ def test_compare_puts_dose_columns_in_the_table_with_their_direction(tmp_path):
     assert [metric for _, metric in columns] == ["mae", "dose_mae_target_proton", "dvh_proton", "gamma_proton"]
     for task, metric in columns[1:]:  # A has the lower errors and the higher gamma: bold everywhere
         assert cells["A", task, metric].best and not cells["B", task, metric].best
+
+
+def test_rtstruct_in_the_case_folder_gives_the_structures(small_case):
+    """No label map: the ROIs of an RTSTRUCT beside the CT, rasterised on its grid, in lower case, plan the dose."""
+    from test_dicom import _box, _rtstruct_with_roi
+
+    from dgcf_auto.evaluation.dose.structures import check_structures, rtstruct_structures
+    from dgcf_auto.evaluation.evaluate import evaluate_folders
+
+    case = small_case / "ref" / "1PA001"
+    for name in ("structures.nii.gz", "structures.json"):
+        (case / name).unlink()
+    ct = sitk.ReadImage(str(case / "ct.nii.gz"))
+    nx, ny, nz = ct.GetSize()
+    x0, y0, k = nx // 2 - 3, ny // 2 - 2, nz // 2  # a 6 x 4 voxel box in the body's centre, on two slices
+    corners = _box(x0 - 0.5, x0 + 5.5, y0 - 0.5, y0 + 3.5)  # half-integer corners: 6 x 4 voxel centres inside
+    rs = _rtstruct_with_roi(case, ct, "Prostate", "1.2.3.4", [(k, corners), (k + 1, corners)])
+    structures = rtstruct_structures("1PA001", ct, case / "ct.nii.gz")
+    assert structures.source == "rtstruct" and structures.files == [str(rs)]
+    assert list(structures.masks) == ["prostate"]  # the contourless PTV ROI gives no structure
+    expected = np.zeros(structures.masks["prostate"].shape, bool)
+    expected[k:k + 2, y0:y0 + 4, x0:x0 + 6] = True
+    np.testing.assert_array_equal(structures.masks["prostate"], expected)
+    check_structures("1PA001", case / "ct.nii.gz", None, "prostate")  # the target is there: no error
+    with pytest.raises(DGCFError, match=r"^case 1PA001: no ROI named 'rectum' for the dose target in RS\.dcm "
+                                        r"\(ROIs: PTV, Prostate; choose one with --dose_target\)$"):
+        check_structures("1PA001", case / "ct.nii.gz", None, "rectum")
+    summary = evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "summary.json",
+                               dose=_settings(), dose_cache=None)
+    assert summary["dose"]["cases"]["1PA001"]["structures_source"] == "rtstruct"
+    assert _metrics(summary)["dose_mae_target_photon"] == 0.0  # the CT as its own sCT

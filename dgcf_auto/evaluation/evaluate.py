@@ -52,12 +52,17 @@ def flat_images(folder: Path) -> dict[str, Path]:
     `dgcf_predict --output_format dicom` writes) directly in `folder`; a DGCFError on duplicates."""
     images: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if ((path.is_file() and image_suffix(path)) or is_dicom_folder(path)) and not path.name.startswith("."):
+        if ((path.is_file() and image_suffix(path)) or _dicom_series_folder(path)) and not path.name.startswith("."):
             case = strip_suffix(path)
             if case in images:
                 raise DGCFError(f"case {case}: several files in {folder} ({images[case].name}, {path.name})")
             images[case] = path
     return images
+
+
+def _dicom_series_folder(path: Path) -> bool:
+    """A DICOM folder that is not a case folder (a case folder may hold an RTSTRUCT beside its ct.nii.gz)."""
+    return is_dicom_folder(path) and not any(image_suffix(p) for p in path.iterdir() if p.is_file())
 
 
 def _check_folder(folder, what: str) -> Path:

@@ -25,7 +25,8 @@ from dgcf_auto.evaluation.dose.plan import (DoseSettings, PlanningCase, Planner,
                                             planning_frame)
 from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
 from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
-                                                  read_structures, structure_files, totalsegmentator_structures)
+                                                  read_structures, rtstruct_structures, structure_files,
+                                                  totalsegmentator_structures)
 from dgcf_auto.imageio import read_image, write_image
 from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.workers import map_cases
@@ -67,11 +68,14 @@ def find_structures(job: DoseJob, ct: sitk.Image) -> CaseStructures | str:
     files = structure_files(job.case, job.ct_file, job.structures_dir)
     if files is not None:
         return read_structures(job.case, ct, *files)
+    if (from_rtstruct := rtstruct_structures(job.case, ct, job.ct_file)) is not None:
+        return from_rtstruct
     try:
         return totalsegmentator_structures(job.case, ct, job.device)
     except DGCFError as exc:
         return (f"case {job.case}: no structures for the dose plan (no structures.nii.gz + structures.json in "
-                f"{'--structures or ' if job.structures_dir else ''}the case folder; TotalSegmentator: {exc}); skipped")
+                f"{'--structures or ' if job.structures_dir else ''}the case folder, no RTSTRUCT; TotalSegmentator: "
+                f"{exc}); skipped")
 
 
 class ReferenceCache:

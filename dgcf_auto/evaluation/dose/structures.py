@@ -5,7 +5,9 @@ Where a case's structures come from, in this order:
    + `DIR/<case>.json`;
 2. the reference case folder itself: `<case>/structures.nii.gz` + `<case>/structures.json` (what
    `dgcf_make_example_dataset` writes by default);
-3. TotalSegmentator 'total' on the CT, when its weights are installed locally (never downloaded);
+3. an RTSTRUCT in the reference CT's DICOM folder or case folder: every ROI rasterised on the CT grid
+   (`dicomio.roi_mask`), named in lower case;
+4. TotalSegmentator 'total' on the CT, when its weights are installed locally (never downloaded);
 otherwise the case is skipped with one line saying why. The legend maps structure names to label values,
 e.g. {"prostate": 1, "bladder": 2}. The label map must lie on the CT's grid.
 
@@ -91,6 +93,54 @@ def check_structures(case: str, ct_file: Path, structures_dir, target: str) -> N
     files = structure_files(case, ct_file, structures_dir)
     if files is not None:
         read_structures(case, read_header(ct_file, case), *files, target=target)
+    elif rtstruct := _case_rtstructs(ct_file):
+        _rtstruct_roi_names(case, rtstruct, target)
+
+
+def _case_rtstructs(ct_file: Path) -> list[Path]:
+    """RTSTRUCT files in the CT's DICOM folder and in its case folder."""
+    from dgcf_auto.dicomio import rtstruct_files
+
+    ct_file = Path(ct_file)
+    return rtstruct_files(([ct_file] if ct_file.is_dir() else []) + [ct_file.parent])
+
+
+def _rtstruct_roi_names(case: str, files: list[Path], target: str | None) -> list[str]:
+    """The ROI names of the RTSTRUCT files; a DGCFError when `target` (any case) is not among them."""
+    import pydicom
+
+    names = [str(roi.ROIName) for path in files
+             for roi in getattr(pydicom.dcmread(path, force=True), "StructureSetROISequence", [])]
+    if target is not None and target.strip().lower() not in {n.strip().lower() for n in names}:
+        raise DGCFError(f"case {case}: no ROI named {target!r} for the dose target in {', '.join(p.name for p in files)} "
+                        f"(ROIs: {', '.join(names) or 'none'}; choose one with --dose_target)")
+    return names
+
+
+def rtstruct_structures(case: str, ct: sitk.Image, ct_file: Path) -> CaseStructures | None:
+    """Every non-empty ROI of the case's RTSTRUCT on the CT grid, named in lower case; None without one."""
+    from dgcf_auto.dicomio import roi_mask
+
+    files = _case_rtstructs(ct_file)
+    if not files:
+        return None
+    _rtstruct_roi_names(case, files, None)
+    masks = {name.strip().lower(): sitk.GetArrayFromImage(roi_mask(files, name, ct, f"case {case}")) > 0
+             for name in _contoured_rois(files)}
+    return CaseStructures(masks, "rtstruct", [str(f) for f in files])
+
+
+def _contoured_rois(files: list[Path]) -> list[str]:
+    """Names of the ROIs that have contours (an RTSTRUCT often lists contourless ones, e.g. a planned PTV)."""
+    import pydicom
+
+    names = []
+    for path in files:
+        ds = pydicom.dcmread(path, force=True)
+        contoured = {int(c.ReferencedROINumber) for c in getattr(ds, "ROIContourSequence", [])
+                     if len(getattr(c, "ContourSequence", [])) > 0}
+        names += [str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", []) if int(r.ROINumber) in contoured]
+    return names
 
 
 def totalsegmentator_structures(case: str, ct: sitk.Image, device: str | None = None) -> CaseStructures:
