@@ -197,9 +197,12 @@ def upgrade_plans(plans: dict) -> dict:
 
 
 def load_plans(path) -> dict:
-    """A plans file as today's layout (`upgrade_plans`); an unreadable file is one DGCFError naming it."""
+    """A plans file, checked against its schema (`plans_schema.check_plans`) and in today's layout
+    (`upgrade_plans`); an unreadable, malformed or inconsistent file is one DGCFError naming the file and field."""
     import json
     from pathlib import Path
+
+    from dgcf_auto.plans_schema import check_plans  # the schema module builds on this one's constants
 
     path = Path(path)
     try:
@@ -211,7 +214,7 @@ def load_plans(path) -> dict:
                         f"dgcf_plan_and_preprocess") from None
     if not isinstance(plans, dict):
         raise DGCFError(f"plans file {path}: holds a JSON {type(plans).__name__}, not a plans object")
-    return upgrade_plans(plans)
+    return check_plans(upgrade_plans(plans), f"plans file {path}")
 
 
 def configuration_names(plans: dict) -> list[str]:

@@ -17,6 +17,10 @@ def build_parser() -> CommandParser:
                              "DGCFReleasePlans with the authors' fixed preprocessing (256x256 stretched slices, MR "
                              "[p1, p99], CBCT/CT [-1024, 2000] HU; documentation/plans.md). Train, predict, evaluate "
                              "and export then take -p DGCFReleasePlans")
+    parser.add_argument("-p", dest="plans_name", default=None, metavar="PLANS_NAME",
+                        help="preprocess the existing plans file PLANS_NAME.json (a copy of DGCFPlans.json edited by "
+                             "hand, with its own plans_name and data identifiers) instead of planning; checked "
+                             "field by field first (documentation/plans.md#editing-plans)")
     parser.add_argument("-c", dest="configurations", nargs="+", default=None, metavar="CONFIGURATION",
                         help="configurations to preprocess (default: every one the planner plans; -pl default "
                              "plans 2d, 2.5d and 3d_fullres where they fit, -pl release only 2d)")
@@ -61,7 +65,7 @@ def main(argv=None):
     with voxel_limit(args.max_voxels):
         summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
                                       preprocess=not args.plan_only, force=args.force, planner=args.pl,
-                                      configurations=args.configurations)
+                                      configurations=args.configurations, plans_name=args.plans_name)
     print(f"{summary['description']}, {summary['num_folds']} fold(s)")
     done = summary["preprocessed"]
     if done is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from dgcf_auto.atomic import atomic_path, read_json, write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import DEFAULT_CONFIGURATION, upgrade_plans
+from dgcf_auto.plans_schema import check_plans
 
 PLANS_FILE = "plans.json"
 SAVED_VERSION = 1
@@ -70,7 +71,7 @@ def read_folder_plans(folder: Path) -> dict:
     if not isinstance(plans, dict) or "configurations" not in plans or "ct_normalization" not in plans:
         raise DGCFError(f"folder {folder}: {PLANS_FILE} is not a dgcf_auto plans file")
     upgrade_plans(plans).setdefault("configuration", DEFAULT_CONFIGURATION)  # saved before configurations
-    return plans
+    return check_plans(plans, f"folder {folder}: {PLANS_FILE}", complete=False)
 
 
 def saved_cases(folder: Path) -> list[str]:

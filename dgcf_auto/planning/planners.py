@@ -26,7 +26,7 @@ def _describe_default(plans: dict) -> str:
 @dataclass(frozen=True)
 class Planner:
     plans_name: str
-    plan: Callable[..., dict]        # (fingerprint, dataset_name, overrides, train_fraction) -> plans
+    plan: Callable[..., dict] | None  # (fingerprint, dataset_name, overrides, train_fraction) -> plans; None: edited by hand
     describe: Callable[[dict], str]  # one line for the console
     check_overrides: Callable[[dict], None]  # before anything is written
     configurations: tuple[str, ...] = (CONFIGURATION_2D,)  # what its plans hold (`-c` chooses among them)

@@ -36,7 +36,8 @@ from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
 from dgcf_auto.planning.planner import preprocessing_signature_fields
 from dgcf_auto.planning.planners import get_planner
-from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, configuration_names, configuration_plans
+from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, configuration_names,
+                             configuration_plans, load_plans)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
@@ -132,6 +133,38 @@ def array_owners(plans: dict, configurations: list[str] | None = None) -> dict[s
     return owners
 
 
+def _edited_planner(plans_name: str):
+    """A stand-in planner for a plans file edited by hand: no planning function; describes the plans."""
+    from dgcf_auto.planning.planners import Planner
+
+    def describe(plans: dict) -> str:
+        return f"plans {plans_name} as edited ({', '.join(configuration_names(plans))})"
+
+    return Planner(plans_name, None, describe, lambda overrides: None)
+
+
+def _check_edited(plans: dict, plans_file: Path, plans_name: str) -> None:
+    """An edited copy must carry its own name and array folders, so it never overwrites another plans' arrays."""
+    if plans.get("plans_name") != plans_name:
+        raise DGCFError(f"plans file {plans_file}: field plans_name: {plans.get('plans_name')!r} must be the file's "
+                        f"name {plans_name!r} (a copy keeps its own arrays apart)")
+    for name in configuration_names(plans):
+        identifier = configuration_plans(plans, name).data_identifier
+        if not identifier.startswith(f"{plans_name}_"):
+            raise DGCFError(f"plans file {plans_file}: field configurations.{name}.data_identifier: {identifier!r} "
+                            f"must start with {plans_name + '_'!r} (arrays of another plans file would be replaced)")
+
+
+def _existing_plans(plans_file: Path) -> dict:
+    """The plans file a rerun would replace. One that no longer reads as JSON was broken by hand or by a crash
+    of something else: it is refused rather than silently replaced (--overwrite replaces it)."""
+    try:
+        return read_json(plans_file)
+    except (OSError, ValueError) as exc:
+        raise DGCFError(f"plans file {plans_file}: not valid JSON ({exc}); restore it, or pass --overwrite to "
+                        f"plan afresh") from None
+
+
 def _output_folder(raw_dir: Path) -> Path:
     """$DGCF_preprocessed/<raw folder name>; another folder with the same id there is an error."""
     root = preprocessed_root()
@@ -148,11 +181,12 @@ def _output_folder(raw_dir: Path) -> Path:
 def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite: bool = False,
                         split: str = "5fold", overrides: dict | None = None, preprocess: bool = True,
                         progress: bool = True, force: bool = False, planner: str = "default",
-                        configurations: list[str] | None = None) -> dict:
+                        configurations: list[str] | None = None, plans_name: str | None = None) -> dict:
     """The whole command; returns a summary (paths, plans, preprocessing counts, `forced`: what the source
     checks let pass with `force`, also recorded in the preprocessed dataset.json). `planner`: a key of
     planning.planners.PLANNERS (`-pl`). `configurations`: which planned configurations to preprocess
-    (default: every one the planner planned)."""
+    (default: every one the planner planned). `plans_name`: preprocess an existing plans file of that name
+    (nnU-Net's `-plans_name`: plans edited by hand and saved under a new name) instead of planning."""
     if split not in SPLIT_MODES:
         raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_MODES)})")
     if int(num_processes) < 1:
@@ -160,7 +194,13 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     chosen = get_planner(planner)
     chosen.check_overrides(overrides)
-    chosen.check_configurations(configurations)
+    if plans_name is not None:
+        if overrides:
+            raise DGCFError(f"plans overrides ({', '.join(sorted(overrides))}) apply to planning; plans "
+                            f"{plans_name!r} are preprocessed as written: edit its file instead")
+        chosen = _edited_planner(plans_name)
+    else:
+        chosen.check_configurations(configurations)
     raw_dir = raw_dataset(dataset_id)
     out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
@@ -179,16 +219,27 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
                                 progress: bool, chosen, forced: list[dict] = (),
                                 configurations: list[str] | None = None) -> dict:
     names = [c.name for c in cases]
+    plans_file = out_dir / f"{chosen.plans_name}.json"
+    if chosen.plan is None and not plans_file.is_file():
+        raise DGCFError(f"plans file {plans_file}: not found (-p names an existing plans file, e.g. a copy of "
+                        f"DGCFPlans.json edited and saved under that name)")
+    if plans_file.is_file() and not overwrite:
+        _existing_plans(plans_file)  # a broken plans file stops the run before anything is written
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
     fraction = sum(len(f["train"]) for f in folds) / (len(folds) * len(names))
 
+    edited = chosen.plan is None
+    if edited:  # plans edited by hand: read (and checked) as they are, never rewritten
+        plans = load_plans(plans_file)
+        _check_edited(plans, plans_file, chosen.plans_name)
+        owners = array_owners(plans, configurations)
     fingerprint = fingerprint_dataset(cases, out_dir / FINGERPRINT_FILE, num_processes, overwrite, progress)
-    plans = chosen.plan(fingerprint, raw_dir.name, overrides, fraction)
-    owners = array_owners(plans, configurations)  # a configuration the planner did not plan: nothing written
-    plans_file = out_dir / f"{chosen.plans_name}.json"
-    if overwrite or not plans_file.is_file() or read_json(plans_file) != json.loads(json.dumps(plans)):
-        write_json(plans, plans_file)
+    if not edited:
+        plans = chosen.plan(fingerprint, raw_dir.name, overrides, fraction)
+        owners = array_owners(plans, configurations)
+        if overwrite or not plans_file.is_file() or _existing_plans(plans_file) != json.loads(json.dumps(plans)):
+            write_json(plans, plans_file)
     splits = write_splits(names, out_dir / SPLITS_FILE, split, overwrite)
     info = {"name": raw_dir.name, "task": plans["task"], "source_modality": plans["source_modality"],
             "num_cases": len(names), "cases": names, "raw_folder": str(raw_dir),

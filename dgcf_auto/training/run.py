@@ -20,7 +20,8 @@ from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
-from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+from dgcf_auto.training.plans_check import check_plans_names, variant_overrides
+from dgcf_auto.training.trainer import LR_SCHEDULERS, OPTIMIZERS, DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
 
 log = get_logger(__name__)
@@ -112,6 +113,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     if kind not in TRAINABLE_KINDS:
         raise DGCFError(f"configuration {configuration!r} ({kind}) cannot be trained by this dgcf_auto version")
     plans = resolve_configuration(plans, configuration)
+    check_plans_names(plans, f"plans file {folder / (plans_name + '.json')}", OPTIMIZERS, LR_SCHEDULERS)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
@@ -131,6 +133,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
         overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
         run_plans = effective_plans(plans, variant, overrides)
+        check_plans_names(run_plans, f"trainer {variant.name}", OPTIMIZERS, LR_SCHEDULERS)
+        replaced = variant_overrides(plans, run_plans, variant.name, {k: v for k, v in overrides.items() if v})
         _check_patch_fits(run_plans, variant.name)
         train_cases = [open_case(data_folder, n) for n in train_names]
         val_cases = [open_case(data_folder, n) for n in val_names]
@@ -162,7 +166,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
                                   resolve_device(device, ctx), ctx,
                                   run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
-                                            "configuration": configuration,
+                                            "configuration": configuration, "trainer_sets": replaced,
                                             "command_line_overrides": {k: v for k, v in overrides.items() if v}})
             trainer.initialize()
             if resume_state is not None:

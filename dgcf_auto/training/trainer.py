@@ -306,6 +306,10 @@ def _without_optimizer(payload: dict) -> dict:
     return {k: v for k, v in payload.items() if k != "optimizer_state"}
 
 
+OPTIMIZERS = ("adam",)       # training.optimizer values this trainer builds
+LR_SCHEDULERS = ("step",)    # training.lr_scheduler names (null: a constant rate)
+
+
 def _lr_scheduler(optimizer: torch.optim.Optimizer, config: dict | None):
     """None (a constant learning rate) or the plans' per-epoch schedule."""
     if config is None:
