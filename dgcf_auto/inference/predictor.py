@@ -133,7 +133,8 @@ class SCTPredictor:
         return predict_slice_stack(self.networks, slices, self.device, self.batch_sizer, self.autocast_dtype,
                                    self.flips, with_uncertainty,
                                    desc=f"predict {case}".strip() if self.progress else None,
-                                   shared_encoder=self.shared_encoder)
+                                   shared_encoder=self.shared_encoder,
+                                   slab_size=configuration_plans(self.plans).slab_size)
 
 
 @dataclass

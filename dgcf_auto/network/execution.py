@@ -10,7 +10,8 @@ import torch
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger, progress_bar
-from dgcf_auto.preprocessing.slabs import check_slab_size, gather_slabs
+from dgcf_auto.plans import check_slab_size
+from dgcf_auto.preprocessing.slabs import gather_slabs
 
 log = get_logger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")

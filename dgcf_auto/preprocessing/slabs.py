@@ -16,16 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dgcf_auto.errors import DGCFError
-
-
-def check_slab_size(slab_size: int) -> int:
-    """A positive odd number of slices (the centre slice and as many neighbours on each side)."""
-    k = int(slab_size)
-    if k < 1 or k % 2 == 0 or k != slab_size:
-        raise DGCFError(f"slab_size {slab_size!r}: a 2.5d slab is an odd number of slices (1, 3, 5, ...), "
-                        f"the predicted slice in the middle")
-    return k
+from dgcf_auto.plans import check_slab_size
 
 
 def slab_indices(num_slices: int, centres, slab_size: int) -> np.ndarray:

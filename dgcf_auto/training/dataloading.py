@@ -16,7 +16,8 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.preprocessing.slabs import check_slab_size, gather_slabs
+from dgcf_auto.plans import check_slab_size
+from dgcf_auto.preprocessing.slabs import gather_slabs
 from dgcf_auto.workers import die_with_parent, ignore_interrupts, note_stopped
 
 
