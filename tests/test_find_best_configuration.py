@@ -176,7 +176,7 @@ def test_ensembles_need_saved_predictions_and_bad_metric_is_one_line(trained, be
             code, _, err = run("find_best_configuration", ["-d", str(DATASET_ID), "-tr", *TRAINERS, "-f", "0", "1"],
                                capsys)
             assert code == 1 and len(err.strip().splitlines()) == 1
-            assert f"trainer DGCFTrainer_L1 fold 1: {folder} has no saved float prediction (case {case.stem})" in err
+            assert f"trainer DGCFTrainer_L1 (2d) fold 1: {folder} has no saved float prediction (case {case.stem})" in err
             assert "--val --npz" in err and "--disable_ensembling" in err
             shutil.copy2(moved, case)  # back, then stale: floats that are not those of the sCT beside them
             with np.load(case) as data:
