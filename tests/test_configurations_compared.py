@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from model_fixtures import TINY_FEATURES, data_folders, run_cli, save_tiny_folds
-from test_find_best_configuration import _run_instructions
+from test_find_best_configuration import _run_instructions, assert_instructions_reproduce
 
 torch.set_num_threads(1)
 DATASET_ID = 991
@@ -111,17 +111,7 @@ def test_running_the_instructions_reproduces_the_winners_files(trained, best, tm
             direct.append(tmp_path / f"direct{index}")
             predict(tmp_path / "input", direct[-1], model=DATASET_ID, folds=[0, 1], trainer=model["trainer"],
                     configuration=model["configuration"], device="cpu", progress=False)
-    for case in cases:
-        out = sitk.ReadImage(str(outputs["OUTPUT_FOLDER"] / f"{case}.nii.gz"))
-        source = sitk.ReadImage(str(tmp_path / "input" / case / "mr.nii.gz"))
-        assert out.GetPixelID() == sitk.sitkInt16 and out.GetSize() == source.GetSize()
-        assert out.GetOrigin() == source.GetOrigin() and out.GetDirection() == source.GetDirection()
-        hu = [sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}.nii.gz"))).astype(float) for d in direct]
-        mine = sitk.GetArrayFromImage(out).astype(float)
-        if len(hu) == 1:
-            assert np.array_equal(mine, hu[0])
-        else:
-            assert np.abs(hu[0] - hu[1]).max() > 50 and np.abs(mine - (hu[0] + hu[1]) / 2).max() <= 1.0 + 1e-6
+    assert_instructions_reproduce(outputs["OUTPUT_FOLDER"], direct, tmp_path / "input", cases)
 
 
 def test_a_configuration_without_a_trained_model_is_one_line(trained, capsys):

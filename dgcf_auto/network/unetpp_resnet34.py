@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
@@ -56,37 +55,20 @@ class UNetPlusPlusResNet34(nn.Module):
 
     def load_encoder_weights(self, path: Path) -> None:
         """A torchvision/timm-layout ResNet-34 state dict into the encoder; every key and shape must fit."""
-        from timm.models import adapt_input_conv
+        from dgcf_auto.network.dinov3_weights import load_encoder_state, read_state_dict
 
-        from dgcf_auto.network.dinov3_weights import read_state_dict
-
-        encoder = self.model.encoder
         state = {k: v for k, v in read_state_dict(path, label="ResNet-34 encoder weights").items()
                  if not k.startswith("fc.")}
-        expected = encoder.state_dict()
-        stem = "conv1.weight"
-        if stem in state and state[stem].ndim == 4 and state[stem].shape[1] != expected[stem].shape[1]:
-            state[stem] = adapt_input_conv(expected[stem].shape[1], state[stem])
-        problems = [f"missing {k}" for k in expected if k not in state]
-        problems += [f"unexpected {k}" for k in state if k not in expected]
-        problems += [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                     for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if problems:
-            raise DGCFError(f"ResNet-34 encoder weights {path} do not fit smp's ResNet-34 encoder "
-                            f"({len(problems)} problems, e.g. {'; '.join(problems[:3])}); {WHERE_TO_GET}")
-        encoder.load_state_dict(state, strict=True)
+        load_encoder_state(self.model.encoder, state, path, "ResNet-34 encoder weights",
+                           "smp's ResNet-34 encoder", stem="conv1.weight", hint=f"; {WHERE_TO_GET}")
 
 
 def resolve_encoder_weights(explicit: str | None) -> Path | None:
     """The encoder weight file (plans option, then the environment), or None; a named file must exist."""
-    for given, origin in ((explicit, "options.encoder_weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
-        if given:
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise DGCFError(f"ResNet-34 encoder weights file {path} (from {origin}) does not exist; "
-                                f"{WHERE_TO_GET}")
-            return path
-    return None
+    from dgcf_auto.network.dinov3_weights import given_weight_file
+
+    return given_weight_file(((explicit, "options.encoder_weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)),
+                             "ResNet-34 encoder weights", WHERE_TO_GET)
 
 
 @register_network("unetpp_resnet34", needs_dinov3=False, size_multiple=1,
