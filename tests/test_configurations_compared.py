@@ -141,11 +141,11 @@ def two_grids(tmp_path_factory):
         grid["inplane_spacing"] = [s * 1.5 for s in grid["inplane_spacing"]]
         grid["patch_size"] = [48, 48]
         outputs = {}
-        for name, model_plans in (("fine", plans), ("coarse", coarse)):
+        for fold, (name, model_plans) in enumerate((("fine", plans), ("coarse", coarse))):  # other weights too
             folder = root / "DGCF_results" / raw.name / f"Model{name}__DGCFPlans__2d"
-            save_tiny_folds(folder, model_plans, folds=(0,))
+            save_tiny_folds(folder, model_plans, folds=(fold,))
             outputs[name] = root / f"pred_{name}"
-            predict(raw, outputs[name], model=folder, folds=[0], device="cpu", tta=False, precision="fp32",
+            predict(raw, outputs[name], model=folder, folds=[fold], device="cpu", tta=False, precision="fp32",
                     save_probabilities=True, progress=False)
         yield {"raw": raw, "out": outputs, "cases": sorted(p.name for p in raw.iterdir() if p.is_dir())}
 
