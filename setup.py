@@ -41,6 +41,7 @@ setup(
         "tqdm",
         "matplotlib",
         "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
+        "segmentation-models-pytorch>=0.6",  # UNet++ with a ResNet-34 encoder (IMPACT-Synth's 2.5D network)
     ],
     extras_require={
         # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)

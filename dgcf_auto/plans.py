@@ -137,6 +137,15 @@ class ConfigurationPlans:
         return values
 
 
+def check_slab_size(slab_size) -> int:
+    """A 2.5d slab is a positive odd number of slices: the predicted one in the middle, as many on each side."""
+    if isinstance(slab_size, bool) or not isinstance(slab_size, (int, float)) or slab_size != int(slab_size) \
+            or int(slab_size) < 1 or int(slab_size) % 2 == 0:
+        raise DGCFError(f"slab_size {slab_size!r}: a 2.5d slab is an odd number of slices (1, 3, 5, ...), "
+                        f"the predicted slice in the middle")
+    return int(slab_size)
+
+
 def _from_dict(cls, values: dict, section: str):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
@@ -255,6 +264,11 @@ def configuration_plans(plans: dict, name: str | None = None) -> ConfigurationPl
                         f"{', '.join(sorted(set(CONFIGURATION_KINDS.values())))}")
     if result.grid not in GRIDS:
         raise DGCFError(f"configurations.{name}.grid {result.grid!r} is not one of {', '.join(GRIDS)}")
+    if result.kind == KIND_SLABS:
+        try:
+            check_slab_size(result.slab_size)
+        except DGCFError as exc:
+            raise DGCFError(f"configurations.{name}.{exc}") from None
     return result
 
 

@@ -98,19 +98,20 @@ def _copy(src, dst):
     return dst
 
 
-@pytest.mark.parametrize("fault", ["plans", "missing_case", "grid", "mask", "truncated"])
+@pytest.mark.parametrize("fault", ["original_grid", "missing_case", "grid", "mask", "truncated"])
 def test_folders_that_do_not_agree_are_one_line_and_nothing_written(predicted, tmp_path, capsys, fault):
     a = predicted["out"][0]
     b = _copy(predicted["out"][1], tmp_path / "b")
     case = predicted["cases"][1]
-    expected = {"plans": f"folder {b}: its plans differ", "missing_case": f"case {case}: no saved prediction in {b}",
+    expected = {"original_grid": f"case {case}: {b / (case + '.json')}: its original geometry differs",
+                "missing_case": f"case {case}: no saved prediction in {b}",
                 "grid": f"case {case}: {b / (case + '.json')}: its slice grid differs",
                 "mask": f"case {case}: {b / (case + '.npz')}: its body mask differs",
                 "truncated": f"case {case}: {case}.npz in {b} is unreadable"}[fault]
-    if fault == "plans":
-        plans = json.loads((b / "plans.json").read_text())
-        plans["ct_normalization"]["clip_high"] = 2000
-        (b / "plans.json").write_text(json.dumps(plans))
+    if fault == "original_grid":  # another input image (plans with another grid are averaged in HU instead)
+        record = json.loads((b / f"{case}.json").read_text())
+        record["properties"]["original_geometry"]["spacing"][0] *= 1.01
+        (b / f"{case}.json").write_text(json.dumps(record))
     elif fault == "missing_case":
         (b / f"{case}.json").unlink()
     elif fault == "grid":

@@ -32,6 +32,8 @@ def build_parser() -> CommandParser:
                         "that have predictions)")
     parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
                                                         "after -pl release)")
+    parser.add_argument("-c", default="2d", metavar="CONFIGURATION",
+                        help="configuration of the models evaluated with --split (default: 2d; 2.5d, 3d_fullres)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")
     parser.add_argument("--segscore_fast", action="store_true",
@@ -97,7 +99,7 @@ def main(argv=None):
         raise DGCFError("give -ref CT_DIR -pred SCT_DIR -o summary.json, or -d ID --split val|test")
     with voxel_limit(args.max_voxels):
         if args.split:
-            results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, pred_dir=args.pred,
+            results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, args.c, pred_dir=args.pred,
                                      output_json=args.output, **options)
         else:
             results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]

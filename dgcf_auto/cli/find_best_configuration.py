@@ -1,7 +1,7 @@
-"""dgcf_find_best_configuration -d 1 -tr A B [-p PLANS] [-f 0 1 2 3 4] [--metric mae]: score each trainer's
-cross-validation and every ensemble of trainers, pick the best, and write inference_instructions.txt /
-inference_information.json with the exact dgcf_predict / dgcf_ensemble commands (nnU-Net's
-nnUNetv2_find_best_configuration)."""
+"""dgcf_find_best_configuration -d 1 [-c 2d 2.5d 3d_fullres] -tr A B [-p PLANS] [-f 0 1 2 3 4] [--metric mae]:
+score the cross-validation of every trainer in every configuration and of every ensemble of them, pick the
+best, and write inference_instructions.txt / inference_information.json with the exact dgcf_predict /
+dgcf_ensemble commands (nnU-Net's nnUNetv2_find_best_configuration)."""
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
@@ -14,6 +14,9 @@ def build_parser() -> CommandParser:
 
     p = CommandParser(prog="dgcf_find_best_configuration", description=__doc__)
     p.add_argument("-d", required=True, help="dataset id or name")
+    p.add_argument("-c", nargs="+", default=["2d"], metavar="CONFIGURATION",
+                   help="configurations to consider, each with every trainer (default: 2d; e.g. 2d 2.5d 3d_fullres); "
+                        "ensembles across configurations are averaged in HU on each case's own grid")
     p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default: DGCFTrainer)")
     p.add_argument("-p", default="DGCFPlans", help="plans name (default: DGCFPlans)")
     p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
@@ -25,7 +28,7 @@ def build_parser() -> CommandParser:
     p.add_argument("--test", default="ttest", choices=list(TESTS),
                    help="paired test of the best against the runner-up (default: ttest)")
     p.add_argument("--disable_ensembling", action="store_true",
-                   help="score single trainers only (no saved float predictions needed)")
+                   help="score single models only (no saved float predictions needed)")
     p.add_argument("-np", type=int, default=1, help="worker processes for ensembling and metrics (default: 1)")
     finish_parser(p)
     return p
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     information = find_best_configuration(args.d, args.tr, args.p, args.f, args.metric, args.profile,
                                           allow_ensembling=not args.disable_ensembling, num_processes=args.np,
-                                          test=args.test, progress=not args.disable_progress_bar)
+                                          test=args.test, progress=not args.disable_progress_bar,
+                                          configurations=args.c)
     print()
     print(inference_instructions(information), end="")
     print(f"\ndgcf_find_best_configuration: wrote {results_dataset(args.d) / INSTRUCTIONS_FILE}")

@@ -47,12 +47,14 @@ def build_parser() -> CommandParser:
     over.add_argument("--interpolation", choices=("bspline", "linear"),
                       help="intensity interpolation onto the slice grid (default: bspline; linear is ~15x faster)")
     over.add_argument("--features", type=int, nargs="+", metavar="C", help="UNet channels per level")
+    over.add_argument("--slab_size", type=int, metavar="K",
+                      help="2.5d: adjacent slices per network input, odd (default: 5)")
     finish_parser(parser)
     return parser
 
 
 OVERRIDE_ARGS = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate",
-                 "iterations_per_epoch", "features", "interpolation")
+                 "iterations_per_epoch", "features", "interpolation", "slab_size")
 
 
 @cli_entry

@@ -1,13 +1,17 @@
-"""`dgcf_find_best_configuration -d 1 -tr A B [-f 0 1 2 3 4] [--metric mae]`, after nnU-Net's
-nnUNetv2_find_best_configuration.
+"""`dgcf_find_best_configuration -d 1 -c 2d 2.5d 3d_fullres -tr A B [-f 0 1 2 3 4] [--metric mae]`, after
+nnU-Net's nnUNetv2_find_best_configuration.
 
-1. Per trainer, the folds' final-validation predictions (`fold_X/validation/`, dgcf_train) are gathered into
-   `<Trainer>__<Plans>__2d/crossval_results_folds_0_1_2_3_4/` and scored there against the raw dataset's CTs
-   and masks with dgcf_evaluate's code: `summary.json` (every case of every fold, then the means).
-2. Every ensemble of two or more trainers is averaged from the saved float predictions (`dgcf_train --npz`,
+The models are every trainer x configuration (nnU-Net's order: trainer by trainer, each in every configuration),
+`<Trainer>__<Plans>__<configuration>`; nothing here depends on what a configuration is.
+1. Per model, the folds' final-validation predictions (`fold_X/validation/`, dgcf_train) are gathered into
+   `<Trainer>__<Plans>__<configuration>/crossval_results_folds_0_1_2_3_4/` and scored there against the raw
+   dataset's CTs and masks with dgcf_evaluate's code: `summary.json` (every case of every fold, then the means).
+2. Every ensemble of two or more models is averaged from the saved float predictions (`dgcf_train --npz`,
    see inference/saved_predictions.py) with dgcf_ensemble's code into
-   `$DGCF_results/<Dataset>/ensembles/ensemble___<model 1>___<model 2>...___<folds>/` and scored the same way.
-   Averaging int16 sCTs instead would add up to 0.5 HU of rounding per member; the floats avoid that.
+   `$DGCF_results/<Dataset>/ensembles/ensemble___<model 1>___<model 2>...___<folds>/` and scored the same way:
+   on one shared grid (2d with 2.5d) the normalised predictions are averaged; across grids (with 3d_fullres)
+   each member's float HU on the case's original grid. Averaging int16 sCTs instead would add up to 0.5 HU of
+   rounding per member; the floats avoid that.
 3. The best by the metric (its direction from the metric profile) wins; ties go to the first, singles before
    ensembles (the simpler). A paired test over the cases (compare.py's) says whether it beats the runner-up.
 4. `$DGCF_results/<Dataset>/inference_information.json` and `inference_instructions.txt` give the exact
@@ -19,15 +23,16 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from dgcf_auto.atomic import atomic_folder, atomic_path, write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.plans import DEFAULT_CONFIGURATION
 
 log = get_logger(__name__)
 
-CONFIGURATION = "2d"
 SUMMARY = "summary.json"
 INFORMATION_FILE = "inference_information.json"
 INSTRUCTIONS_FILE = "inference_instructions.txt"
@@ -38,8 +43,8 @@ def folds_string(folds) -> str:
     return "_".join(str(f) for f in folds)
 
 
-def model_identifier(trainer: str, plans: str) -> str:
-    return f"{trainer}__{plans}__{CONFIGURATION}"
+def model_identifier(trainer: str, plans: str, configuration: str = DEFAULT_CONFIGURATION) -> str:
+    return f"{trainer}__{plans}__{configuration}"
 
 
 def ensemble_identifier(members: list[str], folds) -> str:
@@ -49,9 +54,10 @@ def ensemble_identifier(members: list[str], folds) -> str:
 
 def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlans", folds=DEFAULT_FOLDS,
                             metric: str = "mae", profile: str | None = None, allow_ensembling: bool = True,
-                            num_processes: int = 1, test: str = "ttest", progress: bool = True) -> dict:
-    """Score every trainer and ensemble on the cross-validation, write the instructions; returns the
-    information dict (also written to inference_information.json)."""
+                            num_processes: int = 1, test: str = "ttest", progress: bool = True,
+                            configurations=(DEFAULT_CONFIGURATION,)) -> dict:
+    """Score every model (trainer x configuration) and ensemble of models on the cross-validation, write the
+    instructions; returns the information dict (also written to inference_information.json)."""
     from dgcf_auto import paths
     from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, get_profile
 
@@ -60,39 +66,42 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlan
         raise DGCFError(f"--metric {metric}: not a metric of profile {profile.name} "
                         f"({', '.join(profile.metrics)}); pick one or another --profile")
     trainers, folds = list(dict.fromkeys(trainers)), [int(f) for f in dict.fromkeys(folds)]
-    if not trainers or not folds:
-        raise DGCFError("give at least one trainer (-tr) and one fold (-f)")
+    configurations = list(dict.fromkeys(configurations))
+    if not trainers or not folds or not configurations:
+        raise DGCFError("give at least one trainer (-tr), one configuration (-c) and one fold (-f)")
     results_dataset = paths.results_dataset(dataset)
-    members = {t: _fold_validation(dataset, results_dataset / model_identifier(t, plans), t, folds)
-               for t in trainers}
-    ensembles = [list(c) for k in range(2, len(trainers) + 1) for c in itertools.combinations(trainers, k)]
+    models = [Model(t, c, plans) for t in trainers for c in configurations]
+    members = {m.identifier: _fold_validation(dataset, results_dataset / m.identifier, m, folds) for m in models}
+    ensembles = [list(c) for k in range(2, len(models) + 1) for c in itertools.combinations(models, k)]
     if allow_ensembling and ensembles:
-        _check_saved_predictions(members, dataset, plans)
-    cases = [c for entry in members[trainers[0]].values() for c in entry["reference"]]  # every fold's
+        _check_saved_predictions(members, models, dataset)
+    cases = [c for entry in members[models[0].identifier].values() for c in entry["reference"]]  # every fold's
     common = {"dataset": results_dataset.name, "task": _task(dataset, folds[0]), "split": "val (cross-validation)",
-              "plans": plans, "configuration": CONFIGURATION, "folds": folds}
+              "plans": plans, "folds": folds}
     results: dict[str, dict] = {}
-    for trainer, per_fold in members.items():
-        folder = results_dataset / model_identifier(trainer, plans) / f"crossval_results_folds_{folds_string(folds)}"
-        log.info(f"{trainer}: gathering {len(folds)} fold(s) into {folder}")
-        gather_folds(per_fold, folder)
-        results[model_identifier(trainer, plans)] = {"folder": folder, "summary": _score(
-            folder, cases, profile.name, num_processes, {**common, "trainer": trainer})}
+    for model in models:
+        folder = results_dataset / model.identifier / f"crossval_results_folds_{folds_string(folds)}"
+        log.info(f"{model.identifier}: gathering {len(folds)} fold(s) into {folder}")
+        gather_folds(members[model.identifier], folder)
+        results[model.identifier] = {"folder": folder, "models": [model], "summary": _score(
+            folder, cases, profile.name, num_processes,
+            {**common, "trainer": model.trainer, "configuration": model.configuration})}
     if allow_ensembling:
         from dgcf_auto.inference.ensemble import ensemble_folders
 
         for combination in ensembles:
-            identifier = ensemble_identifier([model_identifier(t, plans) for t in combination], folds)
+            identifier = ensemble_identifier([m.identifier for m in combination], folds)
             folder = results_dataset / "ensembles" / identifier
-            log.info(f"ensemble of {', '.join(combination)} into {folder}")
+            log.info(f"ensemble of {', '.join(m.identifier for m in combination)} into {folder}")
             with atomic_folder(folder) as tmp:
-                ensemble_folders([results[model_identifier(t, plans)]["folder"] for t in combination], tmp,
+                ensemble_folders([results[m.identifier]["folder"] for m in combination], tmp,
                                  num_processes=num_processes, progress=progress)
+            configuration = "+".join(dict.fromkeys(m.configuration for m in combination))
             summary = _score(folder, cases, profile.name, num_processes,
-                             {**common, "trainer": "ensemble", "members": combination})
-            results[identifier] = {"folder": folder, "summary": summary, "members": combination}
-    information = _choose(results, dataset, results_dataset, trainers, plans, folds, metric, profile,
-                          allow_ensembling, test)
+                             {**common, "trainer": "ensemble", "configuration": configuration,
+                              "members": [m.identifier for m in combination]})
+            results[identifier] = {"folder": folder, "summary": summary, "models": combination}
+    information = _choose(results, dataset, results_dataset, models, folds, metric, profile, allow_ensembling, test)
     write_json(information, results_dataset / INFORMATION_FILE)
     text = inference_instructions(information)
     with atomic_path(results_dataset / INSTRUCTIONS_FILE) as tmp:
@@ -100,42 +109,63 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlan
     return information
 
 
-def _fold_validation(dataset, model_folder: Path, trainer: str, folds: list[int]) -> dict[int, dict]:
+@dataclass(frozen=True)
+class Model:
+    """One trained model of the comparison: a trainer in a configuration, with one plans identifier."""
+    trainer: str
+    configuration: str
+    plans: str
+
+    @property
+    def identifier(self) -> str:
+        return model_identifier(self.trainer, self.plans, self.configuration)
+
+    def describe(self) -> str:
+        return f"trainer {self.trainer} ({self.configuration})"
+
+    def as_dict(self) -> dict:
+        return {"trainer": self.trainer, "plans_identifier": self.plans, "configuration": self.configuration}
+
+
+def _fold_validation(dataset, model_folder: Path, model: Model, folds: list[int]) -> dict[int, dict]:
     """{fold: {"folder": fold_X/validation, "reference": EvalCases}}; one line for a fold not validated."""
     from dgcf_auto.evaluation.evaluate import flat_images, split_reference
 
+    trainer = model.describe()
     if not model_folder.is_dir():
-        raise DGCFError(f"trainer {trainer}: no trained model {model_folder}; run dgcf_train first")
+        raise DGCFError(f"{trainer}: no trained model {model_folder}; run dgcf_train {dataset} "
+                        f"{model.configuration} FOLD -tr {model.trainer} first")
     per_fold = {}
     for fold in folds:
         folder = model_folder / f"fold_{fold}" / "validation"
         _, _, reference = split_reference(dataset, "val", fold)
         found = flat_images(folder) if folder.is_dir() else {}
         if missing := [c.name for c in reference if c.name not in found]:
-            raise DGCFError(f"trainer {trainer} fold {fold}: {folder} lacks the validation prediction of case "
-                            f"{missing[0]} ({len(missing)} missing); run dgcf_train {dataset} 2d {fold} -tr "
-                            f"{trainer} --val --npz")
+            raise DGCFError(f"{trainer} fold {fold}: {folder} lacks the validation prediction of case "
+                            f"{missing[0]} ({len(missing)} missing); run dgcf_train {dataset} {model.configuration} "
+                            f"{fold} -tr {model.trainer} --val --npz")
         per_fold[fold] = {"folder": folder, "reference": reference, "images": found}
     return per_fold
 
 
-def _check_saved_predictions(members: dict, dataset, plans: str) -> None:
+def _check_saved_predictions(members: dict, models: list[Model], dataset) -> None:
     """Ensembles average float predictions: every validation case needs its <case>.npz/.json (--npz), and
     they must be the floats of the sCT beside them (the folder's provenance record holds both hashes), not
     leftovers of an earlier validation."""
     from dgcf_auto.inference.provenance import file_sha256, read_provenance
     from dgcf_auto.inference.saved_predictions import PLANS_FILE, saved_cases, saved_files
 
-    for trainer, per_fold in members.items():
-        for fold, entry in per_fold.items():
+    for model in models:
+        trainer = model.describe()
+        for fold, entry in members[model.identifier].items():
             folder = entry["folder"]
-            rerun = (f"rerun dgcf_train {dataset} 2d {fold} -tr {trainer} -p {plans} --val --npz, or pass "
-                     f"--disable_ensembling")
+            rerun = (f"rerun dgcf_train {dataset} {model.configuration} {fold} -tr {model.trainer} -p {model.plans} "
+                     f"--val --npz, or pass --disable_ensembling")
             saved = set(saved_cases(folder))
             lacking = [c.name for c in entry["reference"] if c.name not in saved]
             if lacking or not (folder / PLANS_FILE).is_file():
                 what = f"case {lacking[0]}" if lacking else PLANS_FILE
-                raise DGCFError(f"trainer {trainer} fold {fold}: {folder} has no saved float prediction "
+                raise DGCFError(f"{trainer} fold {fold}: {folder} has no saved float prediction "
                                 f"({what}) to ensemble; {rerun}")
             records = (read_provenance(folder) or {}).get("cases", {})
             for case in entry["reference"]:
@@ -189,7 +219,7 @@ def _fresh(cases: list) -> list:
     return [replace(c, sct=None) for c in cases]
 
 
-def _choose(results: dict, dataset, results_dataset: Path, trainers: list[str], plans: str, folds: list[int],
+def _choose(results: dict, dataset, results_dataset: Path, models: list[Model], folds: list[int],
             metric: str, profile, allow_ensembling: bool, test: str) -> dict:
     from dgcf_auto.evaluation.compare import paired_p_value
 
@@ -211,8 +241,7 @@ def _choose(results: dict, dataset, results_dataset: Path, trainers: list[str], 
         "metric": metric,
         "profile": profile.name,
         "higher_is_better": higher,
-        "considered_models": [{"trainer": t, "plans_identifier": plans, "configuration": CONFIGURATION}
-                              for t in trainers],
+        "considered_models": [m.as_dict() for m in models],
         "ensembling_allowed": allow_ensembling,
         "all_results": {k: scores[k] for k in results},
         "summaries": {k: str(results[k]["folder"] / SUMMARY) for k in results},
@@ -220,9 +249,7 @@ def _choose(results: dict, dataset, results_dataset: Path, trainers: list[str], 
             "identifier": best,
             "result_on_crossval": scores[best],
             "summary_file": str(results[best]["folder"] / SUMMARY),
-            "selected_model_or_models": [
-                {"trainer": t, "plans_identifier": plans, "configuration": CONFIGURATION}
-                for t in results[best].get("members", [best.split("__")[0]])],
+            "selected_model_or_models": [m.as_dict() for m in results[best]["models"]],
         },
         "runner_up": None,
     }

@@ -20,7 +20,7 @@ from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network,
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
-from dgcf_auto.plans import configuration_plans
+from dgcf_auto.plans import KIND_SLABS, KIND_SLICES, configuration_plans
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct, restore_slices
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
@@ -133,7 +133,8 @@ class SCTPredictor:
         return predict_slice_stack(self.networks, slices, self.device, self.batch_sizer, self.autocast_dtype,
                                    self.flips, with_uncertainty,
                                    desc=f"predict {case}".strip() if self.progress else None,
-                                   shared_encoder=self.shared_encoder)
+                                   shared_encoder=self.shared_encoder,
+                                   slab_size=configuration_plans(self.plans).slab_size)
 
 
 @dataclass
@@ -150,15 +151,34 @@ def sct_from_normalised(normalised: np.ndarray, properties: dict, plans: dict,
     """The one way back from a normalised slice stack to the int16 HU sCT on the case's original grid
     (`restore_ct`, background to -1000 HU, rounded and clipped): prediction and dgcf_ensemble both call it."""
     restored = restore_ct(normalised, properties, plans)
-    hu = to_array(restored)
+    return sct_from_hu(to_array(restored), restored, background_mask)
+
+
+def sct_from_hu(hu: np.ndarray, reference: sitk.Image, background_mask: np.ndarray | None) -> sitk.Image:
+    """Float HU on the case's original grid (`reference`'s) -> the int16 sCT: background -1000 HU, rounded,
+    clipped to the int16 CT range."""
     if background_mask is not None:
         hu[background_mask == 0] = BACKGROUND_HU
-    return _as_int16_image(hu, restored)
+    return _as_int16_image(hu, reference)
 
 
 def same_grid_and_normalisation(a: dict, b: dict) -> bool:
     """Two plans put a case on the same slice grid and normalise it the same way (fold and ensemble checks)."""
     return _grid_and_normalisation(a) == _grid_and_normalisation(b)
+
+
+def same_output_grid(a: dict, b: dict) -> bool:
+    """Two models' normalised predictions lie on the same grid in the same CT window, so they can be averaged
+    before the way back to HU: 2d and 2.5d of one plans file do (a slab is an input of the same slices),
+    3d_fullres (another grid) does not."""
+    return _output_grid(a) == _output_grid(b)
+
+
+def _output_grid(plans: dict) -> tuple:
+    fields = configuration_plans(plans).grid_fields()
+    fields.pop("slab_size")  # what the network sees, not where its output lies
+    fields["kind"] = KIND_SLICES if fields["kind"] == KIND_SLABS else fields["kind"]
+    return repr(fields), repr(plans.get("ct_normalization"))
 
 
 def _check_configuration(plans: dict, configuration: str | None, file: Path) -> None:

@@ -18,6 +18,7 @@ _REGISTERED_MODULES = (
     "dgcf_auto.network.dgcn_release",
     "dgcf_auto.network.resunet",
     "dgcf_auto.network.unetpp",
+    "dgcf_auto.network.unetpp_resnet34",
     "dgcf_auto.network.transunet",
     "dgcf_auto.network.i2i_mamba",
 )

@@ -17,6 +17,11 @@ targets are CT in [-1, 1] with much air at exactly -1, which tanh could only rea
 pre-activations; the predictor clips the de-normalised HU instead. Option `tanh_head: true` puts tanh after
 it, as the authors' Table 1 UNet (`code_network/unet.py` `Unet(activate=True)`: `OutConv` then `nn.Tanh()`);
 tanh has no parameters, so both heads hold the same state dict.
+
+2.5D (our extension, not the paper's; documentation/model.md): with in_channels k > 1 the input is a slab of k
+adjacent slices (`preprocessing.slabs`). The CNN encoder sees all k; the frozen ViT sees only the centre slice
+(channel k // 2, the slice being predicted), as a 1-channel slice exactly as in 2D, so its maps are what
+DINOv3 computes for that slice and the fusion weights keep their meaning.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from dgcf_auto.network.blocks import ConvBlock, CrossFusion, DinoProjection, UpBlock, resize_to
 from dgcf_auto.network.dinov3 import FrozenDINOv3
 from dgcf_auto.network.registry import register_network
+from dgcf_auto.preprocessing.slabs import centre_slice
 from dgcf_auto.plans import NetworkPlans
 
 VIT_PATCH_SIZE = 16
@@ -52,6 +58,7 @@ class DGCN(nn.Module):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
         self.architecture = architecture
+        self.in_channels = int(in_channels)
         self.features = [int(c) for c in features]
         self.uses_cnn = architecture != "vit_only"
         self.uses_vit = architecture != "cnn_only"
@@ -113,8 +120,9 @@ class DGCN(nn.Module):
         return cnn
 
     def encode_dino(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The frozen ViT's maps of `x` exactly as `forward` would compute them (no graph through the ViT)."""
-        return self.dinov3(x, grad=False)
+        """The frozen ViT's maps of `x` exactly as `forward` would compute them (no graph through the ViT):
+        of its centre slice only (the whole input in 2D, channel k // 2 of a 2.5D slab)."""
+        return self.dinov3(centre_slice(x), grad=False)
 
     def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
         """`dino_features`: `encode_dino(x)` computed once and shared by an ensemble of networks holding the

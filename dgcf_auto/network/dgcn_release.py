@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from dgcf_auto.network.dinov3 import FrozenDINOv3
 from dgcf_auto.network.registry import register_network
 from dgcf_auto.plans import NetworkPlans
+from dgcf_auto.preprocessing.slabs import centre_slice
 
 LEVELS = 4  # their class is fixed at 4 levels (3 poolings) and 4 DINO layers
 
@@ -153,8 +154,9 @@ class DGCNRelease(nn.Module):
 
     def encode_dino(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The frozen ViT's maps of `x` exactly as `forward` computes them (their per-modality input offset;
-        no graph through the ViT). An ensemble computes them once and passes them to every fold."""
-        return self.dinov3(x + self.vit_input_offset, grad=False)
+        no graph through the ViT). An ensemble computes them once and passes them to every fold. A 2.5D slab
+        (in_channels k > 1, our extension): the ViT sees its centre slice only, as in dgcn.py."""
+        return self.dinov3(centre_slice(x) + self.vit_input_offset, grad=False)
 
     def _dino_inputs(self, x: torch.Tensor, maps: list[torch.Tensor] | None) -> dict[int, torch.Tensor]:
         height, width = x.shape[-2:]

@@ -84,6 +84,38 @@ def read_state_dict(path: Path, label: str = "DINOv3 weights") -> dict[str, torc
     return state
 
 
+def given_weight_file(candidates, label: str, where_to_get: str) -> Path | None:
+    """The first file named in `candidates` ((value, where it came from), in priority order, e.g. a plans
+    option then an environment variable), or None when none is named; a named file must exist."""
+    for given, origin in candidates:
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise DGCFError(f"{label} file {path} (from {origin}) does not exist: {where_to_get}")
+            return path
+    return None
+
+
+def load_encoder_state(module: nn.Module, state: dict, path: Path, label: str, target: str,
+                       stem: str | None = None, hint: str = "") -> None:
+    """Load an encoder's pretrained `state` into `module` strictly (every key, no extra key, every shape). `stem`:
+    the first convolution's key, adapted to the module's input channels as timm does (summed for 1 channel, RGB
+    repeated and scaled by 3/k for k)."""
+    from timm.models import adapt_input_conv
+
+    expected = module.state_dict()
+    if stem in state and stem in expected and state[stem].ndim == 4 and state[stem].shape[1] != expected[stem].shape[1]:
+        state[stem] = adapt_input_conv(expected[stem].shape[1], state[stem])
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise DGCFError(f"{label} {path} do not fit {target} ({len(problems)} problems, e.g. "
+                        f"{'; '.join(problems[:3])}){hint}")
+    module.load_state_dict(state, strict=True)
+
+
 def _drop_zero_qkv_bias(state: dict, vit: nn.Module, path: Path) -> dict:
     """Meta's ViT-B stores an all-zero (masked) qkv bias that timm's bias-free model omits; never drop real ones."""
     has_q_bias = any(name.endswith("q_bias") for name, _ in vit.named_parameters())

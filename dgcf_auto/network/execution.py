@@ -10,6 +10,8 @@ import torch
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger, progress_bar
+from dgcf_auto.plans import check_slab_size
+from dgcf_auto.preprocessing.slabs import gather_slabs
 
 log = get_logger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -37,10 +39,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def to_network_input(slices: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(B, H, W) array (a read-only memmap too) -> B x 1 x H x W float32, channels_last (cuDNN and oneDNN
-    both run convolutions faster in it; measured 18 % on CPU)."""
-    x = torch.from_numpy(np.array(slices, dtype=np.float32))[:, None]
+    """(B, H, W) slices (a read-only memmap too) or (B, k, H, W) slabs -> B x 1|k x H x W float32,
+    channels_last (cuDNN and oneDNN both run convolutions faster in it; measured 18 % on CPU)."""
+    x = torch.from_numpy(np.array(slices, dtype=np.float32))
+    x = x[:, None] if x.ndim == 3 else x
     return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def network_input(slices: np.ndarray, start: int, stop: int, slab_size: int, device: torch.device) -> torch.Tensor:
+    """The network input predicting slices start..stop-1 of the (S, H, W) stack: the slices themselves, or with
+    `slab_size` k > 1 their 2.5D slabs (`preprocessing.slabs`: each slice with its k - 1 neighbours)."""
+    if slab_size == 1:
+        return to_network_input(slices[start:stop], device)
+    return to_network_input(gather_slabs(slices, np.arange(start, stop), slab_size), device)
 
 
 CPU_BATCH_SIZE = 16
@@ -104,32 +115,36 @@ def _accumulate_batch(networks, x: torch.Tensor, device: torch.device, dtype, fl
     return total, total_sq
 
 
-def _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder) -> int:
+def _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder, slab_size) -> int:
     """Peak CUDA memory of a 2-slice pass, per slice (an over-estimate: fixed costs count too)."""
-    probe = slices[: min(2, len(slices))]
+    probe = min(2, len(slices))
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    _accumulate_batch(networks, to_network_input(probe, device), device, dtype, flips, shared_encoder)
+    _accumulate_batch(networks, network_input(slices, 0, probe, slab_size, device), device, dtype, flips,
+                      shared_encoder)
     torch.cuda.synchronize(device)
-    return max(1, (torch.cuda.max_memory_allocated(device) - base) // len(probe))
+    return max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
 
 
 @torch.inference_mode()
 def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, device: torch.device,
                         batch_size: int | BatchSizer | None, dtype: torch.dtype | None = None, flips=((),),
                         with_std: bool = False, desc: str | None = None,
-                        shared_encoder: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                        shared_encoder: torch.nn.Module | None = None,
+                        slab_size: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean (and std) over networks x flips of the prediction of every (S, H, W) slice, in float32.
 
     `flips`: tuples of dims to mirror before the network and back after (test-time augmentation).
     `batch_size`: slices per pass, or a BatchSizer (None: sized for the device); out-of-memory halves it.
     `shared_encoder`: `encode_dino` of the frozen ViT every network holds (one instance): its maps are computed once per
     batch and flip and passed to each network, instead of each network running it again.
+    `slab_size` k > 1 (2.5d): each slice is predicted from its slab of k slices (`preprocessing.slabs`).
     """
     device = torch.device(device)
+    slab_size = check_slab_size(slab_size)
     sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(device, batch_size)
-    sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder))
+    sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder, slab_size))
     total = np.zeros(slices.shape, np.float64)
     total_sq = np.zeros(slices.shape, np.float64) if with_std else None
     bar = progress_bar(total=slices.shape[0], desc=desc, unit="slice", leave=False, disable=desc is None)
@@ -137,8 +152,8 @@ def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, dev
     while start < slices.shape[0]:
         stop = min(start + sizer.size, slices.shape[0])
         try:
-            out, out_sq = _accumulate_batch(networks, to_network_input(slices[start:stop], device), device, dtype,
-                                            flips, shared_encoder)
+            out, out_sq = _accumulate_batch(networks, network_input(slices, start, stop, slab_size, device), device,
+                                            dtype, flips, shared_encoder)
         except OUT_OF_MEMORY:
             sizer.back_off()
             continue

@@ -148,9 +148,8 @@ class TransUNet(nn.Module):
         """Load a timm-layout R50+ViT hybrid state dict into the encoder (class token and head dropped,
         position embedding resampled to this grid). Every remaining key and shape must fit."""
         from timm.layers import resample_abs_pos_embed
-        from timm.models import adapt_input_conv
 
-        from dgcf_auto.network.dinov3_weights import read_state_dict
+        from dgcf_auto.network.dinov3_weights import load_encoder_state, read_state_dict
 
         state = {k: v for k, v in read_state_dict(path, label="TransUNet encoder weights").items()
                  if not k.startswith(("head.", "fc_norm.", "pre_logits.")) and k != "cls_token"}
@@ -161,31 +160,19 @@ class TransUNet(nn.Module):
             side = int(round((pos.shape[1] - prefix) ** 0.5))
             state["pos_embed"] = resample_abs_pos_embed(pos, self.grid, old_size=(side, side),
                                                         num_prefix_tokens=prefix)[:, prefix:]
-        stem = "patch_embed.backbone.stem.conv.weight"
-        if stem in state and state[stem].shape[1] != self.encoder.state_dict()[stem].shape[1]:
-            state[stem] = adapt_input_conv(self.encoder.state_dict()[stem].shape[1], state[stem])
-        expected = self.encoder.state_dict()
-        problems = [f"missing {k}" for k in expected if k not in state]
-        problems += [f"unexpected {k}" for k in state if k not in expected]
-        problems += [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                     for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if problems:
-            raise DGCFError(f"TransUNet encoder weights {path} do not fit the R50+ViT encoder of the plans "
-                            f"({len(problems)} problems, e.g. {'; '.join(problems[:3])})")
-        self.encoder.load_state_dict(state, strict=True)
+        load_encoder_state(self.encoder, state, path, "TransUNet encoder weights", "the R50+ViT encoder of the plans",
+                           stem="patch_embed.backbone.stem.conv.weight")
 
 
 def resolve_encoder_weights(explicit: str | None, paper_encoder: bool) -> Path | None:
     """The ImageNet weights file to start from, or None. An explicit file (plans option, then the
     environment) must exist; the Hugging Face cache is only searched for the paper's R50+ViT-B/16."""
-    from dgcf_auto.network.dinov3_weights import find_in_hf_cache
+    from dgcf_auto.network.dinov3_weights import find_in_hf_cache, given_weight_file
 
-    for given, origin in ((explicit, "options.pretrained_weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)):
-        if given:
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise DGCFError(f"TransUNet encoder weights file {path} (from {origin}) does not exist: {WHERE_TO_GET}")
-            return path
+    path = given_weight_file(((explicit, "options.pretrained_weights"), (os.environ.get(WEIGHTS_ENV), WEIGHTS_ENV)),
+                             "TransUNet encoder weights", WHERE_TO_GET)
+    if path is not None:
+        return path
     if paper_encoder:
         for repo in HF_CACHE_REPOS:
             found = find_in_hf_cache(repo)

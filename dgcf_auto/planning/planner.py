@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import (CONFIGURATION_2D, KIND_SLICES, PLANS_VERSION, NetworkPlans, TrainingPlans,
-                             configuration_plans)
+from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_25D, KIND_SLABS, KIND_SLICES, PLANS_VERSION,
+                             NetworkPlans, TrainingPlans, check_slab_size, configuration_plans)
 
 PLANS_NAME = "DGCFPlans"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
@@ -32,7 +32,8 @@ INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 
 # Override name -> what it sets; the values are validated in `check_overrides`.
 OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
-             "iterations_per_epoch", "interpolation")
+             "iterations_per_epoch", "interpolation", "slab_size")
+SLAB_SIZE = 5   # 2.5d: the predicted slice and two neighbours on each side (IMPACT-Synth's 2.5D input)
 INTERPOLATIONS = ("bspline", "linear")
 
 
@@ -113,6 +114,16 @@ def plan_slice_grid(fingerprint: dict, network: NetworkPlans, overrides: dict) -
             "derived_from": notes}
 
 
+def plan_slab_configuration(overrides: dict) -> dict:
+    """2.5d: 2d's grid and arrays (nnU-Net's inherits_from; nothing preprocessed again), each slice fed with its
+    neighbours as input channels (`preprocessing.slabs`)."""
+    size = int(overrides.get("slab_size", SLAB_SIZE))
+    return {"kind": KIND_SLABS, "inherits_from": CONFIGURATION_2D, "slab_size": size,
+            "derived_from": {"slab_size": "override" if "slab_size" in overrides else
+                             f"{SLAB_SIZE}: the slice and {SLAB_SIZE // 2} neighbours on each side (IMPACT-Synth's "
+                             f"2.5D input); edges replicate the first and last slice"}}
+
+
 def plan_source_normalization(fingerprint: dict) -> dict:
     pooled = fingerprint["pooled"]
     if fingerprint["modality"] == "mr":
@@ -165,6 +176,8 @@ def check_overrides(overrides: dict) -> None:
         raise DGCFError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}")
     if "features" in overrides and (len(features) < 2 or any(f <= 0 for f in features)):
         raise DGCFError("--features: give at least 2 positive channel counts")
+    if "slab_size" in overrides:
+        check_slab_size(overrides["slab_size"])
 
 
 def plan_source_signature(fingerprint: dict) -> dict:
@@ -221,7 +234,8 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
             "source_normalization": plan_source_normalization(fingerprint),
             "body_mask": plan_body_mask(fingerprint),
             "source_signature": plan_source_signature(fingerprint),
-            "configurations": {CONFIGURATION_2D: grid}, "network": network.to_dict(), "training": training,
+            "configurations": {CONFIGURATION_2D: grid, CONFIGURATION_25D: plan_slab_configuration(overrides)},
+            "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}
 

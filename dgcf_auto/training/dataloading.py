@@ -16,6 +16,8 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import check_slab_size
+from dgcf_auto.preprocessing.slabs import gather_slabs
 from dgcf_auto.workers import die_with_parent, ignore_interrupts, note_stopped
 
 
@@ -48,17 +50,20 @@ def open_case(folder: Path, name: str, need_ct: bool = True) -> CaseArrays:
 
 
 class SliceDataLoader(SlimDataLoaderBase):
-    """Endless batches {"source": (B,1,H,W), "ct": (B,1,H,W)} float32, sampled uniformly over all slices of
+    """Endless batches {"source": (B,k,H,W), "ct": (B,1,H,W)} float32, sampled uniformly over all slices of
     the training cases; with `foreground_fraction` f, each slice comes with probability f from the slices
-    whose body mask is non-empty (so at least ~f of a batch shows anatomy)."""
+    whose body mask is non-empty (so at least ~f of a batch shows anatomy). `slab_size` k: 1 for 2d; k > 1
+    (2.5d) gives each sampled slice's source with its neighbours as channels (`preprocessing.slabs`), the
+    target staying the centre slice's CT."""
 
     def __init__(self, cases: list[CaseArrays], batch_size: int, seed: int, rank: int = 0,
                  foreground_fraction: float | None = None, transform=None, start_batch: int = 0,
-                 num_workers: int = 1):
+                 num_workers: int = 1, slab_size: int = 1):
         super().__init__(None, batch_size, max(num_workers, 1))
         if not cases:
             raise DGCFError("no training cases in this fold")
         self.cases, self.seed, self.rank = cases, int(seed), int(rank)
+        self.slab_size = check_slab_size(slab_size)
         self.transform = transform
         self.foreground_fraction = float(foreground_fraction or 0.0)
         self.next_batch = int(start_batch)  # advanced by number_of_threads per call (see generate_train_batch)
@@ -95,14 +100,19 @@ class SliceDataLoader(SlimDataLoaderBase):
     def make_batch(self, batch_number: int) -> dict:
         rng = self.batch_generator(batch_number)
         picks = self.sample_slices(rng)
-        source = np.stack([self.cases[self.slice_case[p]].source[self.slice_index[p]] for p in picks])
+        if self.slab_size == 1:
+            source = np.stack([self.cases[self.slice_case[p]].source[self.slice_index[p]] for p in picks])[:, None]
+        else:
+            source = np.concatenate([gather_slabs(self.cases[self.slice_case[p]].source, [self.slice_index[p]],
+                                                  self.slab_size) for p in picks])
         ct = np.stack([self.cases[self.slice_case[p]].ct[self.slice_index[p]] for p in picks])
-        batch = {"source": source[:, None].astype(np.float32), "ct": ct[:, None].astype(np.float32)}
+        batch = {"source": source.astype(np.float32), "ct": ct[:, None].astype(np.float32)}
         if self.transform is not None:
             # batchgenerators transforms draw from np.random: seed it from this batch's own generator
             np.random.seed(int(rng.integers(0, 2**31 - 1)))
             both = self.transform(data=np.concatenate([batch["source"], batch["ct"]], axis=1))["data"]
-            batch = {"source": np.ascontiguousarray(both[:, :1]), "ct": np.ascontiguousarray(both[:, 1:])}
+            k = self.slab_size  # one spatial transform for every source channel and the target
+            batch = {"source": np.ascontiguousarray(both[:, :k]), "ct": np.ascontiguousarray(both[:, k:])}
         batch["batch_number"] = batch_number
         return batch
 

@@ -27,7 +27,7 @@ from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_train
 log = get_logger(__name__)
 
 # Configuration kinds a trainer can train (the others are planned but refused with one line).
-TRAINABLE_KINDS = ("slices",)
+TRAINABLE_KINDS = ("slices", "slabs")
 VALIDATION_MODES = ("final", "none", "only", "only-best")
 
 

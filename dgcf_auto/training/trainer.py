@@ -19,7 +19,7 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import progress_bar
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import autocast, autocast_dtype, predict_slice_stack
-from dgcf_auto.plans import network_plans, training_plans
+from dgcf_auto.plans import configuration_plans, network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream, next_batch)
@@ -137,7 +137,8 @@ class DGCFTrainer:
                      if training.augmentation else None)
         loader = SliceDataLoader(self.train_cases, self.local_batch_size, s.seed, self.dist.rank,
                                  training.foreground_slice_fraction, transform,
-                                 start_batch=self.batches_done, num_workers=s.num_workers)
+                                 start_batch=self.batches_done, num_workers=s.num_workers,
+                                 slab_size=configuration_plans(self.plans).slab_size)
         stream = make_batch_stream(loader, s.num_workers)
         self.tensorboard = TensorBoardLog(self.output_folder) if s.tensorboard and self.dist.is_main else None
         try:
@@ -231,11 +232,13 @@ class DGCFTrainer:
         was_training = self.network.training
         self.network.eval()
         try:
-            sct, _ = predict_slice_stack([self.network], case.source[middle:middle + 1], self.device, 1,
-                                         self.autocast_dtype)
+            slab = configuration_plans(self.plans).slab_size  # 2.5d: the middle slice with its neighbours
+            first = max(0, middle - slab // 2)
+            sct, _ = predict_slice_stack([self.network], case.source[first:middle + slab // 2 + 1], self.device, 1,
+                                         self.autocast_dtype, slab_size=slab)
         finally:
             self.network.train(was_training)
-        self.tensorboard.validation_image(epoch, case.name, case.source[middle], sct[0], case.ct[middle])
+        self.tensorboard.validation_image(epoch, case.name, case.source[middle], sct[middle - first], case.ct[middle])
 
     # ---------------------------------------------------------------- state
     def checkpoint_payload(self, next_epoch: int) -> dict | None:

@@ -14,6 +14,7 @@ import torch
 
 from dgcf_auto.evaluation import metrics
 from dgcf_auto.network.execution import predict_slice_stack
+from dgcf_auto.plans import configuration_plans
 from dgcf_auto.training.dataloading import CaseArrays
 
 
@@ -24,12 +25,14 @@ def validate_cases(network: torch.nn.Module, cases: list[CaseArrays], plans: dic
     from dgcf_auto.preprocessing.normalization import ct_window, denormalize_ct
 
     low, high = ct_window(plans)
+    slab_size = configuration_plans(plans).slab_size  # 2.5d: each slice predicted from its slab
     was_training = network.training
     network.eval()
     per_case, slice_ssims = {}, []
     try:
         for case in cases:
-            prediction, _ = predict_slice_stack([network], case.source, device, batch_size, dtype)
+            prediction, _ = predict_slice_stack([network], case.source, device, batch_size, dtype,
+                                                slab_size=slab_size)
             sct_hu = denormalize_ct(prediction, low, high)
             ct_hu = denormalize_ct(np.asarray(case.ct, dtype=np.float32), low, high)
             mask = np.asarray(case.mask) > 0

@@ -87,6 +87,9 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
     TrainerVariant("DGCFTrainer_unetppDS_L1", "unetpp", L1_ONLY,
                    "not in the paper: UNet++ with deep supervision (mean of its four heads), L1",
                    {"network": {"options": {"deep_supervision": True}}}),
+    TrainerVariant("DGCFTrainer_unetppResNet34_L1", "unetpp_resnet34", L1_ONLY,
+                   "beyond Table 1: UNet++ with a ResNet-34 encoder (smp), IMPACT-Synth's SynthRAD2025 network, L1; "
+                   "their recipe runs it as 2.5d"),
     TrainerVariant("DGCFTrainer_transunet_L1", "transunet", L1_ONLY, "Table 1: TransUNet [19] (R50-ViT-B/16), L1"),
     TrainerVariant("DGCFTrainer_i2imamba_L1", "i2i_mamba", L1_ONLY, "Table 1: I2I-Mamba [20], L1"),
     _release_baseline("DGCFTrainer_unet_release", "cnn_only",
