@@ -37,10 +37,11 @@ INTERPOLATIONS = ("bspline", "linear")
 
 
 def network_multiples(network: NetworkPlans) -> dict[str, int]:
-    """Each registered network's slice-size multiple at these plans' depth (the registry's declaration)."""
+    """Each registered 2D network's slice-size multiple at these plans' depth (the registry's declaration)."""
     from dgcf_auto.network import NETWORKS
 
-    return {name: spec.size_multiple(replace(network, architecture=name)) for name, spec in NETWORKS.items()}
+    return {name: spec.size_multiple(replace(network, architecture=name)) for name, spec in NETWORKS.items()
+            if spec.spatial_dims == 2}
 
 
 def size_multiple(network: NetworkPlans) -> int:
