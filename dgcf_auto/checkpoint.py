@@ -24,6 +24,7 @@ import torch
 
 from dgcf_auto.atomic import torch_save, write_bytes
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, upgrade_plans
 
 CHECKPOINT_KEYS = ("network_weights", "epoch", "plans", "trainer_name", "dinov3_source")
 PREDICTION_KEYS = ("network_weights", "plans")
@@ -64,6 +65,9 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = CHECKPOINT_KEYS, mer
     checkpoint = _load_weights_only(path)
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in required):
         raise DGCFError(f"checkpoint {path} is not a dgcf_auto checkpoint (missing keys)")
+    if isinstance(checkpoint.get("plans"), dict):  # plans of any version, resolved for the one configuration
+        checkpoint["plans"] = upgrade_plans(checkpoint["plans"])
+        checkpoint["plans"].setdefault("configuration", DEFAULT_CONFIGURATION)  # written before there were others
     if merge_shared_vit and "shared_vit" in checkpoint:
         vit = load_shared_vit(path, checkpoint["shared_vit"], checkpoint.get("shared_vit_sha256"))
         checkpoint["network_weights"] = {**{VIT_PREFIX + k: v for k, v in vit.items()},

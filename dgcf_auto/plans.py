@@ -6,6 +6,12 @@ everything that reads those sections (trainer, predictor, network and loss build
 default. Plans files written before the loss registry (with `l1_weight` / `mldp_weight` / `mldp_layers`)
 read as the equivalent `loss` / `loss_options`.
 
+Configurations (nnU-Net's `ConfigurationManager` idea): `configuration_plans(plans, name)` hands out one typed
+`ConfigurationPlans` per planned configuration (`CONFIGURATION_NAMES`; `inherits_from` resolved), and
+`resolve_configuration(plans, name)` gives the plans as one configuration trains and predicts them (its network
+and training sections merged over the top level, `plans["configuration"]` naming it). Plans files are upgraded
+to `PLANS_VERSION` in `upgrade_plans`, the one place that knows older layouts.
+
 Named optimiser schedules (`TrainingPlans.schedule`) exist because the paper's text and the authors'
 released configuration disagree; `SCHEDULES` holds each reading's values, and the plans record which one
 a run used.
@@ -35,6 +41,16 @@ SCHEDULES: dict[str, dict[str, Any]] = {
                           "model.lr_policy 'step', model.n_epochs 20, model.lr_decay_epoch 5 (StepLR, gamma 0.1, "
                           "per epoch)"},
 }
+
+
+# Configuration names (nnU-Net's spellings) and what each one feeds the network.
+CONFIGURATION_2D, CONFIGURATION_25D, CONFIGURATION_3D = "2d", "2.5d", "3d_fullres"
+CONFIGURATION_NAMES = (CONFIGURATION_2D, CONFIGURATION_25D, CONFIGURATION_3D)
+DEFAULT_CONFIGURATION = CONFIGURATION_2D   # the paper's; the only one in plans before PLANS_VERSION 2
+KIND_SLICES, KIND_SLABS, KIND_VOLUME = "slices", "slabs", "volume"
+CONFIGURATION_KINDS = {CONFIGURATION_2D: KIND_SLICES, CONFIGURATION_25D: KIND_SLABS, CONFIGURATION_3D: KIND_VOLUME}
+GRIDS = ("resample", "stretch")   # resample onto the planned grid, or the authors' per-slice stretch
+PLANS_VERSION = 2
 
 
 @dataclass
@@ -80,6 +96,47 @@ class TrainingPlans:
         return asdict(self)
 
 
+@dataclass
+class ConfigurationPlans:
+    """One configuration of a plans file: where its arrays live, the grid the network sees, and what differs
+    from the plans' top-level network and training sections."""
+    name: str
+    kind: str = KIND_SLICES                 # a CONFIGURATION_KINDS value: what one network input is
+    data_identifier: str = ""               # <preprocessed>/<data_identifier>/ holds the arrays
+    inherits_from: str | None = None        # nnU-Net's inherits_from: this configuration's values over another's
+    grid: str = "resample"                  # a GRIDS value
+    slice_axis: str | None = None           # "axial" | "coronal" | "sagittal" ("stored": the file's third axis)
+    orientation: str | None = None          # canonical orientation code of the grid ("LPS" for axial)
+    inplane_spacing: list[float] | None = None  # (row, col) mm of slices and slabs
+    spacing: list[float] | None = None      # volume: target spacing, numpy order of the grid (slice, row, col)
+    patch_size: list[int] = field(default_factory=list)  # slices (H, W); volume (D, H, W)
+    size_multiple: int | None = None        # every edge of patch_size divides by it
+    slice_spacing: str | None = None        # "native": slices keep the case's own positions
+    interpolation: str = "bspline"          # intensities onto the grid ("bilinear": the stretch's)
+    slice_range: str | None = None          # "all": every stored slice (release plans)
+    slab_size: int = 1                      # slabs: adjacent slices as input channels (odd)
+    batch_size: int | None = None           # None: the training section's
+    network: dict | None = None             # partial network section merged over plans["network"]
+    training: dict | None = None            # partial training section merged over plans["training"]
+    fov_mm: list[float] | None = None       # the field of view the grid was planned to cover (for people)
+    slices_per_case: dict | None = None     # {"median", "total"} of the training cases (for people)
+    extra: dict = field(default_factory=dict)   # kind-specific values that kind's own code reads
+    derived_from: Any = None                # the planner's notes (for people)
+
+    @property
+    def is_stretched(self) -> bool:
+        return self.grid == "stretch"
+
+    def grid_fields(self) -> dict:
+        """The values that put a case on this configuration's grid (what two models must share to be averaged
+        on it); notes for people left out."""
+        values = asdict(self)
+        for key in ("name", "derived_from", "slices_per_case", "fov_mm", "batch_size", "network", "training",
+                    "inherits_from", "data_identifier"):
+            values.pop(key)
+        return values
+
+
 def _from_dict(cls, values: dict, section: str):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
@@ -121,6 +178,98 @@ def training_plans(plans: dict | TrainingPlans) -> TrainingPlans:
     result = _from_dict(TrainingPlans, section, "training")
     if result.schedule not in SCHEDULES:
         raise DGCFError(f"training.schedule {result.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    return result
+
+
+def upgrade_plans(plans: dict) -> dict:
+    """Plans of any earlier `plans_version` in today's layout (in place; returned for chaining). Version 1 (no
+    `plans_version`): one configuration, "2d", with no `kind`."""
+    version = plans.get("plans_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= PLANS_VERSION:
+        raise DGCFError(f"plans_version {version!r} is not one this dgcf_auto reads (1-{PLANS_VERSION}); "
+                        f"a newer dgcf_auto wrote it, or the file was edited")
+    if version < 2:
+        for name, section in (plans.get("configurations") or {}).items():
+            if isinstance(section, dict):
+                section.setdefault("kind", CONFIGURATION_KINDS.get(name, KIND_SLICES))
+    plans["plans_version"] = PLANS_VERSION
+    return plans
+
+
+def load_plans(path) -> dict:
+    """A plans file as today's layout (`upgrade_plans`); an unreadable file is one DGCFError naming it."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        plans = json.loads(path.read_text())
+    except OSError as exc:
+        raise DGCFError(f"plans file {path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise DGCFError(f"plans file {path}: not valid JSON ({exc}); restore it or re-run "
+                        f"dgcf_plan_and_preprocess") from None
+    if not isinstance(plans, dict):
+        raise DGCFError(f"plans file {path}: holds a JSON {type(plans).__name__}, not a plans object")
+    return upgrade_plans(plans)
+
+
+def configuration_names(plans: dict) -> list[str]:
+    """The configurations these plans hold, in nnU-Net's order (2d, 2.5d, 3d_fullres, then others)."""
+    names = list(plans.get("configurations") or {})
+    order = {name: i for i, name in enumerate(CONFIGURATION_NAMES)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def _raw_configuration(plans: dict, name: str, seen: tuple = ()) -> dict:
+    configurations = plans.get("configurations") or {}
+    if name not in configurations:
+        planned = ", ".join(configuration_names(plans)) or "none"
+        raise DGCFError(f"configuration {name!r} is not in plans {plans.get('plans_name', '')!r} (planned: "
+                        f"{planned}); plan it with dgcf_plan_and_preprocess -c {name}".replace(" ''", ""))
+    section = dict(configurations[name])
+    parent = section.get("inherits_from")
+    if parent is None:
+        return section
+    if parent in seen or parent == name:
+        raise DGCFError(f"configuration {name!r}: inherits_from forms a cycle ({' -> '.join((*seen, name, parent))})")
+    merged = _raw_configuration(plans, parent, (*seen, name))
+    merged.pop("inherits_from", None)
+    for key in ("kind", "extra", "derived_from"):  # what a configuration says about itself is never inherited
+        merged.pop(key, None)
+    return deep_update(merged, section)
+
+
+def configuration_plans(plans: dict, name: str | None = None) -> ConfigurationPlans:
+    """The typed configuration `name` of these plans (default: the one the plans were resolved for, else 2d),
+    inheritance resolved. A name not planned is one DGCFError listing the planned ones."""
+    name = name or plans.get("configuration") or DEFAULT_CONFIGURATION
+    section = _raw_configuration(plans, name)
+    section.setdefault("kind", CONFIGURATION_KINDS.get(name, KIND_SLICES))
+    result = _from_dict(ConfigurationPlans, {**section, "name": name}, f"configurations.{name}")
+    if result.kind not in CONFIGURATION_KINDS.values():
+        raise DGCFError(f"configurations.{name}.kind {result.kind!r} is not one of "
+                        f"{', '.join(sorted(set(CONFIGURATION_KINDS.values())))}")
+    if result.grid not in GRIDS:
+        raise DGCFError(f"configurations.{name}.grid {result.grid!r} is not one of {', '.join(GRIDS)}")
+    return result
+
+
+def resolve_configuration(plans: dict, name: str) -> dict:
+    """A copy of the plans as configuration `name` trains and predicts with them: its network and training
+    sections merged over the top level, its batch size applied, `configuration` set to its name. Trainers
+    store this in their checkpoints, so inference reads one configuration's plans without knowing the others."""
+    configuration = configuration_plans(plans, name)
+    result = copy.deepcopy(plans)
+    if configuration.network:
+        deep_update(result.setdefault("network", {}), configuration.network)
+    if configuration.training:
+        deep_update(result.setdefault("training", {}), configuration.training)
+    if configuration.batch_size is not None:
+        result.setdefault("training", {})["batch_size"] = int(configuration.batch_size)
+    if configuration.kind == KIND_SLABS:  # every slice of the slab is one input channel
+        result.setdefault("network", {})["in_channels"] = int(configuration.slab_size)
+    result["configuration"] = name
     return result
 
 

@@ -21,9 +21,10 @@ import torch
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.plans import CONFIGURATION_2D, load_plans, resolve_configuration
 
 DEFAULT_TRAINER = "DGCFTrainer_release"
-CONFIGURATION = "2d"
+CONFIGURATION = CONFIGURATION_2D  # their network sees single slices
 CHECKPOINT_NAME = "checkpoint_final.pth"
 RELEASE_PLANS = "DGCFReleasePlans"  # their preprocessing: what their generator was trained on
 
@@ -127,7 +128,6 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
                                 plans_name: str = RELEASE_PLANS) -> Path:
     """Write `<results>/<Dataset>/<trainer>__<plans>__2d/fold_<fold>/checkpoint_final.pth` from their
     generator state_dict and a DINOv3 weights file; returns its path. Every problem is one DGCFError line."""
-    from dgcf_auto.atomic import read_json
     from dgcf_auto.checkpoint import load_checkpoint, save_checkpoint
     from dgcf_auto.network import build_dinov3, build_network, network_needs_dinov3
     from dgcf_auto.plans import network_plans
@@ -149,7 +149,7 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
         raise DGCFError(f"{output} already exists; delete it to import again")
 
     reference = read_reference_state_dict(Path(generator))
-    plans = effective_plans(read_json(plans_file), variant, {})
+    plans = effective_plans(resolve_configuration(load_plans(plans_file), CONFIGURATION), variant, {})
     base = _base_width(reference, int(plans["network"]["features"][0]))
     plans["network"]["features"] = [base * 2 ** i for i in range(4)]
     net_plans = network_plans(plans)

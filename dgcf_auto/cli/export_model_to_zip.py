@@ -1,4 +1,4 @@
-"""dgcf_export_model_to_zip -d ID [-tr T] [-p P] [-f 0 1 ...] -o model.zip: a trained model, shareable."""
+"""dgcf_export_model_to_zip -d ID [-tr T] [-p P] [-c C] [-f 0 1 ...] -o model.zip: a trained model, shareable."""
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
@@ -16,6 +16,7 @@ def build_parser() -> CommandParser:
     p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
     p.add_argument("-p", default="DGCFPlans",
                    help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
+    p.add_argument("-c", default="2d", help="configuration (default: 2d; 2.5d, 3d_fullres)")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: folds 0..4 that exist, else all)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     finish_parser(p)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.log import get_logger
 
     check_output_file(args.o)
-    model_folder = resolve_model_folder(args.d, args.tr, args.p)
+    model_folder = resolve_model_folder(args.d, args.tr, args.p, args.c)
     checkpoints = resolve_folds(model_folder, args.f, args.chk)
     try:
         preprocessed = paths.find_dataset(paths.preprocessed_root(), args.d, "DGCF_preprocessed")

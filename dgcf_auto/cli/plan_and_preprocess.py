@@ -17,6 +17,9 @@ def build_parser() -> CommandParser:
                              "DGCFReleasePlans with the authors' fixed preprocessing (256x256 stretched slices, MR "
                              "[p1, p99], CBCT/CT [-1024, 2000] HU; documentation/plans.md). Train, predict, evaluate "
                              "and export then take -p DGCFReleasePlans")
+    parser.add_argument("-c", dest="configurations", nargs="+", default=None, metavar="CONFIGURATION",
+                        help="configurations to preprocess (default: every one the planner plans; -pl default "
+                             "plans 2d, 2.5d and 3d_fullres where they fit, -pl release only 2d)")
     parser.add_argument("-np", "--num_processes", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo fingerprint, plans, folds and every case (default: skip what is up to date)")
@@ -57,7 +60,8 @@ def main(argv=None):
     overrides = {key: getattr(args, key) for key in OVERRIDE_ARGS if getattr(args, key) is not None}
     with voxel_limit(args.max_voxels):
         summary = plan_and_preprocess(args.dataset_id, args.num_processes, args.overwrite, args.split, overrides,
-                                      preprocess=not args.plan_only, force=args.force, planner=args.pl)
+                                      preprocess=not args.plan_only, force=args.force, planner=args.pl,
+                                      configurations=args.configurations)
     print(f"{summary['description']}, {summary['num_folds']} fold(s)")
     done = summary["preprocessed"]
     if done is not None:

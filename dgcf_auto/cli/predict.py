@@ -23,7 +23,8 @@ def build_parser() -> CommandParser:
     p.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                    help="a trained or installed model folder (<Trainer>__<Plans>__2d holding fold_*); "
                         "replaces -d/-tr/-p, no DGCF_results needed")
-    p.add_argument("-c", default="2d", choices=["2d"], help="configuration (only 2d exists)")
+    p.add_argument("-c", default=None, help="configuration the model was trained on: 2d, 2.5d or 3d_fullres (default: "
+                   "2d with -d; with -m, the one the folder holds)")
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble (default: the cross-validation folds 0..4 that exist, else fold_all)")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         raise DGCFError("give either -m MODEL_FOLDER or -d DATASET, not both")
     from dgcf_auto.inference.sources import prediction_inputs
 
-    inputs, output = prediction_inputs(args.i, args.o, args.split, args.d, args.f, args.tr, args.p, args.c)
+    inputs, output = prediction_inputs(args.i, args.o, args.split, args.d, args.f, args.tr, args.p, args.c or "2d")
     written = predict(inputs, output, model=args.m if args.m is not None else args.d, folds=args.f,
-                      device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p,
+                      device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p, configuration=args.c,
                       checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
                       output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
                       mask_from=args.mask_from, keep_background=args.keep_background,

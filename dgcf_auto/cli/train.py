@@ -1,4 +1,4 @@
-"""dgcf_train DATASET 2d FOLD [-tr TRAINER] [--c]: train one fold (multi-GPU: launch with torchrun)."""
+"""dgcf_train DATASET CONFIGURATION FOLD [-tr TRAINER] [--c]: train one fold (multi-GPU: launch with torchrun)."""
 from __future__ import annotations
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
@@ -12,7 +12,7 @@ def build_parser() -> CommandParser:
     p = CommandParser(prog="dgcf_train", description=__doc__,
                       epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
-    p.add_argument("configuration", help="configuration (only 2d exists)")
+    p.add_argument("configuration", help="a configuration of the plans: 2d (the paper's), 2.5d or 3d_fullres")
     p.add_argument("fold", help="fold0, 0 or all")
     p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default: DGCFTrainer: DGCN, L1 + MLDP)")
     p.add_argument("-p", default="DGCFPlans",

@@ -13,14 +13,16 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.plans import DEFAULT_CONFIGURATION
 
 log = get_logger(__name__)
 PathLike = str | os.PathLike
 
 
-def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrainer", plans: str = "DGCFPlans") -> Path:
-    """A trained-model folder (`<Trainer>__<Plans>__2d`, holding fold_*), from a folder path or a dataset
-    id/name in DGCF_results (None: the only trained dataset there)."""
+def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrainer", plans: str = "DGCFPlans",
+                  configuration: str = DEFAULT_CONFIGURATION) -> Path:
+    """A trained-model folder (`<Trainer>__<Plans>__<configuration>`, holding fold_*), from a folder path or a
+    dataset id/name in DGCF_results (None: the only trained dataset there)."""
     from dgcf_auto.inference.model_loading import resolve_model_folder
 
     if model is not None and Path(str(model)).expanduser().is_dir():
@@ -31,23 +33,25 @@ def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrain
         return folder
     if model is not None and any(sep in str(model) for sep in ("/", os.sep)):
         raise DGCFError(f"model folder {model}: not found")
-    return resolve_model_folder(model, trainer, plans)
+    return resolve_model_folder(model, trainer, plans, configuration)
 
 
 def load_predictor(model: PathLike | int | None = None, folds=None, device: str | None = None, tta: bool = True,
                    trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
                    precision: str = "auto", batch_size: int | None = None, keep_background: bool = False,
-                   mask_from: str = "plans", progress: bool = True):
-    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist)."""
+                   mask_from: str = "plans", progress: bool = True, configuration: str | None = None):
+    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist). `configuration`:
+    the one the model must have been trained on (None: whatever a model folder given by path holds; 2d for a
+    dataset id)."""
     from dgcf_auto.devices import resolve_device
     from dgcf_auto.inference.model_loading import resolve_folds
     from dgcf_auto.inference.predictor import SCTPredictor
 
-    folder = resolve_model(model, trainer, plans)
+    folder = resolve_model(model, trainer, plans, configuration or DEFAULT_CONFIGURATION)
     files = resolve_folds(folder, [str(f) for f in folds] if folds is not None else None, checkpoint)
     return SCTPredictor(files, device=resolve_device(device), use_tta=tta, batch_size=batch_size,
                         mask_background=not keep_background, precision=precision, mask_from=mask_from,
-                        progress=progress)
+                        progress=progress, configuration=configuration)
 
 
 def predict(input, output: PathLike | None = None, model: PathLike | int | None = None, folds=None,
@@ -59,13 +63,15 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             writing_threads: int = 1, png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, force: bool = False,
             max_voxels: int | None = None, predictor=None, save_probabilities: bool = False,
-            new_frame_of_reference: bool = False):
+            new_frame_of_reference: bool = False, configuration: str | None = None):
     """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). `force`: predict sources that do not look like the model's training sources (recorded).
     `max_voxels`: the largest image read (default 2**31 voxels). `save_probabilities`: also keep each case's
     normalised sCT before rounding (`<case>.npz` + `<case>.json`, for `dgcf_ensemble`).
     `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
+    `configuration`: the model's configuration (2d, 2.5d, 3d_fullres; default 2d for a dataset id, and
+    whatever a model folder given by path was trained on).
     Returns the sCT image(s) when `output` is None, else the list of written outputs."""
     from dgcf_auto.imageio import voxel_limit
 
@@ -80,7 +86,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
 def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
              output_format, series_uids, mask_roi, mask_from, keep_background, save_uncertainty,
              continue_prediction, reading_threads, writing_threads, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
-             force, predictor, save_probabilities, new_frame_of_reference):
+             force, predictor, save_probabilities, new_frame_of_reference, configuration):
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
                         f"of {num_parts}")
@@ -90,7 +96,7 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
         if num_parts != 1:
             raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
         predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
-                                                batch_size, keep_background, mask_from, progress)
+                                                batch_size, keep_background, mask_from, progress, configuration)
         warn_derived_masks(predictor, int(mask is None))
         return _predict_image(predictor, input, mask, output, output_format, dicom_uid_prefix)
     if mask is not None:
@@ -111,7 +117,7 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
         check_outputs(everything, Path(output), output_format, input_root, Path(png_dir) if png_dir else None,
                       save_uncertainty, SAVED_OUTPUTS if save_probabilities else None)
     predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
-                                            batch_size, keep_background, mask_from, progress)
+                                            batch_size, keep_background, mask_from, progress, configuration)
     if verbose:
         _announce(predictor, inputs, num_parts, part_id)
     if output is None:

@@ -9,8 +9,8 @@ from dgcf_auto import checkpoint as checkpoint_format
 from dgcf_auto import paths
 from dgcf_auto.atomic import recover_swaps
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import DEFAULT_CONFIGURATION
 
-CONFIGURATION = "2d"
 DEFAULT_TRAINER = "DGCFTrainer"
 DEFAULT_PLANS = "DGCFPlans"
 VIT_PREFIX = checkpoint_format.VIT_PREFIX
@@ -25,8 +25,8 @@ def trained_datasets() -> list[Path]:
                   if d.is_dir() and paths.DATASET_PATTERN.match(d.name) and any(d.glob("*/fold_*/checkpoint_*.pth")))
 
 
-def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str) -> Path:
-    """`<results>/<Dataset>/<trainer>__<plans>__2d`; with no dataset, the single trained one."""
+def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str, configuration: str = DEFAULT_CONFIGURATION) -> Path:
+    """`<results>/<Dataset>/<trainer>__<plans>__<configuration>`; with no dataset, the single trained one."""
     if dataset is None:
         candidates = trained_datasets()
         if len(candidates) != 1:
@@ -36,7 +36,7 @@ def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str) ->
         dataset_folder = candidates[0]
     else:
         dataset_folder = paths.results_dataset(dataset)
-    folder = dataset_folder / f"{trainer}__{plans}__{CONFIGURATION}"
+    folder = dataset_folder / f"{trainer}__{plans}__{configuration}"
     recover_swaps(dataset_folder)  # an install killed between its renames: finish it first
     if not folder.is_dir():
         trained = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -20,6 +20,7 @@ from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network,
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
+from dgcf_auto.plans import configuration_plans
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct, restore_slices
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
@@ -39,7 +40,7 @@ class SCTPredictor:
     def __init__(self, checkpoint_files: list[Path], device: str | torch.device = "cpu",
                  use_tta: bool = True, batch_size: int | None = None, mask_background: bool = True,
                  precision: str = "auto", mask_from: str = "plans", share_vit: bool = True,
-                 progress: bool = True):
+                 progress: bool = True, configuration: str | None = None):
         self.device = torch.device(device)
         self.checkpoint_files = [Path(f) for f in checkpoint_files]
         self.autocast_dtype = autocast_dtype(self.device, precision)
@@ -50,6 +51,7 @@ class SCTPredictor:
             checkpoint = load_checkpoint(file)
             if index == 0:
                 self.plans = checkpoint["plans"]
+                _check_configuration(self.plans, configuration, file)
             elif not same_grid_and_normalisation(checkpoint["plans"], self.plans):
                 raise DGCFError(f"checkpoint {file}: its plans differ from {self.checkpoint_files[0]} "
                                 f"(slice grid or normalisation); folds of one model must share plans")
@@ -159,12 +161,20 @@ def same_grid_and_normalisation(a: dict, b: dict) -> bool:
     return _grid_and_normalisation(a) == _grid_and_normalisation(b)
 
 
+def _check_configuration(plans: dict, configuration: str | None, file: Path) -> None:
+    """A model asked for as one configuration (`-c`) must have been trained on it."""
+    trained_on = plans.get("configuration")
+    if configuration is not None and trained_on != configuration:
+        raise DGCFError(f"model {file.parent.parent} was trained on configuration {trained_on!r}, not "
+                        f"{configuration!r} (-c {trained_on})")
+
+
 def _same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _grid_and_normalisation(plans: dict) -> tuple:
-    return (repr(plans.get("configurations")), repr(plans.get("ct_normalization")),
+    return (repr(configuration_plans(plans).grid_fields()), repr(plans.get("ct_normalization")),
             repr(plans.get("source_normalization")))
 
 

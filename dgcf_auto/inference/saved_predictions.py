@@ -22,6 +22,7 @@ import numpy as np
 
 from dgcf_auto.atomic import atomic_path, read_json, write_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, upgrade_plans
 
 PLANS_FILE = "plans.json"
 SAVED_VERSION = 1
@@ -68,6 +69,7 @@ def read_folder_plans(folder: Path) -> dict:
         raise DGCFError(f"folder {folder}: {PLANS_FILE} is not valid JSON ({exc})") from None
     if not isinstance(plans, dict) or "configurations" not in plans or "ct_normalization" not in plans:
         raise DGCFError(f"folder {folder}: {PLANS_FILE} is not a dgcf_auto plans file")
+    upgrade_plans(plans).setdefault("configuration", DEFAULT_CONFIGURATION)  # saved before configurations
     return plans
 
 

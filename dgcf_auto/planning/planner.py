@@ -12,11 +12,11 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import NetworkPlans, TrainingPlans
+from dgcf_auto.plans import (CONFIGURATION_2D, KIND_SLICES, PLANS_VERSION, NetworkPlans, TrainingPlans,
+                             configuration_plans)
 
 PLANS_NAME = "DGCFPlans"
-CONFIGURATION = "2d"
-DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
+DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
 
 CT_CLIP_LOW = -1024.0
 CT_HIGH_PERCENTILE = "99.9"   # of pooled foreground CT
@@ -106,7 +106,7 @@ def plan_slice_grid(fingerprint: dict, network: NetworkPlans, overrides: dict) -
     notes["size_multiple"] = ("lcm of every registered network's input-size multiple at these features: " +
                               ", ".join(f"{k} {v}" for k, v in network_multiples(network).items()))
     slices = [c["mask_bbox_voxels_lps"][LPS_AXIS_NAMES.index(axis)] for c in fingerprint["cases"]]
-    return {"data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
+    return {"kind": KIND_SLICES, "data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
             "inplane_spacing": [spacing, spacing], "patch_size": patch, "size_multiple": multiple,
             "slice_spacing": "native", "interpolation": overrides.get("interpolation", "bspline"),
             "fov_mm": fov.tolist(),
@@ -217,21 +217,22 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
                  "3/6/9/12, no augmentation; foreground_slice_fraction 0: slices are already cropped to the "
                  "body mask's slice range, so uniform sampling sees body on every slice"}
 
-    return {"plans_name": PLANS_NAME, "dataset_name": dataset_name, "task": fingerprint["task"],
-            "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
+    return {"plans_name": PLANS_NAME, "plans_version": PLANS_VERSION, "dataset_name": dataset_name,
+            "task": fingerprint["task"], "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
             "source_normalization": plan_source_normalization(fingerprint),
             "body_mask": plan_body_mask(fingerprint),
             "source_signature": plan_source_signature(fingerprint),
-            "configurations": {CONFIGURATION: grid}, "network": network.to_dict(), "training": training,
+            "configurations": {CONFIGURATION_2D: grid}, "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}
 
 
-def preprocessing_signature_fields(plans: dict) -> dict:
-    """The parts of the plans that change the preprocessed arrays (not network or training settings)."""
+def preprocessing_signature_fields(plans: dict, configuration: str = CONFIGURATION_2D) -> dict:
+    """The parts of the plans that change one configuration's preprocessed arrays (not network or training
+    settings, not the notes for people)."""
     def strip(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in ("derived_from", "slices_per_case", "fov_mm")}
+        return {k: v for k, v in d.items() if k != "derived_from"}
 
     return {"ct_normalization": strip(plans["ct_normalization"]),
             "source_normalization": strip(plans["source_normalization"]),
-            "configuration": strip(plans["configurations"][CONFIGURATION])}
+            "configuration": configuration_plans(plans, configuration).grid_fields()}

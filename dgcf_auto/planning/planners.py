@@ -11,13 +11,16 @@ from typing import Callable
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning import planner, release_planner
+from dgcf_auto.plans import CONFIGURATION_2D, configuration_names, configuration_plans
 
 
 def _describe_default(plans: dict) -> str:
-    grid = plans["configurations"][planner.CONFIGURATION]
+    grid = configuration_plans(plans, CONFIGURATION_2D)
     window = plans["ct_normalization"]
-    return (f"plans: {grid['slice_axis']} slices {grid['patch_size'][0]}x{grid['patch_size'][1]} at "
-            f"{grid['inplane_spacing'][0]:.3g} mm, CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU")
+    others = [name for name in configuration_names(plans) if name != grid.name]
+    return (f"plans: {grid.slice_axis} slices {grid.patch_size[0]}x{grid.patch_size[1]} at "
+            f"{grid.inplane_spacing[0]:.3g} mm, CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU"
+            + (f"; also {', '.join(others)}" if others else ""))
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class Planner:
     plan: Callable[..., dict]        # (fingerprint, dataset_name, overrides, train_fraction) -> plans
     describe: Callable[[dict], str]  # one line for the console
     check_overrides: Callable[[dict], None]  # before anything is written
+    configurations: tuple[str, ...] = (CONFIGURATION_2D,)  # what its plans hold (`-c` chooses among them)
+
+    def check_configurations(self, names: list[str] | None) -> None:
+        """`-c` names only configurations this planner plans (checked before anything is written)."""
+        unknown = [name for name in names or () if name not in self.configurations]
+        if unknown:
+            raise DGCFError(f"configuration(s) {', '.join(unknown)} are not planned by {self.plans_name} "
+                            f"(it plans {', '.join(self.configurations)})")
 
 
 PLANNERS: dict[str, Planner] = {
@@ -41,5 +52,6 @@ def get_planner(name: str) -> Planner:
     return PLANNERS[name]
 
 
-def data_identifier(plans: dict) -> str:
-    return plans["configurations"][planner.CONFIGURATION]["data_identifier"]
+def data_identifier(plans: dict, configuration: str | None = None) -> str:
+    """The array folder of one configuration (default: the one the plans are resolved for, else 2d)."""
+    return configuration_plans(plans, configuration).data_identifier

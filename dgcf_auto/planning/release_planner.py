@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import NetworkPlans, TrainingPlans
-from dgcf_auto.planning.planner import CONFIGURATION, plan_body_mask
+from dgcf_auto.plans import (CONFIGURATION_2D, KIND_SLICES, PLANS_VERSION, NetworkPlans, TrainingPlans,
+                             configuration_plans)
+from dgcf_auto.planning.planner import plan_body_mask
 
 PLANS_NAME = "DGCFReleasePlans"
-DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
+DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
 SLICE_SIZE = [256, 256]                 # base.json preprocess.resize.resize_size
 WINDOW_HU = (-1024.0, 2000.0)           # base.json clip_range_A/B, minmax_norm_range_A/B
 MR_PERCENTILES = [1.0, 99.0]            # prepost_process.py calculate_ptile(ptile=0.99): 100*(1-p), 100*p
@@ -52,7 +53,7 @@ def plan_release(fingerprint: dict, dataset_name: str, overrides: dict | None = 
         source_norm = {"scheme": "window", "clip_low": low, "clip_high": high,
                        "derived_from": f"{SOURCE}: CBCT clipped to [-1024, 2000] and mapped to [-1, 1]"}
     slices = [int(case["size"][2]) for case in fingerprint["cases"]]
-    grid = {"data_identifier": DATA_IDENTIFIER, "grid": "stretch", "slice_axis": "stored",
+    grid = {"kind": KIND_SLICES, "data_identifier": DATA_IDENTIFIER, "grid": "stretch", "slice_axis": "stored",
             "patch_size": list(SLICE_SIZE), "interpolation": "bilinear", "slice_range": "all",
             "slices_per_case": {"median": float(sorted(slices)[len(slices) // 2]), "total": int(sum(slices))},
             "derived_from": f"{SOURCE}: every slice of the volume's stored third voxel axis (no reorientation, "
@@ -67,19 +68,20 @@ def plan_release(fingerprint: dict, dataset_name: str, overrides: dict | None = 
     training["derived_from"] = {"iterations_per_epoch": "one pass over every training slice (theirs: shuffled "
                                                         "slices, batch 4)",
                                 "other": "the trainer variant (-tr ..._release) sets their optimiser and schedule"}
-    return {"plans_name": PLANS_NAME, "dataset_name": dataset_name, "task": fingerprint["task"],
+    return {"plans_name": PLANS_NAME, "plans_version": PLANS_VERSION, "dataset_name": dataset_name,
+            "task": fingerprint["task"],
             "source_modality": fingerprint["modality"], "ct_normalization": ct_norm,
             "source_normalization": source_norm, "body_mask": plan_body_mask(fingerprint),
-            "configurations": {CONFIGURATION: grid}, "network": NetworkPlans().to_dict(), "training": training,
+            "configurations": {CONFIGURATION_2D: grid}, "network": NetworkPlans().to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in TRAINING_OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}
 
 
 def describe(plans: dict) -> str:
-    grid = plans["configurations"][CONFIGURATION]
+    grid = configuration_plans(plans, CONFIGURATION_2D)
     window = plans["ct_normalization"]
     source = plans["source_normalization"]
     mr = "MR [p1, p99] -> [-1, 1]" if source["scheme"] == "percentile_window" else \
         f"CBCT [{source['clip_low']:g}, {source['clip_high']:g}]"
-    return (f"release plans: every stored slice stretched to {grid['patch_size'][0]}x{grid['patch_size'][1]}, {mr}, "
+    return (f"release plans: every stored slice stretched to {grid.patch_size[0]}x{grid.patch_size[1]}, {mr}, "
             f"CT window [{window['clip_low']:g}, {window['clip_high']:g}] HU")

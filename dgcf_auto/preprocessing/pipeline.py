@@ -28,8 +28,9 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry, geometry_mismatch
 from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, ct_window,
                                                    denormalize_ct, normalize_ct, source_normalization_params)
-from dgcf_auto.preprocessing.slicing import (from_slice_grid, interpolator, slice_grid_reference, slices_to_image,
-                                             to_slice_grid)
+from dgcf_auto.plans import ConfigurationPlans
+from dgcf_auto.preprocessing.slicing import (from_slice_grid, grid_configuration, interpolator, slice_grid_reference,
+                                             slices_to_image, to_slice_grid)
 from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
 PROPERTIES_VERSION = 1
@@ -55,8 +56,10 @@ def _check_same_grid(source: sitk.Image, other: sitk.Image | None, what: str, ca
 
 
 def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image | None, plans: dict,
-                    case_name: str = "case") -> PreprocessedCase:
-    """Normalised (S, H, W) stacks on the case's slice grid plus everything `restore_ct` needs."""
+                    case_name: str = "case", configuration: str | None = None) -> PreprocessedCase:
+    """Normalised (S, H, W) stacks on the case's slice grid plus everything `restore_ct` needs.
+    `configuration`: whose grid (default: the one the plans are resolved for, else 2d)."""
+    cfg = grid_configuration(plans, configuration)
     if source.GetDimension() != 3:
         raise DGCFError(f"case {case_name}: source must be a 3D image, got {source.GetDimension()}D")
     _check_same_grid(source, ct, "CT", case_name)
@@ -65,10 +68,10 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
         # The mask shares the source's grid (within tolerance): give it the exact geometry.
         mask = sitk.Cast(mask != 0, sitk.sitkUInt8)
         mask.CopyInformation(source)
-    if is_stretched(plans):
-        return _preprocess_stretched(source, ct, mask, plans, case_name)
-    reference = slice_grid_reference(source, mask, plans)
-    smooth = _intensity_interpolator(plans)
+    if cfg.is_stretched:
+        return _preprocess_stretched(source, ct, mask, plans, case_name, cfg)
+    reference = slice_grid_reference(source, mask, cfg)
+    smooth = interpolator(cfg.interpolation)
 
     source_array = _array(source)
     mask_array = _array(mask, np.uint8) if mask is not None else None
@@ -94,6 +97,7 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
     properties = {
         "version": PROPERTIES_VERSION,
         "case": case_name,
+        "configuration": cfg.name,
         "original_geometry": geometry(source),
         "slice_grid": geometry(reference),
         "shape": list(source_slices.shape),
@@ -106,18 +110,13 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
     return PreprocessedCase(source_slices, ct_slices, mask_slices, properties)
 
 
-def is_stretched(plans: dict) -> bool:
-    """Plans of the authors' slice geometry (every stored slice stretched to the patch size)?"""
-    return plans["configurations"]["2d"].get("grid") == "stretch"
-
-
 def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image | None, plans: dict,
-                          case_name: str) -> PreprocessedCase:
+                          case_name: str, cfg: ConfigurationPlans) -> PreprocessedCase:
     """The release plans: normalise the stored voxels, then stretch every stored slice (see stretch.py).
 
     Normalising first equals their clip -> resize -> linear map: bilinear weights sum to 1, so the linear map
     commutes with the resize, while the clip must come first (it does, inside the normalisation)."""
-    size = tuple(int(v) for v in plans["configurations"]["2d"]["patch_size"])
+    size = tuple(int(v) for v in cfg.patch_size)
     source_array = _array(source)
     params = source_normalization_params(source_array, None, plans["source_normalization"])
     source_slices = stretch_slices(apply_source_normalization(source_array, params), size)
@@ -132,6 +131,7 @@ def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.
     properties = {
         "version": PROPERTIES_VERSION,
         "case": case_name,
+        "configuration": cfg.name,
         "original_geometry": geometry(source),
         "grid": "stretch",
         "shape": list(source_slices.shape),
@@ -141,10 +141,6 @@ def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.
         "foreground_voxels": int(mask_slices.sum()),
     }
     return PreprocessedCase(source_slices, ct_slices, mask_slices, properties)
-
-
-def _intensity_interpolator(plans: dict) -> int:
-    return interpolator(plans["configurations"]["2d"].get("interpolation", "bspline"))
 
 
 def restore_ct(normalised_slices: np.ndarray, properties: dict, plans: dict) -> sitk.Image:
@@ -168,5 +164,6 @@ def restore_slices(slices: np.ndarray, properties: dict, plans: dict, default_va
         image.SetDirection([float(v) for v in original["direction"]])
         return image
     grid_image = slices_to_image(np.asarray(slices, np.float32), properties["slice_grid"])
-    interpolation = _intensity_interpolator(plans) if interpolation is None else interpolation
+    if interpolation is None:
+        interpolation = interpolator(grid_configuration(plans, properties.get("configuration")).interpolation)
     return from_slice_grid(grid_image, original, interpolation, default_value, sitk.sitkFloat32)

@@ -5,9 +5,12 @@ overrides, an existing splits file), so bad input leaves DGCF_preprocessed untou
 
 Output, in $DGCF_preprocessed/Dataset<id>_<Name>/:
   dataset.json, dataset_fingerprint.json, <plans>.json, splits_final.json,
-  <plans>_2d/<case>_source.npy, <case>_ct.npy, <case>_mask.npy (S, H, W), <case>.json (properties),
-where <plans> is the planner's identifier (`-pl default`: DGCFPlans, `-pl release`: DGCFReleasePlans;
-planning/planners.py). Fingerprint, folds and dataset.json are shared by every planner.
+  <data_identifier>/<case>_source.npy, <case>_ct.npy, <case>_mask.npy, <case>.json (properties),
+one array folder per configuration's data identifier (`<plans>_2d`: (S, H, W) slices, shared by 2.5d, which
+inherits 2d's grid; `<plans>_3d_fullres`: (Z, Y, X) volumes), where <plans> is the planner's identifier
+(`-pl default`: DGCFPlans, `-pl release`: DGCFReleasePlans; planning/planners.py). `PREPROCESSORS` maps a
+configuration's kind to the function that preprocesses one case for it. Fingerprint, folds and dataset.json
+are shared by every planner.
 A case is up to date when its four files exist, the signature stored in its json (a hash of the
 preprocessing-relevant plans and the input files' paths, sizes and mtimes) matches, and every array has the
 shape its json and the plans give; such cases are skipped. A lock file in the output folder keeps a second
@@ -31,14 +34,17 @@ from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
-from dgcf_auto.planning.planner import CONFIGURATION, preprocessing_signature_fields
-from dgcf_auto.planning.planners import data_identifier, get_planner
+from dgcf_auto.planning.planner import preprocessing_signature_fields
+from dgcf_auto.planning.planners import get_planner
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, configuration_names, configuration_plans
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
 
 ARRAY_KEYS = ("source", "ct", "mask")
 LOCK_FILE = ".dgcf_plan_and_preprocess.lock"
+# Configuration kind -> (source, ct, mask, plans, case_name, configuration) -> PreprocessedCase.
+PREPROCESSORS = {KIND_SLICES: preprocess_case, KIND_SLABS: preprocess_case}
 
 
 def case_files(folder: Path, name: str) -> dict[str, Path]:
@@ -47,13 +53,13 @@ def case_files(folder: Path, name: str) -> dict[str, Path]:
     return files
 
 
-def case_signature(case: Case, plans: dict) -> str:
-    payload = {"version": PROPERTIES_VERSION, "plans": preprocessing_signature_fields(plans),
+def case_signature(case: Case, plans: dict, configuration: str) -> str:
+    payload = {"version": PROPERTIES_VERSION, "plans": preprocessing_signature_fields(plans, configuration),
                "inputs": input_signature([case])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def is_up_to_date(case: Case, plans: dict, folder: Path) -> bool:
+def is_up_to_date(case: Case, plans: dict, folder: Path, configuration: str) -> bool:
     """Its json carries the current signature, and every array exists with the shape the json and the plans say."""
     files = case_files(folder, case.name)
     needed = [files["source"], files["mask"], files["properties"]] + ([files["ct"]] if case.ct else [])
@@ -61,14 +67,15 @@ def is_up_to_date(case: Case, plans: dict, folder: Path) -> bool:
         return False
     try:
         properties = read_json(files["properties"])
-        if properties.get("signature") != case_signature(case, plans):
+        if properties.get("signature") != case_signature(case, plans, configuration):
             return False
         shape = tuple(properties["shape"])
         arrays = [np.load(files[key], mmap_mode="r") for key in ARRAY_KEYS if key != "ct" or case.ct]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    patch = tuple(int(v) for v in plans["configurations"][CONFIGURATION]["patch_size"])
-    return shape[1:] == patch and all(a.shape == shape for a in arrays)
+    cfg = configuration_plans(plans, configuration)
+    shape_ok = shape[1:] == tuple(int(v) for v in cfg.patch_size) if cfg.kind in (KIND_SLICES, KIND_SLABS) else True
+    return shape_ok and all(a.shape == shape for a in arrays)
 
 
 @dataclass
@@ -76,20 +83,22 @@ class _Job:
     case: Case
     plans: dict
     folder: Path
+    configuration: str
 
 
 def preprocess_one(job: _Job) -> dict:
     """Worker: one case from raw files to its four output files (json last)."""
     start = time.perf_counter()
     source, ct, mask = load_case(job.case)
-    result = preprocess_case(source, ct, mask, job.plans, job.case.name)
+    preprocess = PREPROCESSORS[configuration_plans(job.plans, job.configuration).kind]
+    result = preprocess(source, ct, mask, job.plans, job.case.name, job.configuration)
     del source, ct, mask
     files = case_files(job.folder, job.case.name)
     write_npy(result.source, files["source"])
     if result.ct is not None:
         write_npy(result.ct, files["ct"])
     write_npy(result.mask, files["mask"])
-    properties = dict(result.properties, signature=case_signature(job.case, job.plans),
+    properties = dict(result.properties, signature=case_signature(job.case, job.plans, job.configuration),
                       files={k: str(getattr(job.case, k)) for k in ARRAY_KEYS
                              if getattr(job.case, k) is not None})
     write_json(properties, files["properties"])
@@ -97,13 +106,30 @@ def preprocess_one(job: _Job) -> dict:
 
 
 def preprocess_dataset(cases: list[Case], plans: dict, folder: Path, num_processes: int = 1,
-                       overwrite: bool = False, progress: bool = True) -> dict:
-    """Preprocess the cases that are not up to date; returns {'done': [...], 'skipped': [...]}."""
-    todo = [c for c in cases if overwrite or not is_up_to_date(c, plans, folder)]
+                       overwrite: bool = False, progress: bool = True, configuration: str = DEFAULT_CONFIGURATION) -> dict:
+    """Preprocess one configuration's arrays for the cases that are not up to date; returns
+    {'done': [...], 'skipped': [...]}."""
+    todo = [c for c in cases if overwrite or not is_up_to_date(c, plans, folder, configuration)]
     skipped = [c.name for c in cases if c not in todo]
-    jobs = [_Job(c, plans, folder) for c in todo]
-    done = list(map_cases(preprocess_one, jobs, num_processes, "preprocessing", progress))
+    jobs = [_Job(c, plans, folder, configuration) for c in todo]
+    done = list(map_cases(preprocess_one, jobs, num_processes, f"preprocessing {configuration}", progress))
     return {"done": done, "skipped": skipped}
+
+
+def array_owners(plans: dict, configurations: list[str] | None = None) -> dict[str, str]:
+    """data identifier -> the configuration that preprocesses its arrays (a configuration inheriting another's
+    grid shares its arrays: 2.5d reads 2d's). `configurations`: the ones asked for (default: all planned); a
+    name not planned is one DGCFError."""
+    owners: dict[str, str] = {}
+    for name in configurations or configuration_names(plans):
+        cfg = configuration_plans(plans, name)
+        owner = name
+        while cfg.inherits_from is not None and \
+                configuration_plans(plans, cfg.inherits_from).data_identifier == cfg.data_identifier:
+            owner = cfg.inherits_from
+            cfg = configuration_plans(plans, owner)
+        owners.setdefault(cfg.data_identifier, owner)
+    return owners
 
 
 def _output_folder(raw_dir: Path) -> Path:
@@ -121,10 +147,12 @@ def _output_folder(raw_dir: Path) -> Path:
 
 def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite: bool = False,
                         split: str = "5fold", overrides: dict | None = None, preprocess: bool = True,
-                        progress: bool = True, force: bool = False, planner: str = "default") -> dict:
+                        progress: bool = True, force: bool = False, planner: str = "default",
+                        configurations: list[str] | None = None) -> dict:
     """The whole command; returns a summary (paths, plans, preprocessing counts, `forced`: what the source
     checks let pass with `force`, also recorded in the preprocessed dataset.json). `planner`: a key of
-    planning.planners.PLANNERS (`-pl`)."""
+    planning.planners.PLANNERS (`-pl`). `configurations`: which planned configurations to preprocess
+    (default: every one the planner planned)."""
     if split not in SPLIT_MODES:
         raise DGCFError(f"unknown split {split!r} (expected one of {', '.join(SPLIT_MODES)})")
     if int(num_processes) < 1:
@@ -132,6 +160,7 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     chosen = get_planner(planner)
     chosen.check_overrides(overrides)
+    chosen.check_configurations(configurations)
     raw_dir = raw_dataset(dataset_id)
     out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
@@ -142,12 +171,13 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     with folder_lock(out_dir, LOCK_FILE, waiting=f"dgcf_plan_and_preprocess: {out_dir} is in use by another run; "
                                                  f"waiting for it to finish (Ctrl-C to give up)"):
         return _plan_and_preprocess_locked(raw_dir, out_dir, cases, num_processes, overwrite, split, overrides,
-                                           preprocess, progress, chosen, forced)
+                                           preprocess, progress, chosen, forced, configurations)
 
 
 def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case], num_processes: int,
                                 overwrite: bool, split: str, overrides: dict, preprocess: bool,
-                                progress: bool, chosen, forced: list[dict] = ()) -> dict:
+                                progress: bool, chosen, forced: list[dict] = (),
+                                configurations: list[str] | None = None) -> dict:
     names = [c.name for c in cases]
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.
     folds = write_splits(names, out_dir / SPLITS_FILE, split, overwrite, dry_run=True)
@@ -155,6 +185,7 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
 
     fingerprint = fingerprint_dataset(cases, out_dir / FINGERPRINT_FILE, num_processes, overwrite, progress)
     plans = chosen.plan(fingerprint, raw_dir.name, overrides, fraction)
+    owners = array_owners(plans, configurations)  # a configuration the planner did not plan: nothing written
     plans_file = out_dir / f"{chosen.plans_name}.json"
     if overwrite or not plans_file.is_file() or read_json(plans_file) != json.loads(json.dumps(plans)):
         write_json(plans, plans_file)
@@ -168,6 +199,10 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
     summary = {"output_folder": str(out_dir), "plans": plans, "num_folds": len(splits),
                "preprocessed": None, "forced": list(forced), "description": chosen.describe(plans)}
     if preprocess:
-        summary["preprocessed"] = preprocess_dataset(cases, plans, out_dir / data_identifier(plans), num_processes,
-                                                     overwrite, progress)
+        per_configuration = {owner: preprocess_dataset(cases, plans, out_dir / identifier, num_processes, overwrite,
+                                                       progress, owner)
+                             for identifier, owner in owners.items()}
+        summary["preprocessed"] = {"done": [d for r in per_configuration.values() for d in r["done"]],
+                                   "skipped": [s for r in per_configuration.values() for s in r["skipped"]],
+                                   "configurations": per_configuration}
     return summary

@@ -21,16 +21,28 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.geometry import canonical_frame, mask_box
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, ConfigurationPlans, configuration_plans
 
 # Slice axis name -> orientation code whose third axis is the slice axis (rows top->bottom = A->P or S->I).
 ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-def slice_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict) -> sitk.Image:
+def grid_configuration(plans: dict | ConfigurationPlans, configuration: str | None = None) -> ConfigurationPlans:
+    """The configuration whose grid is meant: typed already, a plans dict (`configuration` of it, default the
+    resolved one), or a bare configuration section."""
+    if isinstance(plans, ConfigurationPlans):
+        return plans
+    if "configurations" in plans:
+        return configuration_plans(plans, configuration)
+    return ConfigurationPlans(name=configuration or DEFAULT_CONFIGURATION, **plans)
+
+
+def slice_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict | ConfigurationPlans,
+                         configuration: str | None = None) -> sitk.Image:
     """An empty (uint8) image carrying the case's slice-grid geometry; see the module docstring."""
-    cfg = plans["configurations"]["2d"] if "configurations" in plans else plans
-    frame = canonical_frame(image, cfg["orientation"])
-    height, width = (int(v) for v in cfg["patch_size"])
-    row_spacing, col_spacing = (float(v) for v in cfg["inplane_spacing"])
+    cfg = grid_configuration(plans, configuration)
+    frame = canonical_frame(image, cfg.orientation)
+    height, width = (int(v) for v in cfg.patch_size)
+    row_spacing, col_spacing = (float(v) for v in cfg.inplane_spacing)
     box = mask_box(mask, frame) if mask is not None else None
     if box is None:
         lower, upper = np.zeros(3), frame["size"] - 1.0

@@ -43,7 +43,8 @@ def validate_fold(dataset: str | int, trainer: str, plans_name: str, configurati
     log.info(f"final validation of fold {fold} with {checkpoint}: predicting {len(cases)} validation case(s) "
              f"into {output}")
     predict(cases, output, model=model_folder, folds=[fold], device=device, trainer=trainer, plans=plans_name,
-            checkpoint=checkpoint, precision=precision, save_probabilities=save_probabilities)
+            checkpoint=checkpoint, precision=precision, save_probabilities=save_probabilities,
+            configuration=configuration)
     summary_file = output / SUMMARY_FILE
     (_, summary), = evaluate_split(dataset, "val", fold, trainers=[trainer], plans=plans_name,
                                    configuration=configuration, pred_dir=output, output_json=summary_file)

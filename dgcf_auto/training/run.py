@@ -15,6 +15,7 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, configuration_plans, load_plans, resolve_configuration
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
@@ -24,7 +25,8 @@ from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_train
 
 log = get_logger(__name__)
 
-CONFIGURATIONS = ("2d",)
+# Configuration kinds a trainer can train (the others are planned but refused with one line).
+TRAINABLE_KINDS = ("slices",)
 VALIDATION_MODES = ("final", "none", "only", "only-best")
 
 
@@ -39,21 +41,25 @@ def parse_fold(text: str | int) -> int | str:
     return int(value)
 
 
-def load_preprocessed(dataset: str | int, plans_name: str) -> tuple[Path, dict, list, Path]:
-    """(preprocessed dataset folder, plans, splits, folder of the 2d arrays)."""
+def load_preprocessed(dataset: str | int, plans_name: str,
+                      configuration: str = DEFAULT_CONFIGURATION) -> tuple[Path, dict, list, Path]:
+    """(preprocessed dataset folder, plans, splits, folder of the configuration's arrays)."""
     folder = paths.preprocessed_dataset(dataset)
     plans_file, splits_file = folder / f"{plans_name}.json", folder / "splits_final.json"
     for file in (plans_file, splits_file):
         if not file.is_file():
             raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
                             f"-d {paths.parse_dataset_id(folder.name)} first")
-    plans = read_json(plans_file)
+    plans = load_plans(plans_file)
+    try:
+        identifier = configuration_plans(plans, configuration).data_identifier
+    except DGCFError as exc:
+        raise DGCFError(f"dataset {folder.name}: {exc}") from None
     # Each plans identifier has its own arrays: a trainer given one plans file never reads another's.
-    identifier = plans.get("configurations", {}).get(CONFIGURATIONS[0], {}).get("data_identifier")
-    if plans.get("plans_name", plans_name) != plans_name or identifier not in (None, f"{plans_name}_2d"):
+    if plans.get("plans_name", plans_name) != plans_name or not identifier.startswith(f"{plans_name}_"):
         raise DGCFError(f"dataset {folder.name}: {plans_file} names plans {plans.get('plans_name')!r} with arrays "
                         f"{identifier!r}, not {plans_name!r}; re-run dgcf_plan_and_preprocess")
-    data_folder = folder / f"{plans_name}_2d"
+    data_folder = folder / identifier
     if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
         raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
                         f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
@@ -91,8 +97,6 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     Raises DGCFError for every user-fixable problem."""
     if validation not in VALIDATION_MODES:
         raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
-    if configuration not in CONFIGURATIONS:
-        raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
     variant = get_trainer_variant(trainer_name)
     best_metric = best_metric or variant.best_metric
     if best_metric not in BEST_METRICS:
@@ -103,7 +107,11 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         if value is not None and value < 1:
             raise DGCFError(f"{name} must be at least 1, got {value}")
     pretrained_sha256 = _check_pretrained(pretrained_weights, continue_training)
-    folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
+    folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name, configuration)
+    kind = configuration_plans(plans, configuration).kind
+    if kind not in TRAINABLE_KINDS:
+        raise DGCFError(f"configuration {configuration!r} ({kind}) cannot be trained by this dgcf_auto version")
+    plans = resolve_configuration(plans, configuration)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
@@ -237,7 +245,7 @@ def _check_patch_fits(plans: dict, trainer_name: str) -> None:
     from dgcf_auto.plans import network_plans
 
     multiple = network_size_multiple(plans)
-    patch = plans["configurations"]["2d"]["patch_size"]
+    patch = configuration_plans(plans).patch_size
     if any(int(p) % multiple for p in patch):
         raise DGCFError(f"trainer {trainer_name}: network {network_plans(plans).architecture!r} needs slices "
                         f"whose sides are multiples of {multiple}, but the plans' patch size is {patch}; "
