@@ -43,12 +43,15 @@ def build_parser() -> CommandParser:
     over.add_argument("--interpolation", choices=("bspline", "linear"),
                       help="intensity interpolation onto the slice grid (default: bspline; linear is ~15x faster)")
     over.add_argument("--features", type=int, nargs="+", metavar="C", help="UNet channels per level")
+    over.add_argument("--memory_budget_gb", type=float, metavar="GB",
+                      help="3d_fullres: GPU memory the patch and batch are planned for (default: each preset's "
+                           "nnU-Net reference, 8 GB; ResEnc L 24 GB)")
     finish_parser(parser)
     return parser
 
 
 OVERRIDE_ARGS = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate",
-                 "iterations_per_epoch", "features", "interpolation")
+                 "iterations_per_epoch", "features", "interpolation", "memory_budget_gb")
 
 
 @cli_entry

@@ -47,21 +47,9 @@ def unet_kwargs(plans: NetworkPlans, residual: bool) -> dict:
     return kwargs
 
 
-def divisor_3d(plans: NetworkPlans) -> int:
-    """Largest total downsampling factor over the axes (each patch axis divides by its own; see plan_3d)."""
-    strides = plans.options.get("strides")
-    if not strides:
-        return 1
-    factor = 1
-    for axis in range(len(strides[0])):
-        product = 1
-        for stride in strides:
-            product *= int(stride[axis])
-        factor = max(factor, product)
-    return factor
-
-
-_3D = dict(needs_dinov3=False, size_multiple=divisor_3d, spatial_dims=3)
+# size_multiple 1: the 2d slice-size rule does not apply; each 3D patch axis divides by its own 2^pools,
+# which planning/plan_3d.py guarantees (pool_and_conv_props pads the patch).
+_3D = dict(needs_dinov3=False, size_multiple=1, spatial_dims=3)
 
 
 @register_network("plain_unet_3d", **_3D,

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import NetworkPlans
+from dgcf_auto.plans import CONFIGURATION_3D, KIND_VOLUME, NetworkPlans
 
-CONFIGURATION_3D = "3d_fullres"
 ANISOTROPY_THRESHOLD = 3.0
 ANISOTROPIC_PERCENTILE = 10.0
 INITIAL_PATCH_VOXELS = 256 ** 3
@@ -44,9 +43,11 @@ MIN_FEATURE_MAP_EDGE = 4
 REFERENCE_BATCH, MIN_BATCH = 2, 2
 # nnU-Net's SGD + PolyLR (nnUNetTrainer: lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5, poly 0.9;
 # 1000 epochs x 250 iterations), nnsyn's default too. Read by training/trainer_3d.py.
+# The loss names the 2d terms with weight 0: a configuration's training section is merged key by key over the
+# top-level one, and a zero weight switches a term off.
 TRAINING_3D = {"optimizer": "sgd", "learning_rate": 1e-2, "lr_scheduler": {"name": "poly", "exponent": 0.9},
-               "epochs": 1000, "iterations_per_epoch": 250, "loss": {"masked_l1": 1.0}, "loss_options": {},
-               "augmentation": False, "foreground_slice_fraction": 0.0}
+               "epochs": 1000, "iterations_per_epoch": 250, "loss": {"l1": 0.0, "mldp": 0.0, "masked_l1": 1.0},
+               "augmentation": False, "foreground_slice_fraction": 0.33}
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def plan_3d_fullres(fingerprint: dict, orientation: str, slice_axis: str, plans_
                for name, preset in PRESETS.items()}
     default = presets[DEFAULT_PRESET]
     return {
-        "name": CONFIGURATION_3D, "kind": "volume", "data_identifier": f"{plans_name}_{CONFIGURATION_3D}",
+        "name": CONFIGURATION_3D, "kind": KIND_VOLUME, "data_identifier": f"{plans_name}_{CONFIGURATION_3D}",
         "slice_axis": slice_axis, "orientation": orientation, "spacing": [float(s) for s in spacing],
         "inplane_spacing": [float(s) for s in spacing[1:]], "patch_size": default["patch_size"],
         "interpolation": interpolation, "grid": "resample", "batch_size": default["batch_size"],

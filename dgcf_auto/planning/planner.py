@@ -12,8 +12,9 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import (CONFIGURATION_2D, KIND_SLICES, PLANS_VERSION, NetworkPlans, TrainingPlans,
-                             configuration_plans)
+from dgcf_auto.planning.plan_3d import plan_3d_fullres
+from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_3D, KIND_SLICES, PLANS_VERSION, NetworkPlans,
+                             TrainingPlans, configuration_plans)
 
 PLANS_NAME = "DGCFPlans"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
@@ -32,7 +33,7 @@ INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 
 # Override name -> what it sets; the values are validated in `check_overrides`.
 OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
-             "iterations_per_epoch", "interpolation")
+             "iterations_per_epoch", "interpolation", "memory_budget_gb")
 INTERPOLATIONS = ("bspline", "linear")
 
 
@@ -159,7 +160,7 @@ def check_overrides(overrides: dict) -> None:
                             f"multiple of {multiple} (what every registered network accepts)")
     if "ct_window" in overrides and not overrides["ct_window"][1] > overrides["ct_window"][0]:
         raise DGCFError(f"--ct_window {overrides['ct_window']}: the upper bound must exceed the lower")
-    for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
+    for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch", "memory_budget_gb"):
         if key in overrides and not overrides[key] > 0:
             raise DGCFError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
     if overrides.get("interpolation", "bspline") not in INTERPOLATIONS:
@@ -222,7 +223,10 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
             "source_normalization": plan_source_normalization(fingerprint),
             "body_mask": plan_body_mask(fingerprint),
             "source_signature": plan_source_signature(fingerprint),
-            "configurations": {CONFIGURATION_2D: grid}, "network": network.to_dict(), "training": training,
+            "configurations": {CONFIGURATION_2D: grid,
+                               CONFIGURATION_3D: plan_3d_fullres(fingerprint, grid["orientation"], grid["slice_axis"],
+                                                                 PLANS_NAME, overrides, grid["interpolation"])},
+            "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}
 
