@@ -251,10 +251,18 @@ def plan_3d_fullres(fingerprint: dict, orientation: str, slice_axis: str, plans_
     }
 
 
-def apply_preset(plans: dict, configuration: dict, architecture: str) -> tuple[dict, list[int]]:
+def volume_patch_size(plans: dict) -> list[int]:
+    """The patch the resolved plans' 3D network was planned (and trained) with: its preset's."""
+    from dgcf_auto.plans import configuration_plans, network_plans
+
+    return apply_preset(plans, configuration_plans(plans), network_plans(plans).architecture)[1]
+
+
+def apply_preset(plans: dict, configuration, architecture: str) -> tuple[dict, list[int]]:
     """(a copy of `plans` whose network section is `architecture`'s planned topology and whose training batch
     size is that preset's, the preset's patch size). A network without a 3D plan is one clear error."""
-    presets = configuration.get("extra", {}).get("presets", {})
+    extra = configuration.extra if hasattr(configuration, "extra") else configuration.get("extra", {})
+    presets = extra.get("presets", {})
     if architecture not in presets:
         raise DGCFError(f"network {architecture!r} has no 3d_fullres plan (planned presets: "
                         f"{', '.join(sorted(presets)) or 'none'}); 3d_fullres trains a 3D network")

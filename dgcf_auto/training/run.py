@@ -15,18 +15,20 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
-from dgcf_auto.plans import DEFAULT_CONFIGURATION, configuration_plans, load_plans, resolve_configuration
+from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans,
+                             resolve_configuration)
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+from dgcf_auto.training.trainer_3d import DGCFTrainer3d, prepare_volume_plans
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
 
 log = get_logger(__name__)
 
 # Configuration kinds a trainer can train (the others are planned but refused with one line).
-TRAINABLE_KINDS = ("slices",)
+TRAINABLE_KINDS = ("slices", "volume")
 VALIDATION_MODES = ("final", "none", "only", "only-best")
 
 
@@ -130,6 +132,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             batch_size = batch_size or recorded["batch_size"]
             iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
         overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
+        if kind == KIND_VOLUME:  # the variant's 3D preset: its planned topology, patch and batch size
+            plans = prepare_volume_plans(plans, variant.network)
         run_plans = effective_plans(plans, variant, overrides)
         _check_patch_fits(run_plans, variant.name)
         train_cases = [open_case(data_folder, n) for n in train_names]
@@ -159,7 +163,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             _move_aside(output)
         ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
         try:
-            trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
+            trainer_class = DGCFTrainer3d if kind == KIND_VOLUME else DGCFTrainer
+            trainer = trainer_class(variant, run_plans, settings, train_cases, val_cases, output,
                                   resolve_device(device, ctx), ctx,
                                   run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
                                             "configuration": configuration,

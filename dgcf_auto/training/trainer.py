@@ -132,13 +132,7 @@ class DGCFTrainer:
         if self.dist.is_main:
             write_json(self.training_config(), self.output_folder / "training_config.json")
         self._log_start()
-        training = training_plans(self.plans)
-        transform = (augmentation_transform(tuple(self.train_cases[0].source.shape[1:]))
-                     if training.augmentation else None)
-        loader = SliceDataLoader(self.train_cases, self.local_batch_size, s.seed, self.dist.rank,
-                                 training.foreground_slice_fraction, transform,
-                                 start_batch=self.batches_done, num_workers=s.num_workers)
-        stream = make_batch_stream(loader, s.num_workers)
+        stream = make_batch_stream(self.make_loader(training_plans(self.plans)), s.num_workers)
         self.tensorboard = TensorBoardLog(self.output_folder) if s.tensorboard and self.dist.is_main else None
         try:
             for epoch in range(self.start_epoch, s.epochs):
@@ -153,6 +147,14 @@ class DGCFTrainer:
             # as nnU-Net: the finished fold keeps final (+ best); latest (with the optimiser state) goes
             (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
             log.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
+
+    def make_loader(self, training) -> SliceDataLoader:
+        """The training batches (a subclass gives its own kind: 3D patches in trainer_3d)."""
+        transform = (augmentation_transform(tuple(self.train_cases[0].source.shape[1:]))
+                     if training.augmentation else None)
+        return SliceDataLoader(self.train_cases, self.local_batch_size, self.settings.seed, self.dist.rank,
+                               training.foreground_slice_fraction, transform,
+                               start_batch=self.batches_done, num_workers=self.settings.num_workers)
 
     def _train_epoch(self, epoch: int, stream) -> None:
         s = self.settings

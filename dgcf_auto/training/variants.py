@@ -97,6 +97,13 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
                       "released code, Table 1: TransUNet [19], L1, random start (their load_from is never called)"),
     _release_baseline("DGCFTrainer_i2imamba_release", "i2i_mamba",
                       "released code, Table 1: I2I-Mamba [20], L1 (their mambaunet code is missing; ours)"),
+    # 3d_fullres (training/trainer_3d.py): the plans' 3D loss (masked L1) and optimiser (nnU-Net's SGD + PolyLR)
+    TrainerVariant("DGCFTrainer3d", "plain_unet_3d", None,
+                   "beyond Table 1: 3d_fullres, nnU-Net's plain 3D U-Net, masked L1"),
+    TrainerVariant("DGCFTrainer3d_resencM", "resenc_unet_3d_m", None,
+                   "beyond Table 1: 3d_fullres, nnU-Net ResEnc M, masked L1"),
+    TrainerVariant("DGCFTrainer3d_nnsyn", "resenc_unet_3d_l", {"masked_l1": 1.0},
+                   "beyond Table 1: nnsyn's SynthRAD2025 task 1 recipe: 3d_fullres, ResEnc L, masked L1, SGD"),
 )}
 
 
