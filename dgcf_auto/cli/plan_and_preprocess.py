@@ -67,6 +67,6 @@ def main(argv=None):
                                       configurations=args.configurations)
     print(f"{summary['description']}, {summary['num_folds']} fold(s)")
     done = summary["preprocessed"]
-    if done is not None:
-        print(f"preprocessed {len(done['done'])} case(s), {len(done['skipped'])} up to date")
+    for name, result in (done or {}).get("configurations", {}).items():  # one line per configuration's arrays
+        print(f"preprocessed {len(result['done'])} case(s), {len(result['skipped'])} up to date ({name})")
     print(f"output: {summary['output_folder']}")
