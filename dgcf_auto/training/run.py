@@ -113,6 +113,9 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     kind = configuration_plans(plans, configuration).kind
     if kind not in TRAINABLE_KINDS:
         raise DGCFError(f"configuration {configuration!r} ({kind}) cannot be trained by this dgcf_auto version")
+    if kind not in variant.kinds:
+        raise DGCFError(f"trainer {variant.name} trains {' or '.join(variant.kinds)} configurations, not "
+                        f"{configuration!r} ({kind}); the 3d_fullres trainers are DGCFTrainer3d*")
     plans = resolve_configuration(plans, configuration)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
