@@ -3,7 +3,6 @@ tiny epoch with DGCFTrainer3d, predict on the exact input grid, evaluate, export
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -86,6 +86,11 @@ class DGCFTrainer:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=training.learning_rate, betas=tuple(training.adam_betas))
         self.scheduler = _lr_scheduler(self.optimizer, training.lr_scheduler)
+        self._wrap_and_start()
+
+    def _wrap_and_start(self) -> None:
+        """DDP / torch.compile around the built network, -pretrained_weights, then each rank's own random stream."""
+        s = self.settings
         self.model = self.network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -217,10 +222,14 @@ class DGCFTrainer:
             return None
         result = None
         if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
-            result = validate_cases(self.network, self.val_cases, self.plans, self.device,
-                                    VALIDATION_BATCH_SIZE, self.autocast_dtype)
+            result = self.validate()
             result.pop("per_case")
         return self.dist.broadcast_object(result)
+
+    def validate(self) -> dict:
+        """The validation cases' numbers (validation.validate_cases) with the current network."""
+        return validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
+                              self.autocast_dtype)
 
     def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
         """This epoch's loss terms and validation numbers, and the middle slice of the first validation case."""

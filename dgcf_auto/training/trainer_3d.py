@@ -19,7 +19,6 @@ from dgcf_auto.inference.sliding_window import predict_sliding_window
 from dgcf_auto.network.execution import autocast
 from dgcf_auto.planning.plan_3d import apply_preset, volume_patch_size
 from dgcf_auto.plans import TrainingPlans, configuration_plans, network_plans, training_plans
-from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.patch_loader import PatchDataLoader
 from dgcf_auto.training.trainer import VALIDATION_BATCH_SIZE, DGCFTrainer
 from dgcf_auto.training.validation import validate_cases
@@ -73,20 +72,7 @@ class DGCFTrainer3d(DGCFTrainer):
         self.network = build_network(net_plans, None).to(self.device)
         self.loss = CompositeLoss(training.loss, None, training.loss_options).to(self.device)
         self.optimizer, self.scheduler = make_optimizer(self.network.parameters(), training, s.epochs)
-        self.model = self.network
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if s.compile:
-            self.model = torch.compile(self.model)
-        if s.pretrained_weights:
-            from dgcf_auto.training.pretrained import load_pretrained_weights
-
-            copied = load_pretrained_weights(self.network, s.pretrained_weights)
-            self.logger.print(f"initialised {copied} weight tensors from {s.pretrained_weights} "
-                              f"(SHA-256 {s.pretrained_weights_sha256})")
-        ckpt.seed_everything(s.seed + 1000 * self.dist.rank)
+        self._wrap_and_start()
 
     def make_loader(self, training: TrainingPlans) -> PatchDataLoader:
         return PatchDataLoader(self.train_cases, self.patch_size, self.local_batch_size, self.settings.seed,
@@ -105,19 +91,12 @@ class DGCFTrainer3d(DGCFTrainer):
         self.optimizer.step()
         return torch.stack([total.detach()] + [parts[name] for name in self.loss.names]).float()
 
-    def _maybe_validate(self, epoch: int) -> dict | None:
-        s = self.settings
-        if not self.val_cases or not ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1):
-            return None
-        result = None
-        if self.dist.is_main:
-            def predict(volume):
-                return predict_sliding_window([self.network], volume, self.patch_size, self.device,
-                                              batch_size=1, dtype=self.autocast_dtype)[0]
-            result = validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
-                                    self.autocast_dtype, predict=predict)
-            result.pop("per_case")
-        return self.dist.broadcast_object(result)
+    def validate(self) -> dict:
+        def predict(volume):
+            return predict_sliding_window([self.network], volume, self.patch_size, self.device,
+                                          dtype=self.autocast_dtype)[0]
+        return validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
+                              self.autocast_dtype, predict=predict)
 
     def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
         """Scalars only (the slice trainer's validation image is a 2D slice prediction)."""
