@@ -160,5 +160,3 @@ def test_a_2d_trainer_on_3d_fullres_is_one_error(env3d):
 
     with pytest.raises(DGCFError, match="trains slices or slabs configurations, not '3d_fullres'"):
         run_training(998, "3d_fullres", "1", trainer_name="DGCFTrainer_resunet_L1", **TINY)
-    with pytest.raises(DGCFError, match="trainer DGCFTrainer3d trains volume configurations, not '2d'"):
-        run_training(998, "2d", "1", trainer_name="DGCFTrainer3d", **TINY)
