@@ -122,7 +122,8 @@ def test_training_loss_decreases_on_a_fixed_batch(data_env):
 # Table 1 baselines (ResUNet, UNet++, TransUNet, I2I-Mamba) and the authors' training of every Table 1 row
 # (the *_release trainers) train at tiny widths in tests/test_baselines.py.
 @pytest.mark.parametrize("name", [n for n, v in TRAINERS.items() if n != "DGCFTrainer" and not n.endswith("_release")
-                                  and v.network not in ("resunet", "unetpp", "transunet", "i2i_mamba")])
+                                  and v.network not in ("resunet", "unetpp", "transunet", "i2i_mamba")
+                                  and "slices" in v.kinds])  # 3d_fullres trainers: tests/test_3d_fullres.py
 def test_every_variant_trains_one_epoch(data_env, name):
     output = run_training(999, "2d", "1", trainer_name=name, epochs=1, iterations_per_epoch=1,
                           dinov3_random=True, device="cpu", num_workers=0)

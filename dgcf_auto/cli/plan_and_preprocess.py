@@ -49,12 +49,15 @@ def build_parser() -> CommandParser:
     over.add_argument("--features", type=int, nargs="+", metavar="C", help="UNet channels per level")
     over.add_argument("--slab_size", type=int, metavar="K",
                       help="2.5d: adjacent slices per network input, odd (default: 5)")
+    over.add_argument("--memory_budget_gb", type=float, metavar="GB",
+                      help="3d_fullres: GPU memory the patch and batch are planned for (default: each preset's "
+                           "nnU-Net reference, 8 GB; ResEnc L 24 GB)")
     finish_parser(parser)
     return parser
 
 
 OVERRIDE_ARGS = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate",
-                 "iterations_per_epoch", "features", "interpolation", "slab_size")
+                 "iterations_per_epoch", "features", "interpolation", "slab_size", "memory_budget_gb")
 
 
 @cli_entry
@@ -70,6 +73,6 @@ def main(argv=None):
                                       configurations=args.configurations, plans_name=args.plans_name)
     print(f"{summary['description']}, {summary['num_folds']} fold(s)")
     done = summary["preprocessed"]
-    if done is not None:
-        print(f"preprocessed {len(done['done'])} case(s), {len(done['skipped'])} up to date")
+    for name, result in (done or {}).get("configurations", {}).items():  # one line per configuration's arrays
+        print(f"preprocessed {len(result['done'])} case(s), {len(result['skipped'])} up to date ({name})")
     print(f"output: {summary['output_folder']}")

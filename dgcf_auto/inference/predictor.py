@@ -17,10 +17,12 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import to_array
 from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
 from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network, load_checkpoint
+from dgcf_auto.inference.sliding_window import predict_sliding_window
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
-from dgcf_auto.plans import KIND_SLABS, KIND_SLICES, configuration_plans
+from dgcf_auto.planning.plan_3d import volume_patch_size
+from dgcf_auto.plans import KIND_SLABS, KIND_SLICES, KIND_VOLUME, configuration_plans
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct, restore_slices
 from dgcf_auto.preprocessing.slicing import from_slice_grid, slices_to_image
@@ -65,8 +67,11 @@ class SCTPredictor:
             network = build_trained_network(checkpoint, self.device, shared_vit if sharing else None)
             if index == 0:
                 shared_vit = getattr(network, "dinov3", None)
+                # 3d_fullres: the sliding window over the volume, with the patch the network was trained on
+                self.volume_patch = (volume_patch_size(self.plans)
+                                     if configuration_plans(self.plans).kind == KIND_VOLUME else None)
             # channels_last suits both cuDNN and oneDNN convolutions (measured 18 % faster on CPU too).
-            self.networks.append(network.to(memory_format=torch.channels_last))
+            self.networks.append(network if self.volume_patch else network.to(memory_format=torch.channels_last))
             sources.add(str(checkpoint.get("dinov3_source", "unknown")))
             network_plans_seen.append(json.dumps(checkpoint["plans"]["network"], sort_keys=True))
             del checkpoint, vit_weights
@@ -130,6 +135,12 @@ class SCTPredictor:
         return CasePrediction(sct, uncertainty, mean, prepared.properties, background)
 
     def _predict_slices(self, slices: np.ndarray, case: str, with_uncertainty: bool):
+        if self.volume_patch:
+            # the volume's axes are (slice, row, col): mirroring the last is the 2D TTA's left-right flip
+            return predict_sliding_window(self.networks, slices, self.volume_patch, self.device,
+                                          mirror_axes=(2,) if len(self.flips) > 1 else (), dtype=self.autocast_dtype,
+                                          with_std=with_uncertainty,
+                                          desc=f"predict {case}".strip() if self.progress else None)
         return predict_slice_stack(self.networks, slices, self.device, self.batch_sizer, self.autocast_dtype,
                                    self.flips, with_uncertainty,
                                    desc=f"predict {case}".strip() if self.progress else None,

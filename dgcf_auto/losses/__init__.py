@@ -11,6 +11,7 @@ from dgcf_auto.losses.registry import (LOSSES, CompositeLoss, LossContext, LossS
 
 _REGISTERED_MODULES = (
     "dgcf_auto.losses.l1",
+    "dgcf_auto.losses.masked_l1",
     "dgcf_auto.losses.mldp",
     "dgcf_auto.losses.ssim",
     "dgcf_auto.losses.vgg",

@@ -7,7 +7,9 @@ scalar` (pred and target B x 1 x H x W in [-1, 1], pred carrying the graph) and 
     def build_ssim(ctx: LossContext) -> nn.Module: ...
 
 plus one import line in `dgcf_auto/losses/__init__.py`. `CompositeLoss` sums the weighted terms; the
-trainer, logger and checkpoint iterate over whatever terms the plans name.
+trainer, logger and checkpoint iterate over whatever terms the plans name. A term registered with
+`needs_mask=True` is called `term(pred, target, mask)` with the body mask (B x 1 x ... in {0, 1}); the
+trainer passes `mask=` to `CompositeLoss` (the 3D trainer does; a 2D run naming such a term is one error).
 """
 from __future__ import annotations
 
@@ -46,16 +48,18 @@ class LossSpec:
     builder: LossBuilder
     needs_dinov3: bool
     description: str
+    needs_mask: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_dinov3: bool = False, description: str) -> Callable[[LossBuilder], LossBuilder]:
+def register_loss(name: str, *, needs_dinov3: bool = False, description: str,
+                  needs_mask: bool = False) -> Callable[[LossBuilder], LossBuilder]:
     def add(builder: LossBuilder) -> LossBuilder:
         if name in LOSSES and LOSSES[name].builder is not builder:
             raise ValueError(f"loss term {name!r} is registered twice")
-        LOSSES[name] = LossSpec(name, builder, needs_dinov3, description)
+        LOSSES[name] = LossSpec(name, builder, needs_dinov3, description, needs_mask)
         return builder
     return add
 
@@ -100,15 +104,21 @@ class CompositeLoss(nn.Module):
             modules[name] = spec.builder(LossContext(dinov3 if spec.needs_dinov3 else None,
                                                      dict(options.get(name, {})), files))
         self.terms = nn.ModuleDict(modules)
+        self.masked = {name for name in self.weights if get_loss_spec(name).needs_mask}
 
     @property
     def names(self) -> list[str]:
         return list(self.weights)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        parts = {name: term(pred, target) for name, term in self.terms.items()}
+        if self.masked and mask is None:
+            raise DGCFError(f"loss term(s) {', '.join(sorted(self.masked))} need the body mask, which this trainer "
+                            f"does not pass")
+        parts = {name: term(pred, target, mask) if name in self.masked else term(pred, target)
+                 for name, term in self.terms.items()}
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}
 

@@ -21,6 +21,7 @@ _REGISTERED_MODULES = (
     "dgcf_auto.network.unetpp_resnet34",
     "dgcf_auto.network.transunet",
     "dgcf_auto.network.i2i_mamba",
+    "dgcf_auto.network.unet3d",
 )
 for _module in _REGISTERED_MODULES:
     importlib.import_module(_module)

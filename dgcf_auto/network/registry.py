@@ -35,6 +35,7 @@ class NetworkSpec:
     needs_dinov3: bool
     multiple: SizeMultiple
     description: str
+    spatial_dims: int = 2   # 2: slices (the 2d planner sizes slices for it); 3: patches (planning/plan_3d.py)
 
     def size_multiple(self, plans: NetworkPlans) -> int:
         """H and W of the network's input must be multiples of this (for these plans' depth)."""
@@ -52,11 +53,11 @@ def weights_come_from_checkpoint() -> bool:
 
 
 def register_network(name: str, *, needs_dinov3: bool, size_multiple: SizeMultiple,
-                     description: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
+                     description: str, spatial_dims: int = 2) -> Callable[[NetworkBuilder], NetworkBuilder]:
     def add(builder: NetworkBuilder) -> NetworkBuilder:
         if name in NETWORKS and NETWORKS[name].builder is not builder:
             raise ValueError(f"network {name!r} is registered twice")
-        NETWORKS[name] = NetworkSpec(name, builder, needs_dinov3, size_multiple, description)
+        NETWORKS[name] = NetworkSpec(name, builder, needs_dinov3, size_multiple, description, spatial_dims)
         return builder
     return add
 

@@ -12,8 +12,9 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_25D, KIND_SLABS, KIND_SLICES, PLANS_VERSION,
-                             NetworkPlans, TrainingPlans, check_slab_size, configuration_plans)
+from dgcf_auto.planning.plan_3d import plan_3d_fullres
+from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_3D, CONFIGURATION_25D, KIND_SLABS, KIND_SLICES,
+                             PLANS_VERSION, NetworkPlans, TrainingPlans, check_slab_size, configuration_plans)
 
 PLANS_NAME = "DGCFPlans"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
@@ -32,16 +33,17 @@ INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 
 # Override name -> what it sets; the values are validated in `check_overrides`.
 OVERRIDES = ("patch_size", "spacing", "ct_window", "batch_size", "epochs", "learning_rate", "features",
-             "iterations_per_epoch", "interpolation", "slab_size")
+             "iterations_per_epoch", "interpolation", "slab_size", "memory_budget_gb")
 SLAB_SIZE = 5   # 2.5d: the predicted slice and two neighbours on each side (IMPACT-Synth's 2.5D input)
 INTERPOLATIONS = ("bspline", "linear")
 
 
 def network_multiples(network: NetworkPlans) -> dict[str, int]:
-    """Each registered network's slice-size multiple at these plans' depth (the registry's declaration)."""
+    """Each registered 2D network's slice-size multiple at these plans' depth (the registry's declaration)."""
     from dgcf_auto.network import NETWORKS
 
-    return {name: spec.size_multiple(replace(network, architecture=name)) for name, spec in NETWORKS.items()}
+    return {name: spec.size_multiple(replace(network, architecture=name)) for name, spec in NETWORKS.items()
+            if spec.spatial_dims == 2}
 
 
 def size_multiple(network: NetworkPlans) -> int:
@@ -169,7 +171,7 @@ def check_overrides(overrides: dict) -> None:
                             f"multiple of {multiple} (what every registered network accepts)")
     if "ct_window" in overrides and not overrides["ct_window"][1] > overrides["ct_window"][0]:
         raise DGCFError(f"--ct_window {overrides['ct_window']}: the upper bound must exceed the lower")
-    for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch"):
+    for key in ("spacing", "batch_size", "epochs", "learning_rate", "iterations_per_epoch", "memory_budget_gb"):
         if key in overrides and not overrides[key] > 0:
             raise DGCFError(f"--{key.replace('_', '-')} must be positive, got {overrides[key]}")
     if overrides.get("interpolation", "bspline") not in INTERPOLATIONS:
@@ -234,7 +236,9 @@ def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None
             "source_normalization": plan_source_normalization(fingerprint),
             "body_mask": plan_body_mask(fingerprint),
             "source_signature": plan_source_signature(fingerprint),
-            "configurations": {CONFIGURATION_2D: grid, CONFIGURATION_25D: plan_slab_configuration(overrides)},
+            "configurations": {CONFIGURATION_2D: grid, CONFIGURATION_25D: plan_slab_configuration(overrides),
+                               CONFIGURATION_3D: plan_3d_fullres(fingerprint, grid["orientation"], grid["slice_axis"],
+                                                                 PLANS_NAME, overrides, grid["interpolation"])},
             "network": network.to_dict(), "training": training,
             "overrides": {k: overrides[k] for k in OVERRIDES if k in overrides},
             "fingerprint_signature": fingerprint["input_signature"]}

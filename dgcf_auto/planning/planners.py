@@ -11,7 +11,7 @@ from typing import Callable
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning import planner, release_planner
-from dgcf_auto.plans import CONFIGURATION_2D, CONFIGURATION_25D, configuration_names, configuration_plans
+from dgcf_auto.plans import CONFIGURATION_2D, CONFIGURATION_3D, CONFIGURATION_25D, configuration_names, configuration_plans
 
 
 def _describe_default(plans: dict) -> str:
@@ -41,7 +41,7 @@ class Planner:
 
 PLANNERS: dict[str, Planner] = {
     "default": Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default, planner.check_overrides,
-                       (CONFIGURATION_2D, CONFIGURATION_25D)),
+                       (CONFIGURATION_2D, CONFIGURATION_25D, CONFIGURATION_3D)),
     "release": Planner(release_planner.PLANS_NAME, release_planner.plan_release, release_planner.describe,
                        release_planner.check_overrides),
 }

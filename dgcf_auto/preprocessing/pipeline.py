@@ -2,7 +2,9 @@
 
 `preprocess_case(source, ct, mask, plans)`:
   1. slice grid of the case (`slicing.slice_grid_reference`: canonical orientation, planned in-plane
-     spacing and size, centred on the mask's bounding box, the mask's slice range);
+     spacing and size, centred on the mask's bounding box, the mask's slice range); for a 3d_fullres
+     configuration the volume grid instead (`slicing.volume_grid_reference`: the planned 3D spacing over the
+     body's bounding box), so the arrays are (Z, Y, X) volumes and everything below is the same;
   2. source: per-case normalisation values from the ORIGINAL voxels inside the mask (the MR p99), then
      resampling onto the slice grid (planned interpolator; outside the image: the source's minimum) and
      normalisation;
@@ -29,7 +31,7 @@ from dgcf_auto.imageio import geometry, geometry_mismatch
 from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, ct_window,
                                                    denormalize_ct, normalize_ct, source_normalization_params)
 from dgcf_auto.plans import ConfigurationPlans
-from dgcf_auto.preprocessing.slicing import (from_slice_grid, grid_configuration, interpolator, slice_grid_reference,
+from dgcf_auto.preprocessing.slicing import (from_slice_grid, grid_configuration, grid_reference, interpolator,
                                              slices_to_image, to_slice_grid)
 from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
@@ -70,7 +72,7 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
         mask.CopyInformation(source)
     if cfg.is_stretched:
         return _preprocess_stretched(source, ct, mask, plans, case_name, cfg)
-    reference = slice_grid_reference(source, mask, cfg)
+    reference = grid_reference(source, mask, cfg)  # slices or a volume, by the configuration's kind
     smooth = interpolator(cfg.interpolation)
 
     source_array = _array(source)

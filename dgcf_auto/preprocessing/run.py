@@ -36,7 +36,7 @@ from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
 from dgcf_auto.planning.planner import preprocessing_signature_fields
 from dgcf_auto.planning.planners import get_planner
-from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, configuration_names,
+from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, KIND_VOLUME, configuration_names,
                              configuration_plans, load_plans)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
@@ -45,7 +45,7 @@ from dgcf_auto.workers import map_cases
 ARRAY_KEYS = ("source", "ct", "mask")
 LOCK_FILE = ".dgcf_plan_and_preprocess.lock"
 # Configuration kind -> (source, ct, mask, plans, case_name, configuration) -> PreprocessedCase.
-PREPROCESSORS = {KIND_SLICES: preprocess_case, KIND_SLABS: preprocess_case}
+PREPROCESSORS = {KIND_SLICES: preprocess_case, KIND_SLABS: preprocess_case, KIND_VOLUME: preprocess_case}
 
 
 def case_files(folder: Path, name: str) -> dict[str, Path]:

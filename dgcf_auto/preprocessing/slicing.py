@@ -9,6 +9,12 @@ is (S, H, W) with slices first:
   (on the image centre when no mask is given);
 - through-plane: the case's own slice positions, cropped to the mask's slice range (all slices without mask).
 
+The volume grid of a `3d_fullres` configuration (`volume_grid_reference`) is the same construction with the
+planned spacing on all three axes (numpy order (slice, row, col) = the plans' `spacing`), spanning the body
+mask's bounding box plus VOLUME_MARGIN_MM per side, kept inside the image (the whole image without a mask):
+nnU-Net's crop to the non-zero region followed by its resampling to the target spacing, in one resampling.
+`grid_reference` picks the grid by the configuration's kind.
+
 `to_slice_grid` and `from_slice_grid` are the same `sitk.Resample` call with the target grid swapped, so
 direction, spacing and origin are exact both ways. Intensities use the planned interpolator (cubic B-spline
 by default: on the example phantoms it roughly thirds the there-and-back HU error of linear interpolation at
@@ -21,11 +27,14 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.geometry import canonical_frame, mask_box
-from dgcf_auto.plans import DEFAULT_CONFIGURATION, ConfigurationPlans, configuration_plans
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_VOLUME, ConfigurationPlans, configuration_plans
 
 # Slice axis name -> orientation code whose third axis is the slice axis (rows top->bottom = A->P or S->I).
 ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+VOLUME_MARGIN_MM = 10.0  # per side around the body box (as the 2d plans' field-of-view margin)
+
+
 def grid_configuration(plans: dict | ConfigurationPlans, configuration: str | None = None) -> ConfigurationPlans:
     """The configuration whose grid is meant: typed already, a plans dict (`configuration` of it, default the
     resolved one), or a bare configuration section."""
@@ -55,9 +64,42 @@ def slice_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict
     # multiple of) the case's own, resampling then copies voxels instead of interpolating between them.
     corner = np.round(corner / frame["spacing"][:2]) * frame["spacing"][:2]
     local_origin = np.array([corner[0], corner[1], first_slice * frame["spacing"][2]])
-    reference = sitk.Image([width, height, n_slices], sitk.sitkUInt8)
+    return _reference_in_frame(frame, local_origin, [width, height, n_slices],
+                               [col_spacing, row_spacing, frame["spacing"][2]])
+
+
+def volume_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict | ConfigurationPlans,
+                          configuration: str | None = None) -> sitk.Image:
+    """An empty (uint8) image carrying the case's volume-grid geometry; see the module docstring."""
+    cfg = grid_configuration(plans, configuration)
+    frame = canonical_frame(image, cfg.orientation)
+    spacing = np.array(cfg.spacing[::-1], float)  # numpy (slice, row, col) -> canonical axes (col, row, slice)
+    extent = (frame["size"] - 1.0) * frame["spacing"]
+    box = mask_box(mask, frame) if mask is not None else None
+    if box is None:
+        lower, upper = np.zeros(3), extent
+    else:
+        lower = np.maximum(box[0] * frame["spacing"] - VOLUME_MARGIN_MM, 0.0)
+        upper = np.minimum(box[1] * frame["spacing"] + VOLUME_MARGIN_MM, extent)
+    lower = np.round(lower / frame["spacing"]) * frame["spacing"]  # a voxel centre, as the slice grid's corner
+    size = np.ceil((upper - lower) / spacing - 1e-6).astype(int) + 1
+    return _reference_in_frame(frame, lower, size, spacing)
+
+
+def grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict | ConfigurationPlans,
+                   configuration: str | None = None) -> sitk.Image:
+    """The case's grid for the configuration's kind: a volume grid (3d_fullres) or a slice grid."""
+    cfg = grid_configuration(plans, configuration)
+    if cfg.kind == KIND_VOLUME:
+        return volume_grid_reference(image, mask, cfg)
+    return slice_grid_reference(image, mask, cfg)
+
+
+def _reference_in_frame(frame: dict, local_origin: np.ndarray, size, spacing) -> sitk.Image:
+    """An empty image on the canonical frame's axes, first node at `local_origin` (mm along those axes)."""
+    reference = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
     reference.SetDirection(frame["direction"].ravel().tolist())
-    reference.SetSpacing([col_spacing, row_spacing, float(frame["spacing"][2])])
+    reference.SetSpacing([float(v) for v in spacing])
     reference.SetOrigin((frame["origin"] + frame["direction"] @ local_origin).tolist())
     return reference
 

@@ -15,19 +15,21 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
-from dgcf_auto.plans import DEFAULT_CONFIGURATION, configuration_plans, load_plans, resolve_configuration
+from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans,
+                             resolve_configuration)
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.plans_check import check_plans_names, variant_overrides
 from dgcf_auto.training.trainer import LR_SCHEDULERS, OPTIMIZERS, DGCFTrainer, TrainingSettings
+from dgcf_auto.training.trainer_3d import DGCFTrainer3d, prepare_volume_plans
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
 
 log = get_logger(__name__)
 
 # Configuration kinds a trainer can train (the others are planned but refused with one line).
-TRAINABLE_KINDS = ("slices", "slabs")
+TRAINABLE_KINDS = ("slices", "slabs", "volume")
 VALIDATION_MODES = ("final", "none", "only", "only-best")
 
 
@@ -112,6 +114,9 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     kind = configuration_plans(plans, configuration).kind
     if kind not in TRAINABLE_KINDS:
         raise DGCFError(f"configuration {configuration!r} ({kind}) cannot be trained by this dgcf_auto version")
+    if kind not in variant.kinds:
+        raise DGCFError(f"trainer {variant.name} trains {' or '.join(variant.kinds)} configurations, not "
+                        f"{configuration!r} ({kind}); the 3d_fullres trainers are DGCFTrainer3d*")
     plans = resolve_configuration(plans, configuration)
     check_plans_names(plans, f"plans file {folder / (plans_name + '.json')}", OPTIMIZERS, LR_SCHEDULERS)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
@@ -132,6 +137,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             batch_size = batch_size or recorded["batch_size"]
             iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
         overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
+        if kind == KIND_VOLUME:  # the variant's 3D preset: its planned topology, patch and batch size
+            plans = prepare_volume_plans(plans, variant.network)
         run_plans = effective_plans(plans, variant, overrides)
         check_plans_names(run_plans, f"trainer {variant.name}", OPTIMIZERS, LR_SCHEDULERS)
         replaced = variant_overrides(plans, run_plans, variant.name, {k: v for k, v in overrides.items() if v})
@@ -163,7 +170,8 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             _move_aside(output)
         ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
         try:
-            trainer = DGCFTrainer(variant, run_plans, settings, train_cases, val_cases, output,
+            trainer_class = DGCFTrainer3d if kind == KIND_VOLUME else DGCFTrainer
+            trainer = trainer_class(variant, run_plans, settings, train_cases, val_cases, output,
                                   resolve_device(device, ctx), ctx,
                                   run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
                                             "configuration": configuration, "trainer_sets": replaced,

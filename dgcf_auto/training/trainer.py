@@ -86,6 +86,11 @@ class DGCFTrainer:
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=training.learning_rate, betas=tuple(training.adam_betas))
         self.scheduler = _lr_scheduler(self.optimizer, training.lr_scheduler)
+        self._wrap_and_start()
+
+    def _wrap_and_start(self) -> None:
+        """DDP / torch.compile around the built network, -pretrained_weights, then each rank's own random stream."""
+        s = self.settings
         self.model = self.network
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -132,14 +137,7 @@ class DGCFTrainer:
         if self.dist.is_main:
             write_json(self.training_config(), self.output_folder / "training_config.json")
         self._log_start()
-        training = training_plans(self.plans)
-        transform = (augmentation_transform(tuple(self.train_cases[0].source.shape[1:]))
-                     if training.augmentation else None)
-        loader = SliceDataLoader(self.train_cases, self.local_batch_size, s.seed, self.dist.rank,
-                                 training.foreground_slice_fraction, transform,
-                                 start_batch=self.batches_done, num_workers=s.num_workers,
-                                 slab_size=configuration_plans(self.plans).slab_size)
-        stream = make_batch_stream(loader, s.num_workers)
+        stream = make_batch_stream(self.make_loader(training_plans(self.plans)), s.num_workers)
         self.tensorboard = TensorBoardLog(self.output_folder) if s.tensorboard and self.dist.is_main else None
         try:
             for epoch in range(self.start_epoch, s.epochs):
@@ -154,6 +152,15 @@ class DGCFTrainer:
             # as nnU-Net: the finished fold keeps final (+ best); latest (with the optimiser state) goes
             (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
             log.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
+
+    def make_loader(self, training) -> SliceDataLoader:
+        """The training batches (a subclass gives its own kind: 3D patches in trainer_3d)."""
+        transform = (augmentation_transform(tuple(self.train_cases[0].source.shape[1:]))
+                     if training.augmentation else None)
+        return SliceDataLoader(self.train_cases, self.local_batch_size, self.settings.seed, self.dist.rank,
+                               training.foreground_slice_fraction, transform,
+                               start_batch=self.batches_done, num_workers=self.settings.num_workers,
+                               slab_size=configuration_plans(self.plans).slab_size)
 
     def _train_epoch(self, epoch: int, stream) -> None:
         s = self.settings
@@ -216,10 +223,14 @@ class DGCFTrainer:
             return None
         result = None
         if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
-            result = validate_cases(self.network, self.val_cases, self.plans, self.device,
-                                    VALIDATION_BATCH_SIZE, self.autocast_dtype)
+            result = self.validate()
             result.pop("per_case")
         return self.dist.broadcast_object(result)
+
+    def validate(self) -> dict:
+        """The validation cases' numbers (validation.validate_cases) with the current network."""
+        return validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
+                              self.autocast_dtype)
 
     def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
         """This epoch's loss terms and validation numbers, and the middle slice of the first validation case."""

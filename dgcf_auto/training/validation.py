@@ -19,9 +19,10 @@ from dgcf_auto.training.dataloading import CaseArrays
 
 
 def validate_cases(network: torch.nn.Module, cases: list[CaseArrays], plans: dict, device: torch.device,
-                   batch_size: int, dtype: torch.dtype | None) -> dict:
+                   batch_size: int, dtype: torch.dtype | None, predict=None) -> dict:
     """Mean over cases of MAE (HU) and PSNR (dB) in the body mask, mean over all slices of the 2D SSIM;
-    per-case values too."""
+    per-case values too. `predict`: normalised source array -> normalised sCT (default: slice by slice;
+    the 3D trainer passes its sliding window)."""
     from dgcf_auto.preprocessing.normalization import ct_window, denormalize_ct
 
     low, high = ct_window(plans)
@@ -31,8 +32,11 @@ def validate_cases(network: torch.nn.Module, cases: list[CaseArrays], plans: dic
     per_case, slice_ssims = {}, []
     try:
         for case in cases:
-            prediction, _ = predict_slice_stack([network], case.source, device, batch_size, dtype,
-                                                slab_size=slab_size)
+            if predict is None:
+                prediction, _ = predict_slice_stack([network], case.source, device, batch_size, dtype,
+                                                    slab_size=slab_size)
+            else:
+                prediction = predict(np.asarray(case.source, dtype=np.float32))
             sct_hu = denormalize_ct(prediction, low, high)
             ct_hu = denormalize_ct(np.asarray(case.ct, dtype=np.float32), low, high)
             mask = np.asarray(case.mask) > 0

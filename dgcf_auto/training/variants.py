@@ -24,6 +24,8 @@ class TrainerVariant:
     modality_overrides: dict = field(default_factory=dict)
     # which validation value picks checkpoint_best.pth unless --best_metric says otherwise (BEST_METRICS)
     best_metric: str = "mae"
+    # the configuration kinds (plans.CONFIGURATION_KINDS values) it trains: slice networks take slices and slabs
+    kinds: tuple[str, ...] = ("slices", "slabs")
 
 
 # "mae": lowest validation MAE (HU, body mask); "ssim": highest mean 2D validation SSIM of the normalised
@@ -32,6 +34,7 @@ BEST_METRICS = ("mae", "ssim")
 
 
 L1_ONLY = {"l1": 1.0}
+VOLUME = ("volume",)  # trainers of 3d_fullres (training/trainer_3d.py)
 
 # The authors' released code (documentation/model.md): their DGCN, the ViT fed the raw slice repeated to 3
 # channels (MR scaled to [0, 2] as their feature_prepare.py does), MLDP averaged over layers, their optimiser
@@ -100,6 +103,14 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
                       "released code, Table 1: TransUNet [19], L1, random start (their load_from is never called)"),
     _release_baseline("DGCFTrainer_i2imamba_release", "i2i_mamba",
                       "released code, Table 1: I2I-Mamba [20], L1 (their mambaunet code is missing; ours)"),
+    # 3d_fullres (training/trainer_3d.py): the plans' 3D loss (masked L1) and optimiser (nnU-Net's SGD + PolyLR)
+    TrainerVariant("DGCFTrainer3d", "plain_unet_3d", None,
+                   "beyond Table 1: 3d_fullres, nnU-Net's plain 3D U-Net, masked L1", kinds=VOLUME),
+    TrainerVariant("DGCFTrainer3d_resencM", "resenc_unet_3d_m", None,
+                   "beyond Table 1: 3d_fullres, nnU-Net ResEnc M, masked L1", kinds=VOLUME),
+    TrainerVariant("DGCFTrainer3d_nnsyn", "resenc_unet_3d_l", {"masked_l1": 1.0},
+                   "beyond Table 1: nnsyn's SynthRAD2025 task 1 recipe: 3d_fullres, ResEnc L, masked L1, SGD",
+                   kinds=VOLUME),
 )}
 
 
