@@ -228,7 +228,7 @@ def plan_3d_fullres(fingerprint: dict, orientation: str, slice_axis: str, plans_
                for name, preset in PRESETS.items()}
     default = presets[DEFAULT_PRESET]
     return {
-        "name": CONFIGURATION_3D, "kind": KIND_VOLUME, "data_identifier": f"{plans_name}_{CONFIGURATION_3D}",
+        "kind": KIND_VOLUME, "data_identifier": f"{plans_name}_{CONFIGURATION_3D}",
         "slice_axis": slice_axis, "orientation": orientation, "spacing": [float(s) for s in spacing],
         "inplane_spacing": [float(s) for s in spacing[1:]], "patch_size": default["patch_size"],
         "interpolation": interpolation, "grid": "resample", "batch_size": default["batch_size"],
