@@ -4,6 +4,9 @@ NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the
 DICOM files stands for its image series wherever a file does (`mr/` for `mr.nii.gz`); `dgcf_auto.dicomio`
 reads it.
 
+The spacing a header declares is checked first (`header_spacing_problem`): zero, negative or non-finite
+spacing is refused, read from the file's own header field (NIfTI `pixdim`, MetaImage `ElementSpacing`),
+because nibabel and ITK silently read a zero pixdim as 1 mm.
 Voxels are verified before they are trusted (`voxel_problem`): the size a header declares is checked against
 `--max_voxels`, the machine's memory and what the file's bytes can hold, before anything is allocated; a
 compressed MetaImage block is decompressed by Python's zlib, which raises on corrupt data (ITK only logs
@@ -12,6 +15,7 @@ compressed MetaImage block is decompressed by Python's zlib, which raises on cor
 from __future__ import annotations
 
 import contextlib
+import gzip
 import math
 import os
 import re
@@ -83,7 +87,7 @@ def read_image(path: str | os.PathLike, case: str | None = None, series_uids=())
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        problem = voxel_problem(path, reader)
+        problem = header_spacing_problem(path, reader) or voxel_problem(path, reader)
         if problem is None:
             return reader.Execute()
     except RuntimeError as exc:
@@ -111,7 +115,48 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
         raise DGCFError(f"{where}: cannot be read as an image") from None
     if dimension is not None and reader.GetDimension() != dimension:
         raise DGCFError(f"{where}: expected a {dimension}D image, got {reader.GetDimension()}D")
+    if problem := header_spacing_problem(path, reader):
+        raise DGCFError(f"{where}: {problem}")
     return reader
+
+
+def header_spacing_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str | None:
+    """None when every spatial axis has a positive, finite spacing in the file's own header, else the problem
+    naming the field. NIfTI is judged by its raw `pixdim` (nibabel and ITK replace 0 by 1 mm, with a
+    warning at best), MetaImage by its `ElementSpacing` line (a missing one would silently be 1 mm); the
+    spacing the reader reports is checked as well."""
+    path = Path(path)
+    field, first, declared = "spacing", 0, None
+    try:
+        if image_suffix(path) in (".nii", ".nii.gz"):
+            field, first, declared = "pixdim", 1, _nifti_pixdim(path, reader.GetDimension())
+        elif image_suffix(path) == ".mha":
+            fields, _ = _metaimage_header(path)
+            field = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
+            if field is None:
+                return "header has no ElementSpacing; the voxel spacing is unknown (a reader would assume 1 mm)"
+            declared = [float(v) for v in fields[field].split()][: reader.GetDimension()]
+    except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError):
+        declared = None  # an unreadable raw header: the readers report it; the spacing they give is checked
+    values = declared if declared is not None else list(reader.GetSpacing())
+    bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v > 0)]
+    if not bad:
+        return None
+    named = ", ".join(f"{field}[{i + first}] is {values[i]:g}" for i in bad)
+    return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in values)})); voxel spacing must be "
+            f"positive and finite (readers silently take 0 as 1 mm); fix the file's header")
+
+
+def _nifti_pixdim(path: Path, dimension: int) -> list[float]:
+    """The raw pixdim[1..dimension] of a NIfTI-1 or NIfTI-2 header, as stored (nibabel's `check=False`:
+    no fix-ups)."""
+    opener = gzip.open if image_suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as handle:
+        block = handle.read(540)
+    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}
+    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    header = klass(block[: klass.template_dtype.itemsize], check=False)
+    return [float(v) for v in header["pixdim"][1: 1 + max(1, min(dimension, 3))]]
 
 
 def max_voxels() -> int:
@@ -313,23 +358,30 @@ def geometry(image: sitk.Image) -> dict:
 
 
 def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
-    """None when `a` and `b` share a voxel grid (within tolerance), else what differs, in words."""
+    """None when `a` and `b` share a voxel grid (within tolerance), else the field that differs and both
+    values, at a precision that shows the difference."""
     if a.GetSize() != b.GetSize():
         return f"size {a.GetSize()} vs {b.GetSize()}"
     sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
-    if np.any(np.abs(sa - sb) > SPACING_TOLERANCE * np.maximum(sa, sb)):
-        return f"spacing {_fmt(sa)} vs {_fmt(sb)}"
+    if np.any(np.abs(sa - sb) > SPACING_TOLERANCE * np.maximum(np.abs(sa), np.abs(sb))):
+        return _difference("spacing", sa, sb, "mm")
     oa, ob = np.array(a.GetOrigin()), np.array(b.GetOrigin())
-    if np.any(np.abs(oa - ob) > max(ORIGIN_TOLERANCE_MM, 0.01 * float(sa.min()))):
-        return f"origin {_fmt(oa)} vs {_fmt(ob)}"
+    if np.any(np.abs(oa - ob) > max(ORIGIN_TOLERANCE_MM, 0.01 * float(np.abs(sa).min()))):
+        return _difference("origin", oa, ob, "mm")
     da, db = np.array(a.GetDirection()), np.array(b.GetDirection())
     if np.any(np.abs(da - db) > DIRECTION_TOLERANCE):
-        return f"direction {_fmt(da)} vs {_fmt(db)}"
+        return _difference("direction", da, db, "")
     return None
 
 
-def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+def _difference(field: str, a: np.ndarray, b: np.ndarray, unit: str) -> str:
+    """'spacing[2] differs: (1, 1, 2.5271) vs (1, 1, 2.5276) mm', with as many digits as it takes for the
+    differing components to print differently."""
+    axes = [i for i in range(len(a)) if a[i] != b[i]]
+    digits = next((d for d in range(4, 18) if all(f"{a[i]:.{d}g}" != f"{b[i]:.{d}g}" for i in axes)), 17)
+    shown = lambda v: "(" + ", ".join(f"{x:.{digits}g}" for x in v) + ")"  # noqa: E731
+    names = ", ".join(f"{field}[{i}]" for i in axes)
+    return f"{names} differ{'s' if len(axes) == 1 else ''}: {shown(a)} vs {shown(b)}{' ' + unit if unit else ''}"
 
 
 def _itk_reason(exc: Exception) -> str:
