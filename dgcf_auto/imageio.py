@@ -83,6 +83,8 @@ def read_image(path: str | os.PathLike, case: str | None = None, series_uids=())
         return read_series(path, case, series_uids)
     if not path.is_file():
         raise DGCFError(f"{where}: not found")
+    if problem := header_spacing_problem(path):  # before ITK reads (and "fixes") the header
+        raise DGCFError(f"{where}: {problem}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -107,6 +109,8 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
         from dgcf_auto.dicomio import open_series, series_header
 
         return series_header(open_series(path, case, series_uids))
+    if path.is_file() and (problem := header_spacing_problem(path)):
+        raise DGCFError(f"{where}: {problem}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -120,43 +124,44 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
     return reader
 
 
-def header_spacing_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str | None:
+def header_spacing_problem(path: str | os.PathLike, reader: sitk.ImageFileReader | None = None) -> str | None:
     """None when every spatial axis has a positive, finite spacing in the file's own header, else the problem
-    naming the field. NIfTI is judged by its raw `pixdim` (nibabel and ITK replace 0 by 1 mm, with a
-    warning at best), MetaImage by its `ElementSpacing` line (a missing one would silently be 1 mm); the
-    spacing the reader reports is checked as well."""
+    naming the field. Read before any image reader runs: NIfTI is judged by its raw `pixdim` (nibabel and ITK
+    replace 0 by 1 mm, with a warning at best), MetaImage by its `ElementSpacing` line (a missing one would
+    silently be 1 mm); the spacing a `reader` reports is checked as well."""
     path = Path(path)
     field, first, declared = "spacing", 0, None
     try:
         if image_suffix(path) in (".nii", ".nii.gz"):
-            field, first, declared = "pixdim", 1, _nifti_pixdim(path, reader.GetDimension())
+            field, first, declared = "pixdim", 1, _nifti_pixdim(path)
         elif image_suffix(path) == ".mha":
             fields, _ = _metaimage_header(path)
             field = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
             if field is None:
                 return "header has no ElementSpacing; the voxel spacing is unknown (a reader would assume 1 mm)"
-            declared = [float(v) for v in fields[field].split()][: reader.GetDimension()]
+            declared = [float(v) for v in fields[field].split()][: int(fields.get("NDims", 3))]
     except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError):
         declared = None  # an unreadable raw header: the readers report it; the spacing they give is checked
-    values = declared if declared is not None else list(reader.GetSpacing())
-    bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v > 0)]
-    if not bad:
-        return None
-    named = ", ".join(f"{field}[{i + first}] is {values[i]:g}" for i in bad)
-    return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in values)})); voxel spacing must be "
-            f"positive and finite (readers silently take 0 as 1 mm); fix the file's header")
+    for values in (declared, list(reader.GetSpacing()) if reader is not None else None):
+        bad = [i for i, v in enumerate(values or ()) if not (math.isfinite(v) and v > 0)]
+        if bad:
+            named = ", ".join(f"{field}[{i + first}] is {values[i]:g}" for i in bad)
+            return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in values)})); voxel spacing must "
+                    f"be positive and finite (readers silently take 0 as 1 mm); fix the file's header")
+        field, first = "spacing", 0
+    return None
 
 
-def _nifti_pixdim(path: Path, dimension: int) -> list[float]:
-    """The raw pixdim[1..dimension] of a NIfTI-1 or NIfTI-2 header, as stored (nibabel's `check=False`:
-    no fix-ups)."""
+def _nifti_pixdim(path: Path) -> list[float]:
+    """The raw pixdim[1..3] (fewer for a 1D or 2D image) of a NIfTI-1 or NIfTI-2 header, as stored
+    (nibabel with `check=False`: no fix-ups)."""
     opener = gzip.open if image_suffix(path) == ".nii.gz" else open
     with opener(path, "rb") as handle:
         block = handle.read(540)
     sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}
     klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
     header = klass(block[: klass.template_dtype.itemsize], check=False)
-    return [float(v) for v in header["pixdim"][1: 1 + max(1, min(dimension, 3))]]
+    return [float(v) for v in header["pixdim"][1: 1 + max(1, min(int(header["dim"][0]), 3))]]
 
 
 def max_voxels() -> int:

@@ -92,13 +92,15 @@ def check_image_file(path: Path, where: str, is_mask: bool = False,
         return _check_dicom_folder(Path(path), where, is_mask, series_uids)
     if image_suffix(path) is None:
         return None, f"{where}: unsupported format (use {', '.join(IMAGE_SUFFIXES)})"
+    if problem := header_spacing_problem(path):  # first: readers take a zero pixdim as 1 mm
+        return None, f"{where}: {problem}"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         return None, f"{where}: cannot be read as an image ({_reason(exc)})"
-    if problem := header_spacing_problem(path, reader):  # before anything trusts the reader's spacing
+    if problem := header_spacing_problem(path, reader):
         return None, f"{where}: {problem}"
     if reader.GetDimension() != 3 or len(reader.GetSize()) != 3:
         size = "x".join(str(s) for s in reader.GetSize())
