@@ -8,7 +8,8 @@ The spacing a header declares is checked first (`header_spacing_problem`): zero,
 spacing is refused, read from the file's own header field (NIfTI `pixdim`, MetaImage `ElementSpacing`),
 because nibabel and ITK silently read a zero pixdim as 1 mm.
 Voxels are verified before they are trusted (`voxel_problem`): the size a header declares is checked against
-`--max_voxels`, the machine's memory and what the file's bytes can hold, before anything is allocated; a
+`--max_voxels`, the memory this process may use (the measured peak per voxel, `dgcf_auto.memory`) and what
+the file's bytes can hold, before anything is decompressed or allocated; a
 compressed MetaImage block is decompressed by Python's zlib, which raises on corrupt data (ITK only logs
 "Uncompress failed" and returns an image).
 """
@@ -31,6 +32,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.atomic import WriteFailed, atomic_path
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.memory import available_memory, bytes_per_voxel, peak_bytes
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
 # Geometry tolerance: SynthRAD2023 files were resampled and rounded by several tools.
@@ -190,8 +192,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
     """None when the file's declared voxels can be read and are intact, else the problem in words.
 
     Checked from the header before any allocation: the bytes against what the file can hold (its size, or
-    for compressed data the deflate limit), the voxel count against `max_voxels()`, the bytes against the
-    machine's memory. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
+    for compressed data the deflate limit), the voxel count against `max_voxels()`, the peak the stages
+    will reach on it (`memory.peak_bytes`, measured per voxel) against the memory this process may still use. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
     path = Path(path)
     size = reader.GetSize()
     voxels = math.prod(size) * reader.GetNumberOfComponents()
@@ -207,10 +209,12 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
         return f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; it is truncated"
     if voxels > max_voxels():
         return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
-    memory = _machine_memory()
-    if memory is not None and max(nbytes, 4 * voxels) > memory:  # stages work on float32 copies
-        return (f"header declares {dims} voxels ({max(nbytes, 4 * voxels)} bytes as float32), more than this "
-                f"machine's memory ({memory} bytes)")
+    itemsize = _bytes_per_component(reader)
+    need, room = peak_bytes(voxels, itemsize), available_memory()
+    if room is not None and need > room[0]:  # the measured peak of the stages, not the stored size
+        return (f"header declares {dims} voxels ({nbytes} bytes stored); working on it takes about {need} bytes "
+                f"({bytes_per_voxel(itemsize):.0f} per voxel, measured), more than the {room[0]} bytes {room[1]}; "
+                f"use a machine with more memory, or crop or resample the image")
     if compressed and image_suffix(path) == ".mha":
         return _inflate_problem(data_path, path.stat().st_size - available if data_path == path else 0, nbytes)
     return None
@@ -236,13 +240,6 @@ def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
 def _bytes_per_component(reader: sitk.ImageFileReader) -> int:
     probe = sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())
     return sitk.GetArrayViewFromImage(probe).itemsize
-
-
-def _machine_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not POSIX: the voxel cap alone applies
-        return None
 
 
 def _inflate_problem(path: Path, offset: int, nbytes: int) -> str | None:

@@ -244,3 +244,61 @@ def test_one_extreme_voxel_changes_at_most_its_bspline_neighbourhood(trained, va
     beyond_support = np.clip(np.abs(offsets) - 2.0, 0.0, None).sum(axis=1)
     assert beyond_support.max() <= reach, (beyond_support.max(), reach)
     assert np.isfinite(result.source).all() and np.abs(result.source).max() <= 1.0
+
+
+# ------------------------------------------------------------------ issue 31: memory bounded from the header
+
+def _gzip_bomb(path, shape=(700, 700, 700)) -> int:
+    """A .nii.gz declaring `shape` int16 (686 MB for 700**3) in well under 1 MB: concatenated gzip members
+    of zeros, which every gzip reader reads as one stream. Returns the declared bytes."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header["vox_offset"] = 352
+    nbytes = 2 * int(np.prod(shape))
+    chunk = 8 << 20
+    member = gzip.compress(b"\0" * chunk, 6)
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(header.binaryblock + b"\0" * 4))
+        for _ in range(nbytes // chunk):
+            handle.write(member)
+        handle.write(gzip.compress(b"\0" * (nbytes % chunk)))
+    return nbytes
+
+
+def test_a_gzip_bomb_under_a_memory_limit_gets_one_line_and_writes_nothing(trained, tmp_path):
+    import os
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    from dgcf_auto.memory import STAGE_PEAK_BYTES
+
+    bomb = tmp_path / "bomb.nii.gz"
+    nbytes = _gzip_bomb(bomb)
+    assert bomb.stat().st_size < 1 << 20 and nbytes == 686_000_000
+    out = tmp_path / "out"
+    limit = 6 << 30  # address space: the imports take about 4 GB of it, the bomb's peak far more than the rest
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
+    done = subprocess.run([sys.executable, "-m", "dgcf_auto.cli.predict", "-i", str(bomb), "-o", str(out),
+                           "-d", str(trained["raw"].name), "-device", "cpu"], env=env, preexec_fn=limited,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.strip().splitlines() if "error" in line]
+    voxels = 700 ** 3
+    need = int(np.ceil(voxels * max(base + per_byte * 2 for base, per_byte in STAGE_PEAK_BYTES.values())))
+    assert len(lines) == 1 and re.search(
+        rf"case bomb: file bomb\.nii\.gz: header declares 700x700x700 voxels \({nbytes} bytes stored\); working on "
+        rf"it takes about {need} bytes \(\d+ per voxel, measured\), more than the \d+ bytes left under this "
+        rf"process's address-space limit \(ulimit -v\); use a machine with more memory, or crop or resample the "
+        rf"image$", lines[0]), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+    assert not out.exists()
