@@ -4,14 +4,19 @@ NIfTI (.nii, .nii.gz) and MetaImage (.mha) are supported; the format follows the
 DICOM files stands for its image series wherever a file does (`mr/` for `mr.nii.gz`); `dgcf_auto.dicomio`
 reads it.
 
+The spacing a header declares is checked first (`header_spacing_problem`): zero, negative or non-finite
+spacing is refused, read from the file's own header field (NIfTI `pixdim`, MetaImage `ElementSpacing`),
+because nibabel and ITK silently read a zero pixdim as 1 mm.
 Voxels are verified before they are trusted (`voxel_problem`): the size a header declares is checked against
-`--max_voxels`, the machine's memory and what the file's bytes can hold, before anything is allocated; a
+`--max_voxels`, the memory this process may use (the measured peak per voxel, `dgcf_auto.memory`) and what
+the file's bytes can hold, before anything is decompressed or allocated; a
 compressed MetaImage block is decompressed by Python's zlib, which raises on corrupt data (ITK only logs
 "Uncompress failed" and returns an image).
 """
 from __future__ import annotations
 
 import contextlib
+import gzip
 import math
 import os
 import re
@@ -27,6 +32,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.atomic import WriteFailed, atomic_path
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.memory import available_memory, bytes_per_voxel, peak_bytes
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
 # Geometry tolerance: SynthRAD2023 files were resampled and rounded by several tools.
@@ -79,11 +85,13 @@ def read_image(path: str | os.PathLike, case: str | None = None, series_uids=())
         return read_series(path, case, series_uids)
     if not path.is_file():
         raise DGCFError(f"{where}: not found")
+    if problem := header_spacing_problem(path):  # before ITK reads (and "fixes") the header
+        raise DGCFError(f"{where}: {problem}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        problem = voxel_problem(path, reader)
+        problem = header_spacing_problem(path, reader) or voxel_problem(path, reader)
         if problem is None:
             return reader.Execute()
     except RuntimeError as exc:
@@ -103,6 +111,8 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
         from dgcf_auto.dicomio import open_series, series_header
 
         return series_header(open_series(path, case, series_uids))
+    if path.is_file() and (problem := header_spacing_problem(path)):
+        raise DGCFError(f"{where}: {problem}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -111,7 +121,49 @@ def read_header(path: str | os.PathLike, case: str | None = None, dimension: int
         raise DGCFError(f"{where}: cannot be read as an image") from None
     if dimension is not None and reader.GetDimension() != dimension:
         raise DGCFError(f"{where}: expected a {dimension}D image, got {reader.GetDimension()}D")
+    if problem := header_spacing_problem(path, reader):
+        raise DGCFError(f"{where}: {problem}")
     return reader
+
+
+def header_spacing_problem(path: str | os.PathLike, reader: sitk.ImageFileReader | None = None) -> str | None:
+    """None when every spatial axis has a positive, finite spacing in the file's own header, else the problem
+    naming the field. Read before any image reader runs: NIfTI is judged by its raw `pixdim` (nibabel and ITK
+    replace 0 by 1 mm, with a warning at best), MetaImage by its `ElementSpacing` line (a missing one would
+    silently be 1 mm); the spacing a `reader` reports is checked as well."""
+    path = Path(path)
+    field, first, declared = "spacing", 0, None
+    try:
+        if image_suffix(path) in (".nii", ".nii.gz"):
+            field, first, declared = "pixdim", 1, _nifti_pixdim(path)
+        elif image_suffix(path) == ".mha":
+            fields, _ = _metaimage_header(path)
+            field = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
+            if field is None:
+                return "header has no ElementSpacing; the voxel spacing is unknown (a reader would assume 1 mm)"
+            declared = [float(v) for v in fields[field].split()][: int(fields.get("NDims", 3))]
+    except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError):
+        declared = None  # an unreadable raw header: the readers report it; the spacing they give is checked
+    for values in (declared, list(reader.GetSpacing()) if reader is not None else None):
+        bad = [i for i, v in enumerate(values or ()) if not (math.isfinite(v) and v > 0)]
+        if bad:
+            named = ", ".join(f"{field}[{i + first}] is {values[i]:g}" for i in bad)
+            return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in values)})); voxel spacing must "
+                    f"be positive and finite (readers silently take 0 as 1 mm); fix the file's header")
+        field, first = "spacing", 0
+    return None
+
+
+def _nifti_pixdim(path: Path) -> list[float]:
+    """The raw pixdim[1..3] (fewer for a 1D or 2D image) of a NIfTI-1 or NIfTI-2 header, as stored
+    (nibabel with `check=False`: no fix-ups)."""
+    opener = gzip.open if image_suffix(path) == ".nii.gz" else open
+    with opener(path, "rb") as handle:
+        block = handle.read(540)
+    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}
+    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    header = klass(block[: klass.template_dtype.itemsize], check=False)
+    return [float(v) for v in header["pixdim"][1: 1 + max(1, min(int(header["dim"][0]), 3))]]
 
 
 def max_voxels() -> int:
@@ -140,8 +192,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
     """None when the file's declared voxels can be read and are intact, else the problem in words.
 
     Checked from the header before any allocation: the bytes against what the file can hold (its size, or
-    for compressed data the deflate limit), the voxel count against `max_voxels()`, the bytes against the
-    machine's memory. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
+    for compressed data the deflate limit), the voxel count against `max_voxels()`, the peak the stages
+    will reach on it (`memory.peak_bytes`, measured per voxel) against the memory this process may still use. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
     path = Path(path)
     size = reader.GetSize()
     voxels = math.prod(size) * reader.GetNumberOfComponents()
@@ -157,10 +209,12 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
         return f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; it is truncated"
     if voxels > max_voxels():
         return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
-    memory = _machine_memory()
-    if memory is not None and max(nbytes, 4 * voxels) > memory:  # stages work on float32 copies
-        return (f"header declares {dims} voxels ({max(nbytes, 4 * voxels)} bytes as float32), more than this "
-                f"machine's memory ({memory} bytes)")
+    itemsize = _bytes_per_component(reader)
+    need, room = peak_bytes(voxels, itemsize), available_memory()
+    if room is not None and need > room[0]:  # the measured peak of the stages, not the stored size
+        return (f"header declares {dims} voxels ({nbytes} bytes stored); working on it takes about {need} bytes "
+                f"({bytes_per_voxel(itemsize):.0f} per voxel, measured), more than the {room[0]} bytes {room[1]}; "
+                f"use a machine with more memory, or crop or resample the image")
     if compressed and image_suffix(path) == ".mha":
         return _inflate_problem(data_path, path.stat().st_size - available if data_path == path else 0, nbytes)
     return None
@@ -186,13 +240,6 @@ def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
 def _bytes_per_component(reader: sitk.ImageFileReader) -> int:
     probe = sitk.Image([1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())
     return sitk.GetArrayViewFromImage(probe).itemsize
-
-
-def _machine_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not POSIX: the voxel cap alone applies
-        return None
 
 
 def _inflate_problem(path: Path, offset: int, nbytes: int) -> str | None:
@@ -313,23 +360,30 @@ def geometry(image: sitk.Image) -> dict:
 
 
 def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
-    """None when `a` and `b` share a voxel grid (within tolerance), else what differs, in words."""
+    """None when `a` and `b` share a voxel grid (within tolerance), else the field that differs and both
+    values, at a precision that shows the difference."""
     if a.GetSize() != b.GetSize():
         return f"size {a.GetSize()} vs {b.GetSize()}"
     sa, sb = np.array(a.GetSpacing()), np.array(b.GetSpacing())
-    if np.any(np.abs(sa - sb) > SPACING_TOLERANCE * np.maximum(sa, sb)):
-        return f"spacing {_fmt(sa)} vs {_fmt(sb)}"
+    if np.any(np.abs(sa - sb) > SPACING_TOLERANCE * np.maximum(np.abs(sa), np.abs(sb))):
+        return _difference("spacing", sa, sb, "mm")
     oa, ob = np.array(a.GetOrigin()), np.array(b.GetOrigin())
-    if np.any(np.abs(oa - ob) > max(ORIGIN_TOLERANCE_MM, 0.01 * float(sa.min()))):
-        return f"origin {_fmt(oa)} vs {_fmt(ob)}"
+    if np.any(np.abs(oa - ob) > max(ORIGIN_TOLERANCE_MM, 0.01 * float(np.abs(sa).min()))):
+        return _difference("origin", oa, ob, "mm")
     da, db = np.array(a.GetDirection()), np.array(b.GetDirection())
     if np.any(np.abs(da - db) > DIRECTION_TOLERANCE):
-        return f"direction {_fmt(da)} vs {_fmt(db)}"
+        return _difference("direction", da, db, "")
     return None
 
 
-def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+def _difference(field: str, a: np.ndarray, b: np.ndarray, unit: str) -> str:
+    """'spacing[2] differs: (1, 1, 2.5271) vs (1, 1, 2.5276) mm', with as many digits as it takes for the
+    differing components to print differently."""
+    axes = [i for i in range(len(a)) if a[i] != b[i]]
+    digits = next((d for d in range(4, 18) if all(f"{a[i]:.{d}g}" != f"{b[i]:.{d}g}" for i in axes)), 17)
+    shown = lambda v: "(" + ", ".join(f"{x:.{digits}g}" for x in v) + ")"  # noqa: E731
+    names = ", ".join(f"{field}[{i}]" for i in axes)
+    return f"{names} differ{'s' if len(axes) == 1 else ''}: {shown(a)} vs {shown(b)}{' ' + unit if unit else ''}"
 
 
 def _itk_reason(exc: Exception) -> str:

@@ -8,7 +8,14 @@ Shared by prediction (against the plans' `source_signature`, `plans.source_signa
   voxels at or below AIR_HU) where the training MR sources were non-negative, or no negative value at all
   where the training CBCT/CT sources held air at about -1000;
 - spacing more than SPACING_FACTOR times outside the training spacing range ("in metres?" near 1000x finer);
-- a body mask covering a far smaller share of the volume than the training masks did.
+- a body mask covering a far smaller share of the volume than the training masks did;
+- a voxel beyond what float32, the type every stage computes in, carries exactly (|value| > 2**24; a float32
+  maximum or an int32 extreme), or one that becomes infinite when cast to float32 (a float64 1e300);
+- intensities far outside the training range (`INTENSITY_RULE`, recorded in the plans' source_signature as
+  `intensity_rule`): the volume's p0.5 or p99.5 more than 10x the training range's width beyond it. The
+  training range is [lowest minimum, highest maximum] over the training sources (the plans' `volume_min`,
+  `volume_max`); before any plans exist (plan time), the median case's [minimum, maximum] of the dataset
+  itself (with at least 3 cases).
 `--force` turns refusals into notes, and the run records them (`forced` in the report or dataset.json).
 """
 from __future__ import annotations
@@ -29,17 +36,26 @@ SPACING_FACTOR = 10.0
 METRES = (300.0, 3000.0)       # a factor near 1000 finer: millimetres written as metres
 MASK_FRACTION_FACTOR = 10.0
 SAMPLE = 2_000_000             # voxels looked at for the distinct-value count (a strided sample)
+CAST_SAFE_MAGNITUDE = 2.0 ** 24  # float32 holds every integer up to 2**24 exactly; beyond, values are not data
+# Far outside the training range: a percentile of the volume beyond the range by more than width_factor times
+# its width (MR units differ per scanner by a few times, never by ten times the whole range).
+INTENSITY_RULE = {"percentiles": [0.5, 99.5], "width_factor": 10.0}
+DATASET_RANGE_MIN_CASES = 3
 MODALITY_NAMES = {"mr": "MR", "cbct": "CBCT"}
 DICOM_MODALITIES = {"mr": {"MR"}, "cbct": {"CT"}}  # CBCT series are stored as Modality CT
 
 
-def intensity_signature(array: np.ndarray, mask: np.ndarray | None = None) -> dict:
-    """What the checks compare, for one volume: dtype, whole-volume range, distinct values (of a strided
-    sample; integer-valued or not), share of HU-like air, and the share of the volume a mask covers."""
+def intensity_signature(array: np.ndarray, mask: np.ndarray | None = None,
+                        percentiles=tuple(INTENSITY_RULE["percentiles"])) -> dict:
+    """What the checks compare, for one volume: dtype, whole-volume range and percentiles (of a strided
+    sample), distinct values (of the sample; integer-valued or not), share of HU-like air, and the share of the
+    volume a mask covers."""
     flat = array.reshape(-1)
     sample = flat[:: max(1, flat.size // SAMPLE)]
     values = np.unique(sample)
+    levels = np.percentile(sample.astype(np.float64), list(percentiles))  # float64: no overflow at float32 max
     signature = {"dtype": str(array.dtype), "min": float(flat.min()), "max": float(flat.max()),
+                 "percentiles": {f"{q:g}": float(v) for q, v in zip(percentiles, levels)},
                  "distinct_values": int(values.size),
                  "integral": bool(np.all(np.isfinite(values)) and np.all(values == np.round(values))),
                  "air_fraction": float(np.count_nonzero(flat <= AIR_HU) / flat.size)}
@@ -54,24 +70,36 @@ def source_problems(case: Case, expected: dict, trained_on: str | None = None) -
     """The case's source against `expected` (a plans' source_signature, or what a dataset implies): [] when
     it looks like a source of that modality, else one line per reason. `trained_on` ends the modality
     lines ('the model was trained on MR')."""
+    return _findings(case, expected, trained_on)[0]
+
+
+def _where(case: Case) -> str:
+    return f"case {case.name}: " + (f"folder {case.source.name}/" if case.source.is_dir() else f"file {case.source.name}")
+
+
+def _findings(case: Case, expected: dict, trained_on: str | None = None) -> tuple[list[str], dict | None]:
+    """(problems, the source's intensity signature; None when a DICOM tag or a cast problem settled it)."""
     modality = expected["modality"]
     name = MODALITY_NAMES.get(modality, modality)
     trained_on = trained_on or f"the model was trained on {name}"
-    where = f"case {case.name}: " + (f"folder {case.source.name}/" if case.source.is_dir()
-                                     else f"file {case.source.name}")
+    where = _where(case)
     if case.source.is_dir():
         from dgcf_auto.dicomio import open_series
 
         tag = open_series(case.source, case.name, case.series_uids).modality
         if tag in {"MR", "CT"} and tag not in DICOM_MODALITIES.get(modality, {tag}):
-            return [f"{where}: DICOM Modality is {tag}; {trained_on}"]
+            return [f"{where}: DICOM Modality is {tag}; {trained_on}"], None
     image = read_image(case.source, case.name, case.series_uids)
     array = sitk.GetArrayViewFromImage(image)
     mask = None
     if case.mask is not None:
         mask = sitk.GetArrayFromImage(read_image(case.mask, case.name, case.series_uids))  # a copy: the image is not kept
-    signature = intensity_signature(array, mask)
+    signature = intensity_signature(array, mask, intensity_rule(expected)["percentiles"])
     problems = []
+    if cast := cast_problem(array, signature, training_range(expected)):
+        problems.append(f"{where}: {cast}")
+    elif outside := range_problem(signature, expected):
+        problems.append(f"{where}: {outside}")
     if label := _label_problem(signature, expected):
         problems.append(f"{where}: {label}")
     elif other := _modality_problem(signature, expected, trained_on):
@@ -80,7 +108,56 @@ def source_problems(case: Case, expected: dict, trained_on: str | None = None) -
         problems.append(f"{where}: {spacing}")
     if coverage := _mask_problem(signature, expected, case):
         problems.append(f"case {case.name}: file {case.mask.name}: {coverage}")
-    return problems
+    return problems, (None if cast else signature)
+
+
+def intensity_rule(expected: dict) -> dict:
+    """The plans' rule for 'far outside the training range' (plans written before it: `INTENSITY_RULE`)."""
+    return {**INTENSITY_RULE, **(expected.get("intensity_rule") or {})}
+
+
+def training_range(expected: dict) -> tuple[float, float] | None:
+    """[lowest minimum, highest maximum] of the training sources, or None when the plans do not say."""
+    if not expected.get("volume_min") or not expected.get("volume_max"):
+        return None
+    return float(expected["volume_min"][0]), float(expected["volume_max"][1])
+
+
+def _training_words(span: tuple[float, float] | None) -> str:
+    return f"; the training sources ranged {span[0]:.6g} to {span[1]:.6g}" if span else ""
+
+
+def cast_problem(array: np.ndarray, signature: dict, span: tuple[float, float] | None) -> str | None:
+    """Voxels float32 cannot carry (|value| > 2**24), or that become infinite when cast to float32, in words."""
+    if max(abs(signature["min"]), abs(signature["max"])) <= CAST_SAFE_MAGNITUDE:
+        return None
+    beyond = int(np.count_nonzero((array > CAST_SAFE_MAGNITUDE) | (array < -CAST_SAFE_MAGNITUDE)))
+    infinite = ""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        limit = float(np.finfo(np.float32).max)
+        count = int(np.count_nonzero((array > limit) | (array < -limit)))
+        infinite = f", {count} of them infinite once cast to float32" if count else ""
+    return (f"{beyond} voxel{'s' if beyond != 1 else ''} beyond +-{CAST_SAFE_MAGNITUDE:.0f} (range "
+            f"{signature['min']:.6g} to {signature['max']:.6g} in {signature['dtype']}{infinite}), more than float32 "
+            f"carries exactly; not image data{_training_words(span)}")
+
+
+def range_problem(signature: dict, expected: dict, span: tuple[float, float] | None = None,
+                  what: str = "the training range") -> str | None:
+    """The volume's percentiles against the training range (or `span`) by `intensity_rule`, in words."""
+    span = span or training_range(expected)
+    if span is None:
+        return None
+    rule = intensity_rule(expected)
+    (q_low, q_high), factor = rule["percentiles"], float(rule["width_factor"])
+    low, high = signature["percentiles"][f"{q_low:g}"], signature["percentiles"][f"{q_high:g}"]
+    width = span[1] - span[0]
+    allowed = (span[0] - factor * width, span[1] + factor * width)
+    if allowed[0] <= low and high <= allowed[1]:
+        return None
+    return (f"intensities p{q_low:g}-p{q_high:g} {low:.6g} to {high:.6g} lie far outside {what} "
+            f"{span[0]:.6g} to {span[1]:.6g} (accepted: {allowed[0]:.6g} to {allowed[1]:.6g}, {factor:g}x its width "
+            f"beyond it); wrong units or a corrupt file?")
 
 
 def _label_problem(signature: dict, expected: dict) -> str | None:
@@ -139,9 +216,17 @@ def _mask_problem(signature: dict, expected: dict, case: Case) -> str | None:
 def check_sources(cases: list[Case], expected: dict, force: bool = False, label: str = "dgcf_predict",
                   trained_on: str | None = None) -> list[dict]:
     """Every source's problems at once: a DGCFInputErrors, or with `force` one note per problem and the
-    list of what was forced ({case, reason}) for the run's record."""
-    forced = [{"case": case.name, "reason": problem} for case in cases
-              for problem in source_problems(case, expected, trained_on)]
+    list of what was forced ({case, reason}) for the run's record. Without a training range in `expected`
+    (plan time), each source's intensities are checked against the dataset's median case."""
+    findings = [(case, *_findings(case, expected, trained_on)) for case in cases]
+    signatures = [s for _, _, s in findings if s is not None]
+    if training_range(expected) is None and len(signatures) >= DATASET_RANGE_MIN_CASES:
+        span = (float(np.median([s["min"] for s in signatures])), float(np.median([s["max"] for s in signatures])))
+        for case, problems, signature in findings:
+            if signature is not None:
+                if outside := range_problem(signature, expected, span, "the dataset's median case range"):
+                    problems.insert(0, f"{_where(case)}: {outside}")
+    forced = [{"case": case.name, "reason": problem} for case, problems, _ in findings for problem in problems]
     if forced and not force:
         raise DGCFInputErrors([f["reason"] for f in forced])
     for entry in forced:
@@ -159,4 +244,5 @@ def dataset_expectation(cases: list[Case], modality: str) -> dict:
     return {"modality": modality, "spacing_mm": [float(np.median(spacings[:, 0])), float(np.median(spacings[:, -1]))]}
 
 
-__all__ = ["intensity_signature", "source_problems", "spacing_problem", "check_sources", "dataset_expectation"]
+__all__ = ["intensity_signature", "source_problems", "spacing_problem", "cast_problem", "range_problem",
+           "intensity_rule", "training_range", "check_sources", "dataset_expectation"]

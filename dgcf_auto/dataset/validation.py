@@ -5,6 +5,8 @@ Rules (one line per problem, `case <name>: file <file>: <what>`):
   says so), one file per role; all cases of a dataset share one task;
 - every file declares no more voxels than --max_voxels, the machine's memory and its own bytes allow, and a
   compressed .mha block decompresses (zlib) to exactly the declared size (`imageio.voxel_problem`);
+- every file's header declares a positive, finite spacing in its own field (NIfTI pixdim, MetaImage
+  ElementSpacing; `imageio.header_spacing_problem`), checked first: readers silently turn a 0 into 1 mm;
 - every file is readable (header and voxels, a truncated .nii.gz included), a 3D scalar image with an
   orthonormal direction matrix, with finite voxels (NaN/inf rejected; NIfTI voxels are read with nibabel,
   since SimpleITK reads NaN as 0 and accepts a short voxel block);
@@ -26,7 +28,8 @@ import SimpleITK as sitk
 
 from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_image, voxel_problem
+from dgcf_auto.imageio import (IMAGE_SUFFIXES, geometry_mismatch, header_spacing_problem, image_suffix, read_image,
+                               voxel_problem)
 from dgcf_auto.log import progress_bar
 
 def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: bool = True,
@@ -89,12 +92,16 @@ def check_image_file(path: Path, where: str, is_mask: bool = False,
         return _check_dicom_folder(Path(path), where, is_mask, series_uids)
     if image_suffix(path) is None:
         return None, f"{where}: unsupported format (use {', '.join(IMAGE_SUFFIXES)})"
+    if problem := header_spacing_problem(path):  # first: readers take a zero pixdim as 1 mm
+        return None, f"{where}: {problem}"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         return None, f"{where}: cannot be read as an image ({_reason(exc)})"
+    if problem := header_spacing_problem(path, reader):
+        return None, f"{where}: {problem}"
     if reader.GetDimension() != 3 or len(reader.GetSize()) != 3:
         size = "x".join(str(s) for s in reader.GetSize())
         return None, f"{where}: is {reader.GetDimension()}D (size {size}); expected a 3D volume"

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from dgcf_auto.dataset.source_checks import INTENSITY_RULE
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning.plan_3d import plan_3d_fullres
 from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_3D, CONFIGURATION_25D, KIND_SLABS, KIND_SLICES,
@@ -196,8 +197,11 @@ def plan_source_signature(fingerprint: dict) -> dict:
             "distinct_values_min": int(min(c["distinct_values"] for c in cases)),
             "volume_min": span("min"), "volume_max": span("max"), "air_fraction": span("air_fraction"),
             "mask_fraction": span("mask_fraction"), "spacing_mm": [float(spacings.min()), float(spacings.max())],
+            "intensity_rule": dict(INTENSITY_RULE),
             "derived_from": "the fingerprint's per-case source_signature and spacing: [lowest, highest] over "
-                            "the training cases; sources are checked against it (dataset/source_checks.py)"}
+                            "the training cases; sources are checked against it (dataset/source_checks.py); "
+                            "intensity_rule: a source whose percentiles lie more than width_factor times the "
+                            "width of [volume_min[0], volume_max[1]] beyond that range is refused"}
 
 
 def plan_experiment(fingerprint: dict, dataset_name: str, overrides: dict | None = None,

@@ -14,6 +14,12 @@ Source (plans["source_normalization"]):
   [p_low, p_high] percentiles over every voxel (no mask; `np.percentile`, linear) and map that range to
   [-1, 1] (their `calculate_ptile` + `ClipTransform` + `LinearNormalize`, see documentation/plans.md).
 
+Clip first: `source_clip_range(params)` / `ct_window(plans)` are the ranges the normalisations clip to, and
+`clip_to_range` applies them to the original voxels BEFORE any resampling (pipeline.py), so an outlier voxel
+(metal, a float32 maximum) is already at the range's end when the B-spline spreads it over its neighbourhood.
+Clipping commutes with the normalisation's own clip, so clean inputs change only where the spline's
+overshoot near clipped voxels differed.
+
 `normalize_source` returns the per-case values (the MR p99) as `params`; they go to the case properties so
 that `apply_source_normalization` / `denormalize_source` can redo or undo exactly the same mapping.
 """
@@ -89,6 +95,22 @@ def source_normalization_params(arr: np.ndarray, mask: np.ndarray | None, scheme
                 "clip_high": float(scheme_cfg["clip_high"])}
     raise DGCFError(f"unknown source normalisation scheme {scheme!r} "
                     f"(expected 'percentile', 'percentile_window' or 'window')")
+
+
+def source_clip_range(params: dict) -> tuple[float, float]:
+    """The source intensities `apply_source_normalization` maps onto [-1, 1] (everything else is clipped)."""
+    if params["scheme"] == "percentile":
+        return 0.0, float(params["clip_max"]) * float(params["value"])
+    return float(params["clip_low"]), float(params["clip_high"])
+
+
+def clip_to_range(arr: np.ndarray, low: float, high: float) -> np.ndarray:
+    """float32 copy of `arr` clipped to [low, high], clipped in the stored type first (a float64 1e300 or an
+    int32 extreme never overflows the cast)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "iu":  # integers: clip in float64, which holds every int32 exactly
+        arr = arr.astype(np.float64)
+    return np.clip(arr, low, high).astype(np.float32)
 
 
 def apply_source_normalization(arr: np.ndarray, params: dict) -> np.ndarray:

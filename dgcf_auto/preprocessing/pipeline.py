@@ -5,10 +5,11 @@
      spacing and size, centred on the mask's bounding box, the mask's slice range); for a 3d_fullres
      configuration the volume grid instead (`slicing.volume_grid_reference`: the planned 3D spacing over the
      body's bounding box), so the arrays are (Z, Y, X) volumes and everything below is the same;
-  2. source: per-case normalisation values from the ORIGINAL voxels inside the mask (the MR p99), then
-     resampling onto the slice grid (planned interpolator; outside the image: the source's minimum) and
-     normalisation;
-  3. CT (when given): resampling (outside: -1024 HU), `normalize_ct` with the planned window;
+  2. source: per-case normalisation values from the ORIGINAL voxels inside the mask (the MR p99), clipping
+     of the original voxels to the range the normalisation keeps (`source_clip_range`), then resampling onto
+     the grid (planned interpolator; outside the image: the clipped minimum) and normalisation;
+  3. CT (when given): clipping to the planned window, resampling (outside: -1024 HU), `normalize_ct`;
+  Clipping comes before resampling so that the spline never spreads an outlier voxel over its slice.
   4. mask: nearest-neighbour resampling; without a mask, the part of the grid inside the source's field of
      view.
 `restore_ct(slices, properties, plans)`: `denormalize_ct`, then `slicing.from_slice_grid` onto exactly the
@@ -27,15 +28,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.imageio import geometry, geometry_mismatch
-from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, ct_window,
-                                                   denormalize_ct, normalize_ct, source_normalization_params)
+from dgcf_auto.imageio import from_array, geometry, geometry_mismatch
 from dgcf_auto.plans import ConfigurationPlans
+from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, clip_to_range, ct_window,
+                                                   denormalize_ct, normalize_ct, source_clip_range,
+                                                   source_normalization_params)
 from dgcf_auto.preprocessing.slicing import (from_slice_grid, grid_configuration, grid_reference, interpolator,
                                              slices_to_image, to_slice_grid)
 from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
-PROPERTIES_VERSION = 1
+PROPERTIES_VERSION = 2  # 2: sources and CTs clipped before resampling
 
 
 @dataclass
@@ -75,18 +77,19 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
     reference = grid_reference(source, mask, cfg)  # slices or a volume, by the configuration's kind
     smooth = interpolator(cfg.interpolation)
 
-    source_array = _array(source)
+    stored = sitk.GetArrayViewFromImage(source)
     mask_array = _array(mask, np.uint8) if mask is not None else None
-    params = source_normalization_params(source_array, mask_array, plans["source_normalization"])
-    background = float(source_array.min())
-    del source_array, mask_array
-    source_slices = _array(to_slice_grid(source, reference, smooth, background))
+    params = source_normalization_params(stored, mask_array, plans["source_normalization"])
+    clipped = clip_to_range(stored, *source_clip_range(params))
+    background = float(clipped.min())
+    del stored, mask_array
+    source_slices = _array(to_slice_grid(from_array(clipped, source), reference, smooth, background))
+    del clipped
     source_slices = apply_source_normalization(source_slices, params)
 
     ct_slices = None
     if ct is not None:
-        ct = sitk.Cast(ct, sitk.sitkFloat32)
-        ct.CopyInformation(source)
+        ct = from_array(clip_to_range(sitk.GetArrayViewFromImage(ct), *ct_window(plans)), source)
         ct_slices = normalize_ct(_array(to_slice_grid(ct, reference, smooth, CT_AIR_HU)),
                                  *ct_window(plans))
 
