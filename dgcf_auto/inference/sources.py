@@ -30,7 +30,8 @@ def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = (), mask_roi
     """Cases under `path`, sorted by name; an error when there is nothing to predict. `series_uids` picks
     the series in DICOM folders that hold several; `mask_roi` names the RTSTRUCT ROI to use as body mask."""
     inputs = _collect(Path(path), tuple(series_uids or ()))
-    check_series_uids([case.source for case in inputs if case.source.is_dir()], series_uids, f"input {path}")
+    check_series_uids([c.source for c in inputs if c.source is not None and c.source.is_dir()], series_uids,
+                      f"input {path}")
     return [replace(case, mask_roi=mask_roi) for case in inputs] if mask_roi else inputs
 
 
