@@ -85,7 +85,7 @@ class DoseSettings:
         out["rx_gy"] = self.rx_gy if self.rx_gy is not None else "by region letter of the case id: " + \
             ", ".join(f"{k} {v:g} Gy" for k, v in SYNTHRAD_RX_GY.items())
         out["gamma_cutoff"] = GAMMA_CUTOFF_RULE if self.gamma_cutoff_percent is None else \
-            f"{self.gamma_cutoff_percent:g} % of the CT dose maximum, on the CT dose"
+            f"{self.gamma_cutoff_percent:g} % of the CT dose maximum on either dose, inside the body"
         out.update(self._plan_settings())
         return out
 

@@ -8,7 +8,7 @@ Where a case's structures come from, in this order:
 3. an RTSTRUCT in the reference CT's DICOM folder or case folder: every ROI rasterised on the CT grid
    (`dicomio.roi_mask`), named in lower case;
 4. TotalSegmentator 'total' on the CT, when its weights are installed locally (never downloaded);
-otherwise the case is skipped with one line saying why. The legend maps structure names to label values,
+otherwise the case is not evaluated, with one line saying why. The legend maps structure names to label values,
 e.g. {"prostate": 1, "bladder": 2}. The label map must lie on the CT's grid.
 
 The target is the first of an ordered list of names (default prostate; per case from a table, see
