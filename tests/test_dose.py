@@ -516,3 +516,30 @@ def test_rtstruct_in_the_case_folder_gives_the_structures(small_case):
                                dose=_settings(), dose_cache=None)
     assert summary["dose"]["cases"]["1PA001"]["structures_source"] == "rtstruct"
     assert _metrics(summary)["dose_mae_target_photon"] == 0.0  # the CT as its own sCT
+
+
+def test_a_planning_error_leaves_that_modality_out_and_the_command_fails_after_writing(small_case, monkeypatch,
+                                                                                         capsys):
+    """pyRadPlan failing on one case: that case's modality under not_evaluated, the summary written and valid,
+    exit code 1 with the reason, no traceback."""
+    from dgcf_auto.cli.evaluate import main
+    from dgcf_auto.evaluation.dose import plan
+    from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
+    from dgcf_auto.schema import check
+
+    def broken(self):
+        raise ValueError("Did not find same number of target entries and exits!\nmore")
+
+    monkeypatch.setattr(plan.Planner, "optimise", broken)
+    out = small_case / "out" / "s.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-ref", str(small_case / "ref"), "-pred", str(small_case / "pred"), "-o", str(out), "--dose", "photon",
+              "--dose_margin", "4", "--dose_grid", "4", "--photon_beams", "4", "--dose_cache", str(small_case / "c")])
+    err = capsys.readouterr().err
+    reason = "case 1PA001: photon plan failed (ValueError: Did not find same number of target entries and exits!)"
+    assert exit_info.value.code == 1 and reason in err and "Traceback" not in err
+    summary = json.loads(out.read_text())
+    check(summary, SUMMARY_SCHEMA, "summary")
+    assert summary["not_evaluated"] == [{"case": "1PA001", "reason": reason, "part": "dose photon"}]
+    assert summary["dose"]["cases"]["1PA001"]["not_evaluated"] == {"photon": reason}
+    assert summary["metric_per_case"][0]["metrics"]["mae"] == 0.0

@@ -221,6 +221,9 @@ def evaluate_case(job: DoseJob) -> dict:
             sct_p.CopyInformation(case.ct)  # checked to be on the CT's grid: drop float rounding of its header
         except DGCFError as exc:
             return {"not_evaluated": str(exc)}
+        except Exception as exc:  # e.g. SimpleITK on a damaged structure file: this case only
+            return {"not_evaluated": f"case {job.case}: dose structures failed ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"}
         bar.update()
         out = job.out_dir / job.case
         out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +242,9 @@ def evaluate_case(job: DoseJob) -> dict:
             except DGCFError as exc:
                 record.setdefault("not_evaluated", {})[modality] = str(exc)
             except Exception as exc:  # pyRadPlan or pymedphys failing on one case: that case only
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
                 record.setdefault("not_evaluated", {})[modality] = (
-                    f"case {job.case}: {modality} plan failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+                    f"case {job.case}: {modality} plan failed ({type(exc).__name__}: {first})")
         return {"metrics": metrics, "case": record}
     finally:
         bar.close()
