@@ -256,3 +256,15 @@ def test_dvh_legend_lies_outside_the_curves():
     inside = rgb[int(h - axes_box.y1) + 3:int(h - axes_box.y0) - 3, int(axes_box.x0) + 3:int(axes_box.x1) - 3]
     legend_pixels = rgb[int(h - legend.y1) + 2:int(h - legend.y0) - 2, int(legend.x0) + 2:int(legend.x1) - 2]
     assert (legend_pixels < 128).all(-1).sum() > 50 and inside.size  # the legend text is drawn there
+
+
+def test_a_label_maps_external_surrounds_the_organs_and_a_couch_stays_out():
+    ct, masks = _clinic(("prostate", "bladder"))
+    body = ct > -400
+    external = body & ~masks["prostate"] & ~masks["bladder"]   # a label map: External holds no organ voxel
+    couch = np.zeros_like(body)
+    couch[:, 28:30, :] = True                                  # below the patient
+    structures = {**masks, "External": external, "Couch": couch}
+    chosen = plan_structures("1PA001", CaseStructures(structures, "label map"), ct, SPACING, ("prostate",), 3.0)
+    np.testing.assert_array_equal(chosen.body, body)           # organs inside, couch outside
+    assert list(chosen.oars) == ["bladder"]                   # the couch lies outside the body: no OAR voxels

@@ -123,3 +123,23 @@ def test_reduced_precision_asked_for_is_recorded(trained):
     predictor = SCTPredictor(fold, device="cpu", use_tta=False, precision="bf16")
     assert predictor.autocast_dtype is torch.bfloat16 and predictor.options["precision"] == "bf16"
     assert predictor.precision.reason == "asked for"
+
+
+def test_recorded_check_travels_in_the_model_zip_and_still_matches_the_installed_weights(trained, tmp_path):
+    import shutil
+
+    from dgcf_auto.inference.model_loading import load_checkpoint
+    from dgcf_auto.inference.model_zip import export_model, install_model
+
+    model = tmp_path / "Dataset998_X" / "DGCFTrainer__DGCFPlans__2d"
+    shutil.copytree(trained["model_folder"], model)
+    source = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32)).astype(np.float32)
+    mask = np.ones((2, 32, 32), np.uint8)
+    entry = record_check(model, model / "fold_1" / "checkpoint_final.pth", [_Case(source, mask)], "cpu")
+    files = sorted(model.glob("fold_*/checkpoint_final.pth"))
+    export_model(model, files, tmp_path / "m.zip")
+    installed = install_model(tmp_path / "m.zip", results_root=tmp_path / "results")
+    assert json.loads((installed / CHECK_FILE).read_text()) == json.loads((model / CHECK_FILE).read_text())
+    # the zip rewrites the checkpoint files (no ViT, no optimiser), the trained tensors stay: still verified
+    weights = load_checkpoint(installed / "fold_1" / "checkpoint_final.pth")["network_weights"]
+    assert fold_check(installed, "fold_1", weights) == entry

@@ -51,7 +51,7 @@ def _decorate(ax, shape, spacing, view: str) -> None:
     ax.text(0.5, 0.95, top, transform=ax.transAxes, **style)
     ax.text(0.5, 0.05, bottom, transform=ax.transAxes, **style)
     length = SCALE_BAR_MM / _column_spacing(spacing, view)  # in columns
-    x0, y0 = 0.05 * cols, rows - 1 - 0.06 * rows
+    x0, y0 = 0.05 * cols, rows - 1 - 0.15 * rows  # above the bottom letter
     ax.plot([x0, x0 + length], [y0, y0], color="white", linewidth=2.5, solid_capstyle="butt")
     ax.text(x0 + length / 2, y0 - 0.03 * rows, "5 cm", color="white", fontsize=6, ha="center", va="bottom")
     ax.set_xlim(-0.5, cols - 0.5)

@@ -17,8 +17,8 @@ The target is the first of an ordered list of names (default prostate; per case 
 is; otherwise the target is grown by an isotropic margin in mm (default 5 mm, the usual prostate CTV-to-PTV
 margin), kept inside the body. Which one was used is recorded. Target volumes (names starting with PTV, CTV,
 GTV or ITV: `PTV_7800`, `ctv1`, ...) and body contours (External, Body, Skin) are never OARs, as in SynthRAD's
-dose_metrics.py; every other named structure is. A body contour, when present, is the body; otherwise the CT
-above BODY_HU.
+dose_metrics.py; every other named structure is. A body contour, when present, is the body (holes filled
+slice by slice: a label map's External surrounds the organs); otherwise the CT above BODY_HU.
 """
 from __future__ import annotations
 
@@ -176,6 +176,10 @@ def grow(mask: np.ndarray, margin_mm: float, spacing_zyx) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=spacing_zyx) <= margin_mm
 
 
+def _filled_slices(mask: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+
+
 def is_target_volume(name: str) -> bool:
     return bool(TARGET_VOLUME.match(name))
 
@@ -209,9 +213,9 @@ def plan_structures(case: str, structures: CaseStructures, ct_array: np.ndarray,
                         f"target (structures: {', '.join(names) or 'none'}; choose with --dose_target or "
                         f"--dose_targets)")
     body_name = next((n for n in names if is_body_contour(n)), None)
-    # A label map cannot overlap: its body contour and PTV exclude the voxels other labels hold, so the union
-    # with every structure (PTV: with its target) restores them; an RTSTRUCT's already hold them.
-    body = (np.logical_or.reduce(list(structures.masks.values())) if body_name else body_mask(ct_array))
+    # A label map cannot overlap: its body contour leaves holes where the organs are, filled slice by slice
+    # (an RTSTRUCT's External is filled already; a couch ROI outside it stays out).
+    body = _filled_slices(structures.masks[body_name]) if body_name else body_mask(ct_array)
     target_mask = structures.masks[target]
     near_target = ndimage.binary_dilation(target_mask)
     ptvs = [n for n in names if PTV_NAME.match(n) and (structures.masks[n] & near_target).any()]
