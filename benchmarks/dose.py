@@ -61,7 +61,7 @@ def measure(folder: str, modality: str, grid_mm: float, beams: int) -> dict:
     from dgcf_auto.evaluation.dose.run import DoseJob, evaluate_case
 
     root = Path(folder)
-    settings = DoseSettings(modalities=(modality,), dose_grid_mm=grid_mm, photon_beams=beams)
+    settings = DoseSettings(modalities=(modality,), dose_grid_mm=grid_mm, photon_beams=beams, rx_gy=2.0)
     job = DoseJob("BENCH", root / "ref" / "BENCH" / "ct.nii.gz", root / "pred" / "BENCH.nii.gz", settings,
                   root / f"out_{modality}", None, None, progress=False)
     start = time.perf_counter()
@@ -70,7 +70,7 @@ def measure(folder: str, modality: str, grid_mm: float, beams: int) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"modality": modality, "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "metrics": result.get("metrics"), "skipped": result.get("skipped")}
+            "metrics": result.get("metrics"), "not_evaluated": result.get("not_evaluated")}
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -14,15 +15,16 @@ import SimpleITK as sitk
 from dgcf_auto.dataset import example as ex
 from dgcf_auto.errors import DGCFError
 
-RX = 2.5
+RX = 3.0          # SynthRAD's pelvis prescription, from the P in the case id (no --rx given)
 CASE = "1PA004"  # case index 3: a small in-plane rotation, so planning resamples onto an axis-aligned grid
+BAD = "1PA002"   # its structures hold no target: left out of the dose evaluation, the other case scored
 SHIFT_HU = 80.0
 
 
-def _settings():
+def _settings(**changes):
     from dgcf_auto.evaluation.dose.plan import DoseSettings
 
-    return DoseSettings(rx_gy=RX, margin_mm=4.0, dose_grid_mm=4.0, photon_beams=4)
+    return DoseSettings(**{"margin_mm": 4.0, "dose_grid_mm": 4.0, "photon_beams": 4, **changes})
 
 
 def _write_sct(ct_file, mask_file, target, shift):
@@ -34,27 +36,57 @@ def _write_sct(ct_file, mask_file, target, shift):
     sitk.WriteImage(sct, str(target))
 
 
+def _clinic_structures(folder):
+    """What a clinic's structure set holds besides organs: a PTV (label maps cannot overlap: the 4 mm ring
+    around the prostate), a CTV shell outside it and the External contour (every other body voxel)."""
+    from dgcf_auto.evaluation.dose.structures import body_mask, grow
+
+    labels_image = sitk.ReadImage(str(folder / "structures.nii.gz"))
+    labels = sitk.GetArrayFromImage(labels_image)
+    legend = json.loads((folder / "structures.json").read_text())
+    spacing = labels_image.GetSpacing()[::-1]
+    prostate = labels == legend["prostate"]
+    labels[grow(prostate, 4.0, spacing) & (labels == 0)] = 6
+    labels[grow(prostate, 7.0, spacing) & (labels == 0)] = 7
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ct.nii.gz")))
+    labels[body_mask(ct) & (labels == 0)] = 8
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(labels_image)
+    sitk.WriteImage(out, str(folder / "structures.nii.gz"))
+    (folder / "structures.json").write_text(json.dumps({**legend, "PTV": 6, "CTV_1": 7, "External": 8}))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{"same": summary, "shift": summary, "root": folder}: the CT as its own sCT, then CT + 80 HU in the body."""
+    """{"same": summary, "shift": summary, "photon_only": summary, "root": folder}: the CT as its own sCT,
+    then CT + 80 HU in the body (both modalities), then the shifted sCT photon-only with the 10 % gamma
+    cut-off (its plan from the cache). A second case without its target stays out of every dose part."""
     from dgcf_auto.evaluation.evaluate import evaluate_folders
 
     root = tmp_path_factory.mktemp("dose")
     ex.make_example_dataset(root / "all", "mr2ct", n=4, seed=0, size_scale=0.6)
     (root / "ref").mkdir()
-    shutil.copytree(root / "all" / CASE, root / "ref" / CASE)
+    for name in (CASE, BAD):
+        shutil.copytree(root / "all" / name, root / "ref" / name)
+    _clinic_structures(root / "ref" / CASE)
+    (root / "ref" / BAD / "structures.json").write_text(json.dumps({"bladder": 2, "rectum": 3}))
     out = {"root": root}
-    for name, shift in (("same", 0.0), ("shift", SHIFT_HU)):
+    for name, shift, settings in (("same", 0.0, _settings()), ("shift", SHIFT_HU, _settings()),
+                                  ("photon_only", SHIFT_HU, _settings(modalities=("photon",),
+                                                                      gamma_cutoff_percent=10.0))):
         (root / name).mkdir()
-        _write_sct(root / "ref" / CASE / "ct.nii.gz", root / "ref" / CASE / "mask.nii.gz",
-                   root / name / f"{CASE}.nii.gz", shift)
+        for case in (CASE, BAD):
+            _write_sct(root / "ref" / case / "ct.nii.gz", root / "ref" / case / "mask.nii.gz",
+                       root / name / f"{case}.nii.gz", shift)
         out[name] = evaluate_folders(root / "ref", root / name, root / f"out_{name}" / "summary.json",
-                                     dose=_settings(), dose_cache=root / "cache")
+                                     dose=settings, dose_cache=root / "cache")
     return out
 
 
-def _metrics(summary):
-    return summary["metric_per_case"][0]["metrics"]
+def _metrics(summary, case=None):
+    """The metrics of `case` (default: CASE, or the only case of a one-case summary)."""
+    rows = {row["case"]: row["metrics"] for row in summary["metric_per_case"]}
+    return rows[case or (CASE if CASE in rows else next(iter(rows)))]
 
 
 def test_identity_gives_zero_error_and_full_gamma(runs):
@@ -80,6 +112,46 @@ def test_80_hu_shift_hurts_protons_more_than_photons(runs):
     assert runs["same"]["dose"]["cases"][CASE]["photon_reference"] == "planned"
 
 
+def test_photon_only_run_reuses_the_photon_plan_of_a_photon_and_proton_run(runs):
+    """Issue 28: the cache key held the modality list, so `--dose photon` planned again."""
+    record = runs["photon_only"]["dose"]["cases"][CASE]
+    assert record["photon_reference"] == "cache" and "proton_reference" not in record
+    assert "gamma_proton" not in _metrics(runs["photon_only"])
+    assert _metrics(runs["photon_only"])["dose_mae_target_photon"] == _metrics(runs["shift"])["dose_mae_target_photon"]
+
+
+def test_one_case_without_its_target_is_left_out_and_the_others_are_scored(runs):
+    from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
+    from dgcf_auto.schema import check
+
+    summary = runs["shift"]
+    check(summary, SUMMARY_SCHEMA, "summary")
+    reason = ("case 1PA002: no structure named 'prostate' for the dose target (structures: bladder, rectum; "
+              "choose with --dose_target or --dose_targets)")
+    assert summary["not_evaluated"] == [{"case": BAD, "reason": reason, "part": "dose"}]
+    assert summary["dose"]["cases"][BAD] == {"not_evaluated": reason}
+    bad = _metrics(summary, BAD)
+    assert "mae" in bad and not any(k.startswith(("dose_", "dvh_", "gamma_")) for k in bad)  # image metrics kept
+    assert summary["n"]["dose_mae_target_photon"] == 1 and summary["n"]["mae"] == 2
+
+
+def test_rx_ptv_oars_and_body_as_synthrad_and_a_clinic_expect(runs):
+    record = runs["shift"]["dose"]["cases"][CASE]
+    assert record["rx_gy"] == 3.0 and record["rx_source"] == "SynthRAD region letter P"
+    assert record["target"] == "prostate" and record["ptv_structure"] == "PTV" and record["margin_mm"] is None
+    assert record["ptv"] == "structure 'PTV' as it is (with 'prostate')"
+    assert record["body"] == "structure 'External'"
+    assert record["oars"] == ["bladder", "rectum", "femoral_head_right", "femoral_head_left"]  # no PTV, CTV_1, External
+    assert sorted(record["not_oars"]) == ["CTV_1", "External", "PTV"]
+    for modality in ("photon", "proton"):
+        assert not {"PTV", "CTV_1", "External"} & set(record["dvh"][modality]["oars_used"])
+    settings = runs["shift"]["dose"]["settings"]
+    assert "proton_layer_mm" not in settings and "layer_spacing_mm" not in settings["proton"]
+    assert settings["gamma_cutoff"] == "matRad: 2 % of the CT dose maximum on either dose, inside the body"
+    assert runs["photon_only"]["dose"]["settings"]["gamma_cutoff"] == \
+        "10 % of the CT dose maximum on either dose, inside the body"
+
+
 # ---- independent recomputation from the written files (numpy + pymedphys, nothing from the package) ----
 
 def _matrad_dx(values, x):
@@ -88,7 +160,7 @@ def _matrad_dx(values, x):
     return float(np.interp((100 - x) / 100, np.linspace(0, 1, ordered.size), ordered))
 
 
-def _independent(files, record):
+def _independent(files, record, cutoff=2.0):
     import pymedphys
 
     grid = sitk.ReadImage(files["structures_plan"])
@@ -112,27 +184,34 @@ def _independent(files, record):
     eps = 1e-12
     rel = lambda a, b: abs(a - b + eps) / (a + eps)  # noqa: E731
     p_ct, p_sct = values(ct, "PTV"), values(sct, "PTV")
-    oars = [n for n in masks if n != "PTV"]
+    oars = [n for n in masks if n not in ("PTV", "BODY")]
     oar_ct = {n: values(ct, n) for n in oars}
     chosen = sorted(oars, key=lambda n: (oar_ct[n]["D5"] + oar_ct[n]["mean"]) / 2, reverse=True)[:3]
     dvh = rel(p_ct["D98"], p_sct["D98"]) + rel(p_ct["CI"], p_sct["CI"])
     dvh += sum(rel(oar_ct[n]["D2"], values(sct, n)["D2"]) for n in chosen) / len(chosen)
     dvh += sum(rel(oar_ct[n]["mean"], values(sct, n)["mean"]) for n in chosen) / len(chosen)
     d_ct, d_sct = (sitk.GetArrayFromImage(d).astype(np.float64) for d in dose.values())
+    body_image = sitk.GetImageFromArray(masks["BODY"].astype(np.uint8))
+    body_image.CopyInformation(grid)
+    body = sitk.GetArrayFromImage(sitk.Resample(body_image, dose["dose_ct"], sitk.Transform(),
+                                                sitk.sitkNearestNeighbor, 0)) > 0
     spacing = dose["dose_ct"].GetSpacing()[::-1]
     axes = tuple(np.arange(n) * s for n, s in zip(d_ct.shape, spacing))
     g = pymedphys.gamma(axes, d_ct, axes, d_sct, dose_percent_threshold=2, distance_mm_threshold=2,
-                        lower_percent_dose_cutoff=10, quiet=True)
-    gamma = 100.0 * np.mean(g[~np.isnan(g)] <= 1)
+                        lower_percent_dose_cutoff=0, quiet=True)
+    # matRad_gammaIndex as SynthRAD reads it: inside the ROI (body), either dose above the cut-off, gamma < 1
+    evaluated = body & ((d_ct > cutoff / 100 * d_ct.max()) | (d_sct > cutoff / 100 * d_ct.max()))
+    gamma = 100.0 * np.mean(g[evaluated] < 1)
     return mae, dvh, gamma, chosen
 
 
-@pytest.mark.parametrize("modality", ["photon", "proton"])
-def test_metrics_recomputed_from_the_written_files(runs, modality):
-    summary = runs["shift"]
+@pytest.mark.parametrize("run,modality,cutoff", [("shift", "photon", 2.0), ("shift", "proton", 2.0),
+                                                  ("photon_only", "photon", 10.0)])
+def test_metrics_recomputed_from_the_written_files(runs, run, modality, cutoff):
+    summary = runs[run]
     record = summary["dose"]["cases"][CASE]
     files = {**record["files"][modality], "structures_plan": record["files"]["structures_plan"]}
-    mae, dvh, gamma, chosen = _independent(files, record)
+    mae, dvh, gamma, chosen = _independent(files, record, cutoff)
     m = _metrics(summary)
     # rel 1e-5: NIfTI stores the rotated case's planning grid in float32, so the files' grid is off by ~1e-6 mm
     assert m[f"dose_mae_target_{modality}"] == pytest.approx(mae, rel=1e-5)
@@ -154,13 +233,13 @@ def test_files_named_in_the_summary_and_plan_recorded(runs):
         assert dose.GetSpacing() == pytest.approx((4.0, 4.0, 4.0))
         assert np.allclose(dose.GetDirection(), np.eye(3).ravel())
     settings = summary["dose"]["settings"]
-    assert settings["rx_gy"] == RX and settings["margin_mm"] == 4.0 and settings["dose_grid_mm"] == 4.0
+    assert settings["rx_gy"] == "by region letter of the case id: B 2 Gy, P 3 Gy"
+    assert settings["margin_mm"] == 4.0 and settings["dose_grid_mm"] == 4.0
     assert settings["photon"]["gantry_angles"] == [0.0, 90.0, 180.0, 270.0]
     assert settings["proton"]["gantry_angles"] == [90.0, 270.0]
     assert settings["hlut"]["source"] == "pyRadPlan default_hlut()"
     assert settings["hlut"]["hu"][0] == -1024 and settings["hlut"]["density"][-1] == 2.505
     assert record["structures_source"] == "label map" and record["target"] == "prostate"
-    assert record["oars"] == ["bladder", "rectum", "femoral_head_right", "femoral_head_left"]
 
 
 # ---- cheap checks: no planning ----
@@ -232,10 +311,10 @@ def test_planner_beams_are_the_recorded_ones():
                         body_mask(sitk.GetArrayFromImage(ct)))
     settings = DoseSettings(photon_beams=7, dose_grid_mm=5.0)
     for modality, expected in (("photon", [360.0 * k / 7 for k in range(7)]), ("proton", [90.0, 270.0])):
-        planner = Planner(case, modality, settings)
+        planner = Planner(case, modality, settings, 2.0)
         assert [b.gantry_angle for b in planner.stf.beams] == pytest.approx(expected)
         assert [b.couch_angle for b in planner.stf.beams] == [0.0] * len(expected)
-        assert settings.describe(modality)[modality]["gantry_angles"] == pytest.approx(expected)
+        assert settings.plan_key(modality, 2.0)[modality]["gantry_angles"] == pytest.approx(expected)
         assert planner.stf.beams[0].radiation_mode == modality + "s"
 
 
@@ -273,7 +352,7 @@ def small_case(tmp_path):
     return tmp_path
 
 
-def test_case_without_structures_is_skipped_with_one_line(small_case, monkeypatch, caplog):
+def test_case_without_structures_is_not_evaluated_with_one_line(small_case, monkeypatch, caplog):
     from dgcf_auto.evaluation.dose import run
     from dgcf_auto.evaluation.evaluate import evaluate_folders
 
@@ -287,8 +366,9 @@ def test_case_without_structures_is_skipped_with_one_line(small_case, monkeypatc
     summary = evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "summary.json",
                                dose=_settings(), dose_cache=None)
     assert "dose_mae_target_photon" not in _metrics(summary) and "mae" in _metrics(summary)
-    reason = summary["dose"]["cases"]["1PA001"]["skipped"]
+    reason = summary["dose"]["cases"]["1PA001"]["not_evaluated"]
     assert reason.startswith("case 1PA001: no structures for the dose plan") and "weights not found" in reason
+    assert summary["not_evaluated"] == [{"case": "1PA001", "reason": reason, "part": "dose"}]
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"].count(reason) == 1  # one line
 
 
@@ -320,26 +400,31 @@ def test_totalsegmentator_structures_when_none_are_given(monkeypatch):
     assert found.source == "TotalSegmentator fake 'total'"
 
 
-def test_bad_structure_inputs_name_case_and_file(small_case):
+def test_bad_structure_inputs_name_case_and_file_and_leave_only_that_case_out(small_case):
     from dgcf_auto.evaluation.evaluate import evaluate_folders
+
+    def reason():
+        summary = evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json",
+                                   dose=_settings())
+        assert "mae" in _metrics(summary, "1PA001")  # the image metrics are still there
+        (row,) = summary["not_evaluated"]
+        assert row["case"] == "1PA001" and row["part"] == "dose"
+        return row["reason"]
 
     legend = small_case / "ref" / "1PA001" / "structures.json"
     legend.write_text(json.dumps({"bladder": 2}))
-    with pytest.raises(DGCFError, match=r"case 1PA001: no structure named 'prostate' .*structures: bladder"):
-        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    assert re.match(r"case 1PA001: no structure named 'prostate' .*structures: bladder", reason())
     legend.write_text("[1, 2")
-    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.json: not a structure legend"):
-        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    assert re.match(r"case 1PA001: file .*structures.json: not a structure legend", reason())
     legend.write_text(json.dumps({"prostate": 1, "liver": 9}))
-    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: no voxel has the label of liver"):
-        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    assert re.match(r"case 1PA001: file .*structures.nii.gz: no voxel has the label of liver", reason())
     legend.write_text(json.dumps(ex.STRUCTURES))
     labels_file = small_case / "ref" / "1PA001" / "structures.nii.gz"
     labels = sitk.ReadImage(str(labels_file))
     labels.SetSpacing(tuple(2 * v for v in labels.GetSpacing()))
     sitk.WriteImage(labels, str(labels_file))
-    with pytest.raises(DGCFError, match=r"case 1PA001: file .*structures.nii.gz: not on the grid of the CT \(spacing"):
-        evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings())
+    assert re.match(r"case 1PA001: file .*structures.nii.gz: not on the grid of the CT \(spacing", reason())
+    shutil.rmtree(small_case / "out")
     with pytest.raises(DGCFError, match=r"structures folder .*nowhere: not found"):
         evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "s.json", dose=_settings(),
                          structures_dir=small_case / "nowhere")
@@ -426,11 +511,35 @@ def test_rtstruct_in_the_case_folder_gives_the_structures(small_case):
     expected = np.zeros(structures.masks["prostate"].shape, bool)
     expected[k:k + 2, y0:y0 + 4, x0:x0 + 6] = True
     np.testing.assert_array_equal(structures.masks["prostate"], expected)
-    check_structures("1PA001", case / "ct.nii.gz", None, "prostate")  # the target is there: no error
-    with pytest.raises(DGCFError, match=r"^case 1PA001: no ROI named 'rectum' for the dose target in RS\.dcm "
-                                        r"\(ROIs: PTV, Prostate; choose one with --dose_target\)$"):
-        check_structures("1PA001", case / "ct.nii.gz", None, "rectum")
+    check_structures("1PA001", case / "ct.nii.gz", None)  # readable: no error
     summary = evaluate_folders(small_case / "ref", small_case / "pred", small_case / "out" / "summary.json",
                                dose=_settings(), dose_cache=None)
     assert summary["dose"]["cases"]["1PA001"]["structures_source"] == "rtstruct"
     assert _metrics(summary)["dose_mae_target_photon"] == 0.0  # the CT as its own sCT
+
+
+def test_a_planning_error_leaves_that_modality_out_and_the_command_fails_after_writing(small_case, monkeypatch,
+                                                                                         capsys):
+    """pyRadPlan failing on one case: that case's modality under not_evaluated, the summary written and valid,
+    exit code 1 with the reason, no traceback."""
+    from dgcf_auto.cli.evaluate import main
+    from dgcf_auto.evaluation.dose import plan
+    from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
+    from dgcf_auto.schema import check
+
+    def broken(self):
+        raise ValueError("Did not find same number of target entries and exits!\nmore")
+
+    monkeypatch.setattr(plan.Planner, "optimise", broken)
+    out = small_case / "out" / "s.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-ref", str(small_case / "ref"), "-pred", str(small_case / "pred"), "-o", str(out), "--dose", "photon",
+              "--dose_margin", "4", "--dose_grid", "4", "--photon_beams", "4", "--dose_cache", str(small_case / "c")])
+    err = capsys.readouterr().err
+    reason = "case 1PA001: photon plan failed (ValueError: Did not find same number of target entries and exits!)"
+    assert exit_info.value.code == 1 and reason in err and "Traceback" not in err
+    summary = json.loads(out.read_text())
+    check(summary, SUMMARY_SCHEMA, "summary")
+    assert summary["not_evaluated"] == [{"case": "1PA001", "reason": reason, "part": "dose photon"}]
+    assert summary["dose"]["cases"]["1PA001"]["not_evaluated"] == {"photon": reason}
+    assert summary["metric_per_case"][0]["metrics"]["mae"] == 0.0

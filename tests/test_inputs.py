@@ -83,12 +83,46 @@ def test_ct_and_mask_files_are_never_sources_and_ambiguous_folders_are_one_line(
     assert _predict(["-i", str(folder / "ct.nii.gz"), "-o", str(out), "-device", "cpu"]) == 1
     assert "file ct.nii.gz: a case's CT, not a source" in _err(capsys)
 
-    mixed = _one_case(tmp_path / "mixed", trained)
-    shutil.copy(mixed / "mr.nii.gz", mixed / "1PA002.nii.gz")  # a case folder with a loose image besides
-    assert _predict(["-i", str(mixed), "-o", str(out), "-device", "cpu"]) == 1
-    err = _err(capsys).strip().splitlines()
-    assert len(err) == 1 and "is a case folder (mr.nii.gz) but also holds 1PA002.nii.gz" in err[0]
+    both = _one_case(tmp_path / "both", trained)
+    shutil.copy(both / "mr.nii.gz", both / "cbct.nii.gz")  # two sources: the only ambiguous case folder
+    assert _predict(["-i", str(both), "-o", str(out), "-device", "cpu"]) == 1
+    err = _err(capsys)
+    assert err.count("case 1PA001: files mr.nii.gz and cbct.nii.gz: both an MR and a CBCT source") == 1
+    assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_example_case_folder_with_structures_is_one_case(trained, tmp_path, capsys):
+    """Issue 28: dgcf_make_example_dataset's own case folders hold structures.nii.gz + .json; as -i each is one case."""
+    case = _first_case(trained)
+    assert (case / "structures.nii.gz").is_file() and (case / "structures.json").is_file()
+    out = tmp_path / "out"
+    assert _predict(["-i", str(case), "-o", str(out), "-device", "cpu", "--disable_tta", "-f", "0"]) == 0, _err(capsys)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{case.name}.nii.gz"]
+
+
+def test_clinic_case_folder_with_rtstruct_dicom_and_notes_is_one_case(trained, tmp_path, capsys):
+    """An RTSTRUCT file, a DICOM sub-folder, JSON, a README and a loose image beside mr/mask/ct: one case whose
+    sCT equals the clean folder's; the ignored entries are named in one line at --verbose."""
+    from test_dicom import _rtstruct, _write
+
+    clean = _one_case(tmp_path / "clean", trained)
+    clinic = _one_case(tmp_path / "clinic", trained)
+    _rtstruct(clinic)                                                       # clinic/RS.dcm
+    _write(sitk.ReadImage(str(clinic / "ct.nii.gz")), clinic / "CT_DICOM", modality="CT")
+    (clinic / "plan.json").write_text("{}")
+    (clinic / "README").write_text("planning CT of 12 May")
+    shutil.copy(clinic / "mr.nii.gz", clinic / "mr_t2_old.nii.gz")
+    common = ["-device", "cpu", "--disable_tta", "-f", "0", "--precision", "fp32"]
+    assert _predict(["-i", str(clean), "-o", str(tmp_path / "a"), *common]) == 0
+    capsys.readouterr()
+    assert _predict(["-i", str(clinic), "-o", str(tmp_path / "b"), *common, "--verbose"]) == 0
+    lines = [line for line in _err(capsys).splitlines() if "ignored" in line]
+    assert len(lines) == 1 and "one case; ignored 5 other entries: CT_DICOM/, README, RS.dcm, mr_t2_old.nii.gz, " \
+        "plan.json" in lines[0]
+    assert [p.name for p in (tmp_path / "b").glob("*.nii.gz")] == ["1PA001.nii.gz"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "1PA001.nii.gz"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "1PA001.nii.gz"))))
 
 
 # ---------------------------------------------------------------- observation 2: corrupt compressed .mha

@@ -154,3 +154,31 @@ def test_bad_inputs_are_one_line_each(env, capsys, case):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert expected in err, err
     assert not list((env / "results").glob(f"**/fold_3/*.pth"))  # nothing half-written
+
+
+def test_imported_checkpoint_with_default_options_predicts_in_fp32(env, capsys, tmp_path, monkeypatch):
+    """Issue 28: the default `--precision auto` ran bf16 autocast on CPUs with native bf16 and moved the authors'
+    model by 24 HU mean. Now it is fp32 on a CPU: voxel for voxel the `--precision fp32` sCT, whose network
+    reproduces the authors' forward (above) to 1e-5 in normalised units, i.e. their fp32 test.py to int16 rounding."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from dgcf_auto.cli.predict import main as predict_main
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # the CPU that chose bf16
+    code, _, err = run_import(args(env, "best_net_G.pth", "-f", "1"), capsys)
+    assert code == 0, err
+    common = ["-i", str(env / "raw" / "Dataset997_Example"), "-d", "997", "-tr", "DGCFTrainer_release",
+              "-p", "DGCFReleasePlans", "-f", "1", "-device", "cpu", "--disable_tta"]  # test.py has no TTA
+    outputs = {}
+    for name, extra in (("default", []), ("fp32", ["--precision", "fp32"])):
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main([*common, "-o", str(tmp_path / name), *extra])
+        assert exit_info.value.code == 0
+        outputs[name] = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+                         for p in sorted((tmp_path / name).glob("*.nii.gz"))}
+    assert len(outputs["default"]) == 2
+    for case, sct in outputs["default"].items():
+        np.testing.assert_array_equal(sct, outputs["fp32"][case])
+    provenance = json.loads((tmp_path / "default" / "prediction_provenance.json").read_text())
+    assert provenance["options"]["precision"] == "fp32"  # was bf16 here (this tiny network's int16 sCT hides it)

@@ -58,9 +58,20 @@ def build_parser() -> CommandParser:
                       help="structures per case: DIR/<case>/structures.nii.gz + structures.json (or "
                            "DIR/<case>.nii.gz + <case>.json); default: those in the reference case folder, "
                            "else TotalSegmentator when its weights are installed, else the case is skipped")
-    dose.add_argument("--dose_target", default="prostate", help="structure grown into the PTV")
+    dose.add_argument("--dose_target", nargs="+", default=["prostate"], metavar="NAME",
+                      help="target structure names in order of preference (case-insensitive): each case uses the "
+                           "first it holds; a PTV among the structures is planned as it is, else the target is "
+                           "grown by --dose_margin")
+    dose.add_argument("--dose_targets", default=None, metavar="FILE",
+                      help="per-case targets, before --dose_target: CSV rows case,name[,name...] or JSON "
+                           "{\"case\": [\"name\", ...]}")
     dose.add_argument("--dose_margin", type=float, default=5.0, help="PTV margin in mm")
-    dose.add_argument("--dose_rx", type=float, default=2.0, help="prescription in Gy per fraction")
+    dose.add_argument("--rx", "--dose_rx", dest="dose_rx", type=float, default=None, metavar="GY",
+                      help="prescription in Gy per fraction (default: SynthRAD's by the case id's region letter, "
+                           "1B... 2 Gy, 1P... 3 Gy)")
+    dose.add_argument("--gamma_cutoff", type=float, default=None, metavar="PERCENT",
+                      help="gamma low-dose cut-off in %% of the CT dose maximum (default: matRad's as SynthRAD "
+                           "reads it, 2 %%, on either dose inside the body)")
     dose.add_argument("--dose_grid", type=float, default=3.0, help="dose grid spacing in mm")
     dose.add_argument("--photon_beams", type=int, default=5, help="equispaced coplanar photon beams")
     dose.add_argument("--hlut", default=None, metavar="CSV",
@@ -76,10 +87,13 @@ def dose_settings(args):
     if not args.dose:
         return None
     from dgcf_auto.evaluation.dose.plan import DoseSettings, read_hlut
+    from dgcf_auto.evaluation.dose.structures import read_target_table
 
-    return DoseSettings(modalities=tuple(dict.fromkeys(args.dose)), rx_gy=args.dose_rx, target=args.dose_target,
-                        margin_mm=args.dose_margin, dose_grid_mm=args.dose_grid, photon_beams=args.photon_beams,
-                        hlut=read_hlut(args.hlut) if args.hlut else None)
+    return DoseSettings(modalities=tuple(dict.fromkeys(args.dose)), rx_gy=args.dose_rx,
+                        targets=tuple(args.dose_target), margin_mm=args.dose_margin, dose_grid_mm=args.dose_grid,
+                        photon_beams=args.photon_beams, hlut=read_hlut(args.hlut) if args.hlut else None,
+                        gamma_cutoff_percent=args.gamma_cutoff,
+                        case_targets=read_target_table(args.dose_targets) if args.dose_targets else None)
 
 
 @cli_entry

@@ -34,8 +34,9 @@ def build_parser() -> CommandParser:
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--disable_tta", action="store_true",
                    help="no left-right mirror test-time augmentation (TTA doubles the network passes)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: fp32, except on a GPU where the model's recorded check (precision_check.json, "
+                        "written at the end of training) found bf16/fp16 within 0.5 HU mean and 5 HU p99 of fp32")
     p.add_argument("--continue_prediction", "--c", action="store_true",
                    help="skip cases whose output this same model (checkpoints and options) already wrote, "
                         "complete and on the input's grid (recorded in prediction_provenance.json); by "

@@ -285,11 +285,13 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
             from dgcf_auto.paths import results_root
 
             dose_cache = results_root() / "dose_cache"
-        dose_metrics, extra["dose"] = evaluate_dose(cases, dose, Path(output_json).parent / "dose", structures_dir,
-                                                    dose_cache, num_processes, device)
+        dose_metrics, extra["dose"], dose_left_out = evaluate_dose(cases, dose, Path(output_json).parent / "dose",
+                                                                   structures_dir, dose_cache, num_processes, device)
         for name, values in dose_metrics.items():
             per_case[name].update(values)
     summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
+    if dose is not None:  # scored what could be scored; the command still exits non-zero
+        summary["not_evaluated"] += dose_left_out
     write_json(summary, output_json)
     return summary
 

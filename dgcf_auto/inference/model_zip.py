@@ -10,6 +10,7 @@ Zip layout (every path relative, under one model folder):
                                                         name it and its SHA-256; loading verifies it)
         fold_<k>/<checkpoint>.pth                       weights without the ViT and without optimiser state
         fold_<k>/training_config.json                   the trainer settings of that fold
+        precision_check.json                            fp32 vs bf16/fp16 per fold (when recorded)
 
 A zip is untrusted input: the installer refuses absolute paths, `..`, links and files outside the one model
 folder, checks the manifest against MANIFEST_SCHEMA and every file against the manifest (and the zip's CRC-32),
@@ -35,6 +36,7 @@ import torch
 from dgcf_auto import __version__, paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.inference.precision import CHECK_FILE
 from dgcf_auto.inference.model_loading import VIT_PREFIX, load_checkpoint
 from dgcf_auto.schema import SHA256, check, parse
 
@@ -95,6 +97,8 @@ def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
             for name in DATASET_FILES:
                 if preprocessed_folder is not None and (preprocessed_folder / name).is_file():
                     add(name, (preprocessed_folder / name).read_bytes())
+            if (model_folder / CHECK_FILE).is_file():  # the recorded precision check travels with the weights
+                add(CHECK_FILE, (model_folder / CHECK_FILE).read_bytes())
             add("README.md", _readme(model_folder, checkpoint_files, summaries, preprocessed_folder).encode())
             add(LICENCE_FILE, _licence_notice(summaries[0].get("dinov3_source", "unknown"),
                                               vit["shared_vit"] if vit else None).encode())

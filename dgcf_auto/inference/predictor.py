@@ -17,10 +17,11 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import to_array
 from dgcf_auto.inference.body_mask import derive_body_mask, effective_method
 from dgcf_auto.inference.model_loading import VIT_PREFIX, build_trained_network, load_checkpoint
+from dgcf_auto.inference.precision import CHOICES, choose_precision, fold_check
 from dgcf_auto.inference.sliding_window import predict_sliding_window
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
-from dgcf_auto.network.execution import BatchSizer, autocast_dtype, predict_slice_stack
+from dgcf_auto.network.execution import BatchSizer, predict_slice_stack
 from dgcf_auto.planning.plan_3d import volume_patch_size
 from dgcf_auto.plans import KIND_SLABS, KIND_SLICES, KIND_VOLUME, configuration_plans
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
@@ -45,7 +46,11 @@ class SCTPredictor:
                  progress: bool = True, configuration: str | None = None):
         self.device = torch.device(device)
         self.checkpoint_files = [Path(f) for f in checkpoint_files]
-        self.autocast_dtype = autocast_dtype(self.device, precision)
+        if precision not in CHOICES:
+            raise DGCFError(f"precision must be one of {', '.join(CHOICES)}, got {precision!r}")
+        # Only auto on a GPU reads the recorded check (one weights hash per fold); everything else is decided here.
+        reads_check = precision == "auto" and self.device.type == "cuda"
+        fold_checks = []
         self.networks, sources, network_plans_seen = [], set(), []
         shared_vit, reference_vit = None, None
         sharing = share_vit
@@ -57,6 +62,8 @@ class SCTPredictor:
             elif not same_grid_and_normalisation(checkpoint["plans"], self.plans):
                 raise DGCFError(f"checkpoint {file}: its plans differ from {self.checkpoint_files[0]} "
                                 f"(slice grid or normalisation); folds of one model must share plans")
+            if reads_check:
+                fold_checks.append(fold_check(file.parent.parent, file.parent.name, checkpoint["network_weights"]))
             vit_weights = {k: v for k, v in checkpoint["network_weights"].items() if k.startswith(VIT_PREFIX)}
             if index == 0:
                 reference_vit = vit_weights
@@ -84,14 +91,20 @@ class SCTPredictor:
         self.weights_sources = sorted(sources)
         if "random" in self.weights_sources:
             log.warning(RANDOM_DINOV3_WARNING)
+        self.precision = choose_precision(self.device.type, precision, fold_checks)
+        self.autocast_dtype = self.precision.dtype
+        if self.precision.precision != "fp32":
+            log.info(f"precision {self.precision.precision} ({self.precision.reason})")
         self.flips = TTA_FLIP_DIMS if use_tta else ((),)
         self.batch_sizer = BatchSizer(self.device, batch_size)
         self.progress = progress
         self.mask_background = mask_background
         self.mask_from = effective_method(mask_from, self.plans)
         # Everything that changes the output voxels besides the weights (for the provenance record).
-        self.options = {"tta": use_tta, "precision": "bf16" if self.autocast_dtype else "fp32",
+        self.options = {"tta": use_tta, "precision": self.precision.precision,
                         "mask_background": mask_background, "mask_from": self.mask_from}
+        if self.precision.check is not None:  # a reduced precision auto chose: the difference it was allowed on
+            self.options["precision_recorded_difference_hu"] = self.precision.check
 
     @property
     def batch_size(self) -> int | None:

@@ -93,6 +93,7 @@ class RunReport:
                             else platform.processor() or platform.machine()),
             "cpu_threads": torch.get_num_threads(),
             "precision": predictor.options["precision"],
+            "precision_choice": predictor.precision.record(),
             "tta": predictor.options["tta"],
             "folds": [p.parent.name for p in predictor.checkpoint_files],
             "vit_shared_by_folds": predictor.shared_encoder is not None,

@@ -1,5 +1,5 @@
 """What `dgcf_predict -i` accepts: one case folder (`<case>/mr.nii.gz` with optional mask.nii.gz and
-ct.nii.gz: one case named after the folder, using its mask), a folder of case folders, a folder of source
+ct.nii.gz: one case named after the folder, using its mask; any other file there is ignored), a folder of case folders, a folder of source
 images, or one file. Files named ct.* or mask.* are never predicted as sources.
 Sources may be DICOM: `<case>/mr/` in a case folder, a folder of DICOM series folders (one case each), or
 one bare DICOM folder (one case).
@@ -19,16 +19,19 @@ from dgcf_auto.dataset.validation import validate_cases
 from dgcf_auto.dicomio import check_series_uids, is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, image_suffix, strip_suffix
+from dgcf_auto.log import get_logger
 from dgcf_auto.plans import source_signature
 
 TARGET_ROLES = ("ct", "mask")  # a case's files that are never sources
+log = get_logger(__name__)
 
 
 def collect_inputs(path: str | Path, series_uids: tuple[str, ...] = (), mask_roi: str | None = None) -> list[Case]:
     """Cases under `path`, sorted by name; an error when there is nothing to predict. `series_uids` picks
     the series in DICOM folders that hold several; `mask_roi` names the RTSTRUCT ROI to use as body mask."""
     inputs = _collect(Path(path), tuple(series_uids or ()))
-    check_series_uids([case.source for case in inputs if case.source.is_dir()], series_uids, f"input {path}")
+    check_series_uids([c.source for c in inputs if c.source is not None and c.source.is_dir()], series_uids,
+                      f"input {path}")
     return [replace(case, mask_roi=mask_roi) for case in inputs] if mask_roi else inputs
 
 
@@ -40,11 +43,11 @@ def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
         return [Case(strip_suffix(path), None, path)]
     if not path.is_dir():
         raise DGCFError(f"input {path}: no such file or folder")
+    if _holds_source(path):  # before the DICOM test: a case folder may hold an RTSTRUCT file
+        return [_case_folder(path, series_uids)]
     if is_dicom_folder(path):
         _refuse_target_role(path)
         return [Case(path.resolve().name, None, path, series_uids=series_uids)]
-    if _holds_source(path):
-        return [_case_folder(path, series_uids)]
     folders = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     cases = [replace(read_case_folder(d), ct=None, series_uids=series_uids) if _holds_source(d)
              else Case(d.name, None, d, series_uids=series_uids)
@@ -70,18 +73,18 @@ def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
 
 
 def _case_folder(path: Path, series_uids: tuple[str, ...]) -> Case:
-    """`-i <case>`: the folder is one case (named after it, with its own mask; its CT is never predicted).
-    Images or case folders beside the role files make it ambiguous: one line."""
+    """`-i <case>`: a folder with exactly one source (mr.* or cbct.*) is one case, named after it, with its own
+    mask; its CT is never predicted. Everything else a clinic keeps there (structures, RTSTRUCT, JSON, README,
+    sub-folders, other images) is ignored and named in one line at --verbose. Two sources are ambiguous
+    (`read_case_folder` says so)."""
     roles = role_files(path)
-    role_paths = {p for paths in roles.values() for p in paths}
-    others = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())
-              if p not in role_paths and not p.name.startswith(".")
-              and ((p.is_file() and image_suffix(p)) or (p.is_dir() and (_holds_source(p) or is_dicom_folder(p))))]
-    source = next(p.name for m in SOURCE_MODALITIES for p in roles[m])
-    if others:
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        raise DGCFError(f"input {path}: is a case folder ({source}) but also holds {shown}; give one case folder "
-                        f"(mr|cbct, mask, ct) or a folder of case folders")
+    used = {p for role in (*SOURCE_MODALITIES, *TARGET_ROLES) for p in roles[role]}
+    ignored = [p.name + ("/" if p.is_dir() else "") for p in sorted(path.iterdir())
+               if p not in used and not p.name.startswith(".")]
+    if ignored:
+        shown = ", ".join(ignored[:8]) + (", ..." if len(ignored) > 8 else "")
+        log.debug(f"input {path}: one case; ignored {len(ignored)} other entr{'y' if len(ignored) == 1 else 'ies'}: "
+                  f"{shown}")
     return replace(read_case_folder(path.resolve()), ct=None, series_uids=series_uids)
 
 

@@ -184,10 +184,28 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             shutdown_distributed(ctx)
         if not ctx.is_main:
             return None
+        if val_cases:
+            record_precision_check(output, trainer.device, val_cases)
         if validation == "final" and val_names:
             validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
                           precision, save_probabilities)
         return output
+
+
+def record_precision_check(fold_folder: Path, device, val_cases) -> None:
+    """On a GPU, once per fold: fp32 vs bf16/fp16 on the validation slices into the model folder's
+    precision_check.json, which `--precision auto` needs before it predicts in a reduced precision. On a CPU
+    inference always runs fp32 under auto, so nothing is measured."""
+    import torch
+
+    from dgcf_auto.inference.precision import record_check
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    entry = record_check(fold_folder.parent, fold_folder / "checkpoint_final.pth", val_cases, device)
+    log.info(f"precision check of {fold_folder.name}: " + ", ".join(
+        f"{p} mean {entry[p]['mean_hu']:.3g} HU, p99 {entry[p]['p99_hu']:.3g} HU" for p in ("bf16", "fp16")))
 
 
 def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -> str | None:

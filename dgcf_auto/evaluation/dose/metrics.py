@@ -9,8 +9,10 @@
 - `dvh_metric`: |D98_ct - D98_sct + eps| / (D98_ct + eps) + |CI_ct - CI_sct + eps| / (CI_ct + eps)
   + mean over the three OARs with the highest (D5 + Dmean) / 2 on the CT of |D2 error| / D2_ct
   + mean over the same OARs of |Dmean error| / Dmean_ct (eps = 1e-12 inside the absolute value, as there).
-- `gamma`: pymedphys' gamma, 2 % / 2 mm, global (2 % of the CT dose maximum), 10 % lower dose cutoff;
-  pass rate in % of the evaluated voxels with gamma <= 1.
+- `gamma`: pymedphys' gamma, 2 % / 2 mm, global (2 % of the CT dose maximum). Evaluated as matRad's
+  matRad_gammaIndex, whose per-structure pass rate SynthRAD reads for its ROI: the voxels inside the body
+  where either dose exceeds the cut-off (default the dose criterion, 2 % of the CT dose maximum; `cutoff_percent`
+  for another, e.g. 10 %); pass rate in % of them with gamma < 1.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ import numpy as np
 MAE_THRESHOLD = 0.9          # fraction of Rx above which mae_target counts voxels
 DVH_EPS = 1e-12
 NUM_OARS = 3
-GAMMA = {"dose_percent_threshold": 2.0, "distance_mm_threshold": 2.0, "lower_percent_dose_cutoff": 10.0,
+GAMMA = {"dose_percent_threshold": 2.0, "distance_mm_threshold": 2.0, "lower_percent_dose_cutoff": 0.0,
          "local_gamma": False, "interp_fraction": 10,
-         "skip_once_passed": True}  # stops searching a voxel once gamma <= 1: same pass rate, faster
+         "skip_once_passed": True}  # stops searching a voxel once gamma <= 1: the same pass/fail, faster
+MATRAD_CUTOFF_PERCENT = GAMMA["dose_percent_threshold"]  # matRad's cut-off is its dose criterion
 
 
 def mae_target(d_ct: np.ndarray, d_sct: np.ndarray, rx: float) -> float:
@@ -78,12 +81,21 @@ def dvh_metric(target_ct: dict, target_sct: dict, oars_ct: dict[str, dict], oars
     return float(target + np.mean(d2) + np.mean(dmean)), used
 
 
-def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx) -> float:
-    """% of voxels above the cutoff with gamma <= 1 (pymedphys.gamma, SynthRAD's 2 %/2 mm global 10 %)."""
+def gamma_voxels(d_ct: np.ndarray, d_sct: np.ndarray, body: np.ndarray,
+                 cutoff_percent: float = MATRAD_CUTOFF_PERCENT) -> np.ndarray:
+    """The voxels gamma is scored on: inside the body, either dose above cutoff_percent of the CT maximum."""
+    threshold = cutoff_percent / 100.0 * float(d_ct.max())
+    return body & ((d_ct > threshold) | (d_sct > threshold))
+
+
+def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx, body: np.ndarray,
+                    cutoff_percent: float = MATRAD_CUTOFF_PERCENT) -> float:
+    """% of `gamma_voxels` with gamma < 1 (pymedphys.gamma, 2 %/2 mm global, the CT dose the reference)."""
     import pymedphys
 
+    evaluated = gamma_voxels(d_ct, d_sct, body, cutoff_percent)
+    if not evaluated.any():
+        return math.nan
     axes = tuple(np.arange(n, dtype=np.float64) * s for n, s in zip(d_ct.shape, spacing_zyx))
-    gamma = pymedphys.gamma(axes, d_ct.astype(np.float64), axes, d_sct.astype(np.float64),
-                            quiet=True, **GAMMA)
-    valid = gamma[np.isfinite(gamma)]
-    return float(100.0 * np.mean(valid <= 1)) if valid.size else math.nan
+    gamma = pymedphys.gamma(axes, d_ct.astype(np.float64), axes, d_sct.astype(np.float64), quiet=True, **GAMMA)
+    return float(100.0 * np.mean(gamma[evaluated] < 1))

@@ -5,8 +5,11 @@
   with squared overdosing objectives on each OAR (above 0.5 Rx, priority 10) and the body (above 0.8 Rx,
   priority 10).
 - Proton: two lateral opposed fields (gantry 90 and 270), pyRadPlan's generic proton machine and Hong
-  pencil-beam engine, spot weights optimised with the same objectives.
-Both: one fraction of Rx (SynthRAD: 2 Gy), dose on a `dose_grid_mm` grid, HU to density / stopping power
+  pencil-beam engine, spot weights optimised with the same objectives. Energy layers are every energy of the
+  machine whose Bragg peak lies in the target along a ray (pyRadPlan 0.5's IMPT geometry; it has no layer
+  spacing setting, so none is offered here).
+Both: one fraction of Rx (SynthRAD's by the region letter of the case id: B 2 Gy, P 3 Gy; or as given), dose on a
+`dose_grid_mm` grid, HU to density / stopping power
 through pyRadPlan's lookup table unless one is given. The steering geometry (beams, rays, spots) comes from
 the CT; the sCT gets the same steering geometry and the same weights, only its influence matrix is its own.
 
@@ -34,21 +37,30 @@ OBJECTIVES = {"target": {"objective": "SquaredDeviation", "d_ref": "Rx", "priori
 class DoseSettings:
     """Every choice of the automatic plans; `describe()` is what summary.json records and the cache key."""
     modalities: tuple[str, ...] = MODALITIES
-    rx_gy: float = 2.0                 # prescription per fraction (SynthRAD: 2 Gy)
-    target: str = "prostate"
+    rx_gy: float | None = None         # prescription per fraction; None: SynthRAD's by region letter (rx_for_case)
+    targets: tuple[str, ...] = ("prostate",)   # the first name a case holds is its target
     margin_mm: float = 5.0
     dose_grid_mm: float = 3.0
     photon_beams: int = 5
     photon_bixel_mm: float = 5.0
     proton_spot_mm: float = 5.0        # lateral spot spacing
-    proton_layer_mm: float = 3.0       # longitudinal spot (energy layer) spacing
     max_iter: int = 300
     hlut: tuple[tuple[float, float], ...] | None = None   # (HU, relative density) rows; None: pyRadPlan's
+    gamma_cutoff_percent: float | None = None   # None: matRad's rule (SynthRAD); a number: that % of the CT maximum
+    case_targets: dict | None = None   # {case: (name, ...)}: per-case target names, before `targets`
 
     def __post_init__(self):
         from dgcf_auto.errors import DGCFError
 
-        for name in ("rx_gy", "dose_grid_mm", "photon_bixel_mm", "proton_spot_mm", "proton_layer_mm"):
+        if isinstance(self.targets, str):
+            object.__setattr__(self, "targets", (self.targets,))
+        if not self.targets or not all(str(t).strip() for t in self.targets):
+            raise DGCFError(f"dose: give at least one target structure name, got {list(self.targets)}")
+        if self.rx_gy is not None and not self.rx_gy > 0:
+            raise DGCFError(f"dose: rx_gy must be positive, got {self.rx_gy}")
+        if self.gamma_cutoff_percent is not None and not 0 <= self.gamma_cutoff_percent < 100:
+            raise DGCFError(f"dose: the gamma cut-off must be in [0, 100) %, got {self.gamma_cutoff_percent}")
+        for name in ("dose_grid_mm", "photon_bixel_mm", "proton_spot_mm"):
             if not getattr(self, name) > 0:
                 raise DGCFError(f"dose: {name} must be positive, got {getattr(self, name)}")
         if self.margin_mm < 0 or self.photon_beams < 1:
@@ -64,11 +76,30 @@ class DoseSettings:
 
         return default_hlut()
 
-    def describe(self, modality: str | None = None) -> dict:
+    def describe(self) -> dict:
+        """Every setting, for summary.json."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("modalities", "hlut", "targets", "case_targets")}
+        out["case_targets"] = {k: list(v) for k, v in self.case_targets.items()} if self.case_targets else None
+        out["modalities"] = list(self.modalities)
+        out["targets"] = list(self.targets)
+        out["rx_gy"] = self.rx_gy if self.rx_gy is not None else "by region letter of the case id: " + \
+            ", ".join(f"{k} {v:g} Gy" for k, v in SYNTHRAD_RX_GY.items())
+        out["gamma_cutoff"] = GAMMA_CUTOFF_RULE if self.gamma_cutoff_percent is None else \
+            f"{self.gamma_cutoff_percent:g} % of the CT dose maximum on either dose, inside the body"
+        out.update(self._plan_settings())
+        return out
+
+    def plan_key(self, modality: str, rx_gy: float) -> dict:
+        """What one modality's reference plan depends on besides the CT and the planning structures: the cache
+        key holds this and nothing else (other modalities, gamma or figure choices never re-plan)."""
+        out = {k: v for k, v in self._plan_settings().items() if k not in {PHOTON, PROTON} - {modality}}
+        out.update(modality=modality, rx_gy=float(rx_gy), dose_grid_mm=self.dose_grid_mm, max_iter=self.max_iter)
+        return out
+
+    def _plan_settings(self) -> dict:
         import pyRadPlan
 
-        out = {k: v for k, v in asdict(self).items() if k not in ("modalities", "hlut")}
-        out["modalities"] = list(self.modalities)
+        out = {}
         out["hlut"] = {"source": "given" if self.hlut is not None else "pyRadPlan default_hlut()",
                        "hu": self.table()[:, 0].tolist(), "density": self.table()[:, 1].tolist()}
         out["fractions"] = 1
@@ -78,11 +109,25 @@ class DoseSettings:
                          "couch_angles": [0.0] * self.photon_beams, "bixel_width_mm": self.photon_bixel_mm}
         out["proton"] = {"machine": "protons Generic", "gantry_angles": list(PROTON_GANTRY),
                          "couch_angles": [0.0, 0.0], "spot_spacing_mm": self.proton_spot_mm,
-                         "layer_spacing_mm": self.proton_layer_mm}
-        if modality is not None:
-            out = {k: v for k, v in out.items() if k not in {PHOTON, PROTON} - {modality}}
-            out["modality"] = modality
+                         "energy_layers": "every machine energy with its Bragg peak inside the PTV along the ray"}
         return out
+
+
+SYNTHRAD_RX_GY = {"B": 2.0, "P": 3.0}   # SynthRAD2023 dose_metrics.py: prescribed_doses = {'B': 2.0, 'P': 3.0}
+GAMMA_CUTOFF_RULE = "matRad: 2 % of the CT dose maximum on either dose, inside the body"
+
+
+def rx_for_case(case: str, rx_gy: float | None) -> tuple[float, str]:
+    """(Rx in Gy per fraction, where it came from): the given Rx, else SynthRAD's by the region letter (the
+    second character of a SynthRAD case id: 1PA001 pelvis 3 Gy, 1BA001 brain 2 Gy)."""
+    from dgcf_auto.errors import DGCFError
+
+    if rx_gy is not None:
+        return float(rx_gy), "given"
+    if len(case) >= 2 and case[0].isdigit() and case[1].upper() in SYNTHRAD_RX_GY:
+        return SYNTHRAD_RX_GY[case[1].upper()], f"SynthRAD region letter {case[1].upper()}"
+    raise DGCFError(f"case {case}: no SynthRAD region letter in the case id (1B... brain 2 Gy, 1P... pelvis 3 Gy) "
+                    f"to set the prescription; give it with --rx")
 
 
 def read_hlut(path) -> tuple[tuple[float, float], ...]:
@@ -199,7 +244,7 @@ def _structure_set(ct, case: PlanningCase, rx: float, with_objectives: bool = Tr
     return StructureSet(vois=vois, ct_image=ct)
 
 
-def _plan(modality: str, settings: DoseSettings):
+def _plan(modality: str, settings: DoseSettings, rx_gy: float):
     from pyRadPlan import IonPlan, PhotonPlan
 
     if modality == PHOTON:
@@ -209,12 +254,11 @@ def _plan(modality: str, settings: DoseSettings):
     elif modality == PROTON:
         pln = IonPlan(radiation_mode="protons", machine="Generic")
         pln.prop_stf = {"gantry_angles": list(PROTON_GANTRY), "couch_angles": [0.0, 0.0],
-                        "bixel_width": settings.proton_spot_mm,
-                        "longitudinal_spot_spacing": settings.proton_layer_mm}
+                        "bixel_width": settings.proton_spot_mm}
     else:
         raise ValueError(f"unknown modality {modality!r}")
     pln.num_of_fractions = 1
-    pln.prescribed_dose = settings.rx_gy
+    pln.prescribed_dose = rx_gy
     g = settings.dose_grid_mm
     pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": g, "y": g, "z": g}}, "hlut": settings.table()}
     pln.prop_opt = {"solver": "scipy", "max_iter": settings.max_iter}
@@ -224,14 +268,14 @@ def _plan(modality: str, settings: DoseSettings):
 class Planner:
     """One case and modality: steering geometry from the CT, optimisation, forward dose on any HU image."""
 
-    def __init__(self, case: PlanningCase, modality: str, settings: DoseSettings):
+    def __init__(self, case: PlanningCase, modality: str, settings: DoseSettings, rx_gy: float):
         from pyRadPlan import generate_stf
 
         _quiet_pyradplan()
-        self.case, self.modality, self.settings = case, modality, settings
-        self.pln = _plan(modality, settings)
+        self.case, self.modality, self.settings, self.rx_gy = case, modality, settings, rx_gy
+        self.pln = _plan(modality, settings, rx_gy)
         self.ct = _pyradplan_ct(case.ct)
-        self.cst = _structure_set(self.ct, case, settings.rx_gy)
+        self.cst = _structure_set(self.ct, case, rx_gy)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.stf = generate_stf(self.ct, self.cst, self.pln)
@@ -256,7 +300,7 @@ class Planner:
         from pyRadPlan import calc_dose_influence
 
         ct = _pyradplan_ct(hu_image)
-        cst = _structure_set(ct, self.case, self.settings.rx_gy, with_objectives=False)
+        cst = _structure_set(ct, self.case, self.rx_gy, with_objectives=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dij = calc_dose_influence(ct, cst, self.stf, self.pln)

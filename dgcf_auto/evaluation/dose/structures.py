@@ -8,15 +8,23 @@ Where a case's structures come from, in this order:
 3. an RTSTRUCT in the reference CT's DICOM folder or case folder: every ROI rasterised on the CT grid
    (`dicomio.roi_mask`), named in lower case;
 4. TotalSegmentator 'total' on the CT, when its weights are installed locally (never downloaded);
-otherwise the case is skipped with one line saying why. The legend maps structure names to label values,
+otherwise the case is not evaluated, with one line saying why. The legend maps structure names to label values,
 e.g. {"prostate": 1, "bladder": 2}. The label map must lie on the CT's grid.
 
-The target is a named structure (default prostate) grown by an isotropic margin in mm (default 5 mm, the
-usual prostate CTV-to-PTV margin), kept inside the body; every other named structure is an OAR.
+The target is the first of an ordered list of names (default prostate; per case from a table, see
+`read_target_table`) that the case holds, matched case-insensitively. When the structures already hold a PTV
+(a name starting with PTV) overlapping the target, or the target is itself a PTV, that PTV is planned as it
+is; otherwise the target is grown by an isotropic margin in mm (default 5 mm, the usual prostate CTV-to-PTV
+margin), kept inside the body. Which one was used is recorded. Target volumes (names starting with PTV, CTV,
+GTV or ITV: `PTV_7800`, `ctv1`, ...) and body contours (External, Body, Skin) are never OARs, as in SynthRAD's
+dose_metrics.py; every other named structure is. A body contour, when present, is the body (holes filled
+slice by slice: a label map's External surrounds the organs); otherwise the CT above BODY_HU.
 """
 from __future__ import annotations
 
+import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +37,9 @@ from dgcf_auto.imageio import geometry_mismatch, read_header, read_image
 
 LABEL_FILE, LEGEND_FILE = "structures.nii.gz", "structures.json"
 BODY_HU = -400.0  # body outline: CT above this, holes (gas, lungs) filled
+TARGET_VOLUME = re.compile(r"^\s*(ptv|ctv|gtv|itv)", re.IGNORECASE)  # PTV, PTV_7800, ctv1, GTVp, ITV-high
+PTV_NAME = re.compile(r"^\s*ptv", re.IGNORECASE)
+BODY_NAMES = ("external", "body", "skin")
 # TotalSegmentator 'total' names used when no structures are given (its v2 class map has no rectum).
 TOTALSEG_NAMES = {"prostate": "prostate", "urinary_bladder": "bladder", "colon": "colon",
                   "femur_left": "femur_left", "femur_right": "femur_right"}
@@ -70,13 +81,10 @@ def read_legend(case: str, path: Path) -> dict[str, int]:
         raise DGCFError(f"case {case}: file {path}: not a structure legend ({exc})") from None
 
 
-def read_structures(case: str, ct, labels_file: Path, legend_file: Path, target: str | None = None) -> CaseStructures:
+def read_structures(case: str, ct, labels_file: Path, legend_file: Path) -> CaseStructures:
     """Named masks from a label map and its legend (`ct`: the CT image or its header, for the grid check);
-    a DGCFError naming the case and file for any problem, and when `target` is not in the legend."""
+    a DGCFError naming the case and file for any problem."""
     legend = read_legend(case, legend_file)
-    if target is not None and target not in legend:
-        raise DGCFError(f"case {case}: no structure named {target!r} for the dose target "
-                        f"(structures: {', '.join(legend)}; choose one with --dose_target)")
     labels = read_image(labels_file, case)
     if diff := geometry_mismatch(ct, labels):
         raise DGCFError(f"case {case}: file {labels_file}: not on the grid of the CT ({diff})")
@@ -88,13 +96,13 @@ def read_structures(case: str, ct, labels_file: Path, legend_file: Path, target:
     return CaseStructures(masks, "label map", [str(labels_file), str(legend_file)])
 
 
-def check_structures(case: str, ct_file: Path, structures_dir, target: str) -> None:
-    """Every problem of a case's given structures, before any plan is computed (no half-written output)."""
+def check_structures(case: str, ct_file: Path, structures_dir) -> None:
+    """Every problem of a case's given structure files (legend, grid, empty labels), before its plan."""
     files = structure_files(case, ct_file, structures_dir)
     if files is not None:
-        read_structures(case, read_header(ct_file, case), *files, target=target)
+        read_structures(case, read_header(ct_file, case), *files)
     elif rtstruct := _case_rtstructs(ct_file):
-        _rtstruct_roi_names(case, rtstruct, target)
+        _rtstruct_roi_names(case, rtstruct)
 
 
 def _case_rtstructs(ct_file: Path) -> list[Path]:
@@ -105,16 +113,12 @@ def _case_rtstructs(ct_file: Path) -> list[Path]:
     return rtstruct_files(([ct_file] if ct_file.is_dir() else []) + [ct_file.parent])
 
 
-def _rtstruct_roi_names(case: str, files: list[Path], target: str | None) -> list[str]:
-    """The ROI names of the RTSTRUCT files; a DGCFError when `target` (any case) is not among them."""
+def _rtstruct_roi_names(case: str, files: list[Path]) -> list[str]:
+    """The ROI names of the RTSTRUCT files (reading them checks they are readable)."""
     import pydicom
 
-    names = [str(roi.ROIName) for path in files
-             for roi in getattr(pydicom.dcmread(path, force=True), "StructureSetROISequence", [])]
-    if target is not None and target.strip().lower() not in {n.strip().lower() for n in names}:
-        raise DGCFError(f"case {case}: no ROI named {target!r} for the dose target in {', '.join(p.name for p in files)} "
-                        f"(ROIs: {', '.join(names) or 'none'}; choose one with --dose_target)")
-    return names
+    return [str(roi.ROIName) for path in files
+            for roi in getattr(pydicom.dcmread(path, force=True), "StructureSetROISequence", [])]
 
 
 def rtstruct_structures(case: str, ct: sitk.Image, ct_file: Path) -> CaseStructures | None:
@@ -124,7 +128,7 @@ def rtstruct_structures(case: str, ct: sitk.Image, ct_file: Path) -> CaseStructu
     files = _case_rtstructs(ct_file)
     if not files:
         return None
-    _rtstruct_roi_names(case, files, None)
+    _rtstruct_roi_names(case, files)
     masks = {name.strip().lower(): sitk.GetArrayFromImage(roi_mask(files, name, ct, f"case {case}")) > 0
              for name in _contoured_rois(files)}
     return CaseStructures(masks, "rtstruct", [str(f) for f in files])
@@ -172,13 +176,92 @@ def grow(mask: np.ndarray, margin_mm: float, spacing_zyx) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=spacing_zyx) <= margin_mm
 
 
+def _filled_slices(mask: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+
+
+def is_target_volume(name: str) -> bool:
+    return bool(TARGET_VOLUME.match(name))
+
+
+def is_body_contour(name: str) -> bool:
+    return name.strip().lower() in BODY_NAMES
+
+
+def find_name(names, wanted: str) -> str | None:
+    """The name in `names` equal to `wanted` ignoring case and surrounding blanks."""
+    key = wanted.strip().lower()
+    return next((n for n in names if n.strip().lower() == key), None)
+
+
+@dataclass
+class PlanStructures:
+    """What the plan uses: PTV, OARs and body (masks on the planning grid) and how each was chosen."""
+    ptv: np.ndarray
+    oars: dict[str, np.ndarray]
+    body: np.ndarray
+    record: dict
+
+
 def plan_structures(case: str, structures: CaseStructures, ct_array: np.ndarray, spacing_zyx,
-                    target: str, margin_mm: float) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """(PTV, {OAR name: mask}, body) for the plan; a DGCFError when the target structure is missing."""
-    if target not in structures.masks:
-        raise DGCFError(f"case {case}: no structure named {target!r} for the dose target "
-                        f"(structures: {', '.join(structures.masks) or 'none'}; choose one with --dose_target)")
-    body = body_mask(ct_array)
-    ptv = grow(structures.masks[target], margin_mm, spacing_zyx) & body
-    oars = {name: mask & body for name, mask in structures.masks.items() if name != target and (mask & body).any()}
-    return ptv, oars, body
+                    targets, margin_mm: float) -> PlanStructures:
+    """PTV, OARs and body of a case; a DGCFError naming the case when none of the `targets` is present."""
+    names = list(structures.masks)
+    target = next((found for t in targets if (found := find_name(names, t)) is not None), None)
+    if target is None:
+        raise DGCFError(f"case {case}: no structure named {' or '.join(repr(t) for t in targets)} for the dose "
+                        f"target (structures: {', '.join(names) or 'none'}; choose with --dose_target or "
+                        f"--dose_targets)")
+    body_name = next((n for n in names if is_body_contour(n)), None)
+    # A label map cannot overlap: its body contour leaves holes where the organs are, filled slice by slice
+    # (an RTSTRUCT's External is filled already; a couch ROI outside it stays out).
+    body = _filled_slices(structures.masks[body_name]) if body_name else body_mask(ct_array)
+    target_mask = structures.masks[target]
+    near_target = ndimage.binary_dilation(target_mask)
+    ptvs = [n for n in names if PTV_NAME.match(n) and (structures.masks[n] & near_target).any()]
+    if PTV_NAME.match(target):
+        ptv_name = target
+    elif ptvs:  # the PTV that covers most of the target's neighbourhood (a clinic's PTV_7800 around its prostate)
+        ptv_name = max(ptvs, key=lambda n: (int((structures.masks[n] & near_target).sum()), n))
+    else:
+        ptv_name = None
+    if ptv_name is not None:
+        ptv = (structures.masks[ptv_name] | target_mask) & body
+        how = f"structure {ptv_name!r} as it is" + ("" if ptv_name == target else f" (with {target!r})")
+    else:
+        ptv = grow(target_mask, margin_mm, spacing_zyx) & body
+        how = f"{target!r} grown by {margin_mm:g} mm inside the body"
+    oars = {n: m & body for n, m in structures.masks.items()
+            if n != target and not is_target_volume(n) and not is_body_contour(n) and (m & body).any()}
+    if not ptv.any():
+        raise DGCFError(f"case {case}: the PTV ({how}) holds no voxel inside the body")
+    record = {"target": target, "ptv": how, "ptv_structure": ptv_name, "margin_mm": None if ptv_name else margin_mm,
+              "body": f"structure {body_name!r}" if body_name else f"CT above {BODY_HU:g} HU, holes filled",
+              "not_oars": [n for n in names if n != target and (is_target_volume(n) or is_body_contour(n))]}
+    return PlanStructures(ptv, oars, body, record)
+
+
+def read_target_table(path) -> dict[str, tuple[str, ...]]:
+    """Per-case dose targets: CSV rows `case,name[,name...]` (a header row `case,...` allowed) or JSON
+    {"case": "name" | ["name", ...]}; each case uses the first name it holds."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("expected a JSON object {\"case\": \"name\" or [\"name\", ...]}")
+            table = {str(k): (v,) if isinstance(v, str) else tuple(str(x) for x in v) for k, v in raw.items()}
+        else:
+            with open(path, newline="") as handle:
+                rows = [[c.strip() for c in row if c.strip()] for row in csv.reader(handle)]
+            rows = [r for r in rows if r and not r[0].startswith("#")]
+            if rows and rows[0][0].lower() == "case":
+                rows = rows[1:]
+            table = {r[0]: tuple(r[1:]) for r in rows}
+    except (OSError, ValueError, TypeError) as exc:
+        raise DGCFError(f"dose target table {path}: cannot read it ({exc})") from None
+    if empty := [case for case, names in table.items() if not names]:
+        raise DGCFError(f"dose target table {path}: no target name for {', '.join(empty)}")
+    if not table:
+        raise DGCFError(f"dose target table {path}: no rows (expected case,name[,name...])")
+    return table
