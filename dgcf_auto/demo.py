@@ -6,9 +6,10 @@ import shutil
 import time
 from pathlib import Path
 
-from dgcf_auto.atomic import check_writable, read_json
+from dgcf_auto.atomic import check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
 
 log = get_logger(__name__)
 
@@ -50,7 +51,7 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
                                   overrides={"patch_size": list(patch_size), "features": list(features),
                                              "epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
     preprocessed = Path(summary["output_folder"])
-    split = read_json(preprocessed / "splits_final.json")[0]
+    split = read_splits(preprocessed / SPLITS_FILE)[0]
     _stage(3, f"train fold 0 ({epochs} epochs x {iterations_per_epoch} iterations)")
     # without weights the encoder warns that DINOv3 is random (network/dinov3.py)
     fold_dir = run_training(DEMO_DATASET_ID, "2d", 0, DEMO_TRAINER, device=device,

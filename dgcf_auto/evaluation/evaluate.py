@@ -19,6 +19,7 @@ from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
+from dgcf_auto.evaluation.units import metric_header
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
@@ -313,16 +314,19 @@ def format_table(summary: dict, metrics=None) -> str:
         metrics = list(summary.get("profile", {}).get("metrics", {})) + ["segscore"]
         metrics += [m for m in summary["mean"] if m.startswith(DOSE_PREFIXES)]
     shown = [m for m in metrics if m in summary["mean"]]
+    headers = [metric_header(m) for m in shown]  # with the unit: 'mae (HU)', 'psnr (dB)'
+    widths = [max(10, len(h)) for h in headers]
     width = max([len("case")] + [len(row["case"]) for row in summary["metric_per_case"]])
-    lines = [f"{'case':<{width}}  " + "  ".join(f"{m:>10}" for m in shown)]
+    lines = [f"{'case':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths))]
 
-    def fmt(value):
-        return f"{'n/a':>10}" if value is None else f"{value:>10.4f}"
+    def fmt(value, w):
+        return f"{'n/a':>{w}}" if value is None else f"{value:>{w}.4f}"
 
     for row in summary["metric_per_case"]:
-        lines.append(f"{row['case']:<{width}}  " + "  ".join(fmt(row["metrics"].get(m)) for m in shown))
+        lines.append(f"{row['case']:<{width}}  " + "  ".join(fmt(row["metrics"].get(m), w)
+                                                            for m, w in zip(shown, widths)))
     for key in ("mean", "std"):
-        lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m)) for m in shown))
+        lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m), w) for m, w in zip(shown, widths)))
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
@@ -42,7 +43,7 @@ def parse_fold(text: str | int) -> int | str:
 def load_preprocessed(dataset: str | int, plans_name: str) -> tuple[Path, dict, list, Path]:
     """(preprocessed dataset folder, plans, splits, folder of the 2d arrays)."""
     folder = paths.preprocessed_dataset(dataset)
-    plans_file, splits_file = folder / f"{plans_name}.json", folder / "splits_final.json"
+    plans_file, splits_file = folder / f"{plans_name}.json", folder / SPLITS_FILE
     for file in (plans_file, splits_file):
         if not file.is_file():
             raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
@@ -57,7 +58,7 @@ def load_preprocessed(dataset: str | int, plans_name: str) -> tuple[Path, dict, 
     if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
         raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
                         f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
-    return folder, plans, read_json(splits_file), data_folder
+    return folder, plans, read_splits(splits_file), data_folder
 
 
 def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[str], list[str]]:
@@ -104,7 +105,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             raise DGCFError(f"{name} must be at least 1, got {value}")
     pretrained_sha256 = _check_pretrained(pretrained_weights, continue_training)
     folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
-    train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
+    train_names, val_names = fold_cases(splits, fold, folder / SPLITS_FILE)
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
     with _fold_lock(output):
