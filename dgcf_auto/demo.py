@@ -6,9 +6,11 @@ import shutil
 import time
 from pathlib import Path
 
-from dgcf_auto.atomic import check_writable, read_json
+from dgcf_auto.atomic import check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
+from dgcf_auto.schema import read_checked
 
 log = get_logger(__name__)
 
@@ -37,20 +39,19 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
     output = check_writable(Path(output).resolve(), "demo folder")
     if overwrite and output.exists():
         shutil.rmtree(output)
+    existing = _existing_example(output, task, num_cases)  # before anything is written or trained
     for variable in ("DGCF_raw", "DGCF_preprocessed", "DGCF_results"):
         os.environ[variable] = str(output / variable)  # the demo never touches the user's own data folders
     started = time.time()
 
     _stage(1, "example dataset")
-    raw = output / "DGCF_raw"
-    existing = sorted(raw.glob(f"Dataset{DEMO_DATASET_ID:03d}_*")) if raw.is_dir() else []
-    raw_dataset = existing[0] if existing else write_example_dataset(DEMO_DATASET_ID, task, num_cases, seed=0)
+    raw_dataset = existing or write_example_dataset(DEMO_DATASET_ID, task, num_cases, seed=0)
     _stage(2, "plan and preprocess (paper split 7:1:2)")
     summary = plan_and_preprocess(DEMO_DATASET_ID, num_processes=2, split="paper",
                                   overrides={"patch_size": list(patch_size), "features": list(features),
                                              "epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
     preprocessed = Path(summary["output_folder"])
-    split = read_json(preprocessed / "splits_final.json")[0]
+    split = read_splits(preprocessed / SPLITS_FILE)[0]
     _stage(3, f"train fold 0 ({epochs} epochs x {iterations_per_epoch} iterations)")
     # without weights the encoder warns that DINOv3 is random (network/dinov3.py)
     fold_dir = run_training(DEMO_DATASET_ID, "2d", 0, DEMO_TRAINER, device=device,
@@ -78,6 +79,30 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
                         ("figures", figures), *((("dose maps, DVHs", output / "dose"),) if dose_settings else ())):
         print(f"  {what:<18} {where}")
     return evaluation
+
+
+_EXAMPLE_INFO = {"type": "object", "required": ["task", "num_cases"],
+                 "properties": {"task": {"type": "string"}, "num_cases": {"type": "integer"}}}
+
+
+def _existing_example(output: Path, task: str, num_cases: int) -> Path | None:
+    """The demo folder's example dataset when it is this run's (task and number of cases), None when there is
+    none yet; a DGCFError (one line) when the folder holds another demo's data, which it would otherwise use."""
+    raw = output / "DGCF_raw"
+    found = sorted(raw.glob(f"Dataset{DEMO_DATASET_ID:03d}_*")) if raw.is_dir() else []
+    if not found:
+        return None
+    again = "pass --overwrite to start the demo folder afresh, or choose another -o"
+    info_file = found[0] / "dataset.json"
+    try:
+        info = read_checked(info_file, _EXAMPLE_INFO, f"demo folder {output}: {info_file}")
+    except DGCFError as exc:
+        raise DGCFError(f"{exc}; {again}") from None
+    cases = sum(1 for p in found[0].iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(found) > 1 or info["task"] != task or info["num_cases"] != num_cases or cases != num_cases:
+        raise DGCFError(f"demo folder {output} holds the {info['task']} demo with {cases} cases ({found[0].name}); "
+                        f"this run asks for --task {task} with -n {num_cases}: {again}")
+    return found[0]
 
 
 def _dose_settings():

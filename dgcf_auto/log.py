@@ -78,6 +78,83 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.interface", category=FutureWarning)
 
 
+LIBRARY = f"{ROOT}.library"     # the logger that speaks for the libraries we call
+_LIBRARY_LOGGERS = ("nibabel.global", "nibabel")  # libraries that log to stderr through handlers of their own
+_NUMPY_FLOATING_POINT = ("encountered in", "divide by zero", "invalid value", "overflow", "underflow")
+
+
+def _library_name(filename: str, message: str) -> str:
+    """Which library a warning comes from: the package under site-packages, ours, or numpy for its floating-point
+    warnings (numpy attributes those to the line of ours that did the arithmetic)."""
+    parts = filename.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    if any(text in message for text in _NUMPY_FLOATING_POINT):
+        return "numpy"
+    return ROOT if ROOT in parts else (parts[-1].removesuffix(".py") or "python")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` while a command runs: a warning is one line of ours ('WARNING: numpy: overflow
+    encountered in cast'), never the library's two lines with a source line. Deprecation notices of libraries
+    (nothing a user can act on) are shown only with --verbose."""
+    origin = _library_name(str(filename), str(message))
+    text = f"{origin}: {' '.join(str(message).split())}"
+    deprecation = issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))
+    get_logger(LIBRARY).log(logging.DEBUG if deprecation and origin != ROOT else logging.WARNING, text)
+
+
+class _Forward(logging.Handler):
+    """A library's own log message as one line of ours ('WARNING: nibabel: ...'); its notes (INFO and below, e.g.
+    nibabel's "pixdim[0] (qfac) should be 1 ...; setting qfac to 1" when something set the root logger to INFO)
+    only with --verbose."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name.split('.')[0]}: {' '.join(record.getMessage().split())}"
+        get_logger(LIBRARY).log(record.levelno if record.levelno >= logging.WARNING else logging.DEBUG, text)
+
+
+@contextlib.contextmanager
+def library_messages_as_ours():
+    """Library warnings and library loggers speak through our logging (see `_show_warning`, `_Forward`) while the
+    block runs; restored afterwards."""
+    forward = _Forward()
+    saved = []
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        logger.handlers, logger.propagate = [forward], False
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        quiet_known_warnings()
+        try:
+            yield
+        finally:
+            for logger, handlers, propagate in saved:
+                logger.handlers, logger.propagate = handlers, propagate
+
+
+def worker_logging() -> None:
+    """In a worker process (dgcf_auto.workers): warnings and library messages in our one-line form on stderr,
+    for the worker's lifetime (a spawned worker starts without the command's logging)."""
+    root = logging.getLogger(ROOT)
+    if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(_Formatter())
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        root.propagate = False
+    _ONCE.active = True
+    global _worker_messages
+    if _worker_messages is None:
+        _worker_messages = library_messages_as_ours()
+        _worker_messages.__enter__()  # never left: the worker ends with the pool
+
+
+_worker_messages = None
+
+
 def progress_enabled() -> bool:
     """Whether progress bars are drawn: never with -q or --disable_progress_bar, else only on a terminal (a
     log file would fill with carriage returns and cursor movements)."""
@@ -103,8 +180,7 @@ def command_session():
     root.propagate = False
     _ONCE.seen.clear()
     _ONCE.active = True
-    with warnings.catch_warnings():
-        quiet_known_warnings()
+    with library_messages_as_ours():
         try:
             yield
         finally:

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from dgcf_auto.log import progress_bar
+from dgcf_auto.log import progress_bar, worker_logging
 
 from dgcf_auto.errors import DGCFError
 
@@ -85,6 +85,7 @@ def _init_worker(threads: int, parent_pid: int, in_progress) -> None:
     ignore_interrupts()
     _in_progress = in_progress
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by torch when a worker imports it (evaluation metrics)
+    worker_logging()  # warnings of the libraries a worker calls: one line of ours, as in the parent
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

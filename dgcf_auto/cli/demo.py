@@ -29,7 +29,8 @@ def build_parser() -> CommandParser:
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--dinov3_weights", default=None,
                    help="real DINOv3 ViT-B/16 weights; without them the demo uses RANDOM weights")
-    p.add_argument("--overwrite", action="store_true", help="start the demo folder afresh (also its example data)")
+    p.add_argument("--overwrite", action="store_true", help="start the demo folder afresh (also its example data); "
+                   "without it, a folder holding another --task's or -n's data is refused")
     p.add_argument("--c", action="store_true", help="continue the demo's interrupted training (default: train "
                    "afresh with this run's --epochs, reusing the example data and preprocessing)")
     p.add_argument("--skip_dose", action="store_true",

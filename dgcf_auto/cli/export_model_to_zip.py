@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.atomic import check_output_file
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
+    from dgcf_auto.inference.model_card import summarise_removed
     from dgcf_auto.inference.model_zip import export_model
     from dgcf_auto.log import get_logger
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dgcf_export_model_to_zip: wrote {args.o} ({result['bytes'] / 1e6:.1f} MB, {result['files']} files) "
           f"from {len(checkpoints)} fold(s) of {model_folder.parent.name}/{model_folder.name} "
           f"(checkpoints: {size / 1e6:.1f} MB)")
+    print(f"  paths of this machine removed from: {summarise_removed(set(result['removed']))}")
     return 0
 
 

@@ -24,14 +24,14 @@ from dgcf_auto.atomic import atomic_path, check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
 from dgcf_auto.schema import read_checked
+from dgcf_auto.evaluation import units
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
+from dgcf_auto.evaluation.units import PERCENT_PREFIXES
 
 TASK_LABELS = {"mr2ct": "MRI→CT", "cbct2ct": "CBCT→CT"}
 TESTS = ("ttest", "wilcoxon")
 TEST_NAMES = {"ttest": "Student's t-test", "wilcoxon": "Wilcoxon signed-rank test"}
 ALPHA = 0.05
-PERCENT_PREFIXES = ("ssim", "ms_ssim", "segscore", "dice")  # fractions shown in %, as the paper does
-UNITS = {"psnr": "dB", "mae": "HU", "hd95": "mm"}
 
 
 @dataclass
@@ -240,8 +240,7 @@ def _scale(metric: str) -> float:
 
 
 def metric_header(metric: str) -> str:
-    unit = "%" if _scale(metric) == 100.0 else UNITS.get(metric.split("_")[0], "")
-    return f"{metric} ({unit})" if unit else metric
+    return units.metric_header(metric, percent=True)
 
 
 def _cell_text(cell: Cell | None, metric: str, bold: tuple[str, str], star: str = "*") -> str:
@@ -282,7 +281,7 @@ def to_csv(methods, columns, cells) -> str:
 
 def _latex_escape(text: str) -> str:
     return (text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-            .replace("→", r"$\rightarrow$"))
+            .replace("→", r"$\rightarrow$").replace("×", r"$\times$"))
 
 
 def to_latex(methods, columns, cells) -> str:

@@ -4,9 +4,14 @@ Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz` or a DICOM folde
 and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
 Every case's files are checked (readable, same grid) before any metric is computed, so a bad input fails
 in seconds, lists every problem, and leaves no summary behind.
+
+The per-case result folders of a run (the figure folder, `dose/` beside the summary) are written into temporary
+folders and replace the old ones as a whole (`atomic.atomic_folder`) just before the summary is written, so no
+file of an earlier or killed run survives beside a new summary.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from dgcf_auto.atomic import check_output_file, check_writable, write_json
+from dgcf_auto.atomic import atomic_folder, check_output_file, check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
+from dgcf_auto.evaluation.units import metric_header
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
@@ -247,7 +253,7 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         require_dose_extra()
     check_output_file(output_json)  # before minutes of metrics
     if png_dir is not None:
-        check_writable(png_dir, "figure folder")
+        check_figure_folder(png_dir)
     missing: list[str] = []
     cases = match_cases(ref_dir, pred_dir, mask_dir, reference=cases, missing=missing)
     unusable = check_cases(cases)
@@ -260,40 +266,69 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
         from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter
 
         segmenter = TotalSegmentatorSegmenter(fast=segscore_fast, device=device)
-    jobs = [(c, chosen.name, png_dir, metrics_device or device) for c in cases]
-    results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
-    per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
-    extra = dict(extra or {})
-    if (model := _prediction_model(Path(pred_dir))) is not None:
-        extra["prediction_model"] = model
-    if segscore:
-        from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
+    dose_dir = Path(output_json).parent / "dose"
+    with contextlib.ExitStack() as outputs:  # each folder swapped in whole when the block succeeds
+        new_figures = outputs.enter_context(atomic_folder(png_dir)) if png_dir is not None else None
+        new_dose = outputs.enter_context(atomic_folder(dose_dir)) if dose is not None else None
+        jobs = [(c, chosen.name, new_figures, metrics_device or device) for c in cases]
+        results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
+        per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
+        extra = dict(extra or {})
+        if (model := _prediction_model(Path(pred_dir))) is not None:
+            extra["prediction_model"] = model
+        if segscore:
+            from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
 
-        if segscore_cache == "default":
-            from dgcf_auto.paths import results_root
+            if segscore_cache == "default":
+                from dgcf_auto.paths import results_root
 
-            segscore_cache = results_root() / "segscore_cache"
-        scorer = SegScorer(segmenter, segscore_cache)
-        for case in progress_bar(cases, desc="SegScore", unit="case"):
-            per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
-                                              read_image(case.sct, case.name)))
-        extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
-    if dose is not None:
-        from dgcf_auto.evaluation.dose.run import evaluate_dose
+                segscore_cache = results_root() / "segscore_cache"
+            scorer = SegScorer(segmenter, segscore_cache)
+            for case in progress_bar(cases, desc="SegScore", unit="case"):
+                per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
+                                                  read_image(case.sct, case.name)))
+            extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
+        if dose is not None:
+            from dgcf_auto.evaluation.dose.run import evaluate_dose
 
-        if dose_cache == "default":
-            from dgcf_auto.paths import results_root
+            if dose_cache == "default":
+                from dgcf_auto.paths import results_root
 
-            dose_cache = results_root() / "dose_cache"
-        dose_metrics, extra["dose"], dose_left_out = evaluate_dose(cases, dose, Path(output_json).parent / "dose",
-                                                                   structures_dir, dose_cache, num_processes, device)
-        for name, values in dose_metrics.items():
-            per_case[name].update(values)
+                dose_cache = results_root() / "dose_cache"
+            dose_metrics, dose_record, dose_left_out = evaluate_dose(cases, dose, new_dose, structures_dir,
+                                                                     dose_cache, num_processes, device)
+            extra["dose"] = _moved(dose_record, new_dose, dose_dir)
+            for name, values in dose_metrics.items():
+                per_case[name].update(values)
     summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
     if dose is not None:  # scored what could be scored; the command still exits non-zero
         summary["not_evaluated"] += dose_left_out
     write_json(summary, output_json)
     return summary
+
+
+def check_figure_folder(folder) -> Path:
+    """A figure folder is replaced as a whole by a run's figures: refuse one that holds anything else (a
+    prediction folder, a summary, the user's files), before any work."""
+    folder = check_writable(folder, "figure folder")
+    if folder.is_dir():
+        other = sorted(p.name for p in folder.iterdir() if not (p.is_file() and p.suffix.lower() == ".png")
+                       and not p.name.startswith("."))
+        if other:
+            raise DGCFError(f"figure folder {folder}: holds {other[0]!r}, which is not a figure; a run replaces "
+                            f"this folder with its figures as a whole: give an empty folder or one of figures only")
+    return folder
+
+
+def _moved(record, old: Path, new: Path):
+    """`record` (JSON-like) with every path under the temporary folder `old` named under its final place `new`."""
+    if isinstance(record, dict):
+        return {k: _moved(v, old, new) for k, v in record.items()}
+    if isinstance(record, list):
+        return [_moved(v, old, new) for v in record]
+    if isinstance(record, (str, Path)) and Path(record).is_relative_to(old):
+        return str(new / Path(record).relative_to(old))
+    return record
 
 
 def _prediction_model(pred_dir: Path) -> dict | None:
@@ -315,16 +350,19 @@ def format_table(summary: dict, metrics=None) -> str:
         metrics = list(summary.get("profile", {}).get("metrics", {})) + ["segscore"]
         metrics += [m for m in summary["mean"] if m.startswith(DOSE_PREFIXES)]
     shown = [m for m in metrics if m in summary["mean"]]
+    headers = [metric_header(m) for m in shown]  # with the unit: 'mae (HU)', 'psnr (dB)'
+    widths = [max(10, len(h)) for h in headers]
     width = max([len("case")] + [len(row["case"]) for row in summary["metric_per_case"]])
-    lines = [f"{'case':<{width}}  " + "  ".join(f"{m:>10}" for m in shown)]
+    lines = [f"{'case':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths))]
 
-    def fmt(value):
-        return f"{'n/a':>10}" if value is None else f"{value:>10.4f}"
+    def fmt(value, w):
+        return f"{'n/a':>{w}}" if value is None else f"{value:>{w}.4f}"
 
     for row in summary["metric_per_case"]:
-        lines.append(f"{row['case']:<{width}}  " + "  ".join(fmt(row["metrics"].get(m)) for m in shown))
+        lines.append(f"{row['case']:<{width}}  " + "  ".join(fmt(row["metrics"].get(m), w)
+                                                            for m, w in zip(shown, widths)))
     for key in ("mean", "std"):
-        lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m)) for m in shown))
+        lines.append(f"{key:<{width}}  " + "  ".join(fmt(summary[key].get(m), w) for m, w in zip(shown, widths)))
     return "\n".join(lines)
 
 

@@ -153,9 +153,12 @@ def _predict_image(predictor, image: sitk.Image, mask, output, output_format: st
 
 
 def _announce(predictor, inputs, num_parts: int, part_id: int) -> None:
+    from dgcf_auto.inference.model_loading import model_dataset
+
     folder = predictor.checkpoint_files[0].parent.parent
     part = f" (part {part_id} of {num_parts})" if num_parts > 1 else ""
     vit = ", ViT shared by the folds" if predictor.shared_encoder is not None and len(predictor.networks) > 1 else ""
     log.info(f"{len(inputs)} case(s){part}, {len(predictor.networks)} fold(s) of "
-             f"{folder.parent.name}/{folder.name}, {predictor.passes_per_slice} network pass(es) per slice{vit}, "
+             f"{model_dataset(folder, predictor.plans)}/{folder.name}, {predictor.passes_per_slice} network pass(es) "
+             f"per slice{vit}, "
              f"device {predictor.device}, {predictor.options['precision']}")

@@ -25,7 +25,23 @@ def trained_datasets() -> list[Path]:
                   if d.is_dir() and paths.DATASET_PATTERN.match(d.name) and any(d.glob("*/fold_*/checkpoint_*.pth")))
 
 
-def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str, configuration: str = DEFAULT_CONFIGURATION) -> Path:
+def model_dataset(model_folder: str | Path, plans: dict) -> str:
+    """The dataset a model was trained on: its plans' `dataset_name`, which a model folder copied or renamed
+    under another dataset folder keeps (said once per command); the folder's name for plans without one."""
+    from dgcf_auto.log import get_logger
+
+    folder = Path(model_folder)
+    name = plans.get("dataset_name") if isinstance(plans, dict) else None
+    if not isinstance(name, str) or not paths.DATASET_PATTERN.match(name):
+        return folder.parent.name
+    if name != folder.parent.name:
+        get_logger(__name__).warning(f"model folder {folder} lies under {folder.parent.name}, but its plans say it "
+                                     f"was trained on {name}: reported as {name}")
+    return name
+
+
+def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str,
+                         configuration: str = DEFAULT_CONFIGURATION) -> Path:
     """`<results>/<Dataset>/<trainer>__<plans>__<configuration>`; with no dataset, the single trained one."""
     if dataset is None:
         candidates = trained_datasets()

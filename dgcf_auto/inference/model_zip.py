@@ -5,7 +5,8 @@ Zip layout (every path relative, under one model folder):
     manifest.json                                       format, version and the SHA-256 of every other file
     <Dataset>/<Trainer>__<Plans>__2d/README.md          what the model is and what it was trained on
         DINOv3_LICENSE_NOTICE.txt                       whose ViT weights these are and under which licence
-        plans.json, dataset_fingerprint.json, dataset.json, splits_final.json (when present)
+        plans.json, dataset_fingerprint.json, dataset.json, splits_final.json (when present; like every
+                                                        file here, without paths: model_card.without_paths)
         dinov3_<sha256[:16]>.pth                        the frozen ViT, ONCE for all folds (checkpoints
                                                         name it and its SHA-256; loading verifies it)
         fold_<k>/<checkpoint>.pth                       weights without the ViT and without optimiser state
@@ -20,7 +21,6 @@ kill at any point cannot lose: `atomic.atomic_folder`).
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import io
 import json
@@ -36,6 +36,7 @@ import torch
 from dgcf_auto import __version__, paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.inference.model_card import readme, without_paths
 from dgcf_auto.inference.precision import CHECK_FILE
 from dgcf_auto.inference.model_loading import VIT_PREFIX, load_checkpoint
 from dgcf_auto.schema import SHA256, check, parse
@@ -53,13 +54,15 @@ _DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)  # what zipfile raises for
 def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
                  preprocessed_folder: Path | None = None) -> dict:
     """Write `output` (a .zip) from the folds' checkpoints, one fold in memory at a time; returns
-    {'files': n, 'bytes': size of the zip}."""
+    {'files': n, 'bytes': size of the zip, 'removed': ['<file>: <field>' of every path taken out]}.
+    No file in the zip names a folder of this machine (see model_card.without_paths)."""
     output = Path(output)
     if output.suffix.lower() != ".zip":
         raise DGCFError(f"output {output}: the model file must end in .zip")
     root = PurePosixPath(model_folder.parent.name, model_folder.name)
     hashes: dict[str, str] = {}
     summaries: list[dict] = []
+    removed: set[str] = set()
     vit = vit_from = None
     with atomic_path(output, suffix=".zip") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
@@ -83,30 +86,37 @@ def export_model(model_folder: Path, checkpoint_files: list[Path], output: Path,
                         raise DGCFError(f"checkpoint {path}: its frozen DINOv3 weights differ from {vit_from}'s; "
                                         f"the folds of one model must share them (export the folds separately)")
                     del vit_bytes
+                name = f"{path.parent.name}/{path.name}"
+                about = without_paths({"plans": checkpoint["plans"], "epoch": checkpoint.get("epoch", 0),
+                                       "trainer_name": checkpoint.get("trainer_name", ""),
+                                       "dinov3_source": checkpoint.get("dinov3_source", "unknown")}, name, removed)
                 payload = {"network_weights": {k: v for k, v in weights.items() if not k.startswith(VIT_PREFIX)},
-                           "plans": checkpoint["plans"], "epoch": checkpoint.get("epoch", 0),
-                           "trainer_name": checkpoint.get("trainer_name", ""),
-                           "dinov3_source": checkpoint.get("dinov3_source", "unknown"), **reference}
-                add(f"{path.parent.name}/{path.name}", _torch_bytes(payload))
+                           **about, **reference}
+                add(name, _torch_bytes(payload))
                 config = path.parent / "training_config.json"
                 if config.is_file():
-                    add(f"{path.parent.name}/training_config.json", config.read_bytes())
-                summaries.append({k: checkpoint.get(k) for k in ("plans", "epoch", "trainer_name", "dinov3_source")})
+                    config_name = f"{path.parent.name}/training_config.json"
+                    add(config_name, _json_bytes(without_paths(_read_json(config, config_name), config_name,
+                                                               removed)))
+                summaries.append(about)
                 del checkpoint, weights, own_vit, payload
             add("plans.json", _json_bytes(summaries[0]["plans"]))
+            dataset_files = {}
             for name in DATASET_FILES:
                 if preprocessed_folder is not None and (preprocessed_folder / name).is_file():
-                    add(name, (preprocessed_folder / name).read_bytes())
+                    dataset_files[name] = without_paths(_read_json(preprocessed_folder / name, name), name, removed)
+                    add(name, _json_bytes(dataset_files[name]))
             if (model_folder / CHECK_FILE).is_file():  # the recorded precision check travels with the weights
                 add(CHECK_FILE, (model_folder / CHECK_FILE).read_bytes())
-            add("README.md", _readme(model_folder, checkpoint_files, summaries, preprocessed_folder).encode())
+            add("README.md", readme(model_folder, checkpoint_files, summaries, dataset_files.get("dataset.json"),
+                                    dataset_files.get("dataset_fingerprint.json")).encode())
             add(LICENCE_FILE, _licence_notice(summaries[0].get("dinov3_source", "unknown"),
                                               vit["shared_vit"] if vit else None).encode())
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dgcf_auto_version": __version__,
                         "model_folder": str(root), "checkpoint": checkpoint_files[0].name,
                         "folds": [p.parent.name for p in checkpoint_files], "sha256": hashes}
             archive.writestr(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return {"files": len(hashes) + 1, "bytes": output.stat().st_size}
+    return {"files": len(hashes) + 1, "bytes": output.stat().st_size, "removed": sorted(removed)}
 
 
 def _torch_bytes(obj) -> bytes:
@@ -119,46 +129,12 @@ def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-def _readme(model_folder: Path, files: list[Path], checkpoints: list[dict], preprocessed: Path | None) -> str:
-    plans = checkpoints[0]["plans"]
-    lines = [f"# {model_folder.parent.name} / {model_folder.name}", "",
-             f"A dgcf_auto {__version__} synthetic-CT model exported on "
-             f"{datetime.date.today().isoformat()}: weights only (no optimiser state).", "",
-             "Install and predict:", "", "```",
-             "dgcf_install_model_from_zip model.zip",
-             f"dgcf_predict -i INPUT -o OUTPUT -d {model_folder.parent.name}", "```", "",
-             "## Model", "",
-             f"- trainer: {checkpoints[0].get('trainer_name', '?')}; plans: {model_folder.name.split('__')[1]}",
-             f"- network: {plans.get('network', {}).get('architecture', 'cross_fusion')}, "
-             f"features {plans.get('network', {}).get('features')}",
-             f"- DINOv3 weights: {checkpoints[0].get('dinov3_source', 'unknown')}",
-             "- folds: " + ", ".join(f"{p.parent.name} ({p.name}, epoch {c.get('epoch', '?')})"
-                                    for p, c in zip(files, checkpoints)), "",
-             "## Training data", ""]
-    info = _read_json(preprocessed / "dataset.json") if preprocessed else None
-    fingerprint = _read_json(preprocessed / "dataset_fingerprint.json") if preprocessed else None
-    lines.append(f"- source modality: {plans.get('source_modality', '?')}")
-    if info:
-        lines.append(f"- dataset: {info.get('name', model_folder.parent.name)}, "
-                     f"{info.get('num_cases', info.get('numTraining', '?'))} cases")
-    if fingerprint:
-        summary = {k: fingerprint[k] for k in ("median_spacing", "num_cases", "spacing") if k in fingerprint}
-        if summary:
-            lines.append(f"- fingerprint: {json.dumps(summary)}")
-    for path in files:
-        config = _read_json(path.parent / "training_config.json")
-        if config:
-            lines.append(f"- {path.parent.name}: {len(config.get('train_cases', []))} training, "
-                         f"{len(config.get('val_cases', []))} validation cases")
-    lines += ["", "See DINOv3_LICENSE_NOTICE.txt before redistributing or using this model."]
-    return "\n".join(lines) + "\n"
-
-
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path, name: str):
+    """A JSON file that goes into the zip: it must parse (a damaged copy is not shared)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as exc:
+        raise DGCFError(f"{path}: cannot be read as JSON ({exc}); not exporting a damaged {name}") from None
 
 
 def _licence_notice(source: str, vit_file: str | None) -> str:

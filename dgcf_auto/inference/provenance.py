@@ -76,12 +76,13 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None
 
 def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os.PathLike],
                      options: dict, trainer: str | None = None, plans: str | None = None,
-                     configuration: str | None = None) -> dict:
+                     configuration: str | None = None, dataset: str | None = None) -> dict:
     """The record of one prediction run (cases are added as they are written, see `case_record`).
 
     `options` are the settings that change the output's voxels (TTA, precision, masking, ...); together with
     the checkpoints' hashes they make `model_id`: two runs with the same id produce the same sCT.
-    `trainer`/`plans`/`configuration` default to the parts of the folder name `<trainer>__<plans>__<cfg>`.
+    `trainer`/`plans`/`configuration` default to the parts of the folder name `<trainer>__<plans>__<cfg>`,
+    `dataset` (give the plans' one: `model_loading.model_dataset`) to the name of the folder above it.
     """
     model_folder = Path(model_folder)
     parts = model_folder.name.split("__")
@@ -94,7 +95,7 @@ def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os
     return {
         "provenance_version": PROVENANCE_VERSION,
         "model_id": hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest(),
-        "model": {"folder": str(model_folder.resolve()), "dataset": model_folder.parent.name,
+        "model": {"folder": str(model_folder.resolve()), "dataset": dataset or model_folder.parent.name,
                   "trainer": trainer, "plans": plans, "configuration": configuration, "folds": folds},
         "options": options,
         "versions": package_versions(),

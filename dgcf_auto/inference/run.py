@@ -20,6 +20,7 @@ from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_series, write_ct_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
+from dgcf_auto.inference.model_loading import model_dataset
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
@@ -153,8 +154,9 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     uid_prefix = dicom_uid_prefix or DEFAULT_UID_PREFIX
     check_frames_of_reference(inputs, output_dir, output_format, uid_prefix, new_frame_of_reference)
 
-    provenance = build_provenance(predictor.checkpoint_files[0].parent.parent, predictor.checkpoint_files,
-                                  predictor.options)
+    model_folder = predictor.checkpoint_files[0].parent.parent
+    provenance = build_provenance(model_folder, predictor.checkpoint_files, predictor.options,
+                                  dataset=model_dataset(model_folder, predictor.plans))
     if forced:
         provenance["forced"] = forced
     previous = _read_record(output_dir)
@@ -317,7 +319,7 @@ def dicom_description(predictor: SCTPredictor) -> dict:
     folder = predictor.checkpoint_files[0].parent.parent
     folds = [p.parent.name.replace("fold_", "") for p in predictor.checkpoint_files]
     checkpoint = predictor.checkpoint_files[0].name.replace(".pth", "").replace("checkpoint_", "chk ")
-    dataset = folder.parent.name
+    dataset = model_dataset(folder, predictor.plans)
     description = f"dgcf_auto sCT {dataset} {folder.name.split('__')[0]} f{','.join(folds)} {checkpoint}"
     derivation = (f"Synthetic CT predicted by dgcf_auto from the source series; model {dataset}/{folder.name}, "
                   f"folds {', '.join(folds)}, {predictor.checkpoint_files[0].name}, TTA "

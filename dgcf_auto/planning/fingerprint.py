@@ -27,6 +27,8 @@ from dgcf_auto.dataset.validation import load_case
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry
 from dgcf_auto.geometry import canonical_frame, mask_box
+from dgcf_auto.log import get_logger
+from dgcf_auto.schema import read_checked
 from dgcf_auto.workers import map_cases
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -34,6 +36,22 @@ FINGERPRINT_VERSION = 2  # 2: per-case source_signature; an older file is extrac
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 99.9)
 HU_EDGES = np.arange(-2048.5, 4096.5 + 1, 1.0)          # 1 HU bins centred on integers
 RELATIVE_EDGES = np.arange(0.0, 5.0 + 0.005, 0.005)   # MR intensity / case p99
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+# What the planners read: a file that misses any of it is extracted again, never half used.
+FINGERPRINT_SCHEMA = {
+    "type": "object",
+    "required": ["fingerprint_version", "modality", "task", "num_cases", "input_signature", "pooled", "cases"],
+    "properties": {
+        "fingerprint_version": {"type": "integer"}, "modality": {"type": "string"}, "task": {"type": "string"},
+        "num_cases": {"type": "integer", "minimum": 1}, "input_signature": {"type": "string"},
+        "pooled": {"type": "object", "required": ["median_spacing_lps", "mask_bbox_mm_lps", "source_p99"]},
+        "cases": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["name", "size", "spacing", "lps", "mask_bbox_voxels_lps", "source_signature"],
+            "properties": {"name": {"type": "string"}, "size": _NUMBERS, "spacing": _NUMBERS,
+                           "mask_bbox_voxels_lps": _NUMBERS, "source_signature": {"type": "object"}}}},
+    },
+}
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -64,8 +82,7 @@ def case_fingerprint(case: Case) -> tuple[dict, dict]:
         raise DGCFError(f"case {case.name}: file {case.source.name}: 99th percentile inside the mask is {p99:g}; "
                         f"an MR image needs positive intensities in the body")
     record = {
-        "name": case.name, "modality": case.modality,
-        "files": {k: str(getattr(case, k)) for k in ("source", "ct", "mask") if getattr(case, k) is not None},
+        "name": case.name, "modality": case.modality,  # no file paths: a fingerprint travels in model zips
         **geometry(source),
         "lps": {"size": frame["size"].tolist(), "spacing": frame["spacing"].tolist()},
         "mask_bbox_voxels_lps": extent_voxels.astype(int).tolist(),
@@ -165,7 +182,11 @@ def fingerprint_dataset(cases: list[Case], out_file: Path, num_processes: int = 
     """Read the fingerprint when it is up to date with the inputs, else extract it and write it atomically."""
     out_file = Path(out_file)
     if out_file.is_file() and not overwrite:
-        existing = json.loads(out_file.read_text())
+        try:
+            existing = read_checked(out_file, FINGERPRINT_SCHEMA, f"fingerprint {out_file}")
+        except DGCFError as exc:  # derived data: extracted again rather than trusted or fatal
+            get_logger(__name__).warning(f"{exc}; extracting it again")
+            existing = {}
         if (existing.get("input_signature") == input_signature(cases)
                 and existing.get("fingerprint_version") == FINGERPRINT_VERSION):
             return existing

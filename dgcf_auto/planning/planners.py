@@ -56,3 +56,13 @@ def get_planner(name: str) -> Planner:
 def data_identifier(plans: dict, configuration: str | None = None) -> str:
     """The array folder of one configuration (default: the one the plans are resolved for, else 2d)."""
     return configuration_plans(plans, configuration).data_identifier
+
+
+def plans_summary(plans: dict) -> str | None:
+    """The planner's one-line description of `plans` (found by its plans_name); None for plans of no registered
+    planner or plans it cannot read."""
+    chosen = next((p for p in PLANNERS.values() if p.plans_name == plans.get("plans_name")), None)
+    try:
+        return chosen.describe(plans) if chosen else None
+    except (KeyError, TypeError, IndexError, DGCFError):
+        return None

@@ -9,19 +9,28 @@ longer matches the dataset's cases, that is an error rather than a silent re-spl
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.schema import read_checked
 
 SPLITS_FILE = "splits_final.json"
 SPLIT_MODES = ("5fold", "paper")
 SEED = 12345
 NUM_FOLDS = 5
 PAPER_RATIO = (0.7, 0.1, 0.2)
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+SPLITS_SCHEMA = {"type": "array", "minItems": 1,
+                 "items": {"type": "object", "required": ["train", "val"],
+                           "properties": {"train": _NAMES, "val": _NAMES, "test": _NAMES}}}
+
+
+def read_splits(splits_file: Path) -> list[dict]:
+    """The folds of `splits_file`, checked: a truncated or edited file is one line naming it and the field."""
+    return read_checked(splits_file, SPLITS_SCHEMA, f"splits file {splits_file}")
 
 
 def kfold_splits(case_names: list[str], num_folds: int = NUM_FOLDS, seed: int = SEED) -> list[dict]:
@@ -84,7 +93,7 @@ def write_splits(case_names: list[str], out_file: Path, mode: str = "5fold", ove
     """Existing folds are kept (and checked); new ones are written atomically (not with `dry_run`)."""
     out_file = Path(out_file)
     if out_file.is_file() and not overwrite:
-        existing = json.loads(out_file.read_text())
+        existing = read_splits(out_file)
         if split_mode_of(existing) != mode:
             raise DGCFError(f"{out_file}: holds a {split_mode_of(existing)} split, --split {mode} was asked; "
                             f"pass --overwrite to replace it (this changes the folds)")
@@ -114,7 +123,7 @@ def split_cases(dataset_id, split: str, fold: int | str):
     splits_file = preprocessed_dataset(did) / SPLITS_FILE
     if not splits_file.is_file():
         raise DGCFError(f"dataset {did}: {splits_file} not found; run dgcf_plan_and_preprocess -d {did} first")
-    splits = json.loads(splits_file.read_text())
+    splits = read_splits(splits_file)
     if str(fold) == "all" or not str(fold).isdigit() or int(fold) >= len(splits):
         raise DGCFError(f"dataset {did}: fold {fold} is not in {splits_file} (folds 0 to {len(splits) - 1})")
     recorded = splits[int(fold)]

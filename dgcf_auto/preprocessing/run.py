@@ -241,10 +241,10 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
         if overwrite or not plans_file.is_file() or _existing_plans(plans_file) != json.loads(json.dumps(plans)):
             write_json(plans, plans_file)
     splits = write_splits(names, out_dir / SPLITS_FILE, split, overwrite)
+    # No raw folder path: dataset.json travels in model zips (the dataset's name says where it came from).
     info = {"name": raw_dir.name, "task": plans["task"], "source_modality": plans["source_modality"],
-            "num_cases": len(names), "cases": names, "raw_folder": str(raw_dir),
-            **({"forced_sources": list(forced)} if forced else {})}
-    if not (out_dir / "dataset.json").is_file() or read_json(out_dir / "dataset.json") != info:
+            "num_cases": len(names), "cases": names, **({"forced_sources": list(forced)} if forced else {})}
+    if _json_or_none(out_dir / "dataset.json") != info:  # ours, derived: a damaged copy is simply rewritten
         write_json(info, out_dir / "dataset.json")
 
     summary = {"output_folder": str(out_dir), "plans": plans, "num_folds": len(splits),
@@ -257,3 +257,11 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
                                    "skipped": [s for r in per_configuration.values() for s in r["skipped"]],
                                    "configurations": per_configuration}
     return summary
+
+
+def _json_or_none(path: Path):
+    """The JSON in `path`, or None when it is missing or unreadable (a file this module rewrites anyway)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None

@@ -15,6 +15,7 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
 from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans,
                              resolve_configuration)
 from dgcf_auto.training import checkpoint as ckpt
@@ -48,7 +49,7 @@ def load_preprocessed(dataset: str | int, plans_name: str,
                       configuration: str = DEFAULT_CONFIGURATION) -> tuple[Path, dict, list, Path]:
     """(preprocessed dataset folder, plans, splits, folder of the configuration's arrays)."""
     folder = paths.preprocessed_dataset(dataset)
-    plans_file, splits_file = folder / f"{plans_name}.json", folder / "splits_final.json"
+    plans_file, splits_file = folder / f"{plans_name}.json", folder / SPLITS_FILE
     for file in (plans_file, splits_file):
         if not file.is_file():
             raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
@@ -66,7 +67,7 @@ def load_preprocessed(dataset: str | int, plans_name: str,
     if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
         raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
                         f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
-    return folder, plans, read_json(splits_file), data_folder
+    return folder, plans, read_splits(splits_file), data_folder
 
 
 def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[str], list[str]]:
@@ -119,7 +120,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                         f"{configuration!r} ({kind}); the 3d_fullres trainers are DGCFTrainer3d*")
     plans = resolve_configuration(plans, configuration)
     check_plans_names(plans, f"plans file {folder / (plans_name + '.json')}", OPTIMIZERS, LR_SCHEDULERS)
-    train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
+    train_names, val_names = fold_cases(splits, fold, folder / SPLITS_FILE)
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
     with _fold_lock(output):
