@@ -86,6 +86,7 @@ def build_parser() -> CommandParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgcf_auto.inference.api import predict
+    from dgcf_auto.inference.options import OutputOptions, PredictionOptions
 
     if args.m is not None and args.d is not None:
         from dgcf_auto.errors import DGCFError
@@ -94,17 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.inference.sources import prediction_inputs
 
     inputs, output = prediction_inputs(args.i, args.o, args.split, args.d, args.f, args.tr, args.p, args.c)
-    written = predict(inputs, output, model=args.m if args.m is not None else args.d, folds=args.f,
-                      device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p,
-                      checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
-                      output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
-                      mask_from=args.mask_from, keep_background=args.keep_background,
-                      save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
-                      reading_threads=args.npp, writing_threads=args.nps, png_dir=args.png,
-                      dicom_uid_prefix=args.dicom_uid_prefix, new_frame_of_reference=args.new_frame_of_reference,
-                      num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
-                      verbose=True, save_probabilities=args.save_probabilities, force=args.force,
-                      max_voxels=args.max_voxels)
+    options = PredictionOptions(folds=args.f, device=args.device, tta=not args.disable_tta, trainer=args.tr,
+                                plans=args.p, checkpoint=args.chk, precision=args.precision,
+                                batch_size=args.batch_size, mask_from=args.mask_from,
+                                keep_background=args.keep_background, mask_roi=args.mask_roi,
+                                series_uids=tuple(args.series_uid), force=args.force, max_voxels=args.max_voxels,
+                                num_parts=args.num_parts, part_id=args.part_id, reading_threads=args.npp,
+                                progress=not args.disable_progress_bar, verbose=True)
+    written_as = OutputOptions(output_format=args.output_format, save_uncertainty=args.save_uncertainty,
+                               save_probabilities=args.save_probabilities, dicom_uid_prefix=args.dicom_uid_prefix,
+                               new_frame_of_reference=args.new_frame_of_reference, png_dir=args.png,
+                               continue_prediction=args.continue_prediction, writing_threads=args.nps)
+    written = predict(inputs, output, model=args.m if args.m is not None else args.d, options=options,
+                      output_options=written_as)
     print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 
