@@ -18,6 +18,8 @@ from dgcf_auto.log import get_logger
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
+from dgcf_auto.training.optimizers import check_names
+from dgcf_auto.plans import training_plans
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
@@ -124,6 +126,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
         run_plans = effective_plans(plans, variant, overrides)
         _check_patch_fits(run_plans, variant.name)
+        check_names(training_plans(run_plans))
         train_cases = [open_case(data_folder, n) for n in train_names]
         val_cases = [open_case(data_folder, n) for n in val_names]
         training = run_plans["training"]
