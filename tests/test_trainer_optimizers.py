@@ -83,3 +83,32 @@ def test_an_unknown_optimiser_in_the_plans_stops_dgcf_train_before_training(data
     finally:
         plans_file.write_text(original)
     assert not list((data_env[0] / "res").rglob("fold_1/*.pth"))
+
+
+def test_training_settings_carry_every_dgcf_train_flag(monkeypatch):
+    """The command line fills TrainingSettings by field name (nnU-Net's --c and --npz renamed); run_training
+    takes the object, or its fields as keywords."""
+    import inspect
+
+    from dgcf_auto.cli.train import build_parser, main
+    from dgcf_auto.training import run as run_module
+    from dgcf_auto.training.trainer import TrainingSettings
+
+    seen = {}
+    monkeypatch.setattr(run_module, "run_training", lambda *args, **kwargs: seen.update(args=args, **kwargs))
+    with pytest.raises(SystemExit):
+        main(["7", "2d", "fold1", "-tr", "DGCFTrainer_resunet_L1", "-device", "cpu", "--c", "--npz", "--epochs", "5",
+              "--batch_size", "6", "--iterations_per_epoch", "9", "--seed", "11", "--num_workers", "0",
+              "--val_every", "2", "--compile", "--dinov3_random", "--precision", "fp32", "--vgg_weights", "v.pth",
+              "--best_metric", "ssim", "--tensorboard", "--no_final_validation", "--dinov3_weights", "d.pth"])
+    assert seen["args"] == ("7", "2d", "fold1") and seen["trainer_name"] == "DGCFTrainer_resunet_L1"
+    assert seen["settings"] == TrainingSettings(
+        epochs=5, batch_size=6, iterations_per_epoch=9, seed=11, num_workers=0, val_every=2, compile=True,
+        dinov3_weights="d.pth", dinov3_random=True, precision="fp32", vgg_weights="v.pth", best_metric="ssim",
+        tensorboard=True, device="cpu", continue_training=True, save_probabilities=True, validation="none")
+    dests = {action.dest for action in build_parser()._actions}
+    renamed = {"continue_training", "save_probabilities", "validation", "pretrained_weights_sha256"}
+    fields = set(inspect.signature(TrainingSettings).parameters)
+    assert fields - renamed <= dests  # every other field is a flag of its own name
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
+        run_training(999, "2d", 0, epoch=3)

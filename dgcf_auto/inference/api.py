@@ -17,7 +17,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords, with_option_keywords
+from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords
+from dgcf_auto.options import with_option_keywords
 from dgcf_auto.log import get_logger
 
 log = get_logger(__name__)

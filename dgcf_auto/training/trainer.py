@@ -11,7 +11,7 @@ wrapped in DistributedDataParallel and only rank 0 touches the output folder.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import progress_bar
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import autocast, autocast_dtype, predict_slice_stack
+from dgcf_auto.options import option, recorded
 from dgcf_auto.plans import network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
@@ -35,23 +36,39 @@ from dgcf_auto.training.variants import TrainerVariant
 VALIDATION_BATCH_SIZE = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingSettings:
-    epochs: int
-    batch_size: int            # global: split over the ranks
-    iterations_per_epoch: int
-    seed: int = 0
-    num_workers: int = 4
-    val_every: int = 1
-    compile: bool = False
-    dinov3_weights: str | None = None
-    dinov3_random: bool = False
-    precision: str = "auto"    # see network.execution.autocast_dtype
-    vgg_weights: str | None = None  # weight file for the "vgg" loss term, when the plans use it
-    best_metric: str = "mae"   # what picks checkpoint_best.pth: "mae" (lowest) or "ssim" (highest 2D SSIM)
-    pretrained_weights: str | None = None         # checkpoint the network started from (-pretrained_weights)
-    pretrained_weights_sha256: str | None = None  # its SHA-256, so the start point is on record
-    tensorboard: bool = False  # also write <fold>/tensorboard/ (training/tensorboard.py)
+    """Everything `dgcf_train` says about one run, from its flags to the trainer (`run_training` takes these
+    fields as keywords too). epochs, batch_size and iterations_per_epoch None: the plans' values (a resumed
+    run: its recorded ones); best_metric None: the trainer variant's. The fields marked not recorded steer
+    the run around the trainer and are not written into training_config.json or the checkpoints."""
+
+    epochs: int | None = option(None, "override plans['training']['epochs'] (recorded)")
+    batch_size: int | None = option(None, "global batch size, split over the torchrun processes")
+    iterations_per_epoch: int | None = option(None, "batches per epoch (None: one pass over the fold's slices)")
+    seed: int = option(0, "seed for initialisation and slice sampling")
+    num_workers: int = option(4, "background data workers (0: main process)")
+    val_every: int = option(1, "validate every N epochs (and after the last)")
+    compile: bool = option(False, "torch.compile the network")
+    dinov3_weights: str | None = option(None, "DINOv3 ViT-B/16 weight file (Meta .pth or timm safetensors)")
+    dinov3_random: bool = option(False, "random DINOv3 weights: tests and demos only")
+    precision: str = option("auto", "auto, fp32 or bf16 autocast (network.execution.autocast_dtype)")
+    vgg_weights: str | None = option(None, "weight file for the 'vgg' loss term, when the plans use it")
+    best_metric: str | None = option(None, "what picks checkpoint_best.pth: 'mae' (lowest) or 'ssim' (highest "
+                                           "2D SSIM); None: the trainer variant's")
+    pretrained_weights: str | None = option(None, "checkpoint of another run the network starts from")
+    pretrained_weights_sha256: str | None = option(None, "its SHA-256 (set by run_training), so the start "
+                                                         "point is on record")
+    tensorboard: bool = option(False, "also write <fold>/tensorboard/ (training/tensorboard.py)")
+    device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: cuda when available)", recorded=False)
+    continue_training: bool = option(False, "continue from checkpoint_latest, else checkpoint_final",
+                                     recorded=False)
+    start_over: bool = option(False, "move an earlier run's files aside (never deleted) and train afresh",
+                              recorded=False)
+    validation: str = option("final", "'final' (train, then validate), 'none' (train only), 'only' / "
+                                      "'only-best' (rerun just the validation)", recorded=False)
+    save_probabilities: bool = option(False, "the final validation keeps its float predictions (ensembling)",
+                                      recorded=False)
 
 
 @dataclass
@@ -66,6 +83,8 @@ class DGCFTrainer:
     def __init__(self, variant: TrainerVariant, plans: dict, settings: TrainingSettings, train_cases: list,
                  val_cases: list, output_folder: Path, device: torch.device,
                  dist_ctx: DistributedContext | None = None, run_info: dict | None = None):
+        if settings.best_metric is None:
+            settings = replace(settings, best_metric=variant.best_metric)
         self.variant, self.plans, self.settings = variant, plans, settings
         self.train_cases, self.val_cases = train_cases, val_cases
         self.output_folder, self.device = Path(output_folder), device
@@ -293,7 +312,7 @@ class DGCFTrainer:
             "plans": self.plans,
             "trainer_name": self.variant.name,
             "dinov3_source": self.dinov3_source,
-            "settings": asdict(self.settings),
+            "settings": recorded(self.settings),
             "logger": self.logger.state_dict(),
             "rng_state": rng,
             "dataloader_state": {"seed": self.settings.seed, "batches_done": batches},
@@ -313,7 +332,7 @@ class DGCFTrainer:
         return {"trainer_name": self.variant.name, "paper_row": self.variant.paper_row,
                 "network": self.variant.network, "loss": dict(self.loss.weights),
                 "dinov3_source": self.dinov3_source,
-                "dinov3_random": self.dinov3_source == "random", "settings": asdict(self.settings),
+                "dinov3_random": self.dinov3_source == "random", "settings": recorded(self.settings),
                 "world_size": self.dist.world_size, "batch_size_per_process": self.local_batch_size,
                 "device": str(self.device), "bf16_autocast": self.autocast_dtype is not None, **self.run_info,
                 "train_cases": [c.name for c in self.train_cases], "val_cases": [c.name for c in self.val_cases],
