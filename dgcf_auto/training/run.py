@@ -17,14 +17,14 @@ from dgcf_auto.atomic import check_writable, folder_lock, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.options import apply_keywords, with_option_keywords
+from dgcf_auto.plans import training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
-from dgcf_auto.training.optimizers import check_names
-from dgcf_auto.plans import training_plans
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
+from dgcf_auto.training.optimizers import check_names
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
-from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
+from dgcf_auto.training.variants import BEST_METRICS, TrainerVariant, effective_plans, get_trainer_variant
 
 log = get_logger(__name__)
 
@@ -88,19 +88,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
     checkpoint_final; `start_over` moves an earlier run's files aside (never deletes them). One run per fold
     at a time (a lock file in the fold). Raises DGCFError for every user-fixable problem."""
     (s,) = apply_keywords("run_training", (settings or TrainingSettings(),), keywords)
-    if s.validation not in VALIDATION_MODES:
-        raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {s.validation!r}")
-    if configuration not in CONFIGURATIONS:
-        raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
-    variant = get_trainer_variant(trainer_name)
-    s = replace(s, best_metric=s.best_metric or variant.best_metric)
-    if s.best_metric not in BEST_METRICS:
-        raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {s.best_metric!r}")
-    fold = parse_fold(fold)
-    for name, value in (("--epochs", s.epochs), ("--batch_size", s.batch_size),
-                        ("--iterations_per_epoch", s.iterations_per_epoch), ("--val_every", s.val_every)):
-        if value is not None and value < 1:
-            raise DGCFError(f"{name} must be at least 1, got {value}")
+    s, variant, fold = _checked(s, configuration, trainer_name, fold)
     pretrained_sha256 = _check_pretrained(s.pretrained_weights, s.continue_training)
     folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name)
     train_names, val_names = fold_cases(splits, fold, folder / "splits_final.json")
@@ -143,25 +131,50 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
 
         if s.start_over and int(os.environ.get("RANK", "0")) == 0:
             _move_aside(output)
-        ctx = init_distributed((s.device or ("cuda" if _cuda() else "cpu")).split(":")[0])
-        try:
-            trainer = DGCFTrainer(variant, run_plans, s, train_cases, val_cases, output,
-                                  resolve_device(s.device, ctx), ctx,
-                                  run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
-                                            "configuration": configuration,
-                                            "command_line_overrides": {k: v for k, v in overrides.items() if v}})
-            trainer.initialize()
-            if resume_state is not None:
-                trainer.load_checkpoint(resume_from, resume_state)
-            trainer.run()
-        finally:
-            shutdown_distributed(ctx)
-        if not ctx.is_main:
+        run_info = {"dataset": folder.name, "fold": fold, "plans_name": plans_name, "configuration": configuration,
+                    "command_line_overrides": {k: v for k, v in overrides.items() if v}}
+        if not _train(variant, run_plans, s, (train_cases, val_cases), output, run_info, resume_from, resume_state):
             return None
         if s.validation == "final" and val_names:
             validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", s.device,
                           s.precision, s.save_probabilities)
         return output
+
+
+def _checked(s: TrainingSettings, configuration: str, trainer_name: str,
+             fold: str | int) -> tuple[TrainingSettings, TrainerVariant, int | str]:
+    """The settings with the variant's best_metric filled in, the variant and the fold, after every check
+    that needs no file."""
+    if s.validation not in VALIDATION_MODES:
+        raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {s.validation!r}")
+    if configuration not in CONFIGURATIONS:
+        raise DGCFError(f"configuration '{configuration}' is not available; DGCF trains {', '.join(CONFIGURATIONS)}")
+    variant = get_trainer_variant(trainer_name)
+    s = replace(s, best_metric=s.best_metric or variant.best_metric)
+    if s.best_metric not in BEST_METRICS:
+        raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {s.best_metric!r}")
+    fold = parse_fold(fold)
+    for name, value in (("--epochs", s.epochs), ("--batch_size", s.batch_size),
+                        ("--iterations_per_epoch", s.iterations_per_epoch), ("--val_every", s.val_every)):
+        if value is not None and value < 1:
+            raise DGCFError(f"{name} must be at least 1, got {value}")
+    return s, variant, fold
+
+
+def _train(variant: TrainerVariant, run_plans: dict, s: TrainingSettings, cases: tuple[list, list], output: Path,
+           run_info: dict, resume_from: Path | None, resume_state: dict | None) -> bool:
+    """The trainer on this process (under torchrun: one of the ranks); True on the main process."""
+    ctx = init_distributed((s.device or ("cuda" if _cuda() else "cpu")).split(":")[0])
+    try:
+        trainer = DGCFTrainer(variant, run_plans, s, cases[0], cases[1], output, resolve_device(s.device, ctx), ctx,
+                              run_info=run_info)
+        trainer.initialize()
+        if resume_state is not None:
+            trainer.load_checkpoint(resume_from, resume_state)
+        trainer.run()
+    finally:
+        shutdown_distributed(ctx)
+    return ctx.is_main
 
 
 def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -> str | None:
