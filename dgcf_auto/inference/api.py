@@ -18,8 +18,8 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords
-from dgcf_auto.options import with_option_keywords
 from dgcf_auto.log import get_logger
+from dgcf_auto.options import apply_keywords, with_option_keywords
 
 log = get_logger(__name__)
 PathLike = str | os.PathLike
@@ -41,14 +41,16 @@ def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrain
     return resolve_model_folder(model, trainer, plans)
 
 
+@with_option_keywords(PredictionOptions)
 def load_predictor(model: PathLike | int | None = None, options: PredictionOptions | None = None, **keywords):
-    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist). Keywords are
-    `PredictionOptions` fields (folds, device, tta, precision, batch_size, ...)."""
+    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist), to reuse over
+    calls (`predict(..., predictor=)`). It uses the options on the model and how it runs (folds, device, tta,
+    precision, batch_size, mask_from, keep_background, trainer, plans, checkpoint, progress)."""
     from dgcf_auto.devices import resolve_device
     from dgcf_auto.inference.model_loading import resolve_folds
     from dgcf_auto.inference.predictor import SCTPredictor
 
-    options = replace(options or PredictionOptions(), **keywords)
+    (options,) = apply_keywords("load_predictor", (options or PredictionOptions(),), keywords)
     folder = resolve_model(model, options.trainer, options.plans)
     folds = [str(f) for f in options.folds] if options.folds is not None else None
     files = resolve_folds(folder, folds, options.checkpoint)
@@ -78,7 +80,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
         return _predict(input, output, model, mask, options, output_options, predictor)
 
 
-def _predict(input, output, model, mask, options: PredictionOptions, written: OutputOptions, predictor):
+def _predict(input, output, model, mask, options: PredictionOptions, output_options: OutputOptions, predictor):
     num_parts, part_id = options.num_parts, options.part_id
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
@@ -90,7 +92,7 @@ def _predict(input, output, model, mask, options: PredictionOptions, written: Ou
             raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
         predictor = predictor or load_predictor(model, options)
         warn_derived_masks(predictor, int(mask is None))
-        return _predict_image(predictor, input, mask, output, written.output_format, written.dicom_uid_prefix)
+        return _predict_image(predictor, input, mask, output, output_options.output_format, output_options.dicom_uid_prefix)
     from dgcf_auto.inference.run import check_outputs, predict_inputs
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
@@ -105,9 +107,9 @@ def _predict(input, output, model, mask, options: PredictionOptions, written: Ou
         if output is not None:  # where outputs go (of every part: names must not collide) is checked before loading
             from dgcf_auto.inference.saved_predictions import SAVED_OUTPUTS
 
-            check_outputs(everything, Path(output), written.output_format, input_root,
-                          Path(written.png_dir) if written.png_dir else None, written.save_uncertainty,
-                          SAVED_OUTPUTS if written.save_probabilities else None)
+            check_outputs(everything, Path(output), output_options.output_format, input_root,
+                          Path(output_options.png_dir) if output_options.png_dir else None, output_options.save_uncertainty,
+                          SAVED_OUTPUTS if output_options.save_probabilities else None)
         predictor = predictor or load_predictor(model, options)
         if options.verbose:
             _announce(predictor, inputs, num_parts, part_id)
@@ -118,7 +120,7 @@ def _predict(input, output, model, mask, options: PredictionOptions, written: Ou
             warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in inputs))
             images = {item.name: predictor.predict_volume(*read_case(item), item.name)[0] for item in inputs}
             return next(iter(images.values())) if len(images) == 1 else images
-        return predict_inputs(predictor, inputs, Path(output), written, options, input_root)
+        return predict_inputs(predictor, inputs, Path(output), output_options, options, input_root)
 
 
 @contextlib.contextmanager

@@ -37,14 +37,6 @@ class PredictionOptions:
     progress: bool = option(True, "progress bars on a terminal")
     verbose: bool = option(False, "one info line on the model, folds, passes and device")
 
-    def predictor_keywords(self) -> dict:
-        """What `load_predictor` needs (the model and how it runs)."""
-        return {name: getattr(self, name) for name in PREDICTOR_FIELDS}
-
-
-PREDICTOR_FIELDS = ("folds", "device", "tta", "trainer", "plans", "checkpoint", "precision", "batch_size",
-                    "keep_background", "mask_from", "progress")
-
 
 @dataclass(frozen=True)
 class OutputOptions:
