@@ -2,21 +2,21 @@
 
 __version__ = "0.1.0"
 
-
-def predict(*args, **kwargs):
-    """Synthetic CT from Python; see `dgcf_auto.inference.api.predict` (imported lazily: torch is heavy)."""
-    from dgcf_auto.inference.api import predict as _predict
-
-    return _predict(*args, **kwargs)
+# Resolved on first use, so that `import dgcf_auto` stays light (no SimpleITK, torch or timm until asked for);
+# `dgcf_auto.predict` is then the real function, with its own signature and docstring.
+_LAZY = {"predict": "dgcf_auto.inference.api", "load_network": "dgcf_auto.inference.model_loading"}
 
 
 def __getattr__(name: str):
-    # Lazy, so that `import dgcf_auto` stays light (no torch/timm until the network is asked for).
-    if name == "load_network":
-        from dgcf_auto.inference.model_loading import load_network
+    if name in _LAZY:
+        import importlib
 
-        return load_network
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dgcf_auto' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 
 __all__ = ["load_network", "predict", "__version__"]

@@ -79,13 +79,15 @@ class NetworkPlans:
 @dataclass
 class TrainingPlans:
     batch_size: int = 4
-    optimizer: str = "adam"
+    optimizer: str = "adam"                   # a name in training.optimizers.OPTIMIZERS: "adam" | "sgd"
+    optimizer_options: dict = field(default_factory=dict)  # keyword arguments over that optimiser's defaults
     learning_rate: float = 2e-4
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     epochs: int = 100
     iterations_per_epoch: int | None = None   # None: one pass over the fold's training slices
     schedule: str = "paper"                   # a key of SCHEDULES: which reading the values came from
     lr_scheduler: dict | None = None          # None | {"name": "step", "step_size": epochs, "gamma": g}
+    #                                           | {"name": "poly", "exponent": 0.9} (training.optimizers)
     loss: dict[str, float] = field(default_factory=lambda: {"l1": 1.0, "mldp": 1.0})  # term -> weight
     loss_options: dict[str, dict] = field(
         default_factory=lambda: {"mldp": {"layers": [3, 6, 9, 12], "reduction": "sum"}})

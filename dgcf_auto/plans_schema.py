@@ -88,9 +88,8 @@ FIELDS: dict[tuple[str, str], tuple[dict, str]] = {
     ("training", "learning_rate"): (POSITIVE, "initial learning rate"),
     ("training", "adam_betas"): (_list({"type": "number", "minimum": 0, "exclusiveMaximum": 1}, 2, 2),
                                  "Adam's (beta1, beta2), each in [0, 1)"),
-    ("training", "momentum"): ({"type": "number", "minimum": 0, "exclusiveMaximum": 1}, "SGD momentum"),
-    ("training", "nesterov"): ({"type": "boolean"}, "SGD with Nesterov momentum"),
-    ("training", "weight_decay"): ({"type": "number", "minimum": 0}, "L2 weight decay"),
+    ("training", "optimizer_options"): (OBJECT, "keyword arguments replacing the optimiser's defaults (sgd: "
+                                                "momentum 0.99, nesterov true, weight_decay 3e-5)"),
     ("training", "epochs"): (COUNT, "epochs to train"),
     ("training", "iterations_per_epoch"): (_null_or(COUNT), "optimiser steps per epoch (null: one pass over the "
                                                             "fold's training slices)"),

@@ -20,7 +20,7 @@ from dgcf_auto.network import build_network
 from dgcf_auto.network.initialization import authors_normal_init
 from dgcf_auto.network.transunet import WEIGHTS_ENV
 from dgcf_auto.plans import NetworkPlans, TrainingPlans, training_plans
-from dgcf_auto.training.trainer import _lr_scheduler
+from dgcf_auto.training.optimizers import build_scheduler
 from dgcf_auto.training.variants import TRAINERS, effective_plans
 from test_baselines import RELEASE_VARIANTS, TINY_FEATURES, TINY_OPTIONS
 
@@ -142,7 +142,7 @@ def test_release_schedule_is_train_json():
         assert variant.loss == {"l1": 1.0} and variant.best_metric == "ssim"
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([param], lr=training.learning_rate, betas=tuple(training.adam_betas))
-    scheduler = _lr_scheduler(optimizer, training.lr_scheduler)
+    scheduler = build_scheduler(optimizer, training, training.epochs)
     rates = []
     for _ in range(training.epochs):
         rates.append(optimizer.param_groups[0]["lr"])

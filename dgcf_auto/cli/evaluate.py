@@ -102,12 +102,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from dgcf_auto.errors import DGCFError
     from dgcf_auto.evaluation.evaluate import evaluate_folders, evaluate_split, format_table
+    from dgcf_auto.evaluation.scorers import EvaluationOptions
     from dgcf_auto.imageio import voxel_limit
+    from dgcf_auto.options import from_namespace
 
-    options = dict(segscore_cache=args.segscore_cache or "default", mask_dir=args.mask,
-                   segscore=args.segscore or args.segscore_fast, segscore_fast=args.segscore_fast,
-                   device=args.device, png_dir=args.png, num_processes=max(1, args.np), profile=args.profile,
-                   dose=dose_settings(args), structures_dir=args.structures, dose_cache=args.dose_cache or "default")
+    scoring = from_namespace(EvaluationOptions, args, segscore=args.segscore or args.segscore_fast,
+                             segscore_cache=args.segscore_cache or "default", png_dir=args.png,
+                             num_processes=max(1, args.np), dose=dose_settings(args), structures_dir=args.structures,
+                             dose_cache=args.dose_cache or "default")
+    options = dict(mask_dir=args.mask, options=scoring)
     if args.split and (args.d is None or args.ref is not None):
         raise DGCFError("--split needs -d ID and takes its reference CTs from the dataset (no -ref)")
     if not args.split and (args.ref is None or args.pred is None or args.output is None):
@@ -115,7 +118,7 @@ def main(argv=None):
     with voxel_limit(args.max_voxels):
         if args.split:
             results = evaluate_split(args.d, args.split, args.f, args.tr, args.p, args.c, pred_dir=args.pred,
-                                     output_json=args.output, **options)
+                                     output_json=args.output, profile=args.profile, **options)
         else:
             results = [(args.output, evaluate_folders(args.ref, args.pred, args.output, **options))]
     for path, summary in results:

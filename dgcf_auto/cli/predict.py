@@ -88,6 +88,8 @@ def build_parser() -> CommandParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dgcf_auto.inference.api import predict
+    from dgcf_auto.inference.options import OutputOptions, PredictionOptions
+    from dgcf_auto.options import from_namespace
 
     if args.m is not None and args.d is not None:
         from dgcf_auto.errors import DGCFError
@@ -96,17 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto.inference.sources import prediction_inputs
 
     inputs, output = prediction_inputs(args.i, args.o, args.split, args.d, args.f, args.tr, args.p, args.c or "2d")
-    written = predict(inputs, output, model=args.m if args.m is not None else args.d, folds=args.f,
-                      device=args.device, tta=not args.disable_tta, trainer=args.tr, plans=args.p, configuration=args.c,
-                      checkpoint=args.chk, precision=args.precision, batch_size=args.batch_size,
-                      output_format=args.output_format, series_uids=tuple(args.series_uid), mask_roi=args.mask_roi,
-                      mask_from=args.mask_from, keep_background=args.keep_background,
-                      save_uncertainty=args.save_uncertainty, continue_prediction=args.continue_prediction,
-                      reading_threads=args.npp, writing_threads=args.nps, png_dir=args.png,
-                      dicom_uid_prefix=args.dicom_uid_prefix, new_frame_of_reference=args.new_frame_of_reference,
-                      num_parts=args.num_parts, part_id=args.part_id, progress=not args.disable_progress_bar,
-                      verbose=True, save_probabilities=args.save_probabilities, force=args.force,
-                      max_voxels=args.max_voxels)
+    # flags spelt as the fields are taken by name; these are nnU-Net's spellings
+    options = from_namespace(PredictionOptions, args, folds=args.f, tta=not args.disable_tta, trainer=args.tr,
+                             plans=args.p, configuration=args.c, checkpoint=args.chk,
+                             series_uids=tuple(args.series_uid), reading_threads=args.npp,
+                             progress=not args.disable_progress_bar, verbose=True)
+    written_as = from_namespace(OutputOptions, args, png_dir=args.png, writing_threads=args.nps)
+    written = predict(inputs, output, model=args.m if args.m is not None else args.d, options=options,
+                      output_options=written_as)
     print(f"dgcf_predict: wrote {len(written)} sCT volume(s) to {output}")
     return 0
 

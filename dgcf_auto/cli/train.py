@@ -65,18 +65,14 @@ def build_parser() -> CommandParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dgcf_auto.options import from_namespace
     from dgcf_auto.training.run import run_training
+    from dgcf_auto.training.trainer import TrainingSettings
 
+    settings = from_namespace(TrainingSettings, args, continue_training=args.c, save_probabilities=args.npz,
+                              validation=_validation_mode(args))
     output = run_training(args.dataset, args.configuration, args.fold, trainer_name=args.tr, plans_name=args.p,
-                          device=args.device, continue_training=args.c, epochs=args.epochs,
-                          batch_size=args.batch_size, iterations_per_epoch=args.iterations_per_epoch,
-                          seed=args.seed, num_workers=args.num_workers, val_every=args.val_every,
-                          compile=args.compile, dinov3_weights=args.dinov3_weights,
-                          dinov3_random=args.dinov3_random, precision=args.precision,
-                          vgg_weights=args.vgg_weights, validation=_validation_mode(args),
-                          best_metric=args.best_metric, save_probabilities=args.npz,
-                          pretrained_weights=args.pretrained_weights, start_over=args.start_over,
-                          tensorboard=args.tensorboard)
+                          settings=settings)
     if output is not None:  # None on torchrun ranks other than 0
         print(f"dgcf_train: outputs in {output}")
     return 0

@@ -27,8 +27,10 @@ from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.units import metric_header
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
+from dgcf_auto.evaluation.scorers import DoseScorer, EvaluationOptions, Scorer, SegScoreScorer
 from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
-from dgcf_auto.log import get_logger, progress_bar
+from dgcf_auto.log import get_logger
+from dgcf_auto.options import apply_keywords, with_option_keywords
 from dgcf_auto.workers import map_cases
 
 log = get_logger(__name__)
@@ -231,29 +233,24 @@ def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Pro
     }
 
 
-def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bool = False,
-                     segscore_fast: bool = False, device: str | None = None, png_dir=None,
-                     num_processes: int = 1, segmenter=None, profile: str = DEFAULT_PROFILE,
-                     cases: list[EvalCase] | None = None, extra: dict | None = None,
-                     metrics_device: str | None = None, segscore_cache=None, dose=None,
-                     structures_dir=None, dose_cache=None) -> dict:
+@with_option_keywords(EvaluationOptions)
+def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, options: EvaluationOptions | None = None, *,
+                     cases: list[EvalCase] | None = None, extra: dict | None = None, **keywords) -> dict:
     """Evaluate every matched case, write the summary JSON atomically and return it.
 
     `cases` (reference cases with CT/mask already resolved, e.g. a split's cases) replaces `ref_dir`.
-    `segscore_cache`: folder caching the reference CTs' segmentations (None: no cache; "default":
-    $DGCF_results/segscore_cache).
-    `dose`: a DoseSettings (dgcf_auto.evaluation.dose.plan): photon/proton plans on the CT recomputed on the
-    sCT, files under `<summary folder>/dose/`; `structures_dir`, `dose_cache` ("default":
-    $DGCF_results/dose_cache) as in dgcf_auto.evaluation.dose.run.
+    `extra`: more top-level keys of the summary. `options` (EvaluationOptions) chooses the scorers: the image
+    metric profile, SegScore, dose (files under `<summary folder>/dose/`); each of its fields may also be
+    given as a keyword (listed below), replacing that field of `options`.
     """
-    chosen = get_profile(profile)
-    if dose is not None:  # before minutes of metrics
-        from dgcf_auto.evaluation.dose import require_dose_extra
-
-        require_dose_extra()
-    check_output_file(output_json)  # before minutes of metrics
-    if png_dir is not None:
-        check_figure_folder(png_dir)
+    (o,) = apply_keywords("evaluate_folders", (options or EvaluationOptions(),), keywords)
+    chosen = get_profile(o.profile)
+    # before minutes of metrics: the dose extra installed, the summary writable, the figure folder too
+    dose_dir = Path(output_json).parent / "dose"
+    dose = DoseScorer(o, dose_dir) if o.dose is not None else None
+    check_output_file(output_json)
+    if o.png_dir is not None:
+        check_figure_folder(o.png_dir)
     missing: list[str] = []
     cases = match_cases(ref_dir, pred_dir, mask_dir, reference=cases, missing=missing)
     unusable = check_cases(cases)
@@ -262,47 +259,28 @@ def evaluate_folders(ref_dir, pred_dir, output_json, mask_dir=None, segscore: bo
     cases = [c for c in cases if c.name not in unusable]
     if not any(c.mask for c in cases):
         log.warning("no masks found; metrics cover the whole image")
-    if segscore and segmenter is None:  # fail on missing weights before the long image metrics
-        from dgcf_auto.evaluation.segscore import TotalSegmentatorSegmenter
-
-        segmenter = TotalSegmentatorSegmenter(fast=segscore_fast, device=device)
-    dose_dir = Path(output_json).parent / "dose"
+    segscore = SegScoreScorer(o) if o.segscore else None  # missing weights fail before the long image metrics
+    per_case: dict[str, dict] = {c.name: {} for c in cases}
+    extra = dict(extra or {})
+    if (model := _prediction_model(Path(pred_dir))) is not None:
+        extra["prediction_model"] = model
     with contextlib.ExitStack() as outputs:  # each folder swapped in whole when the block succeeds
-        new_figures = outputs.enter_context(atomic_folder(png_dir)) if png_dir is not None else None
-        new_dose = outputs.enter_context(atomic_folder(dose_dir)) if dose is not None else None
-        jobs = [(c, chosen.name, new_figures, metrics_device or device) for c in cases]
-        results = map_cases(_evaluate_one, jobs, num_processes=num_processes, desc="evaluating")
-        per_case: dict[str, dict] = {c.name: result for c, result in zip(cases, results)}
-        extra = dict(extra or {})
-        if (model := _prediction_model(Path(pred_dir))) is not None:
-            extra["prediction_model"] = model
-        if segscore:
-            from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION, SegScorer
-
-            if segscore_cache == "default":
-                from dgcf_auto.paths import results_root
-
-                segscore_cache = results_root() / "segscore_cache"
-            scorer = SegScorer(segmenter, segscore_cache)
-            for case in progress_bar(cases, desc="SegScore", unit="case"):
-                per_case[case.name].update(scorer(case.name, case.ct, read_image(case.ct, case.name),
-                                                  read_image(case.sct, case.name)))
-            extra["segscore"] = {**scorer.settings, "definition": SEGSCORE_DEFINITION}
+        new_figures = outputs.enter_context(atomic_folder(o.png_dir)) if o.png_dir is not None else None
+        scorers: list[Scorer] = [ImageScorer(chosen.name, new_figures, o.metrics_device or o.device,
+                                             o.num_processes)]
+        scorers += [segscore] if segscore is not None else []
         if dose is not None:
-            from dgcf_auto.evaluation.dose.run import evaluate_dose
-
-            if dose_cache == "default":
-                from dgcf_auto.paths import results_root
-
-                dose_cache = results_root() / "dose_cache"
-            dose_metrics, dose_record, dose_left_out = evaluate_dose(cases, dose, new_dose, structures_dir,
-                                                                     dose_cache, num_processes, device)
-            extra["dose"] = _moved(dose_record, new_dose, dose_dir)
-            for name, values in dose_metrics.items():
+            dose.out_dir = outputs.enter_context(atomic_folder(dose_dir))
+            scorers.append(dose)
+        for scorer in scorers:
+            for name, values in scorer.score_cases(cases).items():
                 per_case[name].update(values)
+            if scorer is not scorers[0] and (settings := scorer.settings()) is not None:
+                # the profile's own is build_summary's "profile"; dose files named where they end up
+                extra[scorer.name] = _moved(settings, dose.out_dir, dose_dir) if scorer is dose else settings
     summary = build_summary(cases, per_case, chosen, missing, extra, unusable)
     if dose is not None:  # scored what could be scored; the command still exits non-zero
-        summary["not_evaluated"] += dose_left_out
+        summary["not_evaluated"] += dose.left_out
     write_json(summary, output_json)
     return summary
 
@@ -329,6 +307,25 @@ def _moved(record, old: Path, new: Path):
     if isinstance(record, (str, Path)) and Path(record).is_relative_to(old):
         return str(new / Path(record).relative_to(old))
     return record
+@dataclass
+class ImageScorer(Scorer):
+    """The profile's image metrics (MAE, PSNR, SSIM, ...) in the mask, and the case figure; in workers."""
+    profile: str
+    png_dir: Path | None = None
+    device: str | None = None
+    num_processes: int = 1
+    name = "profile"
+
+    def settings(self) -> dict:
+        return get_profile(self.profile).describe()
+
+    def score(self, case: EvalCase) -> dict:
+        return _evaluate_one((case, self.profile, self.png_dir, self.device))
+
+    def score_cases(self, cases: list[EvalCase]) -> dict[str, dict]:
+        jobs = [(c, self.profile, self.png_dir, self.device) for c in cases]
+        results = map_cases(_evaluate_one, jobs, num_processes=self.num_processes, desc="evaluating")
+        return {case.name: result for case, result in zip(cases, results)}
 
 
 def _prediction_model(pred_dir: Path) -> dict | None:

@@ -1,19 +1,26 @@
 """Prediction from Python: `dgcf_auto.predict(input, output=None, model=..., folds=..., device=..., tta=...)`.
 
+Keywords map onto `PredictionOptions` / `OutputOptions` (inference/options.py), which may also be given whole.
+
 `dgcf_predict` is a thin argparse wrapper around `predict`. Inputs are what `dgcf_predict -i` accepts (a case
 folder tree, a folder of images, one image file, a DICOM folder) or a SimpleITK image; with `output=None`
 the sCT comes back as a SimpleITK image (a {case: image} dict for several cases) and nothing is written.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords
 from dgcf_auto.log import get_logger
 from dgcf_auto.plans import DEFAULT_CONFIGURATION
+from dgcf_auto.options import apply_keywords, with_option_keywords
 
 log = get_logger(__name__)
 PathLike = str | os.PathLike
@@ -36,57 +43,48 @@ def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrain
     return resolve_model_folder(model, trainer, plans, configuration)
 
 
-def load_predictor(model: PathLike | int | None = None, folds=None, device: str | None = None, tta: bool = True,
-                   trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
-                   precision: str = "auto", batch_size: int | None = None, keep_background: bool = False,
-                   mask_from: str = "plans", progress: bool = True, configuration: str | None = None):
-    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist). `configuration`:
-    the one the model must have been trained on (None: whatever a model folder given by path holds; 2d for a
-    dataset id)."""
+@with_option_keywords(PredictionOptions)
+def load_predictor(model: PathLike | int | None = None, options: PredictionOptions | None = None, **keywords):
+    """An SCTPredictor for the model's folds (default: cross-validation folds 0..4 that exist), to reuse over
+    calls (`predict(..., predictor=)`). It uses the options on the model and how it runs (folds, device, tta,
+    precision, batch_size, mask_from, keep_background, trainer, plans, checkpoint, progress)."""
     from dgcf_auto.devices import resolve_device
     from dgcf_auto.inference.model_loading import resolve_folds
     from dgcf_auto.inference.predictor import SCTPredictor
 
-    folder = resolve_model(model, trainer, plans, configuration or DEFAULT_CONFIGURATION)
-    files = resolve_folds(folder, [str(f) for f in folds] if folds is not None else None, checkpoint)
-    return SCTPredictor(files, device=resolve_device(device), use_tta=tta, batch_size=batch_size,
-                        mask_background=not keep_background, precision=precision, mask_from=mask_from,
-                        progress=progress, configuration=configuration)
+    (options,) = apply_keywords("load_predictor", (options or PredictionOptions(),), keywords)
+    folder = resolve_model(model, options.trainer, options.plans, options.configuration or DEFAULT_CONFIGURATION)
+    folds = [str(f) for f in options.folds] if options.folds is not None else None
+    files = resolve_folds(folder, folds, options.checkpoint)
+    return SCTPredictor(files, device=resolve_device(options.device), use_tta=options.tta,
+                        batch_size=options.batch_size, mask_background=not options.keep_background,
+                        precision=options.precision, mask_from=options.mask_from, progress=options.progress,
+                        configuration=options.configuration)
 
 
-def predict(input, output: PathLike | None = None, model: PathLike | int | None = None, folds=None,
-            device: str | None = None, tta: bool = True, *, mask: sitk.Image | PathLike | None = None,
-            trainer: str = "DGCFTrainer", plans: str = "DGCFPlans", checkpoint: str = "checkpoint_final.pth",
-            precision: str = "auto", batch_size: int | None = None, output_format: str = ".nii.gz",
-            series_uids=(), mask_roi: str | None = None, mask_from: str = "plans", keep_background: bool = False,
-            save_uncertainty: bool = False, continue_prediction: bool = False, reading_threads: int = 1,
-            writing_threads: int = 1, png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
-            part_id: int = 0, progress: bool = True, verbose: bool = False, force: bool = False,
-            max_voxels: int | None = None, predictor=None, save_probabilities: bool = False,
-            new_frame_of_reference: bool = False, configuration: str | None = None):
-    """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
-    in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
-    available). `force`: predict sources that do not look like the model's training sources (recorded).
-    `max_voxels`: the largest image read (default 2**31 voxels). `save_probabilities`: also keep each case's
-    normalised sCT before rounding (`<case>.npz` + `<case>.json`, for `dgcf_ensemble`).
-    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
-    `configuration`: the model's configuration (2d, 2.5d, 3d_fullres; default 2d for a dataset id, and
-    whatever a model folder given by path was trained on).
-    Returns the sCT image(s) when `output` is None, else the list of written outputs."""
+@with_option_keywords(PredictionOptions, OutputOptions)
+def predict(input, output: PathLike | None = None, model: PathLike | int | None = None, *,
+            mask: sitk.Image | PathLike | None = None, options: PredictionOptions | None = None,
+            output_options: OutputOptions | None = None, predictor=None, **keywords):
+    """Synthetic CT for `input`: a case folder tree, a folder of images, one image file, a DICOM folder, a
+    SimpleITK image, or a list of dataset Cases (`dgcf_predict --split`). `model`: a trained-model folder, or a
+    dataset id/name in DGCF_results. `mask`: a body mask (image or file) for a one-volume input (an image, an
+    image file, a DICOM folder or one case folder; it replaces the case folder's mask). `predictor`: one made
+    by `load_predictor`, reused. Every other keyword is a field of `options` (PredictionOptions) or
+    `output_options` (OutputOptions), listed below; a keyword replaces the field of the object given.
+    Returns the sCT image(s) when `output` is None (a {case: image} dict for several cases), else the list of
+    written outputs."""
     from dgcf_auto.imageio import voxel_limit
 
-    options = dict(locals())  # every argument, passed on by name
-    del options["max_voxels"], options["voxel_limit"]
-    if save_probabilities and (output is None or isinstance(input, sitk.Image)):
+    options, output_options = split_keywords("predict", options, output_options, keywords)
+    if output_options.save_probabilities and (output is None or isinstance(input, sitk.Image)):
         raise DGCFError("save_probabilities needs an output folder and case inputs (it writes <case>.npz there)")
-    with voxel_limit(max_voxels):
-        return _predict(**options)
+    with voxel_limit(options.max_voxels):
+        return _predict(input, output, model, mask, options, output_options, predictor)
 
 
-def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
-             output_format, series_uids, mask_roi, mask_from, keep_background, save_uncertainty,
-             continue_prediction, reading_threads, writing_threads, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
-             force, predictor, save_probabilities, new_frame_of_reference, configuration):
+def _predict(input, output, model, mask, options: PredictionOptions, output_options: OutputOptions, predictor):
+    num_parts, part_id = options.num_parts, options.part_id
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
                         f"of {num_parts}")
@@ -95,44 +93,62 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
     if isinstance(input, sitk.Image):
         if num_parts != 1:
             raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
-        predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
-                                                batch_size, keep_background, mask_from, progress, configuration)
+        predictor = predictor or load_predictor(model, options)
         warn_derived_masks(predictor, int(mask is None))
-        return _predict_image(predictor, input, mask, output, output_format, dicom_uid_prefix)
-    if mask is not None:
-        raise DGCFError("mask= is for a SimpleITK image input; put mask.nii.gz beside the source in a case folder")
+        return _predict_image(predictor, input, mask, output, output_options.output_format, output_options.dicom_uid_prefix)
     from dgcf_auto.inference.run import check_outputs, predict_inputs
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
     if isinstance(input, list):  # cases already resolved (dgcf_predict --split): their dataset is the input root
         everything, input_root = input, input[0].folder.parent if input else None
     else:
-        everything, input_root = collect_inputs(input, tuple(series_uids or ()), mask_roi), Path(input)
-    inputs = everything[part_id::num_parts]
-    if not inputs:
-        raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(everything)} in {input})")
-    if output is not None:  # where outputs go (of every part: names must not collide) is checked before loading
-        from dgcf_auto.inference.saved_predictions import SAVED_OUTPUTS
+        everything, input_root = collect_inputs(input, tuple(options.series_uids or ()), options.mask_roi), Path(input)
+    with _given_mask(everything, mask, input, options.mask_roi) as everything:
+        inputs = everything[part_id::num_parts]
+        if not inputs:
+            raise DGCFError(f"part {part_id} of {num_parts}: no cases (only {len(everything)} in {input})")
+        if output is not None:  # where outputs go (of every part: names must not collide) is checked before loading
+            from dgcf_auto.inference.saved_predictions import SAVED_OUTPUTS
 
-        check_outputs(everything, Path(output), output_format, input_root, Path(png_dir) if png_dir else None,
-                      save_uncertainty, SAVED_OUTPUTS if save_probabilities else None)
-    predictor = predictor or load_predictor(model, folds, device, tta, trainer, plans, checkpoint, precision,
-                                            batch_size, keep_background, mask_from, progress, configuration)
-    if verbose:
-        _announce(predictor, inputs, num_parts, part_id)
-    if output is None:
-        from dgcf_auto.inference.run import _read
+            check_outputs(everything, Path(output), output_options.output_format, input_root,
+                          Path(output_options.png_dir) if output_options.png_dir else None, output_options.save_uncertainty,
+                          SAVED_OUTPUTS if output_options.save_probabilities else None)
+        predictor = predictor or load_predictor(model, options)
+        if options.verbose:
+            _announce(predictor, inputs, num_parts, part_id)
+        if output is None:
+            from dgcf_auto.inference.run import read_case
 
-        check_inputs(inputs, predictor.plans, force)
-        warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in inputs))
-        images = {item.name: predictor.predict_volume(*_read(item), item.name)[0] for item in inputs}
-        return next(iter(images.values())) if len(images) == 1 else images
-    return predict_inputs(predictor, inputs, Path(output), output_format, continue_prediction,
-                          save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
-                          dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress,
-                          force=force, save_probabilities=save_probabilities,
-                          new_frame_of_reference=new_frame_of_reference,
-                          threads=(reading_threads, writing_threads))
+            check_inputs(inputs, predictor.plans, options.force)
+            warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in inputs))
+            images = {item.name: predictor.predict_volume(*read_case(item), item.name)[0] for item in inputs}
+            return next(iter(images.values())) if len(images) == 1 else images
+        return predict_inputs(predictor, inputs, Path(output), output_options, options, input_root)
+
+
+@contextlib.contextmanager
+def _given_mask(cases: list, mask, input, mask_roi: str | None):
+    """`mask=` for a one-volume input: that case's mask (an image is written to a temporary file, so that it
+    gets the same checks as a mask file and is read the same way)."""
+    if mask is None:
+        yield cases
+        return
+    if mask_roi:
+        raise DGCFError("give either mask= or mask_roi=, not both")
+    if len(cases) != 1:
+        raise DGCFError(f"input {input}: holds {len(cases)} cases; mask= is for one volume (an image, an image "
+                        f"file, a DICOM folder or one case folder): put mask.nii.gz beside each source instead")
+    if not isinstance(mask, sitk.Image):
+        if not Path(mask).exists():
+            raise DGCFError(f"case {cases[0].name}: mask {mask}: no such file or folder")
+        yield [replace(cases[0], mask=Path(mask))]
+        return
+    from dgcf_auto.imageio import write_image
+
+    with tempfile.TemporaryDirectory(prefix="dgcf_mask_") as folder:
+        path = Path(folder) / "mask.nii.gz"
+        write_image(mask, path)
+        yield [replace(cases[0], mask=path)]
 
 
 def _predict_image(predictor, image: sitk.Image, mask, output, output_format: str, uid_prefix: str | None):

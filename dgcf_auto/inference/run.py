@@ -21,6 +21,7 @@ from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_serie
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
 from dgcf_auto.inference.model_loading import model_dataset
+from dgcf_auto.inference.options import OutputOptions, PredictionOptions
 from dgcf_auto.inference.predictor import SCTPredictor
 from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
                                             output_bytes, read_provenance)
@@ -135,23 +136,24 @@ def check_frames_of_reference(inputs: list[Case], output_dir: Path, output_forma
 
 
 def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path,
-                   output_format: str = ".nii.gz", continue_prediction: bool = False,
-                   save_uncertainty: bool = False, png_dir: Path | None = None,
-                   input_root: Path | None = None, dicom_uid_prefix: str | None = None,
-                   part: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False,
-                   save_probabilities: bool = False, new_frame_of_reference: bool = False,
-                   threads: tuple[int, int] = (1, 1)) -> list[Path]:
-    """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
-    `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
-    `force`: predict sources that do not look like the model's (recorded as `forced` in report and provenance).
-    `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py).
-    `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
-    `threads` = (reading, writing): cases read ahead of the network at once, and sCTs written at once."""
+                   output_options: OutputOptions = OutputOptions(), options: PredictionOptions = PredictionOptions(),
+                   input_root: Path | None = None) -> list[Path]:
+    """Predict every case (or, with `output_options.continue_prediction`, those not already done); returns the
+    files written. `output_options`: what is written and how (format, uncertainty, probabilities with the
+    folder's plans.json (saved_predictions.py), DICOM UIDs and frame of reference, figures, writing threads).
+    `options`: of the run's PredictionOptions, `part_id`/`num_parts` name this run's report when a large input
+    set is split across machines; `force` predicts sources that do not look like the model's (recorded as
+    `forced` in report and provenance); `reading_threads` cases are read ahead of the network at once;
+    `progress`. (The predictor already holds the others.)"""
     output_dir = Path(output_dir)
+    output_format, save_uncertainty = output_options.output_format, output_options.save_uncertainty
+    save_probabilities = output_options.save_probabilities
+    new_frame_of_reference = output_options.new_frame_of_reference
+    png_dir = Path(output_options.png_dir) if output_options.png_dir else None
     check_outputs(inputs, output_dir, output_format, input_root, png_dir, save_uncertainty,
                   SAVED_OUTPUTS if save_probabilities else None)
-    forced = check_inputs(inputs, predictor.plans, force)
-    uid_prefix = dicom_uid_prefix or DEFAULT_UID_PREFIX
+    forced = check_inputs(inputs, predictor.plans, options.force)
+    uid_prefix = output_options.dicom_uid_prefix or DEFAULT_UID_PREFIX
     check_frames_of_reference(inputs, output_dir, output_format, uid_prefix, new_frame_of_reference)
 
     model_folder = predictor.checkpoint_files[0].parent.parent
@@ -163,7 +165,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     if previous is not None and previous.get("model_id") == provenance["model_id"]:
         provenance["cases"] = previous["cases"]  # outputs of this same model stay on record
     todo = inputs
-    if continue_prediction:
+    if output_options.continue_prediction:
         todo = _cases_to_redo(inputs, output_dir, output_format, save_uncertainty, provenance, save_probabilities)
     for item in todo:
         provenance["cases"].pop(item.name, None)
@@ -171,6 +173,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     recorder.save()
     if save_probabilities:
         write_folder_plans(output_dir, predictor.plans)
+    part = (options.part_id, options.num_parts)
     report = RunReport(output_dir / report_name(part[1], part[0]), provenance, predictor, part)
     if forced:
         report.report["forced"] = forced
@@ -179,13 +182,13 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in todo))
 
     written = []
-    ahead = max(1, threads[0])
-    with ThreadPoolExecutor(ahead) as readers, ThreadPoolExecutor(max(1, threads[1])) as pool:
-        pending_reads = [readers.submit(_read, item) for item in todo[:ahead]]
+    ahead = max(1, options.reading_threads)
+    with ThreadPoolExecutor(ahead) as readers, ThreadPoolExecutor(max(1, output_options.writing_threads)) as pool:
+        pending_reads = [readers.submit(read_case, item) for item in todo[:ahead]]
         writes = []
-        for index, item in enumerate(progress_bar(todo, desc="cases", unit="case", disable=not progress)):
+        for index, item in enumerate(progress_bar(todo, desc="cases", unit="case", disable=not options.progress)):
             if index + ahead < len(todo):  # read the next cases while this one is predicted
-                pending_reads.append(readers.submit(_read, todo[index + ahead]))
+                pending_reads.append(readers.submit(read_case, todo[index + ahead]))
             for job in writes:  # a failed write (full disk) stops the run now, not after every prediction
                 if job.done():
                     job.result()
@@ -354,7 +357,8 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
     report.save()
 
 
-def _read(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
+def read_case(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
+    """A case's source and body mask (its mask file, its RTSTRUCT ROI, or None)."""
     source = read_image(item.source, item.name, item.series_uids)
     if item.mask_roi:
         return source, read_roi_mask(item, source)

@@ -8,6 +8,8 @@ one DGCFError naming the field, never a silent default.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.losses.registry import LOSSES
@@ -16,7 +18,7 @@ from dgcf_auto.network.registry import NETWORKS
 log = get_logger(__name__)
 
 
-def check_plans_names(plans: dict, where: str, optimizers: tuple[str, ...], schedulers: tuple[str, ...]) -> None:
+def check_plans_names(plans: dict, where: str, optimizers: Sequence[str], schedulers: Sequence[str]) -> None:
     """Network architecture, loss terms, optimiser and learning-rate scheduler of the (configuration-resolved)
     plans are registered; `optimizers` / `schedulers`: the names the trainer offers."""
     network, training = plans.get("network", {}), plans.get("training", {})

@@ -9,12 +9,14 @@ import contextlib
 import datetime
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from dgcf_auto import paths
-from dgcf_auto.atomic import check_writable, folder_lock, read_json
+from dgcf_auto.atomic import check_writable, folder_lock
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.options import apply_keywords, with_option_keywords
 from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
 from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans,
                              resolve_configuration)
@@ -22,10 +24,11 @@ from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
+from dgcf_auto.training.optimizers import OPTIMIZERS, SCHEDULERS
 from dgcf_auto.training.plans_check import check_plans_names, variant_overrides
-from dgcf_auto.training.trainer import LR_SCHEDULERS, OPTIMIZERS, DGCFTrainer, TrainingSettings
+from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.trainer_3d import DGCFTrainer3d, prepare_volume_plans
-from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
+from dgcf_auto.training.variants import BEST_METRICS, TrainerVariant, effective_plans, get_trainer_variant
 
 log = get_logger(__name__)
 
@@ -80,37 +83,22 @@ def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[s
     return list(splits[fold]["train"]), list(splits[fold]["val"])
 
 
+@with_option_keywords(TrainingSettings)
 def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = "DGCFTrainer",
-                 plans_name: str = "DGCFPlans", device: str | None = None, continue_training: bool = False,
-                 epochs: int | None = None, batch_size: int | None = None,
-                 iterations_per_epoch: int | None = None, seed: int = 0, num_workers: int = 4,
-                 val_every: int = 1, compile: bool = False, dinov3_weights: str | None = None,
-                 dinov3_random: bool = False, precision: str = "auto", vgg_weights: str | None = None,
-                 validation: str = "final", best_metric: str | None = None, save_probabilities: bool = False,
-                 pretrained_weights: str | None = None, start_over: bool = False,
-                 tensorboard: bool = False) -> Path | None:
+                 plans_name: str = "DGCFPlans", settings: TrainingSettings | None = None,
+                 **keywords) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
-    output folder (None on torchrun ranks other than 0). `validation`: "final" (train, then validate), "none"
-    (train only), "only" / "only-best" (rerun just the validation, with checkpoint_final / checkpoint_best).
-    `best_metric` ("mae" | "ssim") picks checkpoint_best.pth; None: the trainer's default ("ssim" for the
-    `_release` trainers, as the authors' train.json; "mae" otherwise).
-    `save_probabilities` (--npz): the final validation keeps its float predictions for ensembling.
-    `pretrained_weights`: initialise the network from another run's checkpoint (same architecture).
-    `continue_training` (--c) continues from checkpoint_latest, else checkpoint_final; `start_over` moves an
-    earlier run's files aside (never deletes them). One run per fold at a time (a lock file in the fold).
-    Raises DGCFError for every user-fixable problem."""
-    if validation not in VALIDATION_MODES:
-        raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {validation!r}")
-    variant = get_trainer_variant(trainer_name)
-    best_metric = best_metric or variant.best_metric
-    if best_metric not in BEST_METRICS:
-        raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {best_metric!r}")
-    fold = parse_fold(fold)
-    for name, value in (("--epochs", epochs), ("--batch_size", batch_size),
-                        ("--iterations_per_epoch", iterations_per_epoch), ("--val_every", val_every)):
-        if value is not None and value < 1:
-            raise DGCFError(f"{name} must be at least 1, got {value}")
-    pretrained_sha256 = _check_pretrained(pretrained_weights, continue_training)
+    output folder (None on torchrun ranks other than 0). `settings` (TrainingSettings) says everything else;
+    each of its fields may also be given as a keyword (listed below), replacing that field of `settings`.
+    `validation`: "final" (train, then validate), "none" (train only), "only" / "only-best" (rerun just the
+    validation, with checkpoint_final / checkpoint_best). `best_metric` ("mae" | "ssim") picks
+    checkpoint_best.pth; None: the trainer's default ("ssim" for the `_release` trainers, as the authors'
+    train.json; "mae" otherwise). `continue_training` (--c) continues from checkpoint_latest, else
+    checkpoint_final; `start_over` moves an earlier run's files aside (never deletes them). One run per fold
+    at a time (a lock file in the fold). Raises DGCFError for every user-fixable problem."""
+    (s,) = apply_keywords("run_training", (settings or TrainingSettings(),), keywords)
+    s, variant, fold = _checked(s, trainer_name, fold)
+    pretrained_sha256 = _check_pretrained(s.pretrained_weights, s.continue_training)
     folder, plans, splits, data_folder = load_preprocessed(dataset, plans_name, configuration)
     kind = configuration_plans(plans, configuration).kind
     if kind not in TRAINABLE_KINDS:
@@ -119,29 +107,27 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
         raise DGCFError(f"trainer {variant.name} trains {' or '.join(variant.kinds)} configurations, not "
                         f"{configuration!r} ({kind}); the 3d_fullres trainers are DGCFTrainer3d*")
     plans = resolve_configuration(plans, configuration)
-    check_plans_names(plans, f"plans file {folder / (plans_name + '.json')}", OPTIMIZERS, LR_SCHEDULERS)
+    check_plans_names(plans, f"plans file {folder / (plans_name + '.json')}", OPTIMIZERS.names(), SCHEDULERS.names())
     train_names, val_names = fold_cases(splits, fold, folder / SPLITS_FILE)
     output = check_writable(paths.training_output_folder(folder.name, variant.name, plans_name, configuration, fold),
                             "results folder")
     with _fold_lock(output):
-        if validation.startswith("only"):
-            checkpoint = "checkpoint_best.pth" if validation == "only-best" else "checkpoint_final.pth"
-            validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, device, precision,
-                          save_probabilities)
+        if s.validation.startswith("only"):
+            checkpoint = "checkpoint_best.pth" if s.validation == "only-best" else "checkpoint_final.pth"
+            validate_fold(dataset, variant.name, plans_name, configuration, fold, checkpoint, s.device, s.precision,
+                          s.save_probabilities)
             return output
-        resume_from = _resume_point(output, continue_training, start_over)
+        resume_from = _resume_point(output, s.continue_training, s.start_over)
         resume_state = None
+        overrides = {"epochs": s.epochs, "batch_size": s.batch_size, "iterations_per_epoch": s.iterations_per_epoch}
         if resume_from is not None:
             resume_state = ckpt.load_checkpoint(resume_from)
             recorded = resume_state["plans"]["training"]  # a resumed run keeps its recorded settings
-            epochs = epochs or recorded["epochs"]
-            batch_size = batch_size or recorded["batch_size"]
-            iterations_per_epoch = iterations_per_epoch or recorded["iterations_per_epoch"]
-        overrides = {"epochs": epochs, "batch_size": batch_size, "iterations_per_epoch": iterations_per_epoch}
+            overrides = {key: value or recorded[key] for key, value in overrides.items()}
         if kind == KIND_VOLUME:  # the variant's 3D preset: its planned topology, patch and batch size
             plans = prepare_volume_plans(plans, variant.network)
         run_plans = effective_plans(plans, variant, overrides)
-        check_plans_names(run_plans, f"trainer {variant.name}", OPTIMIZERS, LR_SCHEDULERS)
+        check_plans_names(run_plans, f"trainer {variant.name}", OPTIMIZERS.names(), SCHEDULERS.names())
         replaced = variant_overrides(plans, run_plans, variant.name, {k: v for k, v in overrides.items() if v})
         _check_patch_fits(run_plans, variant.name)
         train_cases = [open_case(data_folder, n) for n in train_names]
@@ -151,45 +137,32 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             # the fallback definition: one epoch shows as many slices as the fold's training set holds
             total = sum(len(c.source) for c in train_cases)
             training["iterations_per_epoch"] = max(1, math.ceil(total / training["batch_size"]))
-        settings = TrainingSettings(epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
-                                    iterations_per_epoch=int(training["iterations_per_epoch"]), seed=seed,
-                                    num_workers=num_workers, val_every=val_every, compile=compile,
-                                    dinov3_weights=dinov3_weights, dinov3_random=dinov3_random,
-                                    precision=precision, vgg_weights=vgg_weights, best_metric=best_metric,
-                                    pretrained_weights=(str(Path(pretrained_weights).resolve())
-                                                        if pretrained_weights else None),
-                                    pretrained_weights_sha256=pretrained_sha256, tensorboard=tensorboard)
+        s = replace(s, epochs=int(training["epochs"]), batch_size=int(training["batch_size"]),
+                    iterations_per_epoch=int(training["iterations_per_epoch"]),
+                    pretrained_weights=str(Path(s.pretrained_weights).resolve()) if s.pretrained_weights else None,
+                    pretrained_weights_sha256=pretrained_sha256)
         if resume_state is not None:
             ckpt.check_compatible(resume_state, resume_from, variant.name, run_plans)
-            if resume_from.name == "checkpoint_final.pth" and resume_state["epoch"] >= settings.epochs:
+            if resume_from.name == "checkpoint_final.pth" and resume_state["epoch"] >= s.epochs:
                 log.info(f"{output} is a finished model: it already trained {resume_state['epoch']} "
                          f"epochs (checkpoint_final.pth); nothing to do (pass a larger --epochs to train on, or "
                          f"--val to redo the validation)")
                 return output
 
-        if start_over and int(os.environ.get("RANK", "0")) == 0:
+        if s.start_over and int(os.environ.get("RANK", "0")) == 0:
             _move_aside(output)
-        ctx = init_distributed((device or ("cuda" if _cuda() else "cpu")).split(":")[0])
-        try:
-            trainer_class = DGCFTrainer3d if kind == KIND_VOLUME else DGCFTrainer
-            trainer = trainer_class(variant, run_plans, settings, train_cases, val_cases, output,
-                                  resolve_device(device, ctx), ctx,
-                                  run_info={"dataset": folder.name, "fold": fold, "plans_name": plans_name,
-                                            "configuration": configuration, "trainer_sets": replaced,
-                                            "command_line_overrides": {k: v for k, v in overrides.items() if v}})
-            trainer.initialize()
-            if resume_state is not None:
-                trainer.load_checkpoint(resume_from, resume_state)
-            trainer.run()
-        finally:
-            shutdown_distributed(ctx)
-        if not ctx.is_main:
+        run_info = {"dataset": folder.name, "fold": fold, "plans_name": plans_name, "configuration": configuration,
+                    "trainer_sets": replaced, "command_line_overrides": {k: v for k, v in overrides.items() if v}}
+        trainer_class = DGCFTrainer3d if kind == KIND_VOLUME else DGCFTrainer
+        device = _train(trainer_class, variant, run_plans, s, (train_cases, val_cases), output, run_info,
+                        resume_from, resume_state)
+        if device is None:  # a torchrun rank other than 0
             return None
         if val_cases:
-            record_precision_check(output, trainer.device, val_cases)
-        if validation == "final" and val_names:
-            validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", device,
-                          precision, save_probabilities)
+            record_precision_check(output, device, val_cases)
+        if s.validation == "final" and val_names:
+            validate_fold(dataset, variant.name, plans_name, configuration, fold, "checkpoint_final.pth", s.device,
+                          s.precision, s.save_probabilities)
         return output
 
 
@@ -207,6 +180,41 @@ def record_precision_check(fold_folder: Path, device, val_cases) -> None:
     entry = record_check(fold_folder.parent, fold_folder / "checkpoint_final.pth", val_cases, device)
     log.info(f"precision check of {fold_folder.name}: " + ", ".join(
         f"{p} mean {entry[p]['mean_hu']:.3g} HU, p99 {entry[p]['p99_hu']:.3g} HU" for p in ("bf16", "fp16")))
+
+
+def _checked(s: TrainingSettings, trainer_name: str, fold: str | int) -> tuple[TrainingSettings, TrainerVariant,
+                                                                                int | str]:
+    """The settings with the variant's best_metric filled in, the variant and the fold, after every check
+    that needs no file."""
+    if s.validation not in VALIDATION_MODES:
+        raise DGCFError(f"validation must be one of {', '.join(VALIDATION_MODES)}, got {s.validation!r}")
+    variant = get_trainer_variant(trainer_name)
+    s = replace(s, best_metric=s.best_metric or variant.best_metric)
+    if s.best_metric not in BEST_METRICS:
+        raise DGCFError(f"--best_metric must be one of {', '.join(BEST_METRICS)}, got {s.best_metric!r}")
+    fold = parse_fold(fold)
+    for name, value in (("--epochs", s.epochs), ("--batch_size", s.batch_size),
+                        ("--iterations_per_epoch", s.iterations_per_epoch), ("--val_every", s.val_every)):
+        if value is not None and value < 1:
+            raise DGCFError(f"{name} must be at least 1, got {value}")
+    return s, variant, fold
+
+
+def _train(trainer_class, variant: TrainerVariant, run_plans: dict, s: TrainingSettings, cases: tuple[list, list],
+           output: Path, run_info: dict, resume_from: Path | None, resume_state: dict | None):
+    """The trainer on this process (under torchrun: one of the ranks); its device on the main process, else
+    None."""
+    ctx = init_distributed((s.device or ("cuda" if _cuda() else "cpu")).split(":")[0])
+    try:
+        trainer = trainer_class(variant, run_plans, s, cases[0], cases[1], output, resolve_device(s.device, ctx),
+                                ctx, run_info=run_info)
+        trainer.initialize()
+        if resume_state is not None:
+            trainer.load_checkpoint(resume_from, resume_state)
+        trainer.run()
+    finally:
+        shutdown_distributed(ctx)
+    return trainer.device if ctx.is_main else None
 
 
 def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -> str | None:

@@ -1,15 +1,17 @@
 """DGCFTrainer: the paper's training (section 3.1) with nnU-Net's checkpoints, resume and logging.
 
 One object per run. `initialize()` builds the frozen DINOv3 (when the network or a loss term needs it), the
-registered network the plans name, the composite loss of the plans' terms, Adam (+ an optional StepLR) and
-the data stream; `run()` trains epoch by epoch (an epoch = iterations_per_epoch batches), validates every
-`val_every` epochs and the last, and writes checkpoint_latest / _best / _final. Under torchrun the network is
+registered network the plans name, the composite loss of the plans' terms, the plans' optimiser and
+scheduler (training/optimizers.py) and the data stream. `run()` is a loop of named steps per epoch
+(`train_epoch` of iterations_per_epoch batches, `validate` every `val_every` epochs and the last,
+`on_epoch_end` records the epoch and steps the scheduler, `save_checkpoints` writes checkpoint_latest / _best),
+then `finish` writes checkpoint_final. Under torchrun the network is
 wrapped in DistributedDataParallel and only rank 0 touches the output folder.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,12 +21,14 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import progress_bar
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import autocast, autocast_dtype, predict_slice_stack
+from dgcf_auto.options import option, recorded
 from dgcf_auto.plans import configuration_plans, network_plans, training_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream, next_batch)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
 from dgcf_auto.training.logger import TrainingLogger, finite_or_none
+from dgcf_auto.training.optimizers import build_optimizer, build_scheduler
 from dgcf_auto.training.tensorboard import TensorBoardLog
 from dgcf_auto.training.validation import validate_cases
 from dgcf_auto.training.variants import TrainerVariant
@@ -32,29 +36,55 @@ from dgcf_auto.training.variants import TrainerVariant
 VALIDATION_BATCH_SIZE = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingSettings:
-    epochs: int
-    batch_size: int            # global: split over the ranks
-    iterations_per_epoch: int
-    seed: int = 0
-    num_workers: int = 4
-    val_every: int = 1
-    compile: bool = False
-    dinov3_weights: str | None = None
-    dinov3_random: bool = False
-    precision: str = "auto"    # see network.execution.autocast_dtype
-    vgg_weights: str | None = None  # weight file for the "vgg" loss term, when the plans use it
-    best_metric: str = "mae"   # what picks checkpoint_best.pth: "mae" (lowest) or "ssim" (highest 2D SSIM)
-    pretrained_weights: str | None = None         # checkpoint the network started from (-pretrained_weights)
-    pretrained_weights_sha256: str | None = None  # its SHA-256, so the start point is on record
-    tensorboard: bool = False  # also write <fold>/tensorboard/ (training/tensorboard.py)
+    """Everything `dgcf_train` says about one run, from its flags to the trainer (`run_training` takes these
+    fields as keywords too). epochs, batch_size and iterations_per_epoch None: the plans' values (a resumed
+    run: its recorded ones); best_metric None: the trainer variant's. The fields marked not recorded steer
+    the run around the trainer and are not written into training_config.json or the checkpoints."""
+
+    epochs: int | None = option(None, "override plans['training']['epochs'] (recorded)")
+    batch_size: int | None = option(None, "global batch size, split over the torchrun processes")
+    iterations_per_epoch: int | None = option(None, "batches per epoch (None: one pass over the fold's slices)")
+    seed: int = option(0, "seed for initialisation and slice sampling")
+    num_workers: int = option(4, "background data workers (0: main process)")
+    val_every: int = option(1, "validate every N epochs (and after the last)")
+    compile: bool = option(False, "torch.compile the network")
+    dinov3_weights: str | None = option(None, "DINOv3 ViT-B/16 weight file (Meta .pth or timm safetensors)")
+    dinov3_random: bool = option(False, "random DINOv3 weights: tests and demos only")
+    precision: str = option("auto", "auto, fp32 or bf16 autocast (network.execution.autocast_dtype)")
+    vgg_weights: str | None = option(None, "weight file for the 'vgg' loss term, when the plans use it")
+    best_metric: str | None = option(None, "what picks checkpoint_best.pth: 'mae' (lowest) or 'ssim' (highest "
+                                           "2D SSIM); None: the trainer variant's")
+    pretrained_weights: str | None = option(None, "checkpoint of another run the network starts from")
+    pretrained_weights_sha256: str | None = option(None, "its SHA-256 (set by run_training), so the start "
+                                                         "point is on record")
+    tensorboard: bool = option(False, "also write <fold>/tensorboard/ (training/tensorboard.py)")
+    device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: cuda when available)", recorded=False)
+    continue_training: bool = option(False, "continue from checkpoint_latest, else checkpoint_final",
+                                     recorded=False)
+    start_over: bool = option(False, "move an earlier run's files aside (never deleted) and train afresh",
+                              recorded=False)
+    validation: str = option("final", "'final' (train, then validate), 'none' (train only), 'only' / "
+                                      "'only-best' (rerun just the validation)", recorded=False)
+    save_probabilities: bool = option(False, "the final validation keeps its float predictions (ensembling)",
+                                      recorded=False)
+
+
+@dataclass
+class EpochLosses:
+    """An epoch's mean training loss (total and per term, over every rank) and this rank's wait for data (s)."""
+    total: float
+    terms: dict[str, float]
+    data_wait: float
 
 
 class DGCFTrainer:
     def __init__(self, variant: TrainerVariant, plans: dict, settings: TrainingSettings, train_cases: list,
                  val_cases: list, output_folder: Path, device: torch.device,
                  dist_ctx: DistributedContext | None = None, run_info: dict | None = None):
+        if settings.best_metric is None:
+            settings = replace(settings, best_metric=variant.best_metric)
         self.variant, self.plans, self.settings = variant, plans, settings
         self.train_cases, self.val_cases = train_cases, val_cases
         self.output_folder, self.device = Path(output_folder), device
@@ -84,8 +114,8 @@ class DGCFTrainer:
                                   weights={"vgg": s.vgg_weights}).to(self.device)
         self.network = self.network.to(memory_format=torch.channels_last)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(trainable, lr=training.learning_rate, betas=tuple(training.adam_betas))
-        self.scheduler = _lr_scheduler(self.optimizer, training.lr_scheduler)
+        self.optimizer = build_optimizer(trainable, training)
+        self.scheduler = build_scheduler(self.optimizer, training, s.epochs)
         self._wrap_and_start()
 
     def _wrap_and_start(self) -> None:
@@ -117,7 +147,8 @@ class DGCFTrainer:
             if state.get("optimizer_state") is not None:
                 self.optimizer.load_state_dict(state["optimizer_state"])
             else:  # checkpoint_final keeps no optimiser state (lean model folders)
-                self.logger.print(f"{path.name} holds no optimiser state: Adam starts afresh from its weights")
+                self.logger.print(f"{path.name} holds no optimiser state: {type(self.optimizer).__name__} starts "
+                                  f"afresh from its weights")
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler_state"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -133,25 +164,30 @@ class DGCFTrainer:
 
     # ---------------------------------------------------------------- training
     def run(self) -> None:
-        s, log = self.settings, self.logger
+        """Every epoch from `start_epoch`: train, validate, record, checkpoint; then checkpoint_final."""
+        stream = self.start()
+        try:
+            for epoch in range(self.start_epoch, self.settings.epochs):
+                started = time.perf_counter()
+                trained = self.train_epoch(epoch, stream)
+                val = self.validate(epoch)
+                self.on_epoch_end(epoch, trained, val, time.perf_counter() - started)
+                self.save_checkpoints(epoch, val)
+        finally:
+            close_batch_stream(stream)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        self.finish()
+
+    def start(self):
+        """training_config.json, the opening lines of the log, TensorBoard, and the batch stream (returned)."""
+        s = self.settings
         if self.dist.is_main:
             write_json(self.training_config(), self.output_folder / "training_config.json")
         self._log_start()
         stream = make_batch_stream(self.make_loader(training_plans(self.plans)), s.num_workers)
         self.tensorboard = TensorBoardLog(self.output_folder) if s.tensorboard and self.dist.is_main else None
-        try:
-            for epoch in range(self.start_epoch, s.epochs):
-                self._train_epoch(epoch, stream)
-        finally:
-            close_batch_stream(stream)
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-        payload = self.checkpoint_payload(s.epochs)  # collective under torchrun: every rank takes part
-        if self.dist.is_main:
-            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
-            # as nnU-Net: the finished fold keeps final (+ best); latest (with the optimiser state) goes
-            (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
-            log.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
+        return stream
 
     def make_loader(self, training) -> SliceDataLoader:
         """The training batches (a subclass gives its own kind: 3D patches in trainer_3d)."""
@@ -162,10 +198,10 @@ class DGCFTrainer:
                                start_batch=self.batches_done, num_workers=self.settings.num_workers,
                                slab_size=configuration_plans(self.plans).slab_size)
 
-    def _train_epoch(self, epoch: int, stream) -> None:
+    def train_epoch(self, epoch: int, stream) -> EpochLosses:
+        """One epoch of `iterations_per_epoch` optimiser steps; its mean loss terms over every rank."""
         s = self.settings
         self.model.train()
-        start = time.perf_counter()
         wait = 0.0
         sums = torch.zeros(1 + len(self.loss.names), dtype=torch.float32, device=self.device)  # mps: no float64
         bar = progress_bar(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
@@ -181,29 +217,56 @@ class DGCFTrainer:
                 bar.set_postfix(loss=f"{sums[0].item() / (it + 1):.4f}")
         bar.close()
         means = [self.dist.mean(v / s.iterations_per_epoch, self.device) for v in sums.tolist()]
-        val = self._maybe_validate(epoch)
-        epoch_time = time.perf_counter() - start
+        return EpochLosses(means[0], dict(zip(self.loss.names, means[1:])), wait)
+
+    def validate(self, epoch: int) -> dict | None:
+        """Validation MAE/PSNR/SSIM every `val_every` epochs and after the last (None otherwise, or without
+        validation cases); rank 0 computes them, every rank gets them."""
+        s = self.settings
+        if not self.val_cases or not ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1):
+            return None
+        result = None
+        if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
+            result = self.validation_numbers()
+            result.pop("per_case")
+        return self.dist.broadcast_object(result)
+
+    def on_epoch_end(self, epoch: int, trained: EpochLosses, val: dict | None, epoch_time: float) -> None:
+        """The epoch's record (log, TensorBoard) at the rate it trained with; then the scheduler's step."""
         val_mae, val_psnr, val_ssim = ((finite_or_none(val["mae"]), finite_or_none(val["psnr"]),
                                         finite_or_none(val["ssim"])) if val else (None, None, None))
-        self.logger.record_epoch(epoch=epoch, train_loss=means[0], terms=dict(zip(self.loss.names, means[1:])),
+        self.logger.record_epoch(epoch=epoch, train_loss=trained.total, terms=trained.terms,
                                  val_mae=val_mae, val_psnr=val_psnr, val_ssim=val_ssim,
                                  lr=self.optimizer.param_groups[0]["lr"], epoch_time=epoch_time,
-                                 data_wait=wait / epoch_time)
+                                 data_wait=trained.data_wait / epoch_time)
         if self.tensorboard is not None:
-            self._write_tensorboard(epoch, means, val)
+            self._write_tensorboard(epoch, trained, val)
         if self.scheduler is not None:
-            self.scheduler.step()  # per epoch, as StepLR's step_size counts epochs
-        payload = self.checkpoint_payload(epoch + 1)
+            self.scheduler.step()  # per epoch, as StepLR's step_size and PolyLR's epochs count epochs
+
+    def save_checkpoints(self, epoch: int, val: dict | None) -> None:
+        """checkpoint_latest (with the optimiser state), and checkpoint_best when validation improved."""
+        payload = self.checkpoint_payload(epoch + 1)  # collective under torchrun: every rank takes part
+        if not self.dist.is_main:
+            return
+        metric = self.settings.best_metric
+        if val is not None and self.logger.is_better(metric, val[metric]):
+            self.logger.best = {"metric": metric, "value": float(val[metric]), "epoch": epoch}
+            payload["logger"] = self.logger.state_dict()
+            ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", _without_optimizer(payload))
+            shown = f"MAE {val['mae']:.2f} HU" if metric == "mae" else f"2D SSIM {val['ssim']:.4f}"
+            self.logger.print(f"new best validation {shown} -> checkpoint_best.pth")
+        ckpt.save_checkpoint(self.output_folder / "checkpoint_latest.pth", payload)
+        self.logger.plot_progress()
+
+    def finish(self) -> None:
+        """checkpoint_final (no optimiser state); checkpoint_latest goes, as nnU-Net's finished folds keep
+        final (+ best) only."""
+        payload = self.checkpoint_payload(self.settings.epochs)  # collective under torchrun
         if self.dist.is_main:
-            metric = s.best_metric
-            if val is not None and self.logger.is_better(metric, val[metric]):
-                self.logger.best = {"metric": metric, "value": float(val[metric]), "epoch": epoch}
-                payload["logger"] = self.logger.state_dict()
-                ckpt.save_checkpoint(self.output_folder / "checkpoint_best.pth", _without_optimizer(payload))
-                shown = f"MAE {val['mae']:.2f} HU" if metric == "mae" else f"2D SSIM {val['ssim']:.4f}"
-                self.logger.print(f"new best validation {shown} -> checkpoint_best.pth")
-            ckpt.save_checkpoint(self.output_folder / "checkpoint_latest.pth", payload)
-            self.logger.plot_progress()
+            ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
+            (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
+            self.logger.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
 
     def train_step(self, batch: dict) -> torch.Tensor:
         source = torch.from_numpy(batch["source"]).to(self.device, non_blocking=True)
@@ -217,25 +280,15 @@ class DGCFTrainer:
         self.optimizer.step()
         return torch.stack([total.detach()] + [parts[name] for name in self.loss.names]).float()
 
-    def _maybe_validate(self, epoch: int) -> dict | None:
-        s = self.settings
-        if not self.val_cases or not ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1):
-            return None
-        result = None
-        if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
-            result = self.validate()
-            result.pop("per_case")
-        return self.dist.broadcast_object(result)
-
-    def validate(self) -> dict:
-        """The validation cases' numbers (validation.validate_cases) with the current network."""
+    def validation_numbers(self) -> dict:
+        """The validation cases' numbers (validation.validate_cases) with the current network (a subclass
+        predicts its own kind: the sliding window in trainer_3d)."""
         return validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
                               self.autocast_dtype)
 
-    def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
+    def _write_tensorboard(self, epoch: int, trained: EpochLosses, val: dict | None) -> None:
         """This epoch's loss terms and validation numbers, and the middle slice of the first validation case."""
-        self.tensorboard.epoch(epoch, means[0], dict(zip(self.loss.names, means[1:])),
-                               self.optimizer.param_groups[0]["lr"], val)
+        self.tensorboard.epoch(epoch, trained.total, trained.terms, self.optimizer.param_groups[0]["lr"], val)
         if val is None:
             return
         case = self.val_cases[0]
@@ -274,7 +327,7 @@ class DGCFTrainer:
             "plans": self.plans,
             "trainer_name": self.variant.name,
             "dinov3_source": self.dinov3_source,
-            "settings": asdict(self.settings),
+            "settings": recorded(self.settings),
             "logger": self.logger.state_dict(),
             "rng_state": rng,
             "dataloader_state": {"seed": self.settings.seed, "batches_done": batches},
@@ -294,7 +347,7 @@ class DGCFTrainer:
         return {"trainer_name": self.variant.name, "paper_row": self.variant.paper_row,
                 "network": self.variant.network, "loss": dict(self.loss.weights),
                 "dinov3_source": self.dinov3_source,
-                "dinov3_random": self.dinov3_source == "random", "settings": asdict(self.settings),
+                "dinov3_random": self.dinov3_source == "random", "settings": recorded(self.settings),
                 "world_size": self.dist.world_size, "batch_size_per_process": self.local_batch_size,
                 "device": str(self.device), "bf16_autocast": self.autocast_dtype is not None, **self.run_info,
                 "train_cases": [c.name for c in self.train_cases], "val_cases": [c.name for c in self.val_cases],
@@ -318,17 +371,3 @@ class DGCFTrainer:
 def _without_optimizer(payload: dict) -> dict:
     """checkpoint_best / _final: everything but the optimiser state (twice the trainable weights' size)."""
     return {k: v for k, v in payload.items() if k != "optimizer_state"}
-
-
-OPTIMIZERS = ("adam",)       # training.optimizer values this trainer builds
-LR_SCHEDULERS = ("step",)    # training.lr_scheduler names (null: a constant rate)
-
-
-def _lr_scheduler(optimizer: torch.optim.Optimizer, config: dict | None):
-    """None (a constant learning rate) or the plans' per-epoch schedule."""
-    if config is None:
-        return None
-    if config.get("name") != "step":
-        raise DGCFError(f"training.lr_scheduler {config}: only {{'name': 'step', 'step_size', 'gamma'}} exists")
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(config["step_size"]),
-                                           gamma=float(config["gamma"]))

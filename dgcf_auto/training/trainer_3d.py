@@ -5,9 +5,8 @@ checkpoints, resume and logging it keeps):
 - batches are 3D patches (`patch_loader.PatchDataLoader`, body-mask oversampling) of the preset's patch size;
 - the network is the plans' 3D U-Net (`network/unet3d.py`), topology from `planning/plan_3d.py`;
 - the loss gets the body mask (masked L1, nnsyn's), gradients are clipped at norm 12 (nnU-Net);
-- the optimiser is the plans' `training.optimizer`: "sgd" is nnU-Net's (momentum 0.99, Nesterov, weight decay
-  3e-5) with PolyLR (lr x (1 - epoch / epochs)^0.9, stepped per epoch), "adam" the slice trainer's;
-  any other name is one error;
+- the optimiser and scheduler are the plans' (`training/optimizers.py`): the 3d plans name nnU-Net's "sgd"
+  (momentum 0.99, Nesterov, weight decay 3e-5) with "poly" (lr x (1 - epoch / epochs)^0.9, stepped per epoch);
 - validation predicts each preprocessed validation volume with the sliding window (inference/sliding_window.py).
 """
 from __future__ import annotations
@@ -20,41 +19,17 @@ from dgcf_auto.network.execution import autocast
 from dgcf_auto.planning.plan_3d import apply_preset, volume_patch_size
 from dgcf_auto.plans import TrainingPlans, configuration_plans, network_plans, training_plans
 from dgcf_auto.training.patch_loader import PatchDataLoader
-from dgcf_auto.training.trainer import VALIDATION_BATCH_SIZE, DGCFTrainer
+from dgcf_auto.training.optimizers import build_optimizer, build_scheduler
+from dgcf_auto.training.trainer import VALIDATION_BATCH_SIZE, DGCFTrainer, EpochLosses
 from dgcf_auto.training.validation import validate_cases
 
-SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.99, 3e-5   # nnUNetTrainer
-POLY_EXPONENT = 0.9
 GRADIENT_CLIP_NORM = 12.0                     # nnUNetTrainer.train_step
-OPTIMIZERS = ("sgd", "adam")
 
 
 def prepare_volume_plans(plans: dict, architecture: str) -> dict:
     """The resolved 3d_fullres plans with `architecture`'s planned preset (topology, batch size) in place."""
     prepared, _ = apply_preset(plans, configuration_plans(plans), architecture)
     return prepared
-
-
-def make_optimizer(parameters, training: TrainingPlans, epochs: int):
-    """(optimiser, per-epoch scheduler or None) the plans name; an unknown optimiser is one DGCFError."""
-    parameters = list(parameters)
-    if training.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=training.learning_rate, momentum=SGD_MOMENTUM, nesterov=True,
-                                    weight_decay=SGD_WEIGHT_DECAY)
-    elif training.optimizer == "adam":
-        optimizer = torch.optim.Adam(parameters, lr=training.learning_rate, betas=tuple(training.adam_betas))
-    else:
-        raise DGCFError(f"training.optimizer {training.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    config = training.lr_scheduler
-    if config is None:
-        return optimizer, None
-    if config.get("name") == "poly":
-        exponent = float(config.get("exponent", POLY_EXPONENT))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: max(0.0, 1.0 - epoch / max(epochs, 1)) ** exponent)
-    if config.get("name") == "step":
-        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, int(config["step_size"]), float(config["gamma"]))
-    raise DGCFError(f"training.lr_scheduler {config}: known names are 'poly' and 'step'")
 
 
 class DGCFTrainer3d(DGCFTrainer):
@@ -71,7 +46,8 @@ class DGCFTrainer3d(DGCFTrainer):
         self.patch_size = volume_patch_size(self.plans)
         self.network = build_network(net_plans, None).to(self.device)
         self.loss = CompositeLoss(training.loss, None, training.loss_options).to(self.device)
-        self.optimizer, self.scheduler = make_optimizer(self.network.parameters(), training, s.epochs)
+        self.optimizer = build_optimizer(self.network.parameters(), training)
+        self.scheduler = build_scheduler(self.optimizer, training, s.epochs)
         self._wrap_and_start()
 
     def make_loader(self, training: TrainingPlans) -> PatchDataLoader:
@@ -91,14 +67,13 @@ class DGCFTrainer3d(DGCFTrainer):
         self.optimizer.step()
         return torch.stack([total.detach()] + [parts[name] for name in self.loss.names]).float()
 
-    def validate(self) -> dict:
+    def validation_numbers(self) -> dict:
         def predict(volume):
             return predict_sliding_window([self.network], volume, self.patch_size, self.device,
                                           dtype=self.autocast_dtype)[0]
         return validate_cases(self.network, self.val_cases, self.plans, self.device, VALIDATION_BATCH_SIZE,
                               self.autocast_dtype, predict=predict)
 
-    def _write_tensorboard(self, epoch: int, means: list[float], val: dict | None) -> None:
+    def _write_tensorboard(self, epoch: int, trained: EpochLosses, val: dict | None) -> None:
         """Scalars only (the slice trainer's validation image is a 2D slice prediction)."""
-        self.tensorboard.epoch(epoch, means[0], dict(zip(self.loss.names, means[1:])),
-                               self.optimizer.param_groups[0]["lr"], val)
+        self.tensorboard.epoch(epoch, trained.total, trained.terms, self.optimizer.param_groups[0]["lr"], val)
