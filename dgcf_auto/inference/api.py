@@ -59,13 +59,15 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
             writing_threads: int = 1, png_dir: PathLike | None = None, dicom_uid_prefix: str | None = None, num_parts: int = 1,
             part_id: int = 0, progress: bool = True, verbose: bool = False, force: bool = False,
             max_voxels: int | None = None, predictor=None, save_probabilities: bool = False,
-            new_frame_of_reference: bool = False):
+            new_frame_of_reference: bool = False, derived_uids: bool = False):
     """Synthetic CT for `input` (see the module doc, or a list of dataset Cases: `dgcf_predict --split`). `model`: a trained-model folder, or a dataset id/name
     in DGCF_results. `folds`: e.g. [0, 1] or ["all"]. `device`: cpu, cuda, cuda:N or mps (default: cuda when
     available). `force`: predict sources that do not look like the model's training sources (recorded).
     `max_voxels`: the largest image read (default 2**31 voxels). `save_probabilities`: also keep each case's
     normalised sCT before rounding (`<case>.npz` + `<case>.json`, for `dgcf_ensemble`).
     `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
+    `derived_uids`: a DICOM sCT of a DICOM source gets Series and SOP Instance UIDs derived from the source
+    series and the model id, the same on every run (dgcf_dicom_node: a retry replaces, never duplicates).
     Returns the sCT image(s) when `output` is None, else the list of written outputs."""
     from dgcf_auto.imageio import voxel_limit
 
@@ -80,7 +82,7 @@ def predict(input, output: PathLike | None = None, model: PathLike | int | None 
 def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, checkpoint, precision, batch_size,
              output_format, series_uids, mask_roi, mask_from, keep_background, save_uncertainty,
              continue_prediction, reading_threads, writing_threads, png_dir, dicom_uid_prefix, num_parts, part_id, progress, verbose,
-             force, predictor, save_probabilities, new_frame_of_reference):
+             force, predictor, save_probabilities, new_frame_of_reference, derived_uids):
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise DGCFError(f"-part_id must be in 0..{num_parts - 1} and -num_parts at least 1, got part {part_id} "
                         f"of {num_parts}")
@@ -125,7 +127,7 @@ def _predict(*, input, output, model, folds, device, tta, mask, trainer, plans, 
                           save_uncertainty, Path(png_dir) if png_dir else None, input_root=input_root,
                           dicom_uid_prefix=dicom_uid_prefix, part=(part_id, num_parts), progress=progress,
                           force=force, save_probabilities=save_probabilities,
-                          new_frame_of_reference=new_frame_of_reference,
+                          new_frame_of_reference=new_frame_of_reference, derived_uids=derived_uids,
                           threads=(reading_threads, writing_threads))
 
 

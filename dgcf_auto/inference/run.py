@@ -139,13 +139,14 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
                    input_root: Path | None = None, dicom_uid_prefix: str | None = None,
                    part: tuple[int, int] = (0, 1), progress: bool = True, force: bool = False,
                    save_probabilities: bool = False, new_frame_of_reference: bool = False,
-                   threads: tuple[int, int] = (1, 1)) -> list[Path]:
+                   threads: tuple[int, int] = (1, 1), derived_uids: bool = False) -> list[Path]:
     """Predict every case (or, with `continue_prediction`, those not already done); returns the files written.
     `part` = (part_id, num_parts) names this run's report when a large input set is split across machines.
     `force`: predict sources that do not look like the model's (recorded as `forced` in report and provenance).
     `save_probabilities`: also `<case>.npz` / `<case>.json` and the folder's plans.json (saved_predictions.py).
     `new_frame_of_reference`: DICOM sources without a Frame of Reference UID get one derived from the series.
-    `threads` = (reading, writing): cases read ahead of the network at once, and sCTs written at once."""
+    `threads` = (reading, writing): cases read ahead of the network at once, and sCTs written at once.
+    `derived_uids`: DICOM sCT UIDs derived from the source series and the model id (`write_ct_series`)."""
     output_dir = Path(output_dir)
     check_outputs(inputs, output_dir, output_format, input_root, png_dir, save_uncertainty,
                   SAVED_OUTPUTS if save_probabilities else None)
@@ -173,7 +174,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     if forced:
         report.report["forced"] = forced
     dicom = dict(uid_prefix=uid_prefix, new_frame_of_reference=new_frame_of_reference,
-                 **dicom_description(predictor))
+                 uid_seed=provenance["model_id"] if derived_uids else None, **dicom_description(predictor))
     warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in todo))
 
     written = []
