@@ -1,8 +1,8 @@
 """Which arriving series the node takes, and which it refuses (with one reason) before predicting.
 
 Taken: a series whose Modality is the model's (MR for an mr2ct model; for cbct2ct a CT whose Image Type
-holds CBCT, or any CT with `modality="CT"`), that matches every `--series_filter`, and that this node did not
-write itself. Refused, each with one reason recorded on the series: more voxels than `max_voxels` (known
+holds CBCT, or any CT with `modality="CT"`), that matches every `--series_filter`, and that is not an sCT
+(a CT that dgcf_auto wrote). Refused, each with one reason recorded on the series: more voxels than `max_voxels` (known
 from Orthanc's tags before anything is downloaded), an instance of a non-image SOP class, an instance
 without a Frame of Reference UID, or instances in more than one frame of reference.
 """
@@ -52,9 +52,9 @@ class SeriesFilter:
 
 def takes(modality: str, filters: list[SeriesFilter], tags: dict) -> bool:
     """Whether the node predicts a series with these tags (series main tags, then the first instance's)."""
-    if str(tags.get("Manufacturer", "")) == WRITER:
-        return False  # an sCT: never a source
     found = str(tags.get("Modality", "")).upper()
+    if found == "CT" and str(tags.get("Manufacturer", "")) == WRITER:
+        return False  # an sCT: never a source
     if modality == "CBCT":
         image_type = tags.get("ImageType", "")
         image_type = image_type if isinstance(image_type, str) else "\\".join(map(str, image_type))

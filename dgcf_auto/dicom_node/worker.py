@@ -142,7 +142,7 @@ class DicomNode:
         self.state.start(series_id)
         started, clock = now(), time.perf_counter()
         try:
-            written, sct_id = self._predict_and_send(series_id, row["series_uid"], work)
+            sct = self._predict_and_send(series_id, row["series_uid"], work)
         except (OrthancUnavailable, WrongCredentials):
             self.state.undo_try(series_id)
             raise
@@ -162,14 +162,13 @@ class DicomNode:
             shutil.rmtree(work, ignore_errors=True)
         sent = now()
         seconds = round(time.perf_counter() - clock, 3)
-        sha256 = _files_sha256(written)
-        self.state.done(series_id, sent=sent, seconds=seconds, sct_series_uid=_series_uid(written),
-                        sct_orthanc_id=sct_id, sha256=sha256)
+        self.state.done(series_id, sent=sent, seconds=seconds, **sct)
         self._label(series_id, "dgcf-done")
-        self._log_line(row, "done", started=started, sent=sent, seconds=seconds, sct_series_uid=_series_uid(written),
-                       sha256=sha256, instances=len(written))
+        self._log_line(row, "done", started=started, sent=sent, seconds=seconds, sct_series_uid=sct["sct_series_uid"],
+                       sha256=sct["sha256"], instances=sct["instances"])
 
-    def _predict_and_send(self, series_id: str, series_uid: str, work: Path) -> tuple[list[Path], str]:
+    def _predict_and_send(self, series_id: str, series_uid: str, work: Path) -> dict:
+        """Download, check, predict, upload (and forward) one series: what the state records of its sCT."""
         from dgcf_auto.inference.api import predict
 
         series = self.orthanc.series(series_id)
@@ -195,7 +194,8 @@ class DicomNode:
             self._maybe_hold("upload")
         if self.options.forward:
             self._forward(sct_id)
-        return written, sct_id
+        return {"sct_orthanc_id": sct_id, "sct_series_uid": _series_uid(written), "sha256": _files_sha256(written),
+                "instances": len(written)}
 
     def _forward(self, sct_id: str) -> None:
         try:
