@@ -30,6 +30,7 @@ def now() -> str:
 
 class NodeState:
     def __init__(self, folder: str | Path):
+        Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / "node.sqlite"
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self.db.row_factory = sqlite3.Row
@@ -82,10 +83,13 @@ class NodeState:
         return self.db.execute(f"SELECT * FROM series WHERE state IN ({marks}) ORDER BY state = 'queued', queued "
                                f"LIMIT 1", UNFINISHED).fetchone()
 
-    def start(self, orthanc_id: str) -> None:
+    def start(self, orthanc_id: str) -> str:
+        """A new try at the series; returns its start time."""
+        started = now()
         with self.transaction() as db:
             db.execute("UPDATE series SET state = 'downloading', tries = tries + 1, started = ? WHERE orthanc_id = ?",
-                       (now(), orthanc_id))
+                       (started, orthanc_id))
+        return started
 
     def stage(self, orthanc_id: str, state: str) -> None:
         with self.transaction() as db:

@@ -139,8 +139,7 @@ class DicomNode:
         series_id = row["orthanc_id"]
         work = self.options.state / "work" / series_id
         shutil.rmtree(work, ignore_errors=True)
-        self.state.start(series_id)
-        started, clock = now(), time.perf_counter()
+        started, clock = self.state.start(series_id), time.perf_counter()
         try:
             sct = self._predict_and_send(series_id, row["series_uid"], work)
         except (OrthancUnavailable, WrongCredentials):
