@@ -316,3 +316,33 @@ def test_orthanc_down_is_waited_out(trained, tmp_path):
     text = log.read_text()
     assert f"Orthanc at http://127.0.0.1:{port}: ConnectionError; retrying in 1 s" in text
     assert "retrying in 2 s" in text and PASSWORD not in text
+
+
+def test_the_shipped_orthanc_configuration_runs_and_keeps_strangers_out(tmp_path):
+    config = json.loads((ROOT / "documentation" / "orthanc.json").read_text())
+    assert (config["AuthenticationEnabled"], config["DicomCheckCalledAet"], config["DicomAlwaysAllowStore"],
+            config["RemoteAccessAllowed"], config["UserMetadata"]) == (True, True, False, False, {"dgcf": 1024})
+    port = free_port()
+    config.update(StorageDirectory=str(tmp_path / "db"), IndexDirectory=str(tmp_path / "db"), HttpPort=port,
+                  DicomPort=free_port())
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    from orthanc_server import need
+
+    with open(tmp_path / "orthanc.log", "wb") as log:
+        process = subprocess.Popen([need("Orthanc"), str(tmp_path / "orthanc.json")], stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        user, password = next(iter(config["RegisteredUsers"].items()))
+        deadline = time.time() + 60
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/system", auth=(user, password), timeout=2)
+                break
+            except requests.RequestException:
+                assert process.poll() is None and time.time() < deadline, (tmp_path / "orthanc.log").read_text()
+                time.sleep(0.1)
+        assert answer.status_code == 200 and answer.json()["DicomAet"] == "DGCFNODE"
+        assert requests.get(f"http://127.0.0.1:{port}/system", timeout=5).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
