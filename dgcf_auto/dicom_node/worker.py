@@ -110,6 +110,8 @@ class DicomNode:
         try:
             series = self.orthanc.series(series_id)
             first = self.orthanc.instance_tags(series["Instances"][0]) if series.get("Instances") else {}
+        except WrongCredentials:
+            raise
         except DGCFError as exc:  # deleted since it became stable
             log.info(f"series {series_id}: no longer in Orthanc ({exc})")
             return None
@@ -212,6 +214,8 @@ class DicomNode:
     def _label(self, series_id: str, value: str) -> None:
         try:
             self.orthanc.set_metadata(series_id, value)
+        except WrongCredentials:
+            raise
         except DGCFError as exc:  # metadata 'dgcf' not declared in Orthanc's UserMetadata, or series deleted
             log.warning(f"cannot record '{value[:40]}' on series {series_id} in Orthanc ({exc}); declare "
                         f"\"UserMetadata\": {{\"dgcf\": 1024}} in its configuration (documentation/dicom_node.md)")
