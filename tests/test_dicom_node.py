@@ -346,3 +346,24 @@ def test_the_shipped_orthanc_configuration_runs_and_keeps_strangers_out(tmp_path
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_derived_uids_are_the_same_for_the_same_series_and_model_only(tmp_path):
+    from pydicom.uid import generate_uid
+
+    image = sitk.GetImageFromArray(np.arange(4 * 6 * 5, dtype=np.int16).reshape(4, 6, 5))
+    dicomio.write_ct_series(image, tmp_path / "mr", modality="MR")
+    source = dicomio.open_series(tmp_path / "mr")
+
+    def uids(name, seed):
+        dicomio.write_ct_series(image, tmp_path / name, source, uid_seed=seed, uid_prefix="1.2.826.0.1.999.")
+        headers = [pydicom.dcmread(p) for p in sorted((tmp_path / name).iterdir())]
+        return [h.SeriesInstanceUID for h in headers[:1]] + [h.SOPInstanceUID for h in headers]
+
+    first = uids("a1", "model-a")
+    assert uids("a2", "model-a") == first
+    assert first[0] == generate_uid("1.2.826.0.1.999.", [source.uid, "model-a", "SeriesInstanceUID"])
+    assert first[2] == generate_uid("1.2.826.0.1.999.", [source.uid, "model-a", "SOPInstanceUID", "1"])
+    assert len(set(first)) == 5
+    assert not set(uids("b", "model-b")) & set(first)
+    assert not set(uids("random1", None)) & set(uids("random2", None))
