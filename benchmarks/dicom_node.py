@@ -117,12 +117,11 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="+", default=["512x512x100"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    rows = [measure(network, volume, args.threads) for network in args.network for volume in args.volumes]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    for index, (network, volume) in enumerate((n, v) for n in args.network for v in args.volumes):
+        row = measure(network, volume, args.threads)  # each row as soon as it is measured
+        if index == 0:
+            print("| " + " | ".join(row) + " |\n|" + "---|" * len(row), flush=True)
+        print("| " + " | ".join(str(value) for value in row.values()) + " |", flush=True)
 
 
 if __name__ == "__main__":
