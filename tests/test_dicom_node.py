@@ -244,10 +244,13 @@ def test_each_hostile_series_is_refused_with_its_reason_and_the_worker_goes_on(t
     files = []
     for patient, (kwargs, _) in hostile.items():
         files += _mr_series(trained, tmp_path / "scanner" / patient, patient=patient, **kwargs)
+    gappy = _mr_series(trained, tmp_path / "scanner" / "H5", patient="H5")
+    gappy[3].unlink()  # a slice lost on the way: dgcf_predict's own refusal
+    files += gappy[:3] + gappy[4:]
     files += _mr_series(trained, tmp_path / "scanner" / "good", patient="GOOD")
     result = orthanc.store(files)
     assert result.returncode == 0, result.stderr
-    orthanc.wait_stable(5)
+    orthanc.wait_stable(6)
     code, out, err = run_cli("dicom_node", _argv(trained, orthanc, tmp_path, "--max_voxels", str(voxels)), capsys)
     assert code == 0, err
     outcomes = {}
@@ -259,9 +262,16 @@ def test_each_hostile_series_is_refused_with_its_reason_and_the_worker_goes_on(t
         assert (outcomes[patient]["outcome"], outcomes[patient]["reason"]) == ("failed", reason), patient
         assert orthanc.metadata(outcomes[patient]["orthanc_id"]) == f"dgcf-failed:{reason}"
         assert f"failed: {reason}" in err
+    kept = [pydicom.dcmread(p) for p in gappy if p.exists()]
+    normal = np.cross(*np.array(kept[0].ImageOrientationPatient, float).reshape(2, 3))
+    along = np.sort([np.array(d.ImagePositionPatient, float) @ normal for d in kept])
+    hole = int(np.argmax(np.diff(along)))
+    assert outcomes["H5"]["reason"] == (f"case series: folder series/: series {kept[0].SeriesInstanceUID} has 1 "
+                                        f"missing slice(s) between z={along[hole]:.6g} and z={along[hole + 1]:.6g} mm "
+                                        f"(slice spacing {np.diff(along).min():.4g} mm)")
     assert len(orthanc.series_by_modality("CT")) == 1
     code, out, _ = run_cli("dicom_node", ["--status", "--state", str(tmp_path / "state")], capsys)
-    assert "done 1, failed 4" in out and all(f": {reason} (tries 1)" in out for _, reason in hostile.values())
+    assert "done 1, failed 5" in out and all(f": {reason} (tries 1)" in out for _, reason in hostile.values())
 
 
 def test_a_series_the_worker_keeps_dying_on_is_parked(trained, orthanc, tmp_path, capsys):
@@ -270,7 +280,7 @@ def test_a_series_the_worker_keeps_dying_on_is_parked(trained, orthanc, tmp_path
     orthanc.wait_stable(1)
     series_id = _source_id(orthanc)
     state = NodeState(tmp_path / "state")  # what a worker killed while downloading leaves behind
-    state.enqueue([{"orthanc_id": series_id, "series_uid": "1.2.3", "description": "T2 TSE",
+    state.enqueue([{"orthanc_id": series_id, "series_uid": pydicom.dcmread(files[0]).SeriesInstanceUID, "description": "T2 TSE",
                     "instances": len(files), "received": None}], orthanc.get("/changes?limit=1000")["Last"])
     state.start(series_id)
     state.close()

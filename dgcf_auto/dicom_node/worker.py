@@ -148,6 +148,7 @@ class DicomNode:
             self.state.undo_try(series_id)
             raise
         except DGCFError as exc:
+            exc.args = (str(exc).replace(str(work / "series"), "series"),)  # no work paths in labels
             if isinstance(exc, RetryLater) and row["tries"] + 1 < self.options.max_tries:
                 self.state.retry_later(series_id, _one_line(exc))
                 log.warning(f"series {row['series_uid']}: {_one_line(exc)}; will try again")
