@@ -108,6 +108,7 @@ def measure(network: str, volume: str, threads: int) -> dict:
 
     return {"network": network, "volume": volume, "threads": threads, "instances": line["instances"],
             "storescu_s": round(received - start, 1), "wait_until_taken_s": round(epoch(line["started"]) - received, 1),
+            "download_s": line["download_s"], "predict_s": line["predict_s"], "upload_s": line["send_s"],
             "worker_s": line["seconds"], "received_to_stored_s": round(epoch(line["sent"]) - received, 1)}
 
 

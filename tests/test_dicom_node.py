@@ -122,6 +122,7 @@ def test_an_mr_series_comes_back_as_the_sct_of_dgcf_predict_and_goes_to_the_tps(
         assert line["outcome"] == "done" and line["series_uid"] == source.SeriesInstanceUID
         assert line["sct_series_uid"] == headers[0].SeriesInstanceUID and line["instances"] == len(files)
         assert line["model"]["folds"] == ["fold_0"] and len(line["model"]["model_id"]) == 64
+        assert line["download_s"] + line["predict_s"] + line["send_s"] <= line["seconds"]
         normal = np.cross(*np.array(headers[0].ImageOrientationPatient, float).reshape(2, 3))
         in_order = sorted(back, key=lambda p: float(np.array(pydicom.dcmread(p).ImagePositionPatient, float) @ normal))
         assert line["sha256"] == hashlib.sha256(b"".join(p.read_bytes() for p in in_order)).hexdigest()

@@ -111,7 +111,7 @@ class NodeState:
                        (reason, orthanc_id))
 
     def done(self, orthanc_id: str, **values) -> None:
-        """Record the sCT sent (`values`: sent, seconds, sct_series_uid, sct_orthanc_id, sha256)."""
+        """Record the sCT sent (`values`: sent, seconds, sct_series_uid, sct_orthanc_id, sha256; others ignored)."""
         keys = ("sent", "seconds", "sct_series_uid", "sct_orthanc_id", "sha256")
         with self.transaction() as db:
             db.execute(f"UPDATE series SET state = 'done', reason = NULL, {', '.join(f'{k} = ?' for k in keys)} "

@@ -166,13 +166,14 @@ class DicomNode:
         seconds = round(time.perf_counter() - clock, 3)
         self.state.done(series_id, sent=sent, seconds=seconds, **sct)
         self._label(series_id, "dgcf-done")
-        self._log_line(row, "done", started=started, sent=sent, seconds=seconds, sct_series_uid=sct["sct_series_uid"],
-                       sha256=sct["sha256"], instances=sct["instances"])
+        self._log_line(row, "done", started=started, sent=sent, seconds=seconds,
+                       **{k: v for k, v in sct.items() if k != "sct_orthanc_id"})
 
     def _predict_and_send(self, series_id: str, series_uid: str, work: Path) -> dict:
         """Download, check, predict, upload (and forward) one series: what the state records of its sCT."""
         from dgcf_auto.inference.api import predict
 
+        clock = time.perf_counter()
         series = self.orthanc.series(series_id)
         instances = series.get("Instances", [])
         first = self.orthanc.instance_tags(instances[0]) if instances else {}
@@ -185,10 +186,12 @@ class DicomNode:
         check_instances(source)
         self.state.stage(series_id, "predicting")
         self._maybe_hold("predict")
+        downloaded = time.perf_counter()
         out = predict(source, work / "out", predictor=self.predictor, output_format="dicom",
                       series_uids=(series_uid,), dicom_uid_prefix=self.options.uid_prefix, derived_uids=True,
                       progress=False, max_voxels=self.options.max_voxels)[0]
         self.state.stage(series_id, "uploading")
+        predicted = time.perf_counter()
         written = sorted(out.iterdir())
         sct_id = None
         for path in written:
@@ -197,7 +200,8 @@ class DicomNode:
         if self.options.forward:
             self._forward(sct_id)
         return {"sct_orthanc_id": sct_id, "sct_series_uid": _series_uid(written), "sha256": _files_sha256(written),
-                "instances": len(written)}
+                "instances": len(written), "download_s": round(downloaded - clock, 3),
+                "predict_s": round(predicted - downloaded, 3), "send_s": round(time.perf_counter() - predicted, 3)}
 
     def _forward(self, sct_id: str) -> None:
         try:
