@@ -70,7 +70,6 @@ class DicomNode:
         self.model = {"folder": str(folder), "folds": [p.parent.name for p in predictor.checkpoint_files],
                       "model_id": identity["model_id"]}
         self.hold = os.environ.get(HOLD_VARIABLE)
-        self._labels_declared = True
 
     # ------------------------------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -144,8 +143,8 @@ class DicomNode:
         started, clock = self.state.start(series_id), time.perf_counter()
         try:
             sct = self._predict_and_send(series_id, row["series_uid"], work)
-        except (OrthancUnavailable, WrongCredentials):
-            self.state.undo_try(series_id)
+        except (OrthancUnavailable, WrongCredentials, KeyboardInterrupt):  # KeyboardInterrupt: also SIGTERM
+            self.state.undo_try(series_id)  # not the series' fault: the try does not count
             raise
         except DGCFError as exc:
             exc.args = (str(exc).replace(str(work / "series"), "series"),)  # no work paths in labels
