@@ -378,3 +378,20 @@ def test_derived_uids_are_the_same_for_the_same_series_and_model_only(tmp_path):
     assert len(set(first)) == 5
     assert not set(uids("b", "model-b")) & set(first)
     assert not set(uids("random1", None)) & set(uids("random2", None))
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_by_sigterm_mid_series_does_not_count_the_try(trained, orthanc, tmp_path):
+    files = _mr_series(trained, tmp_path / "scanner" / "T2")
+    assert orthanc.store(files).returncode == 0
+    orthanc.wait_stable(1)
+    env = {**os.environ, "DGCF_DICOM_NODE_HOLD": "predict", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "dgcf_auto.cli.dicom_node",
+                                   *_argv(trained, orthanc, tmp_path)], env=env, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        kill_when(worker, (tmp_path / "state" / "held-predict").exists, signal.SIGTERM, timeout=300)
+    assert worker.returncode == 143
+    state = NodeState(tmp_path / "state")
+    assert [(r["state"], r["tries"]) for r in state.rows()] == [("queued", 0)]
+    state.close()
