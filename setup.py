@@ -15,6 +15,7 @@ CONSOLE_SCRIPTS = {
     "dgcf_visualize": "dgcf_auto.cli.visualize:main",
     "dgcf_demo": "dgcf_auto.cli.demo:main",
     "dgcf_import_reference_checkpoint": "dgcf_auto.cli.import_reference_checkpoint:main",
+    "dgcf_dicom_node": "dgcf_auto.cli.dicom_node:main",
 }
 
 DOSE = ["pyRadPlan==0.5.0", "pydantic<2.12", "pymedphys>=0.41", "numba"]  # dgcf_evaluate --dose
@@ -42,6 +43,7 @@ setup(
         "matplotlib",
         "jsonschema>=4.18",  # files read back (summaries, manifests, provenance) are checked against schemas
         "segmentation-models-pytorch>=0.6",  # UNet++ with a ResNet-34 encoder (IMPACT-Synth's 2.5D network)
+        "requests",  # dgcf_dicom_node talks to Orthanc's REST API
     ],
     extras_require={
         # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)

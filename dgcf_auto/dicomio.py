@@ -37,6 +37,8 @@ from dgcf_auto.log import get_logger
 DEFAULT_UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+# The SOP classes a source series may have (CT, Enhanced CT, MR, Enhanced MR Image Storage).
+SOURCE_IMAGE_STORAGE = (CT_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.2.1", MR_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.4.1")
 NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE", "SR", "PR", "KO", "REG", "SEG",
                         "DOC", "PLAN", "FID"}
 # Slice geometry tolerances: IPP/IOP are decimal strings that scanners round.
@@ -422,10 +424,19 @@ def new_uid(prefix: str = DEFAULT_UID_PREFIX) -> str:
     return generate_uid(prefix=prefix)
 
 
+def derived_uid(prefix: str, *parts: str) -> str:
+    """A UID made from `parts` (the same parts give the same UID on every run and machine), under `prefix`."""
+    from pydicom.uid import generate_uid
+
+    new_uid(prefix)  # checks the prefix
+    return generate_uid(prefix=prefix, entropy_srcs=[str(p) for p in parts])
+
+
 def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series | None = None,
                     uid_prefix: str = DEFAULT_UID_PREFIX, series_description: str = "dgcf_auto sCT",
                     derivation: str = "", series_number: int = 901, modality: str = "CT",
-                    new_frame_of_reference: bool = False, notify: Callable[[str], None] | None = None) -> Path:
+                    new_frame_of_reference: bool = False, notify: Callable[[str], None] | None = None,
+                    uid_seed: str | None = None) -> Path:
     """Write an HU volume as a CT series, one file per slice (<modality><nnnn>.dcm), atomically into `target`.
 
     `modality="MR"` writes an MR Image Storage series instead (tests use it to make DICOM sources).
@@ -436,6 +447,9 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     Compression are the source's; otherwise new UIDs are made and patient fields left empty. Source values
     invalid for their VR are repaired or dropped; `notify` (default: stderr) hears it once for the series,
     and hears about a Frame of Reference UID made for a source without one (`new_frame_of_reference`).
+    `uid_seed` (e.g. the model's id) with a `source`: Series and SOP Instance UIDs derived from the source
+    series UID and the seed, so writing the same sCT again gives the same UIDs (a PACS replaces, never
+    duplicates); otherwise they are new on every call.
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -466,12 +480,17 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     lossy = {tag: copied[tag] for tag in LOSSY_TAGS if copied.get(tag) not in (None, "")}
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
-    series_uid = new_uid(uid_prefix)
+    seeded = uid_seed is not None and source is not None
+
+    def instance_uid(*what: str) -> str:
+        return derived_uid(uid_prefix, source.uid, uid_seed, *what) if seeded else new_uid(uid_prefix)
+
+    series_uid = instance_uid("SeriesInstanceUID")
     study_uid = str(copied.get("StudyInstanceUID") or "") or new_uid(uid_prefix)
 
     with atomic_folder(target) as tmp:
         for k in range(nz):
-            sop_uid = new_uid(uid_prefix)
+            sop_uid = instance_uid("SOPInstanceUID", str(k))
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = sop_class
             meta.MediaStorageSOPInstanceUID = sop_uid
@@ -565,8 +584,6 @@ def _slice_values(image: sitk.Image, source: Series | None) -> _SliceValues:
 def frame_of_reference(source: Series, uid_prefix: str, new: bool) -> tuple[str, str | None]:
     """The source's Frame of Reference UID for its sCT; without a valid one a DGCFError, unless `new`: then
     one UID derived from the source series (the same on every run) and a note saying so."""
-    from pydicom.uid import generate_uid
-
     uid = str(copyable_values(source.headers[0], ("FrameOfReferenceUID",))[0].get("FrameOfReferenceUID") or "")
     if uid:
         return uid, None
@@ -574,8 +591,7 @@ def frame_of_reference(source: Series, uid_prefix: str, new: bool) -> tuple[str,
         raise DGCFError(f"source series {source.uid} has no Frame of Reference UID: its sCT would not register "
                         f"with anything; give --new_frame_of_reference to write a new one derived from the "
                         f"source series")
-    new_uid(uid_prefix)  # checks the prefix
-    uid = generate_uid(prefix=uid_prefix, entropy_srcs=[source.uid, "FrameOfReferenceUID"])
+    uid = derived_uid(uid_prefix, source.uid, "FrameOfReferenceUID")
     return uid, (f"series {source.uid} has no Frame of Reference UID: wrote the new Frame of Reference UID "
                  f"{uid} derived from it (--new_frame_of_reference)")
 

@@ -50,6 +50,9 @@ class OutputOptions:
     dicom_uid_prefix: str | None = option(None, "root for new DICOM UIDs (default: pydicom's)")
     new_frame_of_reference: bool = option(False, "DICOM sources without a Frame of Reference UID get one "
                                                   "derived from the series")
+    derived_uids: bool = option(False, "a DICOM sCT of a DICOM source gets Series and SOP Instance UIDs derived "
+                                       "from the source series and the model id, the same on every run "
+                                       "(dgcf_dicom_node: a retry replaces, never duplicates)")
     png_dir: Any = option(None, "a report figure per case into this folder")
     continue_prediction: bool = option(False, "skip cases whose output this same model already wrote")
     writing_threads: int = option(1, "threads writing finished sCTs (and figures)")

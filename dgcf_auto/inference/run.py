@@ -178,6 +178,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     if forced:
         report.report["forced"] = forced
     dicom = dict(uid_prefix=uid_prefix, new_frame_of_reference=new_frame_of_reference,
+                 uid_seed=provenance["model_id"] if output_options.derived_uids else None,
                  **dicom_description(predictor))
     warn_derived_masks(predictor, sum(item.mask is None and not item.mask_roi for item in todo))
 
