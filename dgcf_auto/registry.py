@@ -6,6 +6,7 @@ trainer variants, schedules, optimisers and learning-rate schedulers.
     @NETWORKS.register("resunet", description="...")      # as a decorator
     def build_resunet(...): ...
     NETWORKS.register("unet", build_unet, description="...")   # or directly
+    PROFILES.register_lazy("synthrad2023", "dgcf_auto.evaluation.profiles.synthrad2023:PROFILE")  # imported on get
 
     NETWORKS.get("resunet")     # the object; an unknown name is one DGCFError line listing the known ones
     NETWORKS.names()            # sorted in registration order
@@ -27,6 +28,7 @@ stops the other entries from working.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import types
@@ -91,6 +93,11 @@ class Registry(Generic[T]):
         self._add(name, obj, metadata)
         return obj
 
+    def register_lazy(self, name: str, target: str, **metadata: Any) -> None:
+        """Register the object at `target` ("package.module:attribute") without importing it: `names()` stays
+        cheap (argument parsers), the import happens on the first `get(name)`."""
+        self._add(name, _Lazy(target), metadata)  # type: ignore[arg-type]
+
     def _add(self, name: str, obj: T, metadata: dict[str, Any]) -> None:
         existing = self._entries.get(name)
         if existing is not None and existing.obj is not obj and existing.obj != obj:
@@ -108,7 +115,10 @@ class Registry(Generic[T]):
             failed = "".join(f"; plugin {label!r} failed to load ({why})"
                              for label, why in self._plugin_failures.items())
             raise DGCFError(f"unknown {self.kind} {name!r}; known: {', '.join(self._entries) or 'none'}{failed}")
-        return self._entries[name]
+        entry = self._entries[name]
+        if isinstance(entry.obj, _Lazy):
+            entry = self._entries[name] = Entry(name, entry.obj.load(), entry.metadata)
+        return entry
 
     def metadata(self, name: str) -> dict[str, Any]:
         return dict(self.entry(name).metadata)
@@ -120,11 +130,16 @@ class Registry(Generic[T]):
 
     def describe(self) -> str:
         """One "name: description" line per entry, for a command's --help epilog."""
-        return "\n".join(f"{entry.name}: {entry.description}".rstrip(": ") for entry in self.entries())
+        lines = []
+        for name in self.names():
+            entry = self._entries[name]   # a lazy entry with a description stays unimported
+            if isinstance(entry.obj, _Lazy) and not entry.metadata.get("description"):
+                entry = self.entry(name)
+            lines.append(f"{name}: {entry.description}".rstrip(": "))
+        return "\n".join(lines)
 
     def entries(self) -> list[Entry[T]]:
-        self.load_plugins()
-        return list(self._entries.values())
+        return [self.entry(name) for name in self.names()]
 
     def copy(self) -> Registry[T]:
         """A registry with the same entries whose registrations do not reach this one (tests)."""
@@ -179,3 +194,12 @@ class Registry(Generic[T]):
                 continue
             if not isinstance(obj, types.ModuleType) and point.name not in self._entries:
                 self._add(point.name, obj, {})
+
+
+@dataclass(frozen=True)
+class _Lazy:
+    target: str   # "package.module:attribute"
+
+    def load(self) -> Any:
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
-from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
 
 
 def build_parser() -> CommandParser:
@@ -20,7 +20,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("-d", nargs="+", default=None, help="datasets to collect summaries from (default: all)")
     parser.add_argument("--split", default="test", choices=("val", "test"),
                         help="which split's summaries to collect (default test)")
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                         help=f"which profile's summaries to collect (default {DEFAULT_PROFILE}, as dgcf_evaluate's)")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help="columns (default: the profile's table columns, and segscore when present)")

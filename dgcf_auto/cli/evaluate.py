@@ -4,7 +4,7 @@ from __future__ import annotations
 from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
 from dgcf_auto.errors import cli_entry
-from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
 
 
 def _device(value: str) -> str:
@@ -45,7 +45,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default: 1)")
     add_max_voxels(parser)
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                         help=f"metric definitions (default: {DEFAULT_PROFILE}, as dgcf_compare's); see "
                              "documentation/evaluation.md")
     dose = parser.add_argument_group("dose (needs pip install -e \".[dose]\"; documentation/evaluation.md)")

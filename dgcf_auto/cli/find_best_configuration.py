@@ -20,7 +20,7 @@ def build_parser() -> CommandParser:
                    help="folds whose final validation is pooled (default: 0 1 2 3 4)")
     p.add_argument("--metric", default="mae", help="metric to rank by (default: mae; its direction comes from "
                    "the profile)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                    help=f"metric profile of the summaries (default: {DEFAULT_PROFILE})")
     p.add_argument("--test", default="ttest", choices=list(TESTS),
                    help="paired test of the best against the runner-up (default: ttest)")

@@ -10,7 +10,7 @@ def build_parser() -> CommandParser:
     from dgcf_auto.training.variants import TRAINERS
 
     p = CommandParser(prog="dgcf_train", description=__doc__,
-                      epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
+                      epilog="trainers: " + TRAINERS.describe().replace("\n", "; "))
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
     p.add_argument("configuration", help="configuration (only 2d exists)")
     p.add_argument("fold", help="fold0, 0 or all")

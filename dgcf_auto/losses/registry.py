@@ -6,7 +6,8 @@ scalar` (pred and target B x 1 x H x W in [-1, 1], pred carrying the graph) and 
     @register_loss("ssim", description="1 - SSIM")
     def build_ssim(ctx: LossContext) -> nn.Module: ...
 
-plus one import line in `dgcf_auto/losses/__init__.py`. `CompositeLoss` sums the weighted terms; the
+plus one import line in `dgcf_auto/losses/__init__.py` (or, from another installed package, an entry point of the
+group `dgcf_auto.losses` naming the module: see dgcf_auto/registry.py). `CompositeLoss` sums the weighted terms; the
 trainer, logger and checkpoint iterate over whatever terms the plans name.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.registry import Registry
 
 if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
@@ -48,22 +50,22 @@ class LossSpec:
     description: str
 
 
-LOSSES: dict[str, LossSpec] = {}
+LOSSES: Registry[LossSpec] = Registry("loss term", "dgcf_auto.losses")
 
 
 def register_loss(name: str, *, needs_dinov3: bool = False, description: str) -> Callable[[LossBuilder], LossBuilder]:
     def add(builder: LossBuilder) -> LossBuilder:
-        if name in LOSSES and LOSSES[name].builder is not builder:
-            raise ValueError(f"loss term {name!r} is registered twice")
-        LOSSES[name] = LossSpec(name, builder, needs_dinov3, description)
+        LOSSES.register(name, LossSpec(name, builder, needs_dinov3, description), description=description)
         return builder
     return add
 
 
 def get_loss_spec(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise DGCFError(f"unknown loss term {name!r} in plans; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+    spec = LOSSES.get(name)
+    if not isinstance(spec, LossSpec):  # an entry point naming a function rather than the registering module
+        raise DGCFError(f"loss term {name!r} was registered without @register_loss; a plugin's entry point must "
+                        f"name the module that registers it")
+    return spec
 
 
 def active_terms(terms: dict[str, float]) -> dict[str, float]:

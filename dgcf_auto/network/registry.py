@@ -5,7 +5,8 @@ A network is one module under `dgcf_auto/network/` that defines its nn.Module an
     @register_network("resunet", needs_dinov3=False, size_multiple=8, description="...")
     def build_resunet(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module: ...
 
-plus one import line in `dgcf_auto/network/__init__.py`. The registration declares what the rest of the
+plus one import line in `dgcf_auto/network/__init__.py` (or, from another installed package, an entry point of
+the group `dgcf_auto.networks` naming the module: see dgcf_auto/registry.py). The registration declares what the rest of the
 pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
 predictor build the ViT only then, or when a loss term needs it) and the multiple the slice size must be
 (the planner plans the patch size from it, so a planned size can never fail the first forward pass).
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import NetworkPlans, network_plans
+from dgcf_auto.registry import Registry
 
 if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
@@ -41,7 +43,7 @@ class NetworkSpec:
         return int(self.multiple(plans) if callable(self.multiple) else self.multiple)
 
 
-NETWORKS: dict[str, NetworkSpec] = {}
+NETWORKS: Registry[NetworkSpec] = Registry("network architecture", "dgcf_auto.networks")
 # True while a network is built only to receive a checkpoint's weights: builders that would otherwise look
 # for pretrained weights (TransUNet's ImageNet encoder) skip that search and its warning.
 _FOR_CHECKPOINT = contextvars.ContextVar("dgcf_for_checkpoint", default=False)
@@ -54,17 +56,18 @@ def weights_come_from_checkpoint() -> bool:
 def register_network(name: str, *, needs_dinov3: bool, size_multiple: SizeMultiple,
                      description: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
     def add(builder: NetworkBuilder) -> NetworkBuilder:
-        if name in NETWORKS and NETWORKS[name].builder is not builder:
-            raise ValueError(f"network {name!r} is registered twice")
-        NETWORKS[name] = NetworkSpec(name, builder, needs_dinov3, size_multiple, description)
+        NETWORKS.register(name, NetworkSpec(name, builder, needs_dinov3, size_multiple, description),
+                          description=description)
         return builder
     return add
 
 
 def get_network_spec(name: str) -> NetworkSpec:
-    if name not in NETWORKS:
-        raise DGCFError(f"unknown network architecture {name!r} in plans; known: {', '.join(sorted(NETWORKS))}")
-    return NETWORKS[name]
+    spec = NETWORKS.get(name)
+    if not isinstance(spec, NetworkSpec):  # an entry point naming a function rather than the registering module
+        raise DGCFError(f"network architecture {name!r} was registered without @register_network (its needs and "
+                        f"size multiple are unknown); a plugin's entry point must name the module that registers it")
+    return spec
 
 
 def network_size_multiple(plans: dict | NetworkPlans) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning import planner, release_planner
+from dgcf_auto.registry import Registry
 
 
 def _describe_default(plans: dict) -> str:
@@ -28,17 +28,16 @@ class Planner:
     check_overrides: Callable[[dict], None]  # before anything is written
 
 
-PLANNERS: dict[str, Planner] = {
-    "default": Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default, planner.check_overrides),
-    "release": Planner(release_planner.PLANS_NAME, release_planner.plan_release, release_planner.describe,
-                       release_planner.check_overrides),
-}
+PLANNERS: Registry[Planner] = Registry("planner", "dgcf_auto.planners")
+PLANNERS.register("default", Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default,
+                                     planner.check_overrides), description="nnU-Net-style plans from the fingerprint")
+PLANNERS.register("release", Planner(release_planner.PLANS_NAME, release_planner.plan_release,
+                                     release_planner.describe, release_planner.check_overrides),
+                  description="the authors' released configuration")
 
 
 def get_planner(name: str) -> Planner:
-    if name not in PLANNERS:
-        raise DGCFError(f"unknown planner '{name}' (-pl); available: {', '.join(PLANNERS)}")
-    return PLANNERS[name]
+    return PLANNERS.get(name)
 
 
 def data_identifier(plans: dict) -> str:

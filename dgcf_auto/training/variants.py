@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import apply_schedule, deep_update
+from dgcf_auto.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ def _release_baseline(name: str, network: str, row: str, options: dict | None = 
     return TrainerVariant(name, network, L1_ONLY, row, overrides, best_metric="ssim")
 
 
-TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
+# A lab's own variant: an entry point of the group `dgcf_auto.trainers` naming a TrainerVariant (registry.py).
+TRAINERS: Registry[TrainerVariant] = Registry("trainer", "dgcf_auto.trainers")
+for _variant in (
     TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
     TrainerVariant("DGCFTrainer_L1", "cross_fusion", L1_ONLY, "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
     TrainerVariant("DGCFTrainer_VGG", "cross_fusion", {"l1": 1.0, "vgg": 1.0},
@@ -97,13 +100,12 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
                       "released code, Table 1: TransUNet [19], L1, random start (their load_from is never called)"),
     _release_baseline("DGCFTrainer_i2imamba_release", "i2i_mamba",
                       "released code, Table 1: I2I-Mamba [20], L1 (their mambaunet code is missing; ours)"),
-)}
+):
+    TRAINERS.register(_variant.name, _variant, description=_variant.paper_row)
 
 
 def get_trainer_variant(name: str) -> TrainerVariant:
-    if name not in TRAINERS:
-        raise DGCFError(f"unknown trainer '{name}' (-tr); available: {', '.join(TRAINERS)}")
-    return TRAINERS[name]
+    return TRAINERS.get(name)
 
 
 def effective_plans(plans: dict, variant: TrainerVariant, overrides: dict) -> dict:
