@@ -123,7 +123,8 @@ def _check_saved_predictions(members: dict, dataset, plans: str) -> None:
     """Ensembles average float predictions: every validation case needs its <case>.npz/.json (--npz), and
     they must be the floats of the sCT beside them (the folder's provenance record holds both hashes), not
     leftovers of an earlier validation."""
-    from dgcf_auto.inference.provenance import file_sha256, read_provenance
+    from dgcf_auto.hashing import file_sha256
+    from dgcf_auto.inference.provenance import read_provenance
     from dgcf_auto.inference.saved_predictions import PLANS_FILE, saved_cases, saved_files
 
     for trainer, per_fold in members.items():

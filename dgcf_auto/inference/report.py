@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dgcf_auto.atomic import write_json
-from dgcf_auto.inference.provenance import file_sha256
+from dgcf_auto.hashing import file_sha256
 
 REPORT_FILE = "prediction_report.json"
 REPORT_VERSION = 1

@@ -6,8 +6,6 @@ source recorded in the folder's provenance JSON, see `provenance.py`) and lies o
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from dgcf_auto.atomic import check_writable, write_json
+from dgcf_auto.atomic import check_writable, folder_lock, write_json
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_series, write_ct_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
@@ -285,7 +283,7 @@ class _ProvenanceRecorder:
         # Parts of one input set (-num_parts) may share the output folder: under a lock on the folder, keep
         # the records other processes wrote for this same model, and add ours.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(self.path.parent):
+        with folder_lock(self.path.parent, name=None):
             on_disk = _read_record(self.path.parent)
             if on_disk is not None and on_disk.get("model_id") == self.provenance["model_id"]:
                 others = {k: v for k, v in on_disk["cases"].items() if k not in self.pending}
@@ -293,23 +291,6 @@ class _ProvenanceRecorder:
                 for name in self.pending:
                     self.provenance["cases"].pop(name, None)
             write_json(self.provenance, self.path)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """An exclusive advisory lock on a folder (POSIX flock on its descriptor); a no-op where unsupported."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def dicom_description(predictor: SCTPredictor) -> dict:

@@ -178,7 +178,7 @@ def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -
         raise DGCFError("-pretrained_weights starts a new run; --c continues one: give only one of them")
     if not Path(pretrained_weights).is_file():
         raise DGCFError(f"-pretrained_weights {pretrained_weights}: no such file")
-    from dgcf_auto.inference.provenance import file_sha256
+    from dgcf_auto.hashing import file_sha256
 
     return file_sha256(pretrained_weights)
 

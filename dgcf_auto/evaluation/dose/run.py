@@ -27,6 +27,7 @@ from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
 from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
                                                   read_structures, rtstruct_structures, structure_files,
                                                   totalsegmentator_structures)
+from dgcf_auto.hashing import file_sha256
 from dgcf_auto.imageio import read_image, write_image
 from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.workers import map_cases
@@ -52,15 +53,6 @@ class DoseJob:
     cache_dir: Path | None
     device: str | None = None
     progress: bool = True
-
-
-def file_digest(path: Path) -> str:
-    """sha1 of a file, or of a DICOM folder's files in name order."""
-    digest = hashlib.sha1()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for file in files:
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def find_structures(job: DoseJob, ct: sitk.Image) -> CaseStructures | str:
@@ -196,8 +188,8 @@ def evaluate_case(job: DoseJob) -> dict:
         structures_file = out / "structures_plan.nii.gz"
         write_image(masks_to_image({"PTV": case.ptv, **case.oars}, case.ct), structures_file)
         cache = ReferenceCache(job.cache_dir)
-        key = {"ct_sha1": file_digest(job.ct_file),
-               "structures_sha1": "+".join(file_digest(Path(f)) for f in structures.files) or structures.source}
+        key = {"ct_sha256": file_sha256(job.ct_file),
+               "structures_sha256": "+".join(file_sha256(f) for f in structures.files) or structures.source}
         metrics, record = {}, {"structures_source": structures.source, "structure_files": structures.files,
                                "target": settings.target, "oars": list(case.oars), "dvh": {},
                                "files": {"structures_plan": str(structures_file)},
