@@ -9,11 +9,12 @@ from pathlib import Path
 from dgcf_auto.atomic import check_writable, read_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.paths import DEFAULT_TRAINER
 
 log = get_logger(__name__)
 
 DEMO_DATASET_ID = 999
-DEMO_TRAINER = "DGCFTrainer"
+DEMO_TRAINER = DEFAULT_TRAINER
 
 
 def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 10,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
 from dgcf_auto.errors import cli_entry
+from dgcf_auto.paths import DEFAULT_PLANS
 from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
 
 
@@ -30,7 +31,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("-f", default="0", help="fold whose split is evaluated (default: 0)")
     parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
                         "that have predictions)")
-    parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
+    parser.add_argument("-p", default=DEFAULT_PLANS, help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
                                                         "after -pl release)")
     parser.add_argument("--segscore", action="store_true",
                         help="also compute SegScore with TotalSegmentator (locally installed weights only)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.errors import cli_entry
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
@@ -14,8 +15,8 @@ def build_parser() -> CommandParser:
 
     p = CommandParser(prog="dgcf_find_best_configuration", description=__doc__)
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default: DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default: DGCFPlans)")
+    p.add_argument("-tr", nargs="+", default=[DEFAULT_TRAINER], help=f"trainers to consider (default: {DEFAULT_TRAINER})")
+    p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default: {DEFAULT_PLANS})")
     p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                    help="folds whose final validation is pooled (default: 0 1 2 3 4)")
     p.add_argument("--metric", default="mae", help="metric to rank by (default: mae; its direction comes from "

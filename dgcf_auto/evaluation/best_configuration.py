@@ -21,6 +21,7 @@ import math
 import shutil
 from pathlib import Path
 
+from dgcf_auto import paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
@@ -39,7 +40,7 @@ def folds_string(folds) -> str:
 
 
 def model_identifier(trainer: str, plans: str) -> str:
-    return f"{trainer}__{plans}__{CONFIGURATION}"
+    return paths.model_folder_name(trainer, plans, CONFIGURATION)
 
 
 def ensemble_identifier(members: list[str], folds) -> str:
@@ -47,12 +48,11 @@ def ensemble_identifier(members: list[str], folds) -> str:
     return "___".join(["ensemble", *members, folds_string(folds)])
 
 
-def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlans", folds=DEFAULT_FOLDS,
+def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEFAULT_PLANS, folds=DEFAULT_FOLDS,
                             metric: str = "mae", profile: str | None = None, allow_ensembling: bool = True,
                             num_processes: int = 1, test: str = "ttest", progress: bool = True) -> dict:
     """Score every trainer and ensemble on the cross-validation, write the instructions; returns the
     information dict (also written to inference_information.json)."""
-    from dgcf_auto import paths
     from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, get_profile
 
     profile = get_profile(profile or DEFAULT_PROFILE)

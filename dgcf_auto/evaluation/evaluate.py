@@ -18,6 +18,7 @@ from dgcf_auto.atomic import check_output_file, check_writable, write_json
 from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
+from dgcf_auto.paths import DEFAULT_PLANS
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -338,7 +339,7 @@ def split_reference(dataset, split: str, fold: int | str = 0) -> tuple[Path, lis
 
 
 def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str] | None = None,
-                   plans: str = "DGCFPlans", configuration: str = "2d", pred_dir=None, output_json=None,
+                   plans: str = DEFAULT_PLANS, configuration: str = "2d", pred_dir=None, output_json=None,
                    profile: str = DEFAULT_PROFILE, **kwargs) -> list[tuple[Path, dict]]:
     """`dgcf_evaluate -d ID --split val|test`: the fold's recorded cases, reference CTs and masks from the raw
     dataset, against each trained model's fold_F/validation|test predictions (or `pred_dir`).
@@ -346,7 +347,8 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     Writes `summary_<profile>.json` beside each model's predictions (or `output_json`); returns [(path, summary)].
     """
     from dgcf_auto.dataset.discovery import task_of
-    from dgcf_auto.paths import SPLIT_FOLDERS, results_root, split_prediction_folder, summary_file_name
+    from dgcf_auto.paths import (SPLIT_FOLDERS, model_folder_name, results_root, split_prediction_folder,
+                                 summary_file_name)
 
     raw, cases, reference = split_reference(dataset, split, fold)
     if pred_dir is not None:
@@ -354,7 +356,7 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     else:
         if trainers is None:
             model_root = results_root() / raw.name
-            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(f"*__{plans}__{configuration}")
+            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(model_folder_name("*", plans, configuration))
                               if (p / f"fold_{fold}" / SPLIT_FOLDERS[split]).is_dir())
             if not trainers:
                 raise DGCFError(f"dataset {raw.name}: no fold_{fold}/{SPLIT_FOLDERS[split]} predictions under "

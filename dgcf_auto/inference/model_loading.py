@@ -11,8 +11,6 @@ from dgcf_auto.atomic import recover_swaps
 from dgcf_auto.errors import DGCFError
 
 CONFIGURATION = "2d"
-DEFAULT_TRAINER = "DGCFTrainer"
-DEFAULT_PLANS = "DGCFPlans"
 VIT_PREFIX = checkpoint_format.VIT_PREFIX
 
 
@@ -36,7 +34,7 @@ def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str) ->
         dataset_folder = candidates[0]
     else:
         dataset_folder = paths.results_dataset(dataset)
-    folder = dataset_folder / f"{trainer}__{plans}__{CONFIGURATION}"
+    folder = dataset_folder / paths.model_folder_name(trainer, plans, CONFIGURATION)
     recover_swaps(dataset_folder)  # an install killed between its renames: finish it first
     if not folder.is_dir():
         trained = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir() and not p.name.startswith("."))

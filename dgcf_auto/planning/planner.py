@@ -12,9 +12,10 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.paths import DEFAULT_PLANS
 from dgcf_auto.plans import NetworkPlans, TrainingPlans
 
-PLANS_NAME = "DGCFPlans"
+PLANS_NAME = DEFAULT_PLANS
 CONFIGURATION = "2d"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"
 

@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass, field
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.paths import DEFAULT_TRAINER
 from dgcf_auto.plans import apply_schedule, deep_update
 from dgcf_auto.registry import Registry
 
@@ -66,7 +67,7 @@ def _release_baseline(name: str, network: str, row: str, options: dict | None = 
 # A lab's own variant: an entry point of the group `dgcf_auto.trainers` naming a TrainerVariant (registry.py).
 TRAINERS: Registry[TrainerVariant] = Registry("trainer", "dgcf_auto.trainers")
 for _variant in (
-    TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
+    TrainerVariant(DEFAULT_TRAINER, "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
     TrainerVariant("DGCFTrainer_L1", "cross_fusion", L1_ONLY, "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
     TrainerVariant("DGCFTrainer_VGG", "cross_fusion", {"l1": 1.0, "vgg": 1.0},
                    "Table 1: DGCN + L_VGG (needs torchvision VGG19 weights: --vgg_weights)"),
