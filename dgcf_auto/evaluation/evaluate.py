@@ -7,7 +7,6 @@ in seconds, lists every problem, and leaves no summary behind.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.paths import DEFAULT_PLANS
+from dgcf_auto.schema import finite_or_none
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -196,10 +196,6 @@ def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
     return metrics
 
 
-def _finite_or_none(value):
-    return value if isinstance(value, (int, str)) or (value is not None and math.isfinite(value)) else None
-
-
 def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Profile,
                   missing: list[str] = (), extra: dict | None = None, unusable: dict[str, str] | None = None) -> dict:
     """summary.json's content (its structure lives here only): per case, mean/std/n, what was computed.
@@ -213,10 +209,10 @@ def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Pro
         "metric_per_case": [
             {"case": c.name, "reference_file": str(c.ct), "prediction_file": str(c.sct),
              "mask_file": str(c.mask) if c.mask else None,
-             "metrics": {k: _finite_or_none(v) for k, v in per_case[c.name].items()}}
+             "metrics": {k: finite_or_none(v) for k, v in per_case[c.name].items()}}
             for c in cases
         ],
-        **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
+        **{key: {k: finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
         "num_cases": len(cases),
         "missing_predictions": list(missing),
         "profile": profile.describe(),

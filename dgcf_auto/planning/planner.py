@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.geometry import ORIENTATIONS
 from dgcf_auto.paths import DEFAULT_PLANS
 from dgcf_auto.plans import NetworkPlans, TrainingPlans
 
@@ -27,7 +28,6 @@ MR_PERCENTILE, MR_CLIP_MAX = 99.0, 1.0
 MAX_PATCH_EDGE = 256          # the paper's slice size: the FOV is sampled with at most this many pixels
 FOV_MARGIN_MM = 10.0          # per side, around the largest body bounding box
 LPS_AXIS_NAMES = ("sagittal", "coronal", "axial")  # slice axis = LPS axis 0, 1, 2
-ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 # In-plane (row, column) LPS axes of each orientation: the first two letters are column, row.
 INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 

@@ -22,8 +22,6 @@ import SimpleITK as sitk
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.geometry import canonical_frame, mask_box
 
-# Slice axis name -> orientation code whose third axis is the slice axis (rows top->bottom = A->P or S->I).
-ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 def slice_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict) -> sitk.Image:
     """An empty (uint8) image carrying the case's slice-grid geometry; see the module docstring."""

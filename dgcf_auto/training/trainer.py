@@ -24,7 +24,8 @@ from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
                                             make_batch_stream, next_batch)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
-from dgcf_auto.training.logger import TrainingLogger, finite_or_none
+from dgcf_auto.schema import finite_or_none
+from dgcf_auto.training.logger import TrainingLogger
 from dgcf_auto.training.tensorboard import TensorBoardLog
 from dgcf_auto.training.validation import validate_cases
 from dgcf_auto.training.variants import TrainerVariant
