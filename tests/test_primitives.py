@@ -56,3 +56,33 @@ def test_a_held_folder_lock_refuses_a_second_holder_naming_the_first(tmp_path, n
         holder.join(30)
     with folder_lock(tmp_path, name, busy="still held"):  # released with the process
         pass
+
+
+def test_library_errors_name_the_parameter_and_the_command_line_shows_the_flag(capsys):
+    from dgcf_auto.cli import CommandParser
+    from dgcf_auto.cli.entry import cli_entry
+    from dgcf_auto.imageio import voxel_limit
+
+    with pytest.raises(DGCFError, match="^`max_voxels` must be at least 1, got 0$"):
+        with voxel_limit(0):
+            pass
+
+    def main(argv):
+        parser = CommandParser(prog="dgcf_x")
+        parser.add_argument("--max_voxels", type=int)
+        parser.add_argument("-c", "--continue_training", action="store_true")
+        args = parser.parse_args(argv)
+        if args.continue_training:
+            raise DGCFError("`continue_training` and `start_over` contradict each other")
+        with voxel_limit(args.max_voxels):
+            return 0
+
+    main.__module__ = "dgcf_auto.cli.x"
+    with pytest.raises(SystemExit) as caught:
+        cli_entry(main)(["--max_voxels", "0"])
+    assert caught.value.code == 1
+    assert capsys.readouterr().err == "dgcf_x: error: --max_voxels must be at least 1, got 0\n"
+    with pytest.raises(SystemExit):
+        cli_entry(main)(["-c"])
+    # a parameter the command has no flag for stays its bare name
+    assert capsys.readouterr().err == "dgcf_x: error: -c and start_over contradict each other\n"

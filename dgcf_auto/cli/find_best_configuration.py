@@ -5,7 +5,7 @@ nnUNetv2_find_best_configuration)."""
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 

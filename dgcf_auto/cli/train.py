@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 

@@ -57,8 +57,8 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEF
 
     profile = get_profile(profile or DEFAULT_PROFILE)
     if metric not in profile.metrics:
-        raise DGCFError(f"--metric {metric}: not a metric of profile {profile.name} "
-                        f"({', '.join(profile.metrics)}); pick one or another --profile")
+        raise DGCFError(f"`metric` {metric}: not a metric of profile {profile.name} "
+                        f"({', '.join(profile.metrics)}); pick one or another `profile`")
     trainers, folds = list(dict.fromkeys(trainers)), [int(f) for f in dict.fromkeys(folds)]
     if not trainers or not folds:
         raise DGCFError("give at least one trainer (-tr) and one fold (-f)")

@@ -303,7 +303,7 @@ def _check_target(results: Path, root: PurePosixPath, target: Path, overwrite: b
             raise DGCFError(f"model {root}: dataset id {did} is already used by {clashing[0]} in "
                             f"DGCF_results={results}; rename or remove that folder first")
     if target.exists() and not overwrite:
-        raise DGCFError(f"model {root}: already installed at {target}; pass --overwrite to replace it")
+        raise DGCFError(f"model {root}: already installed at {target}; pass `overwrite` to replace it")
 
 
 def _extract_checked(archive: zipfile.ZipFile, name: str, target: Path, expected: str, where: str) -> None:
