@@ -24,8 +24,9 @@ import secrets
 import shutil
 import socket
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,7 @@ backticks ("`max_voxels` must be at least 1"); the command line shows the flag t
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class DGCFError(Exception):

@@ -146,9 +146,11 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
         return (f"header declares {dims} voxels ({nbytes} bytes), more than its {available} compressed bytes can "
                 f"hold (at most {DEFLATE_MAX_RATIO * available}); the file is corrupt")
     if not compressed and nbytes > available:
-        return f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; it is truncated"
+        return (f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; "
+                f"it is truncated")
     if voxels > max_voxels():
-        return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
+        return (f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; "
+                f"raise --max_voxels if this is right")
     memory = _machine_memory()
     if memory is not None and max(nbytes, 4 * voxels) > memory:  # stages work on float32 copies
         return (f"header declares {dims} voxels ({max(nbytes, 4 * voxels)} bytes as float32), more than this "

@@ -15,20 +15,19 @@ A worker that dies (killed, out of memory) is an error naming its case, never a 
 from __future__ import annotations
 
 import ctypes
-import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import Callable, Iterable, Iterator, TypeVar
-
-from dgcf_auto.log import progress_bar
+from typing import TypeVar
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")

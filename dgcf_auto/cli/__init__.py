@@ -15,7 +15,8 @@ import sys
 
 # In pipeline order; the console script is "dgcf_" + the module name.
 COMMANDS = ("make_example_dataset", "convert_synthrad2023", "plan_and_preprocess", "train", "predict",
-            "evaluate", "compare", "ensemble", "find_best_configuration", "export_model_to_zip", "install_model_from_zip", "import_reference_checkpoint",
+            "evaluate", "compare", "ensemble", "find_best_configuration", "export_model_to_zip",
+            "install_model_from_zip", "import_reference_checkpoint",
             "visualize", "demo")
 
 

@@ -13,7 +13,8 @@ def build_parser() -> CommandParser:
                     "two-sided test over the common cases gives p < 0.05 against the best other method. Writes "
                     "table.md, table.csv, table.tex and boxplots.png. See documentation/evaluation.md.")
     parser.add_argument("summaries", nargs="*", metavar="[LABEL=]SUMMARY",
-                        help="summary JSONs of dgcf_evaluate (label: the trainer of the model that wrote the predictions, "
+                        help="summary JSONs of dgcf_evaluate (label: the trainer of the model that wrote the "
+                             "predictions, "
                              "with plans, folds or checkpoint added where that tells methods apart; else the "
                              "summary's folder); "
                              "default: every --split summary of --profile under $DGCF_results")

@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from dgcf_auto.errors import DGCFError, Terminated
 

@@ -1,11 +1,11 @@
 """dgcf_evaluate: SynthRAD metrics (and optionally SegScore and PNGs) of a folder of sCTs against CTs."""
 from __future__ import annotations
 
-from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
 from dgcf_auto.cli.entry import cli_entry
-from dgcf_auto.paths import DEFAULT_PLANS
+from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
+from dgcf_auto.paths import DEFAULT_PLANS
 
 
 def _device(value: str) -> str:

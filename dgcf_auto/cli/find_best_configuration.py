@@ -15,7 +15,8 @@ def build_parser() -> CommandParser:
 
     p = CommandParser(prog="dgcf_find_best_configuration", description=__doc__)
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-tr", nargs="+", default=[DEFAULT_TRAINER], help=f"trainers to consider (default: {DEFAULT_TRAINER})")
+    p.add_argument("-tr", nargs="+", default=[DEFAULT_TRAINER],
+                   help=f"trainers to consider (default: {DEFAULT_TRAINER})")
     p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default: {DEFAULT_PLANS})")
     p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                    help="folds whose final validation is pooled (default: 0 1 2 3 4)")
@@ -35,8 +36,11 @@ def build_parser() -> CommandParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgcf_auto.evaluation.best_configuration import INSTRUCTIONS_FILE, find_best_configuration, \
-        inference_instructions
+    from dgcf_auto.evaluation.best_configuration import (
+        INSTRUCTIONS_FILE,
+        find_best_configuration,
+        inference_instructions,
+    )
     from dgcf_auto.paths import results_dataset
 
     information = find_best_configuration(args.d, args.tr, args.p, args.f, args.metric, args.profile,

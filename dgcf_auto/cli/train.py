@@ -1,9 +1,9 @@
 """dgcf_train DATASET 2d FOLD [-tr TRAINER] [--c]: train one fold (multi-GPU: launch with torchrun)."""
 from __future__ import annotations
 
-from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
@@ -15,7 +15,8 @@ def build_parser() -> CommandParser:
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
     p.add_argument("configuration", help="configuration (only 2d exists)")
     p.add_argument("fold", help="fold0, 0 or all")
-    p.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer variant (default: {DEFAULT_TRAINER}: DGCN, L1 + MLDP)")
+    p.add_argument("-tr", default=DEFAULT_TRAINER,
+                   help=f"trainer variant (default: {DEFAULT_TRAINER}: DGCN, L1 + MLDP)")
     p.add_argument("-p", default=DEFAULT_PLANS,
                    help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)

@@ -13,7 +13,6 @@ Shared by prediction (against the plans' `source_signature`, `plans.source_signa
 """
 from __future__ import annotations
 
-
 import numpy as np
 import SimpleITK as sitk
 
@@ -69,7 +68,8 @@ def source_problems(case: Case, expected: dict, trained_on: str | None = None) -
     array = sitk.GetArrayViewFromImage(image)
     mask = None
     if case.mask is not None:
-        mask = sitk.GetArrayFromImage(read_image(case.mask, case.name, case.series_uids))  # a copy: the image is not kept
+        # a copy: the image is not kept
+        mask = sitk.GetArrayFromImage(read_image(case.mask, case.name, case.series_uids))
     signature = intensity_signature(array, mask)
     problems = []
     if label := _label_problem(signature, expected):

@@ -192,9 +192,9 @@ def _fresh(cases: list) -> list:
 
 def _choose(results: dict, dataset, results_dataset: Path, trainers: list[str], plans: str, folds: list[int],
             metric: str, profile, allow_ensembling: bool, test: str) -> dict:
-    from dgcf_auto.evaluation.compare import paired_p_value
-
     import numpy as np
+
+    from dgcf_auto.evaluation.compare import paired_p_value
 
     higher = profile.metrics[metric].higher_is_better
     scores = {}

@@ -1,7 +1,8 @@
 """Evaluate a folder of sCTs against reference CTs: match cases, check grids, compute metrics, write a summary.
 
 Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz` or a DICOM folder `<case>/ct/`, with `mask`
-and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
+and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction
+(and mask) folder: `<case>.{nii.gz,nii,mha}`.
 Every case's files are checked (readable, same grid) before any metric is computed, so a bad input fails
 in seconds, lists every problem, and leaves no summary behind.
 """
@@ -14,16 +15,24 @@ import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.atomic import check_output_file, check_writable, write_json
-from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.paths import DEFAULT_PLANS
-from dgcf_auto.schema import finite_or_none
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
-from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
+from dgcf_auto.imageio import (
+    IMAGE_SUFFIXES,
+    find_image,
+    geometry_mismatch,
+    image_suffix,
+    read_header,
+    read_image,
+    strip_suffix,
+)
 from dgcf_auto.log import get_logger, progress_bar
+from dgcf_auto.paths import DEFAULT_PLANS
+from dgcf_auto.schema import finite_or_none
 from dgcf_auto.workers import map_cases
 
 log = get_logger(__name__)
@@ -343,8 +352,13 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     Writes `summary_<profile>.json` beside each model's predictions (or `output_json`); returns [(path, summary)].
     """
     from dgcf_auto.dataset.discovery import task_of
-    from dgcf_auto.paths import (SPLIT_FOLDERS, model_folder_name, results_root, split_prediction_folder,
-                                 summary_file_name)
+    from dgcf_auto.paths import (
+        SPLIT_FOLDERS,
+        model_folder_name,
+        results_root,
+        split_prediction_folder,
+        summary_file_name,
+    )
 
     raw, cases, reference = split_reference(dataset, split, fold)
     if pred_dir is not None:
@@ -352,7 +366,8 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     else:
         if trainers is None:
             model_root = results_root() / raw.name
-            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(model_folder_name("*", plans, configuration))
+            models = model_root.glob(model_folder_name("*", plans, configuration))
+            trainers = sorted(p.name.split("__")[0] for p in models
                               if (p / f"fold_{fold}" / SPLIT_FOLDERS[split]).is_dir())
             if not trainers:
                 raise DGCFError(f"dataset {raw.name}: no fold_{fold}/{SPLIT_FOLDERS[split]} predictions under "

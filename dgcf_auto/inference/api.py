@@ -19,7 +19,8 @@ log = get_logger(__name__)
 PathLike = str | os.PathLike
 
 
-def resolve_model(model: PathLike | int | None = None, trainer: str = DEFAULT_TRAINER, plans: str = DEFAULT_PLANS) -> Path:
+def resolve_model(model: PathLike | int | None = None, trainer: str = DEFAULT_TRAINER,
+                  plans: str = DEFAULT_PLANS) -> Path:
     """A trained-model folder (`<Trainer>__<Plans>__2d`, holding fold_*), from a folder path or a dataset
     id/name in DGCF_results (None: the only trained dataset there)."""
     from dgcf_auto.inference.model_loading import resolve_model_folder

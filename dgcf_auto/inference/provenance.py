@@ -4,7 +4,8 @@
 nnU-Net's `predict_from_raw_data_args.json`), with one entry per case written (the output file's size and
 SHA-256). `--continue_prediction` trusts an existing output only when that record and the current model
 agree (`model_id`), and only after the whole file matched PROVENANCE_SCHEMA. Light (no torch, lazy version
-look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` (hashes: dgcf_auto.hashing.file_sha256).
+look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` (hashes:
+dgcf_auto.hashing.file_sha256).
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
 
 from dgcf_auto.hashing import file_sha256
 from dgcf_auto.schema import SHA256, STRING_OR_NULL, read_checked

@@ -45,7 +45,7 @@ class PeakMemory:
         self.peak_vram: int | None = None
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.peak_rss = current_rss_bytes()
         if self._cuda:
             import torch

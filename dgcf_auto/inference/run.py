@@ -19,11 +19,22 @@ from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_serie
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, read_header, read_image, write_image
 from dgcf_auto.inference.predictor import SCTPredictor
-from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
-                                            output_bytes, read_provenance)
+from dgcf_auto.inference.provenance import (
+    PROVENANCE_FILE,
+    build_provenance,
+    case_record,
+    file_sha256,
+    output_bytes,
+    read_provenance,
+)
 from dgcf_auto.inference.report import REPORT_FILE, PeakMemory, RunReport, report_name
-from dgcf_auto.inference.saved_predictions import (PLANS_FILE, SAVED_OUTPUTS, saved_files, write_folder_plans,
-                                                   write_saved_prediction)
+from dgcf_auto.inference.saved_predictions import (
+    PLANS_FILE,
+    SAVED_OUTPUTS,
+    saved_files,
+    write_folder_plans,
+    write_saved_prediction,
+)
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 from dgcf_auto.log import get_logger, progress_bar
 
@@ -240,7 +251,8 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     if record is None or record.get("output") != target.name:
         return "written by another model, other options or unknown"
     try:
-        if record.get("source") != str(item.source.resolve()) or record.get("source_sha256") != file_sha256(item.source):
+        if (record.get("source") != str(item.source.resolve())
+                or record.get("source_sha256") != file_sha256(item.source)):
             return "whose source changed"
         if record.get("bytes") != output_bytes(target) or record.get("sha256") != file_sha256(target):
             return "changed or incomplete since written"

@@ -13,7 +13,7 @@ MLDP(Y, Y) is not 0 (0.007 to 0.013 with the real weights). See FrozenDINOv3 and
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

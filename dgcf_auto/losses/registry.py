@@ -12,8 +12,9 @@ trainer, logger and checkpoint iterate over whatever terms the plans name.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class LossContext:
-    dinov3: "FrozenDINOv3 | None" = None   # the generator's own frozen ViT instance, when one is built
+    dinov3: FrozenDINOv3 | None = None   # the generator's own frozen ViT instance, when one is built
     options: dict = field(default_factory=dict)   # training.loss_options[name]
     weights: dict = field(default_factory=dict)   # user-given weight files, e.g. {"vgg": "/path/vgg19.pth"}
 
@@ -87,7 +88,7 @@ class CompositeLoss(nn.Module):
     Terms needing DINOv3 get the generator's own instance, so only one ViT lives in memory.
     """
 
-    def __init__(self, terms: dict[str, float], dinov3: "FrozenDINOv3 | None" = None,
+    def __init__(self, terms: dict[str, float], dinov3: FrozenDINOv3 | None = None,
                  options: dict[str, dict] | None = None, weights: dict[str, str | None] | None = None):
         super().__init__()
         self.weights = active_terms(terms)

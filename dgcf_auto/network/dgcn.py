@@ -21,7 +21,7 @@ tanh has no parameters, so both heads hold the same state dict.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

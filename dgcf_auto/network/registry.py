@@ -6,16 +6,17 @@ A network is one module under `dgcf_auto/network/` that defines its nn.Module an
     def build_resunet(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module: ...
 
 plus one import line in `dgcf_auto/network/__init__.py` (or, from another installed package, an entry point of
-the group `dgcf_auto.networks` naming the module: see dgcf_auto/registry.py). The registration declares what the rest of the
-pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
+the group `dgcf_auto.networks` naming the module: see dgcf_auto/registry.py). The registration declares what
+the rest of the pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
 predictor build the ViT only then, or when a loss term needs it) and the multiple the slice size must be
 (the planner plans the patch size from it, so a planned size can never fail the first forward pass).
 """
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
 
 NetworkBuilder = Callable[[NetworkPlans, "FrozenDINOv3 | None"], nn.Module]
-SizeMultiple = Union[int, Callable[[NetworkPlans], int]]
+SizeMultiple = int | Callable[[NetworkPlans], int]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def network_needs_dinov3(plans: dict | NetworkPlans) -> bool:
     return get_network_spec(network_plans(plans).architecture).needs_dinov3
 
 
-def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None", for_checkpoint: bool = False) -> nn.Module:
+def build_network(plans: dict | NetworkPlans, dinov3: FrozenDINOv3 | None, for_checkpoint: bool = False) -> nn.Module:
     """The generator the network plans name, initialised as `plans.init` says. It holds the very `dinov3`
     passed in (not a copy) when it needs one; plans problems raise DGCFError. `for_checkpoint`: a
     checkpoint's weights are loaded next, so no pretrained weights are looked for and no init is drawn."""

@@ -6,8 +6,8 @@ two sets of plans live side by side in one preprocessed dataset and never share 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from dgcf_auto.planning import planner, release_planner
 from dgcf_auto.registry import Registry

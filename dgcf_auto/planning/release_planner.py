@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import NetworkPlans, TrainingPlans
 from dgcf_auto.planning.planner import CONFIGURATION, plan_body_mask
+from dgcf_auto.plans import NetworkPlans, TrainingPlans
 
 PLANS_NAME = "DGCFReleasePlans"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION}"

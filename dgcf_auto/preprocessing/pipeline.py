@@ -26,10 +26,21 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry, geometry_mismatch
-from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, ct_window,
-                                                   denormalize_ct, normalize_ct, source_normalization_params)
-from dgcf_auto.preprocessing.slicing import (from_slice_grid, interpolator, slice_grid_reference, slices_to_image,
-                                             to_slice_grid)
+from dgcf_auto.preprocessing.normalization import (
+    CT_AIR_HU,
+    apply_source_normalization,
+    ct_window,
+    denormalize_ct,
+    normalize_ct,
+    source_normalization_params,
+)
+from dgcf_auto.preprocessing.slicing import (
+    from_slice_grid,
+    interpolator,
+    slice_grid_reference,
+    slices_to_image,
+    to_slice_grid,
+)
 from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
 PROPERTIES_VERSION = 1

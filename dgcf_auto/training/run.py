@@ -17,8 +17,8 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
-from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
+from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
 from dgcf_auto.training.variants import BEST_METRICS, effective_plans, get_trainer_variant
 

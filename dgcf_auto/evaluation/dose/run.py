@@ -2,10 +2,10 @@
 
 Files per case under `<summary folder>/dose/<case>/`: dose_ct_<modality>.nii.gz and dose_sct_<modality>.nii.gz
 (Gy per fraction, on the dose grid, in the planning frame), structures_plan.nii.gz (the PTV and OARs on the
-planning-frame CT grid; bit i = the i-th name of `structures_plan_bits`), dose_<modality>.png (CT dose, sCT dose, difference, three
-views) and dvh_<modality>.png. The reference plan (weights and CT dose) is cached per case and modality,
-keyed by the CT file's hash, the structures' hash and every plan setting, so every method compared on the
-same cases is scored against the same plan.
+planning-frame CT grid; bit i = the i-th name of `structures_plan_bits`), dose_<modality>.png (CT dose, sCT
+dose, difference, three views) and dvh_<modality>.png. The reference plan (weights and CT dose) is cached per
+case and modality, keyed by the CT file's hash, the structures' hash and every plan setting, so every method
+compared on the same cases is scored against the same plan.
 """
 from __future__ import annotations
 
@@ -21,12 +21,24 @@ import SimpleITK as sitk
 from dgcf_auto.atomic import atomic_folder, write_npy
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.dose import metrics as dm
-from dgcf_auto.evaluation.dose.plan import (DoseSettings, PlanningCase, Planner, image_to_masks, masks_to_image,
-                                            planning_frame)
 from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
-from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
-                                                  read_structures, rtstruct_structures, structure_files,
-                                                  totalsegmentator_structures)
+from dgcf_auto.evaluation.dose.plan import (
+    DoseSettings,
+    Planner,
+    PlanningCase,
+    image_to_masks,
+    masks_to_image,
+    planning_frame,
+)
+from dgcf_auto.evaluation.dose.structures import (
+    CaseStructures,
+    check_structures,
+    plan_structures,
+    read_structures,
+    rtstruct_structures,
+    structure_files,
+    totalsegmentator_structures,
+)
 from dgcf_auto.hashing import file_sha256
 from dgcf_auto.imageio import read_image, write_image
 from dgcf_auto.log import get_logger, progress_bar
@@ -151,7 +163,8 @@ def score(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, 
     values["gamma"] = dm.gamma_pass_rate(sitk.GetArrayFromImage(dose_ct), sitk.GetArrayFromImage(dose_sct),
                                          tuple(reversed(dose_ct.GetSpacing())))
     out = job.out_dir / job.case
-    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png", f"{job.case} {modality} DVH (solid CT, dashed sCT)")
+    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png",
+                    f"{job.case} {modality} DVH (solid CT, dashed sCT)")
     return {f"{name}_{modality}": value for name, value in values.items()}
 
 

@@ -112,7 +112,8 @@ def _rtstruct_roi_names(case: str, files: list[Path], target: str | None) -> lis
     names = [str(roi.ROIName) for path in files
              for roi in getattr(pydicom.dcmread(path, force=True), "StructureSetROISequence", [])]
     if target is not None and target.strip().lower() not in {n.strip().lower() for n in names}:
-        raise DGCFError(f"case {case}: no ROI named {target!r} for the dose target in {', '.join(p.name for p in files)} "
+        raise DGCFError(f"case {case}: no ROI named {target!r} for the dose target in "
+                        f"{', '.join(p.name for p in files)} "
                         f"(ROIs: {', '.join(names) or 'none'}; choose one with --dose_target)")
     return names
 
