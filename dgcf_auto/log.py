@@ -40,7 +40,7 @@ class _OncePerRun(logging.Filter):
 
 
 _ONCE = _OncePerRun()
-_settings = {"progress": None}  # None: progress bars when stderr is a terminal
+_settings: dict[str, bool | None] = {"progress": None}  # None: progress bars when stderr is a terminal
 
 
 def get_logger(name: str) -> logging.Logger:

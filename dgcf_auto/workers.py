@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import progress_bar
@@ -76,7 +76,7 @@ def stopped_note() -> str:
     return "; stopped " + ", ".join(_stopped_workers) if _stopped_workers else ""
 
 
-_in_progress = None  # shared array in the pool's workers: case index -> pid of the worker on it (0: not running)
+_in_progress: Any = None  # shared array in the pool's workers: case index -> pid of the worker on it (0: not running)
 
 
 def _init_worker(threads: int, parent_pid: int, in_progress) -> None:

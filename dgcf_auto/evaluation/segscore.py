@@ -146,6 +146,7 @@ class SegScorer:
             self.settings["reference_cache"] = str(self.cache_dir)
 
     def _cache_file(self, case: str, ct_file: Path) -> Path:
+        assert self.cache_dir is not None, "only called with a cache folder"
         digest = file_sha256(ct_file)[:16]
         return self.cache_dir / f"{case}_{digest}.nii.gz"
 

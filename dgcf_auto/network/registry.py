@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -27,7 +27,8 @@ from dgcf_auto.registry import Registry
 if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
 
-NetworkBuilder = Callable[[NetworkPlans, "FrozenDINOv3 | None"], nn.Module]
+# (plans, the frozen DINOv3 or None): a builder that needs no ViT may annotate its second argument None
+NetworkBuilder = Callable[[NetworkPlans, Any], nn.Module]
 SizeMultiple = int | Callable[[NetworkPlans], int]
 
 
