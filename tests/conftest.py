@@ -99,11 +99,15 @@ def model(tmp_path_factory):
 
 
 # The slow tier (`pytest -m "not slow"` leaves it out; CI runs everything). A test is slow when it starts
-# processes (subprocess, worker pools, SIGKILL/SIGTERM), runs gloo, checks DICOM with dciodvfy, or trains; the
-# modules below train or spawn in their module fixtures, so every test in them is. An explicit
-# `@pytest.mark.slow` works too.
+# processes (subprocess, worker pools, SIGKILL/SIGTERM), runs gloo, checks DICOM with dciodvfy, trains, or runs
+# the pipeline end to end on files (it asks for a fixture that builds a dataset and a model, or a full-size
+# network); the modules below do one of these in their module fixtures or in nearly every test. An explicit
+# `@pytest.mark.slow` works too. What is left is the inner loop: `pytest -m "not slow"`.
 SLOW_MODULES = {"test_training", "test_baselines", "test_release_training", "test_find_best_configuration",
-                "test_split_evaluation", "test_demo", "test_workers", "test_plugins", "test_dose"}
+                "test_split_evaluation", "test_demo", "test_workers", "test_plugins", "test_dose", "test_dicom",
+                "test_integrity", "test_prediction_clinic", "test_reference_import"}
+SLOW_FIXTURES = {"trained", "model", "predicted", "tiny_model", "example_dataset", "tiny_plans", "data_env",
+                 "vgg_file", "vit_b16"}
 SLOW_WORDS = ("subprocess", "SIGKILL", "SIGTERM", "gloo", "dciodvfy", "assert_valid_dicom", "run_training(",
               "train_main(", "Popen", "get_context(", "num_processes=2", '"-np", "2"')
 
@@ -117,5 +121,6 @@ def pytest_collection_modifyitems(config, items):
             source = inspect.getsource(item.function)
         except (AttributeError, OSError, TypeError):
             source = ""
-        if module in SLOW_MODULES or any(word in source for word in SLOW_WORDS):
+        if (module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or any(word in source for word in SLOW_WORDS)):
             item.add_marker(pytest.mark.slow)
