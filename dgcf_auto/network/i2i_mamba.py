@@ -131,9 +131,10 @@ class Mamba(nn.Module):
 
     def _causal_depthwise_conv(self, u: torch.Tensor) -> torch.Tensor:
         """self.conv1d(u)[..., :L] as a sum of shifted taps (CPU depthwise conv1d backward is very slow)."""
-        weight, taps = self.conv1d.weight[:, 0, :], self.conv1d.weight.shape[-1]
+        weight, taps, bias = self.conv1d.weight[:, 0, :], self.conv1d.weight.shape[-1], self.conv1d.bias
+        assert bias is not None, "conv1d is built with a bias"
         padded = F.pad(u, (taps - 1, 0))
-        out = self.conv1d.bias[:, None] + weight[:, 0, None] * padded[..., :u.shape[-1]]
+        out = bias[:, None] + weight[:, 0, None] * padded[..., :u.shape[-1]]
         for k in range(1, taps):
             out = out + weight[:, k, None] * padded[..., k:k + u.shape[-1]]
         return out
