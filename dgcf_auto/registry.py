@@ -135,7 +135,7 @@ class Registry(Generic[T]):
             entry = self._entries[name]   # a lazy entry with a description stays unimported
             if isinstance(entry.obj, _Lazy) and not entry.metadata.get("description"):
                 entry = self.entry(name)
-            lines.append(f"{name}: {entry.description}".rstrip(": "))
+            lines.append(f"{name}: {entry.description}" if entry.description else name)
         return "\n".join(lines)
 
     def entries(self) -> list[Entry[T]]:
