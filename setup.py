@@ -49,7 +49,7 @@ setup(
         # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)
         "dose": DOSE,
         "tensorboard": ["tensorboard"],  # dgcf_train --tensorboard
-        "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard", *DOSE],
+        "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard", "ruff", "mypy", *DOSE],
         "mutation": ["cosmic-ray>=8.3"],  # benchmarks/mutation.py
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},

@@ -24,8 +24,9 @@ import secrets
 import shutil
 import socket
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -257,43 +258,49 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".dgcf.lock", waiting: str | None = None,
+def folder_lock(folder: str | os.PathLike, name: str | None = ".dgcf.lock", waiting: str | None = None,
                 busy: str | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (fcntl.flock on a lock file in it) for the duration of the block.
+    """Hold an exclusive advisory lock on `folder` for the duration of the block: the one lock of dgcf_auto.
 
+    The lock is a POSIX flock, taken on the lock file `<folder>/<name>` (which records the holder's process id)
+    or, with `name=None`, on the folder itself (nothing is written into it: an output folder the user owns).
     A second holder waits, after logging `waiting` once (a warning); or, given `busy`, does not wait but
-    raises DGCFError(busy), where `{pid}` in `busy` becomes the holder's process id (recorded in the lock
-    file). The lock goes with the process: a killed run never leaves a stale lock behind, the next run
-    simply takes it over.
+    raises DGCFError(busy), where `{pid}` in `busy` becomes the holder's process id ("(unknown)" without a lock
+    file). The lock goes with the process: a killed run never leaves a stale lock behind, the next run simply
+    takes it over. Where flock does not exist (Windows) the block runs unlocked.
     """
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
 
     from dgcf_auto.log import get_logger
 
     folder = prepare_folder(folder)
     try:
-        handle = open(folder / name, "a+")
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644) if name else os.open(folder, os.O_RDONLY)
     except OSError as exc:
-        raise write_error(folder / name, exc) from None
-    with handle:
+        raise write_error(folder / (name or ""), exc) from None
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if busy is not None:
-                handle.seek(0)
-                holder = handle.read().strip()
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() if name else ""
                 raise DGCFError(busy.format(pid=holder if holder.isdigit() else "(unknown)")) from None
             if waiting:
                 get_logger(__name__).warning(waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if name:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(data: bytes, target: str | os.PathLike, suffix: str | None = None) -> None:

@@ -24,13 +24,13 @@ import torch
 
 from dgcf_auto.atomic import torch_save, write_bytes
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.hashing import file_sha256
 from dgcf_auto.plans import DEFAULT_CONFIGURATION, upgrade_plans
 from dgcf_auto.plans_schema import check_plans
 
 CHECKPOINT_KEYS = ("network_weights", "epoch", "plans", "trainer_name", "dinov3_source")
 PREDICTION_KEYS = ("network_weights", "plans")
 VIT_PREFIX = "dinov3."  # the networks' state-dict keys of their FrozenDINOv3
-_HASH_CHUNK = 1 << 22
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -53,7 +53,7 @@ def store_shared_vit(model_folder: Path, vit: dict[str, torch.Tensor]) -> dict:
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     target = Path(model_folder) / f"dinov3_{digest[:16]}.pth"
-    if not (target.is_file() and _file_sha256(target) == digest):
+    if not (target.is_file() and file_sha256(target) == digest):
         write_bytes(data, target, suffix=".pth")
     return {"shared_vit": target.name, "shared_vit_sha256": digest}
 
@@ -100,7 +100,7 @@ def load_shared_vit(checkpoint_path: Path, name: str, sha256: str | None = None)
 @functools.lru_cache(maxsize=1)
 def _load_vit_file(path: str, mtime_ns: int, size: int, sha256: str | None, checkpoint_path: str) -> dict:
     """Cached: every checkpoint of a model names the same file (the key changes when the file does)."""
-    if sha256 is not None and _file_sha256(Path(path)) != sha256:
+    if sha256 is not None and file_sha256(Path(path)) != sha256:
         raise DGCFError(f"checkpoint {checkpoint_path}: the frozen DINOv3 weights {path} do not match the SHA-256 "
                         f"the checkpoint records ({sha256[:16]}...); the file was changed or damaged")
     vit = _load_weights_only(Path(path))
@@ -118,11 +118,3 @@ def _load_weights_only(path: Path):
         raise DGCFError(f"checkpoint {path} is corrupt or not a dgcf_auto checkpoint (torch.load with "
                         f"weights_only=True failed: {type(exc).__name__}); move it aside and rerun, or use "
                         f"another checkpoint of this fold") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,13 +9,14 @@ from pathlib import Path
 from dgcf_auto.atomic import check_writable
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.paths import DEFAULT_TRAINER
 from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
 from dgcf_auto.schema import read_checked
 
 log = get_logger(__name__)
 
 DEMO_DATASET_ID = 999
-DEMO_TRAINER = "DGCFTrainer"
+DEMO_TRAINER = DEFAULT_TRAINER
 
 
 def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: int = 10,

@@ -43,14 +43,15 @@ def _canonical(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float
 def view_centre(mask: np.ndarray | None, shape) -> tuple[int, int, int]:
     """Centre (z, y, x) of the mask's bounding box; the array centre for no or an empty mask."""
     if mask is None or not mask.any():
-        return tuple(int(d // 2) for d in shape)
+        return int(shape[0] // 2), int(shape[1] // 2), int(shape[2] // 2)
     lows, highs = [], []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
         lows.append(present[0])
         highs.append(present[-1])
-    return tuple(int((lo + hi) // 2) for lo, hi in zip(lows, highs))
+    z, y, x = (int((lo + hi) // 2) for lo, hi in zip(lows, highs))
+    return z, y, x
 
 
 def cut(volume: np.ndarray, centre, view: str) -> np.ndarray:

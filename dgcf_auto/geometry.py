@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+# Slice axis name -> orientation code whose third axis is the slice axis (rows top->bottom = A->P or S->I).
+ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 # Physical unit vectors (LPS world) of the orientation letters.
 _LETTER = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 

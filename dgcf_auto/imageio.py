@@ -56,14 +56,6 @@ def strip_suffix(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
-def is_image_path(path: str | os.PathLike) -> bool:
-    """An image file of a supported format, or a folder of DICOM files."""
-    from dgcf_auto.dicomio import is_dicom_folder
-
-    path = Path(path)
-    return (path.is_file() and image_suffix(path) is not None) or is_dicom_folder(path)
-
-
 def find_image(folder: str | os.PathLike, stem: str) -> list[Path]:
     """All files `<stem>.{nii.gz,nii,mha}` and a DICOM folder `<stem>/` in `folder` (several means
     ambiguity, left to the caller)."""
@@ -176,7 +168,7 @@ def voxel_limit(value: int | None):
     """`--max_voxels` while the block runs (None: the default), kept in the environment so that worker
     processes inherit it; the previous limit comes back afterwards."""
     if value is not None and int(value) < 1:
-        raise DGCFError(f"--max_voxels must be at least 1, got {value}")
+        raise DGCFError(f"`max_voxels` must be at least 1, got {value}")
     previous = os.environ.pop(MAX_VOXELS_ENV, None)
     if value is not None:
         os.environ[MAX_VOXELS_ENV] = str(int(value))
@@ -206,7 +198,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
         return (f"header declares {dims} voxels ({nbytes} bytes), more than its {available} compressed bytes can "
                 f"hold (at most {DEFLATE_MAX_RATIO * available}); the file is corrupt")
     if not compressed and nbytes > available:
-        return f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; it is truncated"
+        return (f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; "
+                f"it is truncated")
     if voxels > max_voxels():
         return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
     itemsize = _bytes_per_component(reader)
@@ -340,13 +333,6 @@ def written_image_problem(path: Path, image: sitk.Image) -> str | None:
 def to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
     """Voxel array in SimpleITK's (z, y, x) order."""
     return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
-
-
-def from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """An image holding `array` (z, y, x) with the geometry of `reference`."""
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    return image
 
 
 def geometry(image: sitk.Image) -> dict:

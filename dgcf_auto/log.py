@@ -2,7 +2,7 @@
 watches, each warning once.
 
 Modules log with `log = get_logger(__name__)`; a command's results (tables, written paths) stay on stdout.
-`command_session()` (entered by `errors.cli_entry` around every console script) installs the stderr handler;
+`command_session()` (entered by `cli.entry.cli_entry` around every console script) installs the stderr handler;
 `-q`, `--verbose` and `--disable_progress_bar` (added to every parser by `cli.finish_parser`) adjust it while
 the command runs. Without a session (the Python API) warnings still reach stderr through logging's last-resort
 handler, and an application's own logging configuration applies.
@@ -40,7 +40,7 @@ class _OncePerRun(logging.Filter):
 
 
 _ONCE = _OncePerRun()
-_settings = {"progress": None}  # None: progress bars when stderr is a terminal
+_settings: dict[str, bool | None] = {"progress": None}  # None: progress bars when stderr is a terminal
 
 
 def get_logger(name: str) -> logging.Logger:

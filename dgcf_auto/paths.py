@@ -15,6 +15,8 @@ from dgcf_auto.log import get_logger
 ENV_VARS = ("DGCF_raw", "DGCF_preprocessed", "DGCF_results")
 DEFAULT_ROOT = Path("DGCF_data")
 DATASET_PATTERN = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
+DEFAULT_TRAINER = "DGCFTrainer"   # -tr when none is given
+DEFAULT_PLANS = "DGCFPlans"       # -p when none is given: the default planner's plans identifier
 _warned: set[str] = set()
 
 
@@ -110,10 +112,15 @@ def results_dataset(dataset_id: str | int) -> Path:
     return find_dataset(results_root(), dataset_id, "DGCF_results")
 
 
+def model_folder_name(trainer: str, plans: str, configuration: str) -> str:
+    """`<Trainer>__<Plans>__<configuration>`: a trained model's folder under its dataset (nnU-Net's layout)."""
+    return f"{trainer}__{plans}__{configuration}"
+
+
 def training_output_folder(dataset_folder: str, trainer: str, plans: str, configuration: str, fold: int | str) -> Path:
     """$DGCF_results/<Dataset>/<Trainer>__<Plans>__<configuration>/fold_<k> (nnU-Net's layout)."""
     fold_name = "fold_all" if str(fold) == "all" else f"fold_{int(fold)}"
-    return results_root() / dataset_folder / f"{trainer}__{plans}__{configuration}" / fold_name
+    return results_root() / dataset_folder / model_folder_name(trainer, plans, configuration) / fold_name
 
 
 SPLIT_FOLDERS = {"val": "validation", "test": "test"}  # where a fold's predictions of a split go

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.registry import Registry
 
 DINOV3_INPUT_MODES = ("imagenet", "release")
 # How a freshly built network's weights start: "pytorch" (each layer's own default) or "release" (the
@@ -32,7 +33,7 @@ NETWORK_INITS = ("pytorch", "release")
 
 # Named optimiser/schedule readings. "paper": section 3.1 (Adam 2e-4, 100 epochs, no schedule named, so
 # constant). Other readings (the authors' released configuration) are added beside it.
-SCHEDULES: dict[str, dict[str, Any]] = {
+SCHEDULES: Registry[dict[str, Any]] = Registry.from_dict("schedule", {
     "paper": {"learning_rate": 2e-4, "adam_betas": [0.9, 0.999], "epochs": 100, "lr_scheduler": None,
               "source": "paper section 3.1: Adam, learning rate 2e-4, batch 4, 100 epochs (no schedule named)"},
     "release": {"learning_rate": 2e-4, "adam_betas": [0.99, 0.999], "epochs": 20,
@@ -40,7 +41,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
                 "source": "the authors' file_config/train.json: network.lr 2e-4, network.beta1 0.99, "
                           "model.lr_policy 'step', model.n_epochs 20, model.lr_decay_epoch 5 (StepLR, gamma 0.1, "
                           "per epoch)"},
-}
+})
 
 
 # Configuration names (nnU-Net's spellings) and what each one feeds the network.
@@ -294,9 +295,7 @@ def resolve_configuration(plans: dict, name: str) -> dict:
 
 def apply_schedule(training: dict, name: str) -> None:
     """Write the named schedule's optimiser values into a plans training section (in place)."""
-    if name not in SCHEDULES:
-        raise DGCFError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
-    values = SCHEDULES[name]
+    values = SCHEDULES.get(name)
     training.update(schedule=name, learning_rate=values["learning_rate"], adam_betas=list(values["adam_betas"]),
                     epochs=values["epochs"], lr_scheduler=copy.deepcopy(values["lr_scheduler"]))
 

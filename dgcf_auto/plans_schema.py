@@ -15,8 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import (CONFIGURATION_KINDS, DINOV3_INPUT_MODES, GRIDS, KIND_SLABS, KIND_SLICES, KIND_VOLUME,
-                             NETWORK_INITS, PLANS_VERSION, SCHEDULES)
+from dgcf_auto.plans import (
+    CONFIGURATION_KINDS,
+    DINOV3_INPUT_MODES,
+    GRIDS,
+    KIND_SLABS,
+    KIND_SLICES,
+    KIND_VOLUME,
+    NETWORK_INITS,
+    PLANS_VERSION,
+    SCHEDULES,
+)
 from dgcf_auto.schema import check, field_name
 
 NUMBER = {"type": "number"}

@@ -7,6 +7,8 @@ Each schema lives beside the code that writes the file; this module only validat
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -95,3 +97,14 @@ def json_kind(value: Any) -> str:
 def _order(error: ValidationError) -> tuple:
     """Where a problem is, as a sortable key (list indices numerically)."""
     return tuple((0, k, "") if isinstance(k, int) else (1, 0, str(k)) for k in error.absolute_path)
+
+
+def finite_or_none(value: Any) -> Any:
+    """A value as JSON can hold it: a NaN or infinite number becomes None (null), another real number a float,
+    an integer an int; None, strings and booleans pass unchanged."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    return number if math.isfinite(number) else None

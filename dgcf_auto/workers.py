@@ -15,19 +15,19 @@ A worker that dies (killed, out of memory) is an error naming its case, never a 
 from __future__ import annotations
 
 import ctypes
-import multiprocessing as mp
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator, TypeVar
-
-from dgcf_auto.log import progress_bar, worker_logging
+from multiprocessing.context import SpawnContext, SpawnProcess
+from typing import Any, TypeVar
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.log import progress_bar, worker_logging
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,7 +76,7 @@ def stopped_note() -> str:
     return "; stopped " + ", ".join(_stopped_workers) if _stopped_workers else ""
 
 
-_in_progress = None  # shared array in the pool's workers: case index -> pid of the worker on it (0: not running)
+_in_progress: Any = None  # shared array in the pool's workers: case index -> pid of the worker on it (0: not running)
 
 
 def _init_worker(threads: int, parent_pid: int, in_progress) -> None:
@@ -118,8 +118,36 @@ def map_cases(func: Callable[[T], R], items: Iterable[T], num_processes: int = 1
         bar.close()
 
 
+_started: dict[int, SpawnProcess] = {}  # pid -> every pool worker this process started and has not forgotten
+
+
+class _RecordedProcess(SpawnProcess):
+    def start(self) -> None:
+        super().start()
+        if self.pid is not None:
+            _started[self.pid] = self
+
+
+class _RecordingSpawnContext(SpawnContext):
+    """The spawn context, keeping the worker processes a pool starts: who died, and how, is then known without
+    reading the pool's private state."""
+    Process = _RecordedProcess
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known = set(_started)
+
+    @property
+    def processes(self) -> dict[int, SpawnProcess]:
+        return {pid: p for pid, p in _started.items() if pid not in self._known}
+
+    def forget(self) -> None:
+        for pid in self.processes:
+            _started.pop(pid, None)
+
+
 def _map_in_pool(func, items: list, workers: int, bar, names: list[str]) -> Iterator:
-    ctx = mp.get_context("spawn")
+    ctx = _RecordingSpawnContext()
     in_progress = ctx.Array("i", len(items), lock=False)
     threads = max(1, (os.cpu_count() or 1) // workers)
     extra = {"max_tasks_per_child": MAX_TASKS_PER_CHILD} if sys.version_info >= (3, 11) else {}
@@ -127,25 +155,25 @@ def _map_in_pool(func, items: list, workers: int, bar, names: list[str]) -> Iter
                                initargs=(threads, os.getpid(), in_progress), **extra)
     try:
         futures = [pool.submit(_run_case, func, i, item) for i, item in enumerate(items)]
-        processes = pool._processes  # pid -> Process; read after a failure to tell who died (and how)
         for future in futures:
             try:
                 result = future.result()
             except BrokenProcessPool:
                 pool.shutdown(wait=True)
                 done = sum(1 for f in futures if f.done() and not f.cancelled() and f.exception() is None)
-                raise _dead_worker_error(processes, in_progress, names, done, len(items)) from None
+                raise _dead_worker_error(ctx.processes, in_progress, names, done, len(items)) from None
             yield result
             bar.update()
     except BaseException:  # Ctrl-C, SIGTERM, an error in a case, or the consumer stopped early
-        _stop_pool(pool)
+        _stop_pool(pool, list(ctx.processes.values()))
+        ctx.forget()
         raise
     pool.shutdown(wait=True)
+    ctx.forget()
 
 
-def _stop_pool(pool: ProcessPoolExecutor, grace: float = 1.0) -> None:
+def _stop_pool(pool: ProcessPoolExecutor, processes: list[SpawnProcess], grace: float = 1.0) -> None:
     """Cancel what has not started, let idle workers exit (`grace` s), stop those still on a case, join all."""
-    processes = list((pool._processes or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace
     for process in processes:

@@ -18,7 +18,7 @@ import pytest
 
 from dgcf_auto import atomic
 from dgcf_auto.atomic import TEMP_MARKER, atomic_folder
-from test_model_zip import MODEL, _install, _rezip, model  # noqa: F401 - the fixture is used by name
+from test_model_zip import MODEL, _install, _rezip
 
 ROOT = Path(__file__).parent.parent
 SWAP_MARKER = getattr(atomic, "SWAP_MARKER", ".dgcf-swap.")

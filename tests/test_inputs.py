@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from dgcf_auto.dataset.validation import check_image_file
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import read_image
-from test_prediction import _predict, trained  # noqa: F401  (the module fixture: example MR data + 2 tiny folds)
+from test_prediction import _predict
 
 
 def _first_case(trained):

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto.atomic import TEMP_MARKER
-from test_prediction import DATASET_ID, _predict, trained  # noqa: F401 - the fixture is used by name
+from test_prediction import DATASET_ID, _predict
 
 
 @contextlib.contextmanager

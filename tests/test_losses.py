@@ -103,7 +103,7 @@ def test_bad_loss_plans_are_clear_errors():
 
 
 def test_a_new_term_is_one_registration(monkeypatch):
-    monkeypatch.setattr(loss_registry, "LOSSES", dict(LOSSES))
+    monkeypatch.setattr(loss_registry, "LOSSES", LOSSES.copy())
 
     class MaxError(nn.Module):
         def forward(self, pred, target):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import stat
 import zipfile
 
@@ -14,24 +13,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from model_fixtures import data_folders, example_model, save_tiny_folds
+from model_fixtures import save_tiny_folds
 
 DATASET_ID = 996
 MODEL = "DGCFTrainer__DGCFPlans__2d"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zip")
-    with data_folders(root):
-        raw, folder, files = example_model(root, DATASET_ID, MODEL, n=3, seed=5, folds=(0, 1, 2))
-        zip_path = root / "model.zip"
-        from dgcf_auto.cli.export_model_to_zip import main
-
-        with pytest.raises(SystemExit) as info:
-            main(["-d", str(DATASET_ID), "-o", str(zip_path)])
-        assert info.value.code == 0
-        yield {"root": root, "raw": raw, "folder": folder, "files": files, "zip": zip_path}
 
 
 def _install(argv):

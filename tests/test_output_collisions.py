@@ -8,7 +8,7 @@ import pytest
 
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.errors import DGCFError
-from test_prediction import _predict, trained  # noqa: F401 - the fixture is used by name
+from test_prediction import _predict
 
 
 def _flat_inputs(trained, folder: Path, names: list[str]) -> None:

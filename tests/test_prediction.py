@@ -1,44 +1,15 @@
 """dgcf_predict: geometry exactness, HU range, masking, ensembles/TTA, uncertainty, skipping, bad input."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from dgcf_auto.atomic import torch_save
 from dgcf_auto.errors import DGCFError
-from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders
 
 DATASET_ID = 998
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """An example dataset, its plans, and two 'trained' folds (random tiny networks) in DGCF_results."""
-    root = tmp_path_factory.mktemp("predict")
-    with data_folders(root):
-        from dgcf_auto.dataset.example import write_example_dataset
-        from dgcf_auto.network import build_dinov3, build_network
-        from dgcf_auto.preprocessing.run import plan_and_preprocess
-
-        raw = write_example_dataset(DATASET_ID, "mr2ct", n=4, seed=3)
-        summary = plan_and_preprocess(DATASET_ID, num_processes=1, preprocess=False, progress=False,
-                                      overrides={"patch_size": [32, 32], "features": TINY_FEATURES})
-        plans = summary["plans"]
-        plans["network"]["dinov3"] = TINY_DINOV3_CFG
-        model_folder = root / "DGCF_results" / raw.name / "DGCFTrainer__DGCFPlans__2d"
-        for fold in (0, 1):
-            torch.manual_seed(fold)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                network = build_network(plans["network"], build_dinov3(TINY_DINOV3_CFG, random=True))
-            torch_save({"network_weights": network.state_dict(), "plans": plans, "epoch": 1,
-                        "trainer_name": "DGCFTrainer", "dinov3_source": "random", "optimizer_state": {}},
-                       model_folder / f"fold_{fold}" / "checkpoint_final.pth")
-        yield {"root": root, "raw": raw, "model_folder": model_folder, "plans": plans}
 
 
 def _predict(argv):

@@ -57,7 +57,7 @@ def test_every_network_declares_its_needs():
 
 
 def test_a_new_network_is_one_registration(monkeypatch):
-    monkeypatch.setattr(network_registry, "NETWORKS", dict(NETWORKS))
+    monkeypatch.setattr(network_registry, "NETWORKS", NETWORKS.copy())
 
     @register_network("identity_net", needs_dinov3=False, size_multiple=1, description="returns its input")
     def build(plans: NetworkPlans, dinov3) -> nn.Module:

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 from dgcf_auto.evaluation.profiles import get_profile
 from test_integrity import tmpfs
-from test_model_zip import MODEL, _install, _prefix, _rezip, model  # noqa: F401 - the fixture is used by name
-from test_prediction import _predict, trained  # noqa: F401 - the fixture is used by name
+from test_model_zip import MODEL, _install, _prefix, _rezip
+from test_prediction import _predict
 
 CASES = ["c1", "c2", "c3", "c4", "c5", "c6"]
 

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage, stats
 
-from test_prediction import _predict, trained  # noqa: F401 - the fixture is used by name
+from test_prediction import _predict
 
 
 class _Identity(torch.nn.Module):

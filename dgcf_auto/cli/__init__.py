@@ -15,7 +15,8 @@ import sys
 
 # In pipeline order; the console script is "dgcf_" + the module name.
 COMMANDS = ("make_example_dataset", "convert_synthrad2023", "plan_and_preprocess", "train", "predict",
-            "evaluate", "compare", "ensemble", "find_best_configuration", "export_model_to_zip", "install_model_from_zip", "import_reference_checkpoint",
+            "evaluate", "compare", "ensemble", "find_best_configuration", "export_model_to_zip",
+            "install_model_from_zip", "import_reference_checkpoint",
             "visualize", "demo", "dicom_node")
 
 
@@ -45,6 +46,9 @@ class CommandParser(argparse.ArgumentParser):
             shown = [option for action in self._actions for option in action.option_strings]
             close = difflib.get_close_matches(flag, shown, n=1)
             self.error(f"unrecognized argument: {arg}" + (f" (did you mean {close[0]}?)" if close else ""))
+        from dgcf_auto.cli.entry import record_flags
+
+        record_flags({action.dest: action.option_strings[0] for action in self._actions if action.option_strings})
         return super().parse_known_args(args, namespace)
 
 
@@ -102,9 +106,6 @@ def add_max_voxels(parser):
                         help="refuse images whose header declares more than N voxels, before reading them "
                              "(default: 2**31; the machine's memory is checked too)")
     return parser
-
-
-add_version = finish_parser  # the name before finish_parser did more than --version
 
 
 def commands_markdown(width: int = 100) -> str:

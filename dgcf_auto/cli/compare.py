@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
-from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
 
 
 def build_parser() -> CommandParser:
@@ -13,14 +13,15 @@ def build_parser() -> CommandParser:
                     "two-sided test over the common cases gives p < 0.05 against the best other method. Writes "
                     "table.md, table.csv, table.tex and boxplots.png. See documentation/evaluation.md.")
     parser.add_argument("summaries", nargs="*", metavar="[LABEL=]SUMMARY",
-                        help="summary JSONs of dgcf_evaluate (label: the trainer of the model that wrote the predictions, "
+                        help="summary JSONs of dgcf_evaluate (label: the trainer of the model that wrote the "
+                             "predictions, "
                              "with plans, folds or checkpoint added where that tells methods apart; else the "
                              "summary's folder); "
                              "default: every --split summary of --profile under $DGCF_results")
     parser.add_argument("-d", nargs="+", default=None, help="datasets to collect summaries from (default: all)")
     parser.add_argument("--split", default="test", choices=("val", "test"),
                         help="which split's summaries to collect (default test)")
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                         help=f"which profile's summaries to collect (default {DEFAULT_PROFILE}, as dgcf_evaluate's)")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help="columns (default: the profile's table columns, and segscore when present)")

@@ -3,7 +3,7 @@ into one int16 HU sCT per case (nnU-Net's nnUNetv2_ensemble)."""
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 from dgcf_auto.imageio import IMAGE_SUFFIXES
 
 

@@ -1,10 +1,11 @@
 """dgcf_evaluate: SynthRAD metrics (and optionally SegScore and PNGs) of a folder of sCTs against CTs."""
 from __future__ import annotations
 
-from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
-from dgcf_auto.errors import cli_entry
-from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILE_NAMES
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.evaluation.profile_names import DEFAULT_PROFILE, PROFILES
+from dgcf_auto.paths import DEFAULT_PLANS
 
 
 def _device(value: str) -> str:
@@ -30,7 +31,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("-f", default="0", help="fold whose split is evaluated (default: 0)")
     parser.add_argument("-tr", nargs="+", default=None, help="trainers to evaluate with --split (default: all "
                         "that have predictions)")
-    parser.add_argument("-p", default="DGCFPlans", help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
+    parser.add_argument("-p", default=DEFAULT_PLANS, help="plans identifier (default: DGCFPlans; DGCFReleasePlans "
                                                         "after -pl release)")
     parser.add_argument("-c", default="2d", metavar="CONFIGURATION",
                         help="configuration of the models evaluated with --split (default: 2d; 2.5d, 3d_fullres)")
@@ -48,7 +49,7 @@ def build_parser() -> CommandParser:
                         "figures: an empty folder or one of figures only)")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default: 1)")
     add_max_voxels(parser)
-    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILE_NAMES,
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                         help=f"metric definitions (default: {DEFAULT_PROFILE}, as dgcf_compare's); see "
                              "documentation/evaluation.md")
     dose = parser.add_argument_group("dose (needs pip install -e \".[dose]\"; documentation/evaluation.md)")

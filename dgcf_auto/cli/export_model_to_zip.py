@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
@@ -13,8 +14,8 @@ def build_parser() -> CommandParser:
                     "stored once for all folds, and a manifest holds every file's SHA-256.")
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("-o", required=True, help="zip file to write (model.zip)")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans",
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer name (default: {DEFAULT_TRAINER})")
+    p.add_argument("-p", default=DEFAULT_PLANS,
                    help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-c", default="2d", help="configuration (default: 2d; 2.5d, 3d_fullres)")
     p.add_argument("-f", nargs="+", default=None, help="folds (default: folds 0..4 that exist, else all)")
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     from dgcf_auto import paths
     from dgcf_auto.atomic import check_output_file
     from dgcf_auto.errors import DGCFError
-    from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
     from dgcf_auto.inference.model_card import summarise_removed
+    from dgcf_auto.inference.model_loading import resolve_folds, resolve_model_folder
     from dgcf_auto.inference.model_zip import export_model
     from dgcf_auto.log import get_logger
 

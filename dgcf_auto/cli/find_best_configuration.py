@@ -5,7 +5,8 @@ dgcf_ensemble commands (nnU-Net's nnUNetv2_find_best_configuration)."""
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
@@ -17,13 +18,14 @@ def build_parser() -> CommandParser:
     p.add_argument("-c", nargs="+", default=["2d"], metavar="CONFIGURATION",
                    help="configurations to consider, each with every trainer (default: 2d; e.g. 2d 2.5d 3d_fullres); "
                         "ensembles across configurations are averaged in HU on each case's own grid")
-    p.add_argument("-tr", nargs="+", default=["DGCFTrainer"], help="trainers to consider (default: DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans", help="plans name (default: DGCFPlans)")
+    p.add_argument("-tr", nargs="+", default=[DEFAULT_TRAINER],
+                   help=f"trainers to consider (default: {DEFAULT_TRAINER})")
+    p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default: {DEFAULT_PLANS})")
     p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4],
                    help="folds whose final validation is pooled (default: 0 1 2 3 4)")
     p.add_argument("--metric", default="mae", help="metric to rank by (default: mae; its direction comes from "
                    "the profile)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES),
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),
                    help=f"metric profile of the summaries (default: {DEFAULT_PROFILE})")
     p.add_argument("--test", default="ttest", choices=list(TESTS),
                    help="paired test of the best against the runner-up (default: ttest)")
@@ -37,8 +39,11 @@ def build_parser() -> CommandParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgcf_auto.evaluation.best_configuration import INSTRUCTIONS_FILE, find_best_configuration, \
-        inference_instructions
+    from dgcf_auto.evaluation.best_configuration import (
+        INSTRUCTIONS_FILE,
+        find_best_configuration,
+        inference_instructions,
+    )
     from dgcf_auto.paths import results_dataset
 
     information = find_best_configuration(args.d, args.tr, args.p, args.f, args.metric, args.profile,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 
 
 def build_parser() -> CommandParser:
@@ -10,7 +10,8 @@ def build_parser() -> CommandParser:
         prog="dgcf_import_reference_checkpoint",
         description="Turn the state_dict of the authors' DINOGuidedGenerator (HiLab-git/DGCF, e.g. "
                     "best_net_G.pth) and a DINOv3 weights file into "
-                    "<results>/<Dataset>/<trainer>__DGCFReleasePlans__2d/fold_<f>/checkpoint_final.pth, so dgcf_predict and dgcf_evaluate run their trained model. "
+                    "<results>/<Dataset>/<trainer>__DGCFReleasePlans__2d/fold_<f>/checkpoint_final.pth, so "
+                    "dgcf_predict and dgcf_evaluate run their trained model. "
                     "Every tensor is matched by name and shape (strict). See documentation/model.md.")
     parser.add_argument("--generator", required=True, help="their saved generator state_dict (.pth)")
     parser.add_argument("--dinov3_weights", required=True,

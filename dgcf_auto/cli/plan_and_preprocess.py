@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 
 
 def build_parser() -> CommandParser:
+    from dgcf_auto.planning.planners import PLANNERS
+
     parser = CommandParser(
         prog="dgcf_plan_and_preprocess",
         description="Validate $DGCF_raw/Dataset<id>_<Name>, write its fingerprint, plans (DGCFPlans.json), folds "
                     "(splits_final.json) and preprocessed slice stacks to $DGCF_preprocessed/Dataset<id>_<Name>/. "
                     "Plans values can be overridden below; overridden values are recorded in plans['overrides'].")
     parser.add_argument("-d", "--dataset_id", required=True, help="dataset id (1, 001 or Dataset001_Name)")
-    parser.add_argument("-pl", default="default", choices=("default", "release"),
+    parser.add_argument("-pl", default="default", choices=PLANNERS.names(),
                         help="planner: 'default' derives DGCFPlans from the dataset's fingerprint; 'release' writes "
                              "DGCFReleasePlans with the authors' fixed preprocessing (256x256 stretched slices, MR "
                              "[p1, p99], CBCT/CT [-1024, 2000] HU; documentation/plans.md). Train, predict, evaluate "

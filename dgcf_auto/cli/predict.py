@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, add_max_voxels, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
@@ -27,8 +28,8 @@ def build_parser() -> CommandParser:
                    "2d with -d; with -m, the one the folder holds)")
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble (default: the cross-validation folds 0..4 that exist, else fold_all)")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer name (default: DGCFTrainer)")
-    p.add_argument("-p", default="DGCFPlans",
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer name (default: {DEFAULT_TRAINER})")
+    p.add_argument("-p", default=DEFAULT_PLANS,
                    help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)

@@ -1,21 +1,23 @@
 """dgcf_train DATASET CONFIGURATION FOLD [-tr TRAINER] [--c]: train one fold (multi-GPU: launch with torchrun)."""
 from __future__ import annotations
 
-from dgcf_auto.devices import DEVICE_HELP, device_argument
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
+from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
     from dgcf_auto.training.variants import TRAINERS
 
     p = CommandParser(prog="dgcf_train", description=__doc__,
-                      epilog="trainers: " + "; ".join(f"{n}: {v.paper_row}" for n, v in TRAINERS.items()))
+                      epilog="trainers: " + TRAINERS.describe().replace("\n", "; "))
     p.add_argument("dataset", help="dataset id or name, e.g. 1 or Dataset001_PelvisMR")
     p.add_argument("configuration", help="a configuration of the plans: 2d (the paper's), 2.5d or 3d_fullres")
     p.add_argument("fold", help="fold0, 0 or all")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer variant (default: DGCFTrainer: DGCN, L1 + MLDP)")
-    p.add_argument("-p", default="DGCFPlans",
+    p.add_argument("-tr", default=DEFAULT_TRAINER,
+                   help=f"trainer variant (default: {DEFAULT_TRAINER}: DGCN, L1 + MLDP)")
+    p.add_argument("-p", default=DEFAULT_PLANS,
                    help="plans identifier (default: DGCFPlans; DGCFReleasePlans after -pl release)")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--c", action="store_true",

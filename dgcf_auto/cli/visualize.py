@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dgcf_auto.cli import CommandParser, finish_parser
-from dgcf_auto.errors import cli_entry
+from dgcf_auto.cli.entry import cli_entry
 
 
 def build_parser() -> CommandParser:

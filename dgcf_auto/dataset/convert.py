@@ -2,8 +2,9 @@
 
 The official release unzips to `Task1/pelvis/1PA001/{mr,ct,mask}.nii.gz` (MR->CT) and
 `Task2/pelvis/2PA001/{cbct,ct,mask}.nii.gz` (CBCT->CT), with an `overview/` folder of spreadsheets beside
-the cases. A role may also be a DICOM folder (`mr/`, `ct/`): its chosen series' files are linked or copied. Every case is validated before anything is written; the dataset folder is then built under a
-temporary name (symlinks to the original files by default, copies with `copy=True`) and renamed into place.
+the cases. A role may also be a DICOM folder (`mr/`, `ct/`): its chosen series' files are linked or copied.
+Every case is validated before anything is written; the dataset folder is then built under a temporary name
+(symlinks to the original files by default, copies with `copy=True`) and renamed into place.
 """
 from __future__ import annotations
 

@@ -186,10 +186,12 @@ def _tissue_map(rng: np.random.Generator, size, spacing) -> tuple[np.ndarray, di
 
     fill = rng.uniform(0.7, 1.2)                                  # bladder filling: a slightly squashed sphere
     labels[ellipsoid((rng.uniform(-0.05, 0.05), -0.33, 0.25), (0.28 * fill, 0.22 * fill, 0.25 * fill)) < 1] = BLADDER
-    labels[ellipsoid((0, -0.12 + rng.uniform(-0.03, 0.03), -0.3), (0.15, 0.11, 0.22) * rng.uniform(0.8, 1.2, 3)) < 1] = PROSTATE
+    prostate = ellipsoid((0, -0.12 + rng.uniform(-0.03, 0.03), -0.3), (0.15, 0.11, 0.22) * rng.uniform(0.8, 1.2, 3))
+    labels[prostate < 1] = PROSTATE
 
     # The rectum bends: backwards along the sacral curve going up, and a little from side to side.
-    rect_c = (rng.uniform(-0.04, 0.04) + 0.05 * np.sin(3 * t + rng.uniform(0, 6)), rng.uniform(0.22, 0.3) + 0.12 * t * t)
+    rect_c = (rng.uniform(-0.04, 0.04) + 0.05 * np.sin(3 * t + rng.uniform(0, 6)),
+              rng.uniform(0.22, 0.3) + 0.12 * t * t)
     rect_r = rng.uniform(0.1, 0.14)
     labels[ellipsoid(rect_c, (rect_r, rect_r * 0.85)) < 1] = RECTAL_WALL
     lumen = ellipsoid(rect_c, (rect_r * 0.6, rect_r * 0.5)) < 1

@@ -20,7 +20,6 @@ Shared by prediction (against the plans' `source_signature`, `plans.source_signa
 """
 from __future__ import annotations
 
-
 import numpy as np
 import SimpleITK as sitk
 
@@ -93,7 +92,8 @@ def _findings(case: Case, expected: dict, trained_on: str | None = None) -> tupl
     array = sitk.GetArrayViewFromImage(image)
     mask = None
     if case.mask is not None:
-        mask = sitk.GetArrayFromImage(read_image(case.mask, case.name, case.series_uids))  # a copy: the image is not kept
+        # a copy: the image is not kept
+        mask = sitk.GetArrayFromImage(read_image(case.mask, case.name, case.series_uids))
     signature = intensity_signature(array, mask, intensity_rule(expected)["percentiles"])
     problems = []
     if cast := cast_problem(array, signature, training_range(expected)):

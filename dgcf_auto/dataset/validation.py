@@ -28,9 +28,16 @@ import SimpleITK as sitk
 
 from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_task_message
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
-from dgcf_auto.imageio import (IMAGE_SUFFIXES, geometry_mismatch, header_spacing_problem, image_suffix, read_image,
-                               voxel_problem)
+from dgcf_auto.imageio import (
+    IMAGE_SUFFIXES,
+    geometry_mismatch,
+    header_spacing_problem,
+    image_suffix,
+    read_image,
+    voxel_problem,
+)
 from dgcf_auto.log import progress_bar
+
 
 def validate_cases(cases: list[Case], require_ct: bool = True, require_mask: bool = True,
                    progress: bool = False) -> list[str]:
@@ -191,7 +198,8 @@ def validate_dataset(dataset_dir: str | os.PathLike, require_ct: bool = True, re
     dataset_dir = Path(dataset_dir)
     cases = find_cases(dataset_dir)
     if not cases:
-        loose = [p.name for p in dataset_dir.iterdir() if p.is_file() and image_suffix(p)] if dataset_dir.is_dir() else []
+        loose = ([p.name for p in dataset_dir.iterdir() if p.is_file() and image_suffix(p)]
+                 if dataset_dir.is_dir() else [])
         hint = (f"; found loose image files ({', '.join(sorted(loose)[:3])}...), but each case needs its own "
                 f"folder <case>/{{mr|cbct,ct,mask}}.nii.gz") if loose else \
             "; expected one folder per case holding {mr|cbct}.nii.gz, ct.nii.gz and mask.nii.gz"

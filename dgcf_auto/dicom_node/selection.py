@@ -31,7 +31,7 @@ class SeriesFilter:
     exact: bool
 
     @classmethod
-    def parse(cls, text: str) -> "SeriesFilter":
+    def parse(cls, text: str) -> SeriesFilter:
         match = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)([~=])(.*)", text)
         if match is None:
             raise DGCFError(f"--series_filter {text!r}: expected Keyword~regex or Keyword=value, e.g. "

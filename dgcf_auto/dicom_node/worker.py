@@ -22,12 +22,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dgcf_auto.dicom_node.orthanc import Orthanc, OrthancUnavailable, WrongCredentials
-from dgcf_auto.dicom_node.selection import MODALITY_OF_MODEL, Refused, SeriesFilter, check_instances, check_size, takes
+from dgcf_auto.dicom_node.selection import MODALITY_OF_MODEL, SeriesFilter, check_instances, check_size, takes
 from dgcf_auto.dicom_node.state import NodeState, now
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger

@@ -26,6 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from dgcf_auto import paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
@@ -44,7 +45,7 @@ def folds_string(folds) -> str:
 
 
 def model_identifier(trainer: str, plans: str, configuration: str = DEFAULT_CONFIGURATION) -> str:
-    return f"{trainer}__{plans}__{configuration}"
+    return paths.model_folder_name(trainer, plans, configuration)
 
 
 def ensemble_identifier(members: list[str], folds) -> str:
@@ -52,7 +53,7 @@ def ensemble_identifier(members: list[str], folds) -> str:
     return "___".join(["ensemble", *members, folds_string(folds)])
 
 
-def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlans", folds=DEFAULT_FOLDS,
+def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEFAULT_PLANS, folds=DEFAULT_FOLDS,
                             metric: str = "mae", profile: str | None = None, allow_ensembling: bool = True,
                             num_processes: int = 1, test: str = "ttest", progress: bool = True,
                             configurations=(DEFAULT_CONFIGURATION,)) -> dict:
@@ -63,8 +64,8 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = "DGCFPlan
 
     profile = get_profile(profile or DEFAULT_PROFILE)
     if metric not in profile.metrics:
-        raise DGCFError(f"--metric {metric}: not a metric of profile {profile.name} "
-                        f"({', '.join(profile.metrics)}); pick one or another --profile")
+        raise DGCFError(f"`metric` {metric}: not a metric of profile {profile.name} "
+                        f"({', '.join(profile.metrics)}); pick one or another `profile`")
     trainers, folds = list(dict.fromkeys(trainers)), [int(f) for f in dict.fromkeys(folds)]
     configurations = list(dict.fromkeys(configurations))
     if not trainers or not folds or not configurations:
@@ -152,7 +153,8 @@ def _check_saved_predictions(members: dict, models: list[Model], dataset) -> Non
     """Ensembles average float predictions: every validation case needs its <case>.npz/.json (--npz), and
     they must be the floats of the sCT beside them (the folder's provenance record holds both hashes), not
     leftovers of an earlier validation."""
-    from dgcf_auto.inference.provenance import file_sha256, read_provenance
+    from dgcf_auto.hashing import file_sha256
+    from dgcf_auto.inference.provenance import read_provenance
     from dgcf_auto.inference.saved_predictions import PLANS_FILE, saved_cases, saved_files
 
     for model in models:
@@ -221,9 +223,9 @@ def _fresh(cases: list) -> list:
 
 def _choose(results: dict, dataset, results_dataset: Path, models: list[Model], folds: list[int],
             metric: str, profile, allow_ensembling: bool, test: str) -> dict:
-    from dgcf_auto.evaluation.compare import paired_p_value
-
     import numpy as np
+
+    from dgcf_auto.evaluation.compare import paired_p_value
 
     higher = profile.metrics[metric].higher_is_better
     scores = {}

@@ -22,11 +22,11 @@ import numpy as np
 
 from dgcf_auto.atomic import atomic_path, check_writable
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
-from dgcf_auto.schema import read_checked
 from dgcf_auto.evaluation import units
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
+from dgcf_auto.evaluation.summary_schema import SUMMARY_SCHEMA
 from dgcf_auto.evaluation.units import PERCENT_PREFIXES
+from dgcf_auto.schema import read_checked
 
 TASK_LABELS = {"mr2ct": "MRI→CT", "cbct2ct": "CBCT→CT"}
 TESTS = ("ttest", "wilcoxon")
@@ -211,12 +211,12 @@ def build_table(summaries: list[MethodSummary], metrics: list[str] | None = None
                 arr = np.array(list(v.values()))
                 cells[label, task, metric] = Cell(float(arr.mean()) if arr.size else math.nan,
                                                   float(arr.std()) if arr.size else math.nan, int(arr.size))
-            ranked = sorted((sign * cells[l, task, metric].mean, l) for l in values
-                            if math.isfinite(cells[l, task, metric].mean))
+            ranked = sorted((sign * cells[name, task, metric].mean, name) for name in values
+                            if math.isfinite(cells[name, task, metric].mean))
             for score, label in ranked:  # ties share the bold
                 cells[label, task, metric].best = score == ranked[-1][0]
             for label in values:
-                others = [(score, l) for score, l in ranked if l != label]
+                others = [(score, name) for score, name in ranked if name != label]
                 cell = cells[label, task, metric]
                 if not others or not math.isfinite(cell.mean):
                     continue

@@ -1,7 +1,8 @@
 """Evaluate a folder of sCTs against reference CTs: match cases, check grids, compute metrics, write a summary.
 
 Reference folder: SynthRAD2023 case folders (`<case>/ct.nii.gz` or a DICOM folder `<case>/ct/`, with `mask`
-and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction (and mask) folder: `<case>.{nii.gz,nii,mha}`.
+and `mr`/`cbct` used when present) and/or flat files `<case>.nii.gz` (or DICOM folders `<case>/`). Prediction
+(and mask) folder: `<case>.{nii.gz,nii,mha}`.
 Every case's files are checked (readable, same grid) before any metric is computed, so a bad input fails
 in seconds, lists every problem, and leaves no summary behind.
 
@@ -12,7 +13,6 @@ file of an earlier or killed run survives beside a new summary.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +20,27 @@ import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.atomic import atomic_folder, check_output_file, check_writable, write_json
-from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.dataset.validation import check_image_file, direction_problem
+from dgcf_auto.dicomio import is_dicom_folder
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.evaluation.dose import DOSE_PREFIXES
-from dgcf_auto.evaluation.units import metric_header
 from dgcf_auto.evaluation.metrics import summarize
 from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, Profile, get_profile
 from dgcf_auto.evaluation.scorers import DoseScorer, EvaluationOptions, Scorer, SegScoreScorer
-from dgcf_auto.imageio import IMAGE_SUFFIXES, find_image, geometry_mismatch, image_suffix, read_header, read_image, strip_suffix
+from dgcf_auto.evaluation.units import metric_header
+from dgcf_auto.imageio import (
+    IMAGE_SUFFIXES,
+    find_image,
+    geometry_mismatch,
+    image_suffix,
+    read_header,
+    read_image,
+    strip_suffix,
+)
 from dgcf_auto.log import get_logger
 from dgcf_auto.options import apply_keywords, with_option_keywords
+from dgcf_auto.paths import DEFAULT_PLANS
+from dgcf_auto.schema import finite_or_none
 from dgcf_auto.workers import map_cases
 
 log = get_logger(__name__)
@@ -203,10 +213,6 @@ def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
     return metrics
 
 
-def _finite_or_none(value):
-    return value if isinstance(value, (int, str)) or (value is not None and math.isfinite(value)) else None
-
-
 def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Profile,
                   missing: list[str] = (), extra: dict | None = None, unusable: dict[str, str] | None = None) -> dict:
     """summary.json's content (its structure lives here only): per case, mean/std/n, what was computed.
@@ -220,10 +226,10 @@ def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Pro
         "metric_per_case": [
             {"case": c.name, "reference_file": str(c.ct), "prediction_file": str(c.sct),
              "mask_file": str(c.mask) if c.mask else None,
-             "metrics": {k: _finite_or_none(v) for k, v in per_case[c.name].items()}}
+             "metrics": {k: finite_or_none(v) for k, v in per_case[c.name].items()}}
             for c in cases
         ],
-        **{key: {k: _finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
+        **{key: {k: finite_or_none(v) for k, v in stats[key].items()} for key in ("mean", "std", "n")},
         "num_cases": len(cases),
         "missing_predictions": list(missing),
         "profile": profile.describe(),
@@ -375,7 +381,7 @@ def split_reference(dataset, split: str, fold: int | str = 0) -> tuple[Path, lis
 
 
 def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str] | None = None,
-                   plans: str = "DGCFPlans", configuration: str = "2d", pred_dir=None, output_json=None,
+                   plans: str = DEFAULT_PLANS, configuration: str = "2d", pred_dir=None, output_json=None,
                    profile: str = DEFAULT_PROFILE, **kwargs) -> list[tuple[Path, dict]]:
     """`dgcf_evaluate -d ID --split val|test`: the fold's recorded cases, reference CTs and masks from the raw
     dataset, against each trained model's fold_F/validation|test predictions (or `pred_dir`).
@@ -383,7 +389,13 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     Writes `summary_<profile>.json` beside each model's predictions (or `output_json`); returns [(path, summary)].
     """
     from dgcf_auto.dataset.discovery import task_of
-    from dgcf_auto.paths import SPLIT_FOLDERS, results_root, split_prediction_folder, summary_file_name
+    from dgcf_auto.paths import (
+        SPLIT_FOLDERS,
+        model_folder_name,
+        results_root,
+        split_prediction_folder,
+        summary_file_name,
+    )
 
     raw, cases, reference = split_reference(dataset, split, fold)
     if pred_dir is not None:
@@ -391,7 +403,8 @@ def evaluate_split(dataset, split: str, fold: int | str = 0, trainers: list[str]
     else:
         if trainers is None:
             model_root = results_root() / raw.name
-            trainers = sorted(p.name.split("__")[0] for p in model_root.glob(f"*__{plans}__{configuration}")
+            models = model_root.glob(model_folder_name("*", plans, configuration))
+            trainers = sorted(p.name.split("__")[0] for p in models
                               if (p / f"fold_{fold}" / SPLIT_FOLDERS[split]).is_dir())
             if not trainers:
                 raise DGCFError(f"dataset {raw.name}: no fold_{fold}/{SPLIT_FOLDERS[split]} predictions under "

@@ -11,18 +11,18 @@ TotalSegmentator's usage statistics off.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.atomic import atomic_path
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.hashing import file_sha256
 
 # Pelvic structures scored (paper: "pelvic-relevant organs ... referring to the organ definitions in [15]").
 # Names absent from the installed TotalSegmentator class map (rectum in v2 'total': colon stands for it) are
@@ -130,7 +130,7 @@ def segscore(ct: sitk.Image, sct: sitk.Image, segmenter: Segmenter | None = None
 class SegScorer:
     """SegScore of many cases with one segmenter, caching each reference CT's labels on disk.
 
-    Cache: `<cache_dir>/<model>_totalsegmentator-<version>/<case>_<sha1 of the CT file>.nii.gz`, so a
+    Cache: `<cache_dir>/<model>_totalsegmentator-<version>/<case>_<SHA-256 of the CT file, 16 digits>.nii.gz`, so a
     changed CT, another model or another TotalSegmentator version never reuses a stale segmentation.
     """
 
@@ -146,7 +146,8 @@ class SegScorer:
             self.settings["reference_cache"] = str(self.cache_dir)
 
     def _cache_file(self, case: str, ct_file: Path) -> Path:
-        digest = hashlib.sha1(Path(ct_file).read_bytes()).hexdigest()[:16]
+        assert self.cache_dir is not None, "only called with a cache folder"
+        digest = file_sha256(ct_file)[:16]
         return self.cache_dir / f"{case}_{digest}.nii.gz"
 
     def reference_labels(self, case: str, ct_file: Path, ct: sitk.Image) -> np.ndarray:

@@ -20,9 +20,18 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from dgcf_auto.evaluation.metrics import (HU_RANGE_SYNTHRAD2023, HU_RANGE_SYNTHRAD2025, MS_SSIM_MIN_SIZE,
-                                          MS_SSIM_SCALE_WEIGHTS, SSIM_K1, SSIM_K2, SSIM_WINDOW,
-                                          _binary_mask, _check_pair, _clip_mask_shift)
+from dgcf_auto.evaluation.metrics import (
+    HU_RANGE_SYNTHRAD2023,
+    HU_RANGE_SYNTHRAD2025,
+    MS_SSIM_MIN_SIZE,
+    MS_SSIM_SCALE_WEIGHTS,
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_WINDOW,
+    _binary_mask,
+    _check_pair,
+    _clip_mask_shift,
+)
 
 HALO = SSIM_WINDOW - 1          # input voxels a 'valid' window adds along an axis
 CPU_TILE_ROWS = 8               # z rows per CPU tile: 8 + 6 halo rows of a slice fit in cache best (measured)

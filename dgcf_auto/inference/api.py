@@ -19,14 +19,15 @@ import SimpleITK as sitk
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords
 from dgcf_auto.log import get_logger
-from dgcf_auto.plans import DEFAULT_CONFIGURATION
 from dgcf_auto.options import apply_keywords, with_option_keywords
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
+from dgcf_auto.plans import DEFAULT_CONFIGURATION
 
 log = get_logger(__name__)
 PathLike = str | os.PathLike
 
 
-def resolve_model(model: PathLike | int | None = None, trainer: str = "DGCFTrainer", plans: str = "DGCFPlans",
+def resolve_model(model: PathLike | int | None = None, trainer: str = DEFAULT_TRAINER, plans: str = DEFAULT_PLANS,
                   configuration: str = DEFAULT_CONFIGURATION) -> Path:
     """A trained-model folder (`<Trainer>__<Plans>__<configuration>`, holding fold_*), from a folder path or a
     dataset id/name in DGCF_results (None: the only trained dataset there)."""

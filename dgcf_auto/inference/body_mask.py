@@ -22,7 +22,7 @@ MASK_METHODS = ("plans", "otsu", "none")
 def effective_method(method: str, plans: dict) -> str:
     """The method actually used: 'plans' falls back to 'otsu' when the plans hold no body_mask section."""
     if method not in MASK_METHODS:
-        raise DGCFError(f"--mask_from must be one of {', '.join(MASK_METHODS)}, got {method!r}")
+        raise DGCFError(f"`mask_from` must be one of {', '.join(MASK_METHODS)}, got {method!r}")
     return "otsu" if method == "plans" and "body_mask" not in plans else method
 
 

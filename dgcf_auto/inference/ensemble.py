@@ -21,11 +21,18 @@ import numpy as np
 
 from dgcf_auto.atomic import check_writable, read_json, write_json
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.hashing import file_sha256
 from dgcf_auto.imageio import IMAGE_SUFFIXES, write_image
-from dgcf_auto.inference.provenance import file_sha256, read_provenance
-from dgcf_auto.inference.saved_predictions import (read_background_mask, read_folder_plans, read_saved_prediction,
-                                                   saved_cases,
-                                                   saved_files, write_folder_plans, write_saved_prediction)
+from dgcf_auto.inference.provenance import read_provenance
+from dgcf_auto.inference.saved_predictions import (
+    read_background_mask,
+    read_folder_plans,
+    read_saved_prediction,
+    saved_cases,
+    saved_files,
+    write_folder_plans,
+    write_saved_prediction,
+)
 
 ENSEMBLE_RECORD = "ensemble_information.json"
 GEOMETRY_KEYS = ("slice_grid", "original_geometry")

@@ -11,8 +11,6 @@ from dgcf_auto.atomic import recover_swaps
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import DEFAULT_CONFIGURATION
 
-DEFAULT_TRAINER = "DGCFTrainer"
-DEFAULT_PLANS = "DGCFPlans"
 VIT_PREFIX = checkpoint_format.VIT_PREFIX
 
 
@@ -52,7 +50,7 @@ def resolve_model_folder(dataset: str | int | None, trainer: str, plans: str,
         dataset_folder = candidates[0]
     else:
         dataset_folder = paths.results_dataset(dataset)
-    folder = dataset_folder / f"{trainer}__{plans}__{configuration}"
+    folder = dataset_folder / paths.model_folder_name(trainer, plans, configuration)
     recover_swaps(dataset_folder)  # an install killed between its renames: finish it first
     if not folder.is_dir():
         trained = sorted(p.name for p in dataset_folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -37,8 +37,8 @@ from dgcf_auto import __version__, paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, recover_swaps
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.model_card import readme, without_paths
-from dgcf_auto.inference.precision import CHECK_FILE
 from dgcf_auto.inference.model_loading import VIT_PREFIX, load_checkpoint
+from dgcf_auto.inference.precision import CHECK_FILE
 from dgcf_auto.schema import SHA256, check, parse
 
 MANIFEST = "manifest.json"
@@ -283,7 +283,7 @@ def _check_target(results: Path, root: PurePosixPath, target: Path, overwrite: b
             raise DGCFError(f"model {root}: dataset id {did} is already used by {clashing[0]} in "
                             f"DGCF_results={results}; rename or remove that folder first")
     if target.exists() and not overwrite:
-        raise DGCFError(f"model {root}: already installed at {target}; pass --overwrite to replace it")
+        raise DGCFError(f"model {root}: already installed at {target}; pass `overwrite` to replace it")
 
 
 def _extract_checked(archive: zipfile.ZipFile, name: str, target: Path, expected: str, where: str) -> None:

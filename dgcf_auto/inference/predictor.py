@@ -125,7 +125,7 @@ class SCTPredictor:
         return prediction.sct, prediction.uncertainty
 
     def predict_case(self, source: sitk.Image, mask: sitk.Image | None, case: str = "",
-                     with_uncertainty: bool = False) -> "CasePrediction":
+                     with_uncertainty: bool = False) -> CasePrediction:
         """The sCT with what led to it: the normalised slice stack before the way back to HU, the case's
         properties and the background mask (what `--save_probabilities` keeps for `dgcf_ensemble`)."""
         # Files were validated on the way in (dataset validation); preprocess_case checks dimension and grids.

@@ -4,7 +4,8 @@
 nnU-Net's `predict_from_raw_data_args.json`), with one entry per case written (the output file's size and
 SHA-256). `--continue_prediction` trusts an existing output only when that record and the current model
 agree (`model_id`), and only after the whole file matched PROVENANCE_SCHEMA. Light (no torch, lazy version
-look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` and `file_sha256`.
+look-ups) so that other writers (a run report, a model export) can reuse `build_provenance` (hashes:
+dgcf_auto.hashing.file_sha256).
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable
 
+from dgcf_auto.hashing import file_sha256
 from dgcf_auto.schema import SHA256, STRING_OR_NULL, read_checked
 
 PROVENANCE_FILE = "prediction_provenance.json"
@@ -43,19 +45,6 @@ PROVENANCE_SCHEMA = {
                            "source_sha256": SHA256, "uncertainty_sha256": SHA256, "written": {"type": "string"}}}},
     },
 }
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file; of a folder (a DICOM series), the hash of its files' names and hashes in name order."""
-    path = Path(path)
-    if path.is_dir():
-        listing = "".join(f"{p.name}\t{file_sha256(p, chunk)}\n" for p in sorted(path.iterdir()) if p.is_file())
-        return hashlib.sha256(listing.encode()).hexdigest()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def output_bytes(path: str | os.PathLike) -> int:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from dgcf_auto.atomic import write_json
-from dgcf_auto.inference.provenance import file_sha256
+from dgcf_auto.hashing import file_sha256
 
 REPORT_FILE = "prediction_report.json"
 REPORT_VERSION = 1
@@ -45,7 +45,7 @@ class PeakMemory:
         self.peak_vram: int | None = None
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.peak_rss = current_rss_bytes()
         if self._cuda:
             import torch

@@ -6,8 +6,6 @@ source recorded in the folder's provenance JSON, see `provenance.py`) and lies o
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from dgcf_auto.atomic import check_writable, write_json
+from dgcf_auto.atomic import check_writable, folder_lock, write_json
 from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dicomio import DEFAULT_UID_PREFIX, frame_of_reference, open_series, write_ct_series
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
@@ -23,11 +21,22 @@ from dgcf_auto.imageio import IMAGE_SUFFIXES, geometry_mismatch, image_suffix, r
 from dgcf_auto.inference.model_loading import model_dataset
 from dgcf_auto.inference.options import OutputOptions, PredictionOptions
 from dgcf_auto.inference.predictor import SCTPredictor
-from dgcf_auto.inference.provenance import (PROVENANCE_FILE, build_provenance, case_record, file_sha256,
-                                            output_bytes, read_provenance)
+from dgcf_auto.inference.provenance import (
+    PROVENANCE_FILE,
+    build_provenance,
+    case_record,
+    file_sha256,
+    output_bytes,
+    read_provenance,
+)
 from dgcf_auto.inference.report import REPORT_FILE, PeakMemory, RunReport, report_name
-from dgcf_auto.inference.saved_predictions import (PLANS_FILE, SAVED_OUTPUTS, saved_files, write_folder_plans,
-                                                   write_saved_prediction)
+from dgcf_auto.inference.saved_predictions import (
+    PLANS_FILE,
+    SAVED_OUTPUTS,
+    saved_files,
+    write_folder_plans,
+    write_saved_prediction,
+)
 from dgcf_auto.inference.sources import check_inputs, read_roi_mask, reference_ct
 from dgcf_auto.log import get_logger, progress_bar
 
@@ -248,7 +257,8 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     if record is None or record.get("output") != target.name:
         return "written by another model, other options or unknown"
     try:
-        if record.get("source") != str(item.source.resolve()) or record.get("source_sha256") != file_sha256(item.source):
+        if (record.get("source") != str(item.source.resolve())
+                or record.get("source_sha256") != file_sha256(item.source)):
             return "whose source changed"
         if record.get("bytes") != output_bytes(target) or record.get("sha256") != file_sha256(target):
             return "changed or incomplete since written"
@@ -291,7 +301,7 @@ class _ProvenanceRecorder:
         # Parts of one input set (-num_parts) may share the output folder: under a lock on the folder, keep
         # the records other processes wrote for this same model, and add ours.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(self.path.parent):
+        with folder_lock(self.path.parent, name=None):
             on_disk = _read_record(self.path.parent)
             if on_disk is not None and on_disk.get("model_id") == self.provenance["model_id"]:
                 others = {k: v for k, v in on_disk["cases"].items() if k not in self.pending}
@@ -299,23 +309,6 @@ class _ProvenanceRecorder:
                 for name in self.pending:
                     self.provenance["cases"].pop(name, None)
             write_json(self.provenance, self.path)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """An exclusive advisory lock on a folder (POSIX flock on its descriptor); a no-op where unsupported."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def dicom_description(predictor: SCTPredictor) -> dict:

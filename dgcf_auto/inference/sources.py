@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from dgcf_auto.dataset.discovery import SOURCE_MODALITIES, Case, expected_names, read_case_folder, role_files
 from dgcf_auto.dataset.source_checks import check_sources
 from dgcf_auto.dataset.validation import validate_cases
@@ -113,7 +115,7 @@ def check_inputs(cases: list[Case], plans: dict, force: bool = False) -> list[di
     return check_sources(cases, source_signature(plans), force)
 
 
-def read_roi_mask(case: Case, source) -> "sitk.Image":
+def read_roi_mask(case: Case, source) -> sitk.Image:
     """The case's `mask_roi` from an RTSTRUCT in its DICOM source folder or its case folder, on the source grid."""
     from dgcf_auto.dicomio import open_series, roi_mask
 

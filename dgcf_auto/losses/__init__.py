@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import importlib
 
-from dgcf_auto.losses.registry import (LOSSES, CompositeLoss, LossContext, LossSpec, get_loss_spec,
-                                       loss_needs_dinov3, register_loss)
+from dgcf_auto.losses.registry import (
+    LOSSES,
+    CompositeLoss,
+    LossContext,
+    LossSpec,
+    get_loss_spec,
+    loss_needs_dinov3,
+    register_loss,
+)
 
 _REGISTERED_MODULES = (
     "dgcf_auto.losses.l1",

@@ -13,7 +13,7 @@ MLDP(Y, Y) is not 0 (0.007 to 0.013 with the real weights). See FrozenDINOv3 and
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -56,5 +56,6 @@ class MLDPLoss(nn.Module):
                description="eq. (4): L1 between DINOv3 feature maps of sCT and CT at several blocks")
 def build_mldp(ctx: LossContext) -> nn.Module:
     ctx.check_options("mldp", {"layers", "reduction", "vit_mode"})
+    assert ctx.dinov3 is not None, "needs_dinov3: CompositeLoss passes the generator's ViT"
     return MLDPLoss(ctx.dinov3, ctx.options.get("layers", (3, 6, 9, 12)), ctx.options.get("reduction", "sum"),
                     ctx.options.get("vit_mode", "eval"))

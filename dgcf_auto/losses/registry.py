@@ -6,20 +6,23 @@ scalar` (pred and target B x 1 x H x W in [-1, 1], pred carrying the graph) and 
     @register_loss("ssim", description="1 - SSIM")
     def build_ssim(ctx: LossContext) -> nn.Module: ...
 
-plus one import line in `dgcf_auto/losses/__init__.py`. `CompositeLoss` sums the weighted terms; the
+plus one import line in `dgcf_auto/losses/__init__.py` (or, from another installed package, an entry point of the
+group `dgcf_auto.losses` naming the module: see dgcf_auto/registry.py). `CompositeLoss` sums the weighted terms; the
 trainer, logger and checkpoint iterate over whatever terms the plans name. A term registered with
 `needs_mask=True` is called `term(pred, target, mask)` with the body mask (B x 1 x ... in {0, 1}); the
 trainer passes `mask=` to `CompositeLoss` (the 3D trainer does; a 2D run naming such a term is one error).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.registry import Registry
 
 if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class LossContext:
-    dinov3: "FrozenDINOv3 | None" = None   # the generator's own frozen ViT instance, when one is built
+    dinov3: FrozenDINOv3 | None = None   # the generator's own frozen ViT instance, when one is built
     options: dict = field(default_factory=dict)   # training.loss_options[name]
     weights: dict = field(default_factory=dict)   # user-given weight files, e.g. {"vgg": "/path/vgg19.pth"}
 
@@ -51,23 +54,23 @@ class LossSpec:
     needs_mask: bool = False
 
 
-LOSSES: dict[str, LossSpec] = {}
+LOSSES: Registry[LossSpec] = Registry("loss term", "dgcf_auto.losses")
 
 
 def register_loss(name: str, *, needs_dinov3: bool = False, description: str,
                   needs_mask: bool = False) -> Callable[[LossBuilder], LossBuilder]:
     def add(builder: LossBuilder) -> LossBuilder:
-        if name in LOSSES and LOSSES[name].builder is not builder:
-            raise ValueError(f"loss term {name!r} is registered twice")
-        LOSSES[name] = LossSpec(name, builder, needs_dinov3, description, needs_mask)
+        LOSSES.register(name, LossSpec(name, builder, needs_dinov3, description, needs_mask), description=description)
         return builder
     return add
 
 
 def get_loss_spec(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise DGCFError(f"unknown loss term {name!r} in plans; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+    spec = LOSSES.get(name)
+    if not isinstance(spec, LossSpec):  # an entry point naming a function rather than the registering module
+        raise DGCFError(f"loss term {name!r} was registered without @register_loss; a plugin's entry point must "
+                        f"name the module that registers it")
+    return spec
 
 
 def active_terms(terms: dict[str, float]) -> dict[str, float]:
@@ -89,7 +92,7 @@ class CompositeLoss(nn.Module):
     Terms needing DINOv3 get the generator's own instance, so only one ViT lives in memory.
     """
 
-    def __init__(self, terms: dict[str, float], dinov3: "FrozenDINOv3 | None" = None,
+    def __init__(self, terms: dict[str, float], dinov3: FrozenDINOv3 | None = None,
                  options: dict[str, dict] | None = None, weights: dict[str, str | None] | None = None):
         super().__init__()
         self.weights = active_terms(terms)

@@ -17,8 +17,8 @@ dict or just its `features.*` entries.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -88,7 +88,7 @@ class VGGPerceptualLoss(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "VGGPerceptualLoss":
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
         return super().train(False)  # frozen: eval forever
 
     def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -9,8 +9,15 @@ from __future__ import annotations
 import importlib
 
 from dgcf_auto.network.dinov3 import DEFAULT_DINOV3_CFG, FrozenDINOv3, build_dinov3
-from dgcf_auto.network.registry import (NETWORKS, NetworkSpec, build_network, get_network_spec,
-                                        network_needs_dinov3, network_size_multiple, register_network)
+from dgcf_auto.network.registry import (
+    NETWORKS,
+    NetworkSpec,
+    build_network,
+    get_network_spec,
+    network_needs_dinov3,
+    network_size_multiple,
+    register_network,
+)
 
 # One line per network module (each registers its builders when imported).
 _REGISTERED_MODULES = (

@@ -26,7 +26,7 @@ DINOv3 computes for that slice and the fusion weights keep their meaning.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from dgcf_auto.network.blocks import ConvBlock, CrossFusion, DinoProjection, UpBlock, resize_to
 from dgcf_auto.network.dinov3 import FrozenDINOv3
 from dgcf_auto.network.registry import register_network
-from dgcf_auto.preprocessing.slabs import centre_slice
 from dgcf_auto.plans import NetworkPlans
+from dgcf_auto.preprocessing.slabs import centre_slice
 
 VIT_PATCH_SIZE = 16
 

@@ -29,7 +29,7 @@ the same tensor has in the authors' `DINOGuidedGenerator.state_dict()`; the chec
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

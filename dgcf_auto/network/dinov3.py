@@ -22,9 +22,9 @@ Hugging Face cache; never a download). Random weights only when asked for, with 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -89,7 +89,7 @@ class FrozenDINOv3(nn.Module):
             raise DGCFError(f"DINOv3 layers {list(layers)} are invalid: blocks are numbered 1..{self.depth}")
         return layers
 
-    def train(self, mode: bool = True) -> "FrozenDINOv3":
+    def train(self, mode: bool = True) -> FrozenDINOv3:
         # Frozen means eval forever: a parent's model.train() must not switch us (dropout/drop-path off).
         return super().train(False)
 

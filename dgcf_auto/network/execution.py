@@ -65,7 +65,7 @@ class BatchSizer:
     def __init__(self, device: torch.device, fixed: int | None = None, fraction: float = 0.7, maximum: int = 256,
                  free_memory=None):
         if fixed is not None and int(fixed) < 1:
-            raise DGCFError(f"--batch_size must be at least 1, got {fixed}")
+            raise DGCFError(f"`batch_size` must be at least 1, got {fixed}")
         self.device = torch.device(device)
         self.size = int(fixed) if fixed is not None else None
         self.automatic = fixed is None

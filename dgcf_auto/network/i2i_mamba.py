@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -131,9 +131,10 @@ class Mamba(nn.Module):
 
     def _causal_depthwise_conv(self, u: torch.Tensor) -> torch.Tensor:
         """self.conv1d(u)[..., :L] as a sum of shifted taps (CPU depthwise conv1d backward is very slow)."""
-        weight, taps = self.conv1d.weight[:, 0, :], self.conv1d.weight.shape[-1]
+        weight, taps, bias = self.conv1d.weight[:, 0, :], self.conv1d.weight.shape[-1], self.conv1d.bias
+        assert bias is not None, "conv1d is built with a bias"
         padded = F.pad(u, (taps - 1, 0))
-        out = self.conv1d.bias[:, None] + weight[:, 0, None] * padded[..., :u.shape[-1]]
+        out = bias[:, None] + weight[:, 0, None] * padded[..., :u.shape[-1]]
         for k in range(1, taps):
             out = out + weight[:, k, None] * padded[..., k:k + u.shape[-1]]
         return out
@@ -194,7 +195,8 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(True),
             nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

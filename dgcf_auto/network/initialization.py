@@ -38,16 +38,16 @@ def authors_normal_init(net: nn.Module, gain: float = RELEASE_INIT_GAIN) -> nn.M
     @torch.no_grad()
     def init(module: nn.Module) -> None:
         name = type(module).__name__
-        weight = getattr(module, "weight", None)
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         if isinstance(weight, torch.Tensor) and not weight.requires_grad:
             return  # a frozen layer (a held DINOv3) is never re-drawn (their framework's later copy skips these too)
         if weight is not None and ("Conv" in name or "Linear" in name):
             nn.init.normal_(weight, 0.0, gain)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif "BatchNorm2d" in name:
-            nn.init.normal_(module.weight, 1.0, gain)
-            nn.init.zeros_(module.bias)
+            if bias is not None:
+                nn.init.zeros_(bias)
+        elif "BatchNorm2d" in name and weight is not None and bias is not None:  # affine=False: nothing to draw
+            nn.init.normal_(weight, 1.0, gain)
+            nn.init.zeros_(bias)
 
     net.apply(init)
     return net

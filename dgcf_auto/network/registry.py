@@ -5,27 +5,31 @@ A network is one module under `dgcf_auto/network/` that defines its nn.Module an
     @register_network("resunet", needs_dinov3=False, size_multiple=8, description="...")
     def build_resunet(plans: NetworkPlans, dinov3: FrozenDINOv3 | None) -> nn.Module: ...
 
-plus one import line in `dgcf_auto/network/__init__.py`. The registration declares what the rest of the
-pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
+plus one import line in `dgcf_auto/network/__init__.py` (or, from another installed package, an entry point of
+the group `dgcf_auto.networks` naming the module: see dgcf_auto/registry.py). The registration declares what
+the rest of the pipeline must know without building the network: whether it runs the frozen DINOv3 (the trainer and
 predictor build the ViT only then, or when a loss term needs it) and the multiple the slice size must be
 (the planner plans the patch size from it, so a planned size can never fail the first forward pass).
 """
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import NetworkPlans, network_plans
+from dgcf_auto.registry import Registry
 
 if TYPE_CHECKING:
     from dgcf_auto.network.dinov3 import FrozenDINOv3
 
-NetworkBuilder = Callable[[NetworkPlans, "FrozenDINOv3 | None"], nn.Module]
-SizeMultiple = Union[int, Callable[[NetworkPlans], int]]
+# (plans, the frozen DINOv3 or None): a builder that needs no ViT may annotate its second argument None
+NetworkBuilder = Callable[[NetworkPlans, Any], nn.Module]
+SizeMultiple = int | Callable[[NetworkPlans], int]
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class NetworkSpec:
         return int(self.multiple(plans) if callable(self.multiple) else self.multiple)
 
 
-NETWORKS: dict[str, NetworkSpec] = {}
+NETWORKS: Registry[NetworkSpec] = Registry("network architecture", "dgcf_auto.networks")
 # True while a network is built only to receive a checkpoint's weights: builders that would otherwise look
 # for pretrained weights (TransUNet's ImageNet encoder) skip that search and its warning.
 _FOR_CHECKPOINT = contextvars.ContextVar("dgcf_for_checkpoint", default=False)
@@ -55,17 +59,18 @@ def weights_come_from_checkpoint() -> bool:
 def register_network(name: str, *, needs_dinov3: bool, size_multiple: SizeMultiple,
                      description: str, spatial_dims: int = 2) -> Callable[[NetworkBuilder], NetworkBuilder]:
     def add(builder: NetworkBuilder) -> NetworkBuilder:
-        if name in NETWORKS and NETWORKS[name].builder is not builder:
-            raise ValueError(f"network {name!r} is registered twice")
-        NETWORKS[name] = NetworkSpec(name, builder, needs_dinov3, size_multiple, description, spatial_dims)
+        NETWORKS.register(name, NetworkSpec(name, builder, needs_dinov3, size_multiple, description, spatial_dims),
+                          description=description)
         return builder
     return add
 
 
 def get_network_spec(name: str) -> NetworkSpec:
-    if name not in NETWORKS:
-        raise DGCFError(f"unknown network architecture {name!r} in plans; known: {', '.join(sorted(NETWORKS))}")
-    return NETWORKS[name]
+    spec = NETWORKS.get(name)
+    if not isinstance(spec, NetworkSpec):  # an entry point naming a function rather than the registering module
+        raise DGCFError(f"network architecture {name!r} was registered without @register_network (its needs and "
+                        f"size multiple are unknown); a plugin's entry point must name the module that registers it")
+    return spec
 
 
 def network_size_multiple(plans: dict | NetworkPlans) -> int:
@@ -78,7 +83,7 @@ def network_needs_dinov3(plans: dict | NetworkPlans) -> bool:
     return get_network_spec(network_plans(plans).architecture).needs_dinov3
 
 
-def build_network(plans: dict | NetworkPlans, dinov3: "FrozenDINOv3 | None", for_checkpoint: bool = False) -> nn.Module:
+def build_network(plans: dict | NetworkPlans, dinov3: FrozenDINOv3 | None, for_checkpoint: bool = False) -> nn.Module:
     """The generator the network plans name, initialised as `plans.init` says. It holds the very `dinov3`
     passed in (not a copy) when it needs one; plans problems raise DGCFError. `for_checkpoint`: a
     checkpoint's weights are loaded next, so no pretrained weights are looked for and no init is drawn."""

@@ -9,7 +9,7 @@ Input sizes must be multiples of 2 ** (len(features) - 1) = 8.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

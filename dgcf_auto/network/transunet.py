@@ -22,9 +22,9 @@ layout (.safetensors / .bin / .pth). Without one the encoder starts random, with
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn

@@ -19,7 +19,7 @@ average (UNet++'s "accurate mode" at inference), not by one loss term per head.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,8 @@ from dgcf_auto.plans import NetworkPlans
 def double_conv(in_channels: int, out_channels: int, pre_norm: bool) -> nn.Sequential:
     if pre_norm:  # decoder nodes: their input is a concat of already-activated maps
         return nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                             nn.BatchNorm2d(out_channels), nn.ReLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1))
+                             nn.BatchNorm2d(out_channels), nn.ReLU(),
+                             nn.Conv2d(out_channels, out_channels, 3, padding=1))
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
                          nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU())
 

@@ -25,8 +25,8 @@ from dgcf_auto.dataset.discovery import Case
 from dgcf_auto.dataset.source_checks import intensity_signature
 from dgcf_auto.dataset.validation import load_case
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.imageio import geometry
 from dgcf_auto.geometry import canonical_frame, mask_box
+from dgcf_auto.imageio import geometry
 from dgcf_auto.log import get_logger
 from dgcf_auto.schema import read_checked
 from dgcf_auto.workers import map_cases
@@ -156,7 +156,8 @@ def input_signature(cases: list[Case]) -> str:
             path = getattr(case, key)
             if path is not None:
                 # A DICOM folder: its files' total size and latest change, so an edited slice counts too.
-                stats = [f.stat() for f in Path(path).iterdir() if f.is_file()] if Path(path).is_dir() else [os.stat(path)]
+                stats = ([f.stat() for f in Path(path).iterdir() if f.is_file()] if Path(path).is_dir()
+                         else [os.stat(path)])
                 entries.append([case.name, key, str(Path(path).resolve()), sum(s.st_size for s in stats),
                                 max((s.st_mtime_ns for s in stats), default=0)])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()

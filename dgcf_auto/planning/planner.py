@@ -13,11 +13,23 @@ import numpy as np
 
 from dgcf_auto.dataset.source_checks import INTENSITY_RULE
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.geometry import ORIENTATIONS
+from dgcf_auto.paths import DEFAULT_PLANS
 from dgcf_auto.planning.plan_3d import plan_3d_fullres
-from dgcf_auto.plans import (CONFIGURATION_2D, CONFIGURATION_3D, CONFIGURATION_25D, KIND_SLABS, KIND_SLICES,
-                             PLANS_VERSION, NetworkPlans, TrainingPlans, check_slab_size, configuration_plans)
+from dgcf_auto.plans import (
+    CONFIGURATION_2D,
+    CONFIGURATION_3D,
+    CONFIGURATION_25D,
+    KIND_SLABS,
+    KIND_SLICES,
+    PLANS_VERSION,
+    NetworkPlans,
+    TrainingPlans,
+    check_slab_size,
+    configuration_plans,
+)
 
-PLANS_NAME = "DGCFPlans"
+PLANS_NAME = DEFAULT_PLANS
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"
 
 CT_CLIP_LOW = -1024.0
@@ -28,7 +40,6 @@ MR_PERCENTILE, MR_CLIP_MAX = 99.0, 1.0
 MAX_PATCH_EDGE = 256          # the paper's slice size: the FOV is sampled with at most this many pixels
 FOV_MARGIN_MM = 10.0          # per side, around the largest body bounding box
 LPS_AXIS_NAMES = ("sagittal", "coronal", "axial")  # slice axis = LPS axis 0, 1, 2
-ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 # In-plane (row, column) LPS axes of each orientation: the first two letters are column, row.
 INPLANE_AXES = {"axial": (1, 0), "coronal": (2, 0), "sagittal": (2, 1)}
 

@@ -6,12 +6,19 @@ two sets of plans live side by side in one preprocessed dataset and never share 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.planning import planner, release_planner
-from dgcf_auto.plans import CONFIGURATION_2D, CONFIGURATION_3D, CONFIGURATION_25D, configuration_names, configuration_plans
+from dgcf_auto.plans import (
+    CONFIGURATION_2D,
+    CONFIGURATION_3D,
+    CONFIGURATION_25D,
+    configuration_names,
+    configuration_plans,
+)
+from dgcf_auto.registry import Registry
 
 
 def _describe_default(plans: dict) -> str:
@@ -39,18 +46,17 @@ class Planner:
                             f"(it plans {', '.join(self.configurations)})")
 
 
-PLANNERS: dict[str, Planner] = {
-    "default": Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default, planner.check_overrides,
-                       (CONFIGURATION_2D, CONFIGURATION_25D, CONFIGURATION_3D)),
-    "release": Planner(release_planner.PLANS_NAME, release_planner.plan_release, release_planner.describe,
-                       release_planner.check_overrides),
-}
+PLANNERS: Registry[Planner] = Registry("planner", "dgcf_auto.planners")
+PLANNERS.register("default", Planner(planner.PLANS_NAME, planner.plan_experiment, _describe_default,
+                                     planner.check_overrides, (CONFIGURATION_2D, CONFIGURATION_25D, CONFIGURATION_3D)),
+                  description="nnU-Net-style plans from the fingerprint (2d, 2.5d, 3d_fullres)")
+PLANNERS.register("release", Planner(release_planner.PLANS_NAME, release_planner.plan_release,
+                                     release_planner.describe, release_planner.check_overrides),
+                  description="the authors' released configuration (2d)")
 
 
 def get_planner(name: str) -> Planner:
-    if name not in PLANNERS:
-        raise DGCFError(f"unknown planner '{name}' (-pl); available: {', '.join(PLANNERS)}")
-    return PLANNERS[name]
+    return PLANNERS.get(name)
 
 
 def data_identifier(plans: dict, configuration: str | None = None) -> str:

@@ -12,9 +12,15 @@ from __future__ import annotations
 import math
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import (CONFIGURATION_2D, KIND_SLICES, PLANS_VERSION, NetworkPlans, TrainingPlans,
-                             configuration_plans)
 from dgcf_auto.planning.planner import plan_body_mask
+from dgcf_auto.plans import (
+    CONFIGURATION_2D,
+    KIND_SLICES,
+    PLANS_VERSION,
+    NetworkPlans,
+    TrainingPlans,
+    configuration_plans,
+)
 
 PLANS_NAME = "DGCFReleasePlans"
 DATA_IDENTIFIER = f"{PLANS_NAME}_{CONFIGURATION_2D}"

@@ -30,11 +30,24 @@ import SimpleITK as sitk
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import from_array, geometry, geometry_mismatch
 from dgcf_auto.plans import ConfigurationPlans
-from dgcf_auto.preprocessing.normalization import (CT_AIR_HU, apply_source_normalization, clip_to_range, ct_window,
-                                                   denormalize_ct, normalize_ct, source_clip_range,
-                                                   source_normalization_params)
-from dgcf_auto.preprocessing.slicing import (from_slice_grid, grid_configuration, grid_reference, interpolator,
-                                             slices_to_image, to_slice_grid)
+from dgcf_auto.preprocessing.normalization import (
+    CT_AIR_HU,
+    apply_source_normalization,
+    clip_to_range,
+    ct_window,
+    denormalize_ct,
+    normalize_ct,
+    source_clip_range,
+    source_normalization_params,
+)
+from dgcf_auto.preprocessing.slicing import (
+    from_slice_grid,
+    grid_configuration,
+    grid_reference,
+    interpolator,
+    slices_to_image,
+    to_slice_grid,
+)
 from dgcf_auto.preprocessing.stretch import stretch_slices, unstretch_slices
 
 PROPERTIES_VERSION = 2  # 2: sources and CTs clipped before resampling

@@ -36,9 +36,16 @@ from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
 from dgcf_auto.planning.planner import preprocessing_signature_fields
 from dgcf_auto.planning.planners import get_planner
-from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_SLABS, KIND_SLICES, KIND_VOLUME, configuration_names,
-                             configuration_plans, load_plans)
 from dgcf_auto.planning.splits import SPLIT_MODES, SPLITS_FILE, write_splits
+from dgcf_auto.plans import (
+    DEFAULT_CONFIGURATION,
+    KIND_SLABS,
+    KIND_SLICES,
+    KIND_VOLUME,
+    configuration_names,
+    configuration_plans,
+    load_plans,
+)
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
 

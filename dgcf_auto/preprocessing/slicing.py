@@ -29,8 +29,6 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.geometry import canonical_frame, mask_box
 from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_VOLUME, ConfigurationPlans, configuration_plans
 
-# Slice axis name -> orientation code whose third axis is the slice axis (rows top->bottom = A->P or S->I).
-ORIENTATIONS = {"axial": "LPS", "coronal": "LIP", "sagittal": "PIL"}
 INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 VOLUME_MARGIN_MM = 10.0  # per side around the body box (as the 2d plans' field-of-view margin)
 

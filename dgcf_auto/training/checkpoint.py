@@ -11,8 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgcf_auto.checkpoint import (CHECKPOINT_KEYS, VIT_PREFIX, load_checkpoint, save_checkpoint,  # noqa: F401
-                                  store_shared_vit)  # (re-exported)
+from dgcf_auto.checkpoint import (  # noqa: F401
+    CHECKPOINT_KEYS,
+    VIT_PREFIX,
+    load_checkpoint,
+    save_checkpoint,
+    store_shared_vit,  # (re-exported)
+)
 from dgcf_auto.errors import DGCFError
 
 

@@ -155,7 +155,8 @@ def next_batch(stream) -> dict:
         if "no longer alive" not in str(exc):
             raise
         raise DGCFError("a data-loader worker process died (killed, e.g. by the out-of-memory killer); continue "
-                        "from the last epoch's checkpoint with --c, with fewer --num_workers if memory is short") from None
+                        "from the last epoch's checkpoint with --c, with fewer --num_workers if memory is "
+                        "short") from None
 
 
 def close_batch_stream(stream, timeout: float = 10) -> None:

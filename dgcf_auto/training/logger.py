@@ -114,6 +114,3 @@ class TrainingLogger:
             fig.savefig(tmp, dpi=80)
         plt.close(fig)
 
-
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)

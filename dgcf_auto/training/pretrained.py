@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from dgcf_auto import checkpoint as checkpoint_format
+from dgcf_auto.checkpoint import VIT_PREFIX as FROZEN_PREFIX  # the frozen DINOv3's state-dict keys
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.inference.model_loading import VIT_PREFIX as FROZEN_PREFIX  # the frozen DINOv3's state-dict keys
 
 
 def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> int:

@@ -18,12 +18,11 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.options import apply_keywords, with_option_keywords
 from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
-from dgcf_auto.plans import (DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans,
-                             resolve_configuration)
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans, resolve_configuration
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
-from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
+from dgcf_auto.training.final_validation import validate_fold
 from dgcf_auto.training.optimizers import OPTIMIZERS, SCHEDULERS
 from dgcf_auto.training.plans_check import check_plans_names, variant_overrides
 from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
@@ -225,7 +224,7 @@ def _check_pretrained(pretrained_weights: str | None, continue_training: bool) -
         raise DGCFError("-pretrained_weights starts a new run; --c continues one: give only one of them")
     if not Path(pretrained_weights).is_file():
         raise DGCFError(f"-pretrained_weights {pretrained_weights}: no such file")
-    from dgcf_auto.inference.provenance import file_sha256
+    from dgcf_auto.hashing import file_sha256
 
     return file_sha256(pretrained_weights)
 

@@ -23,11 +23,17 @@ from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
 from dgcf_auto.network.execution import autocast, autocast_dtype, predict_slice_stack
 from dgcf_auto.options import option, recorded
 from dgcf_auto.plans import configuration_plans, network_plans, training_plans
+from dgcf_auto.schema import finite_or_none
 from dgcf_auto.training import checkpoint as ckpt
-from dgcf_auto.training.dataloading import (SliceDataLoader, augmentation_transform, close_batch_stream,
-                                            make_batch_stream, next_batch)
+from dgcf_auto.training.dataloading import (
+    SliceDataLoader,
+    augmentation_transform,
+    close_batch_stream,
+    make_batch_stream,
+    next_batch,
+)
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
-from dgcf_auto.training.logger import TrainingLogger, finite_or_none
+from dgcf_auto.training.logger import TrainingLogger
 from dgcf_auto.training.optimizers import build_optimizer, build_scheduler
 from dgcf_auto.training.tensorboard import TensorBoardLog
 from dgcf_auto.training.validation import validate_cases
@@ -361,7 +367,8 @@ class DGCFTrainer:
                   f"checkpoint_best by validation {s.best_metric}")
         log.print(f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; {s.epochs} epochs x "
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
-                  f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, compile {s.compile}")
+                  f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, "
+                  f"compile {s.compile}")
         if self.dinov3_source == "random":
             log.warning(RANDOM_DINOV3_WARNING)
         if not self.val_cases:

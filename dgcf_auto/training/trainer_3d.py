@@ -18,8 +18,8 @@ from dgcf_auto.inference.sliding_window import predict_sliding_window
 from dgcf_auto.network.execution import autocast
 from dgcf_auto.planning.plan_3d import apply_preset, volume_patch_size
 from dgcf_auto.plans import TrainingPlans, configuration_plans, network_plans, training_plans
-from dgcf_auto.training.patch_loader import PatchDataLoader
 from dgcf_auto.training.optimizers import build_optimizer, build_scheduler
+from dgcf_auto.training.patch_loader import PatchDataLoader
 from dgcf_auto.training.trainer import VALIDATION_BATCH_SIZE, DGCFTrainer, EpochLosses
 from dgcf_auto.training.validation import validate_cases
 

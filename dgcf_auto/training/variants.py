@@ -10,7 +10,9 @@ import copy
 from dataclasses import dataclass, field
 
 from dgcf_auto.errors import DGCFError
+from dgcf_auto.paths import DEFAULT_TRAINER
 from dgcf_auto.plans import apply_schedule, deep_update
+from dgcf_auto.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ def _release_baseline(name: str, network: str, row: str, options: dict | None = 
     return TrainerVariant(name, network, L1_ONLY, row, overrides, best_metric="ssim")
 
 
-TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
-    TrainerVariant("DGCFTrainer", "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
+# A lab's own variant: an entry point of the group `dgcf_auto.trainers` naming a TrainerVariant (registry.py).
+TRAINERS: Registry[TrainerVariant] = Registry("trainer", "dgcf_auto.trainers")
+for _variant in (
+    TrainerVariant(DEFAULT_TRAINER, "cross_fusion", None, "Table 1: DGCN + L_MLDP (the paper's method)"),
     TrainerVariant("DGCFTrainer_L1", "cross_fusion", L1_ONLY, "Table 1: DGCN, L1 / Table 2: DGCN (cross fusion)"),
     TrainerVariant("DGCFTrainer_VGG", "cross_fusion", {"l1": 1.0, "vgg": 1.0},
                    "Table 1: DGCN + L_VGG (needs torchvision VGG19 weights: --vgg_weights)"),
@@ -111,13 +115,12 @@ TRAINERS: dict[str, TrainerVariant] = {v.name: v for v in (
     TrainerVariant("DGCFTrainer3d_nnsyn", "resenc_unet_3d_l", {"masked_l1": 1.0},
                    "beyond Table 1: nnsyn's SynthRAD2025 task 1 recipe: 3d_fullres, ResEnc L, masked L1, SGD",
                    kinds=VOLUME),
-)}
+):
+    TRAINERS.register(_variant.name, _variant, description=_variant.paper_row)
 
 
 def get_trainer_variant(name: str) -> TrainerVariant:
-    if name not in TRAINERS:
-        raise DGCFError(f"unknown trainer '{name}' (-tr); available: {', '.join(TRAINERS)}")
-    return TRAINERS[name]
+    return TRAINERS.get(name)
 
 
 def effective_plans(plans: dict, variant: TrainerVariant, overrides: dict) -> dict:

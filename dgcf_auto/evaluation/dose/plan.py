@@ -67,7 +67,8 @@ class DoseSettings:
             raise DGCFError(f"dose: the margin must be >= 0 mm and there must be at least one photon beam "
                             f"(got {self.margin_mm} mm, {self.photon_beams} beams)")
         if unknown := set(self.modalities) - set(MODALITIES):
-            raise DGCFError(f"dose: unknown modality {', '.join(sorted(unknown))} (choose from {', '.join(MODALITIES)})")
+            raise DGCFError(f"dose: unknown modality {', '.join(sorted(unknown))} "
+                            f"(choose from {', '.join(MODALITIES)})")
 
     def table(self) -> np.ndarray:
         if self.hlut is not None:
@@ -213,7 +214,8 @@ def image_to_masks(image: sitk.Image, names) -> dict[str, np.ndarray]:
 
 
 def _quiet_pyradplan():
-    """pyRadPlan draws its own tqdm bars and warns about defaults we rely on (engine, generator); our bars are per case and stage."""
+    """pyRadPlan draws its own tqdm bars and warns about defaults we rely on (engine, generator); our bars are per
+    case and stage."""
     from pyRadPlan.core._progress import ProgressReporter
 
     ProgressReporter.console_progress = False

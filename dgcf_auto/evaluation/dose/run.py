@@ -23,12 +23,26 @@ import SimpleITK as sitk
 from dgcf_auto.atomic import atomic_folder, write_npy
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation.dose import metrics as dm
-from dgcf_auto.evaluation.dose.plan import (DoseSettings, PlanningCase, Planner, image_to_masks, masks_to_image,
-                                            planning_frame, rx_for_case)
 from dgcf_auto.evaluation.dose.figures import save_dose_figure, save_dvh_figure
-from dgcf_auto.evaluation.dose.structures import (CaseStructures, check_structures, plan_structures,
-                                                  read_structures, rtstruct_structures, structure_files,
-                                                  totalsegmentator_structures)
+from dgcf_auto.evaluation.dose.plan import (
+    DoseSettings,
+    Planner,
+    PlanningCase,
+    image_to_masks,
+    masks_to_image,
+    planning_frame,
+    rx_for_case,
+)
+from dgcf_auto.evaluation.dose.structures import (
+    CaseStructures,
+    check_structures,
+    plan_structures,
+    read_structures,
+    rtstruct_structures,
+    structure_files,
+    totalsegmentator_structures,
+)
+from dgcf_auto.hashing import file_sha256
 from dgcf_auto.imageio import read_image, write_image
 from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.workers import map_cases
@@ -56,15 +70,6 @@ class DoseJob:
     device: str | None = None
     progress: bool = True
     targets: tuple[str, ...] = ()     # this case's target names in order (from the table, else the settings)
-
-
-def file_digest(path: Path) -> str:
-    """sha1 of a file, or of a DICOM folder's files in name order."""
-    digest = hashlib.sha1()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for file in files:
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def find_structures(job: DoseJob, ct: sitk.Image) -> CaseStructures | str:
@@ -124,8 +129,8 @@ def on_grid(image: sitk.Image, grid: sitk.Image, interp, default: float) -> sitk
 
 
 def masks_digest(masks: dict[str, np.ndarray]) -> str:
-    """sha1 of named masks (names, shapes and voxels, in order): what the plan optimises on."""
-    digest = hashlib.sha1()
+    """SHA-256 of named masks (names, shapes and voxels, in order): what the plan optimises on."""
+    digest = hashlib.sha256()
     for name, mask in masks.items():
         digest.update(f"{name}:{mask.shape}".encode())
         digest.update(np.packbits(mask.astype(bool)).tobytes())
@@ -178,7 +183,8 @@ def score(job: DoseJob, case: PlanningCase, modality: str, dose_ct: sitk.Image, 
                                          tuple(reversed(dose_ct.GetSpacing())), body_on_dose_grid(case, dose_ct),
                                          dm.MATRAD_CUTOFF_PERCENT if cutoff is None else cutoff)
     out = job.out_dir / job.case
-    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png", f"{job.case} {modality} DVH (solid CT, dashed sCT)")
+    save_dvh_figure(d_ct, d_sct, masks, out / f"dvh_{modality}.png",
+                    f"{job.case} {modality} DVH (solid CT, dashed sCT)")
     return {f"{name}_{modality}": value for name, value in values.items()}
 
 
@@ -230,8 +236,8 @@ def evaluate_case(job: DoseJob) -> dict:
         structures_file = out / "structures_plan.nii.gz"
         write_image(masks_to_image({"PTV": case.ptv, **case.oars, "BODY": case.body}, case.ct), structures_file)
         cache = ReferenceCache(job.cache_dir)
-        key = {"ct_sha1": file_digest(job.ct_file),
-               "plan_structures_sha1": masks_digest({"PTV": case.ptv, **case.oars, "BODY": case.body})}
+        key = {"ct_sha256": file_sha256(job.ct_file),
+               "plan_structures_sha256": masks_digest({"PTV": case.ptv, **case.oars, "BODY": case.body})}
         metrics, record = {}, {"structures_source": structures.source, "structure_files": structures.files,
                                **case.extra, "rx_gy": rx, "rx_source": rx_source, "oars": list(case.oars),
                                "dvh": {}, "files": {"structures_plan": str(structures_file)},
@@ -251,7 +257,7 @@ def evaluate_case(job: DoseJob) -> dict:
 
 
 def _evaluate_modality(job: DoseJob, case: PlanningCase, modality: str, sct_p: sitk.Image, rx: float,
-                       cache: "ReferenceCache", key: dict, record: dict, bar) -> dict:
+                       cache: ReferenceCache, key: dict, record: dict, bar) -> dict:
     bar.set_postfix_str(f"{modality}: plan")
     planner = Planner(case, modality, job.settings, rx)
     modality_key = {**key, "plan": job.settings.plan_key(modality, rx)}

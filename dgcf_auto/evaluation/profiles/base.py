@@ -1,8 +1,8 @@
 """What a metric profile is: its metric definitions and the function computing them for one case."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class Profile:
     source: str
     metrics: dict[str, MetricDefinition]
     table: tuple[str, ...]  # the columns dgcf_compare shows by default (segscore is added when present)
-    compute: Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "str | None"], dict[str, float]] = field(
+    compute: Callable[[np.ndarray, np.ndarray, np.ndarray | None, str | None], dict[str, float]] = field(
         repr=False, compare=False)
 
     def describe(self) -> dict:

@@ -16,8 +16,8 @@ METRICS = {
                             higher_is_better=False),
     "psnr": MetricDefinition(_R, "body mask", "3D", f"CT and sCT clipped to {_R}, MSE over the mask voxels, "
                              "10 log10(4095^2 / MSE) dB"),
-    "ms_ssim": MetricDefinition(_R, "body mask", "3D", f"clip to {_R}, outside the mask -> -1024, shift +1024, edge-pad "
-                                "to >= 97 voxels per axis; 5 scales (weights 0.0448, 0.2856, 0.3001, 0.2363, "
+    "ms_ssim": MetricDefinition(_R, "body mask", "3D", f"clip to {_R}, outside the mask -> -1024, shift +1024, "
+                                "edge-pad to >= 97 voxels per axis; 5 scales (weights 0.0448, 0.2856, 0.3001, 0.2363, "
                                 "0.1333) of L^w C^w S^w maps (7x7x7 uniform window, data range 4095) averaged over "
                                 "the mask after a 3-voxel crop, 2x2x2 mean + subsampling between scales; product "
                                 "of the clipped scale means"),
