@@ -335,6 +335,13 @@ def to_array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
 
 
+def from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image holding `array` (z, y, x) with the geometry of `reference`."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
 def geometry(image: sitk.Image) -> dict:
     """JSON-serialisable geometry: size (x, y, z), spacing, origin, direction (row-major 3x3)."""
     return {

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgcf_auto.cli import CommandParser, finish_parser
+from dgcf_auto.cli.entry import cli_entry
 from dgcf_auto.devices import DEVICE_HELP, device_argument
-from dgcf_auto.errors import cli_entry
 
 
 def build_parser() -> CommandParser:
