@@ -61,7 +61,8 @@ class SegScoreScorer(Scorer):
         self.segmenter = options.segmenter
         if self.segmenter is None:
             self.segmenter = TotalSegmentatorSegmenter(fast=options.segscore_fast, device=options.device)
-        self.cache, self.scorer = options.segscore_cache, None
+        self.cache = options.segscore_cache
+        self.scorer: Any = None  # a SegScorer, made on the first case
 
     def settings(self) -> dict | None:
         from dgcf_auto.evaluation.segscore import SEGSCORE_DEFINITION
@@ -89,7 +90,8 @@ class DoseScorer(Scorer):
         from dgcf_auto.evaluation.dose import require_dose_extra
 
         require_dose_extra()
-        self.options, self.out_dir, self._settings = options, Path(out_dir), None
+        self.options, self.out_dir = options, Path(out_dir)
+        self._settings: dict | None = None
         self.left_out: list[dict] = []  # cases whose dose could not be evaluated, with the reason
 
     def settings(self) -> dict | None:

@@ -120,7 +120,8 @@ def plan_slice_grid(fingerprint: dict, network: NetworkPlans, overrides: dict) -
     notes["size_multiple"] = ("lcm of every registered network's input-size multiple at these features: " +
                               ", ".join(f"{k} {v}" for k, v in network_multiples(network).items()))
     slices = [c["mask_bbox_voxels_lps"][LPS_AXIS_NAMES.index(axis)] for c in fingerprint["cases"]]
-    return {"kind": KIND_SLICES, "data_identifier": DATA_IDENTIFIER, "slice_axis": axis, "orientation": ORIENTATIONS[axis],
+    return {"kind": KIND_SLICES, "data_identifier": DATA_IDENTIFIER, "slice_axis": axis,
+            "orientation": ORIENTATIONS[axis],
             "inplane_spacing": [spacing, spacing], "patch_size": patch, "size_multiple": multiple,
             "slice_spacing": "native", "interpolation": overrides.get("interpolation", "bspline"),
             "fov_mm": fov.tolist(),

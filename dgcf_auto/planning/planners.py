@@ -23,6 +23,7 @@ from dgcf_auto.registry import Registry
 
 def _describe_default(plans: dict) -> str:
     grid = configuration_plans(plans, CONFIGURATION_2D)
+    assert grid.inplane_spacing is not None  # the default planner's 2d grid is resampled
     window = plans["ct_normalization"]
     others = [name for name in configuration_names(plans) if name != grid.name]
     return (f"plans: {grid.slice_axis} slices {grid.patch_size[0]}x{grid.patch_size[1]} at "
@@ -33,7 +34,8 @@ def _describe_default(plans: dict) -> str:
 @dataclass(frozen=True)
 class Planner:
     plans_name: str
-    plan: Callable[..., dict] | None  # (fingerprint, dataset_name, overrides, train_fraction) -> plans; None: edited by hand
+    # (fingerprint, dataset_name, overrides, train_fraction) -> plans; None: plans edited by hand, read as written
+    plan: Callable[..., dict] | None
     describe: Callable[[dict], str]  # one line for the console
     check_overrides: Callable[[dict], None]  # before anything is written
     configurations: tuple[str, ...] = (CONFIGURATION_2D,)  # what its plans hold (`-c` chooses among them)

@@ -113,8 +113,8 @@ def preprocess_one(job: _Job) -> dict:
     return {"case": job.case.name, "shape": list(result.source.shape), "seconds": time.perf_counter() - start}
 
 
-def preprocess_dataset(cases: list[Case], plans: dict, folder: Path, num_processes: int = 1,
-                       overwrite: bool = False, progress: bool = True, configuration: str = DEFAULT_CONFIGURATION) -> dict:
+def preprocess_dataset(cases: list[Case], plans: dict, folder: Path, num_processes: int = 1, overwrite: bool = False,
+                       progress: bool = True, configuration: str = DEFAULT_CONFIGURATION) -> dict:
     """Preprocess one configuration's arrays for the cases that are not up to date; returns
     {'done': [...], 'skipped': [...]}."""
     todo = [c for c in cases if overwrite or not is_up_to_date(c, plans, folder, configuration)]

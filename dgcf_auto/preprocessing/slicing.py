@@ -47,6 +47,7 @@ def slice_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dict
                          configuration: str | None = None) -> sitk.Image:
     """An empty (uint8) image carrying the case's slice-grid geometry; see the module docstring."""
     cfg = grid_configuration(plans, configuration)
+    assert cfg.orientation is not None and cfg.inplane_spacing is not None  # the plans schema requires both
     frame = canonical_frame(image, cfg.orientation)
     height, width = (int(v) for v in cfg.patch_size)
     row_spacing, col_spacing = (float(v) for v in cfg.inplane_spacing)
@@ -70,6 +71,7 @@ def volume_grid_reference(image: sitk.Image, mask: sitk.Image | None, plans: dic
                           configuration: str | None = None) -> sitk.Image:
     """An empty (uint8) image carrying the case's volume-grid geometry; see the module docstring."""
     cfg = grid_configuration(plans, configuration)
+    assert cfg.orientation is not None and cfg.spacing is not None  # the plans schema requires both
     frame = canonical_frame(image, cfg.orientation)
     spacing = np.array(cfg.spacing[::-1], float)  # numpy (slice, row, col) -> canonical axes (col, row, slice)
     extent = (frame["size"] - 1.0) * frame["spacing"]

@@ -50,7 +50,8 @@ SCHEDULERS = NamedBuilders("learning-rate scheduler", "training.lr_scheduler")
 @OPTIMIZERS.register("adam")
 def adam(parameters: Iterable, training: TrainingPlans, **options) -> torch.optim.Optimizer:
     """Adam with the plans' learning_rate and adam_betas (the paper's, section 3.1)."""
-    return torch.optim.Adam(parameters, lr=training.learning_rate, betas=tuple(training.adam_betas), **options)
+    beta1, beta2 = training.adam_betas
+    return torch.optim.Adam(parameters, lr=training.learning_rate, betas=(beta1, beta2), **options)
 
 
 # nnU-Net v2's nnUNetTrainer.configure_optimizers: SGD, momentum 0.99, Nesterov, weight decay 3e-5 (its initial
