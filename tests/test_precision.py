@@ -142,3 +142,22 @@ def test_recorded_check_travels_in_the_model_zip_and_still_matches_the_installed
     # the zip rewrites the checkpoint files (no ViT, no optimiser), the trained tensors stay: still verified
     weights = load_checkpoint(installed / "fold_1" / "checkpoint_final.pth")["network_weights"]
     assert fold_check(installed, "fold_1", weights) == entry
+
+
+def test_training_records_the_check_on_a_gpu_only(tmp_path, monkeypatch):
+    """The end-of-training hook, CUDA branch included, without a GPU: record_check is stood in for."""
+    from dgcf_auto.inference import precision
+    from dgcf_auto.training.run import record_precision_check
+
+    calls = []
+
+    def fake_record(model_folder, checkpoint, cases, device):
+        calls.append((model_folder, checkpoint, cases, device.type))
+        return {p: {"mean_hu": 0.1, "p99_hu": 1.0} for p in ("bf16", "fp16")}
+
+    monkeypatch.setattr(precision, "record_check", fake_record)
+    fold = tmp_path / "Dataset1_X" / "DGCFTrainer__DGCFPlans__2d" / "fold_3"
+    record_precision_check(fold, "cpu", ["case"])
+    assert calls == []                                                         # a CPU: nothing measured
+    record_precision_check(fold, torch.device("cuda", 0), ["case"])
+    assert calls == [(fold.parent, fold / "checkpoint_final.pth", ["case"], "cuda")]
