@@ -136,10 +136,28 @@ def test_recorded_check_travels_in_the_model_zip_and_still_matches_the_installed
     source = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32)).astype(np.float32)
     mask = np.ones((2, 32, 32), np.uint8)
     entry = record_check(model, model / "fold_1" / "checkpoint_final.pth", [_Case(source, mask)], "cpu")
-    files = sorted(model.glob("fold_*/checkpoint_final.pth"))
-    export_model(model, files, tmp_path / "m.zip")
+    export_model(model, [model / "fold_1" / "checkpoint_final.pth"], tmp_path / "m.zip")  # folds: other ViTs
     installed = install_model(tmp_path / "m.zip", results_root=tmp_path / "results")
     assert json.loads((installed / CHECK_FILE).read_text()) == json.loads((model / CHECK_FILE).read_text())
     # the zip rewrites the checkpoint files (no ViT, no optimiser), the trained tensors stay: still verified
     weights = load_checkpoint(installed / "fold_1" / "checkpoint_final.pth")["network_weights"]
     assert fold_check(installed, "fold_1", weights) == entry
+
+
+def test_training_records_the_check_on_a_gpu_only(tmp_path, monkeypatch):
+    """The end-of-training hook, CUDA branch included, without a GPU: record_check is stood in for."""
+    from dgcf_auto.inference import precision
+    from dgcf_auto.training.run import record_precision_check
+
+    calls = []
+
+    def fake_record(model_folder, checkpoint, cases, device):
+        calls.append((model_folder, checkpoint, cases, device.type))
+        return {p: {"mean_hu": 0.1, "p99_hu": 1.0} for p in ("bf16", "fp16")}
+
+    monkeypatch.setattr(precision, "record_check", fake_record)
+    fold = tmp_path / "Dataset1_X" / "DGCFTrainer__DGCFPlans__2d" / "fold_3"
+    record_precision_check(fold, "cpu", ["case"])
+    assert calls == []                                                         # a CPU: nothing measured
+    record_precision_check(fold, torch.device("cuda", 0), ["case"])
+    assert calls == [(fold.parent, fold / "checkpoint_final.pth", ["case"], "cuda")]
