@@ -3,7 +3,8 @@
 Rules (one line per problem, `case <name>: file <file>: <what>`):
 - each case has exactly one source (mr.* or cbct.*), a CT and a mask (CT/mask optional where the caller
   says so), one file per role; all cases of a dataset share one task;
-- every file declares no more voxels than --max_voxels, the machine's memory and its own bytes allow, and a
+- every file declares no more voxels than --max_voxels, the memory left (the measured peak per voxel,
+  `dgcf_auto.memory`) and its own bytes allow, and a
   compressed .mha block decompresses (zlib) to exactly the declared size (`imageio.voxel_problem`);
 - every file's header declares a positive, finite spacing in its own field (NIfTI pixdim, MetaImage
   ElementSpacing; `imageio.header_spacing_problem`), checked first: readers silently turn a 0 into 1 mm;
