@@ -20,7 +20,8 @@ def _figure(case: str, source, sct, ct, mask, out: Path) -> Path:
     paths = {"source": source, "ct": ct, "mask": mask}
     images = {role: read_image(path, case) if path is not None else None for role, path in paths.items()}
     for role in ("ct", "mask"):  # the source may be on another grid (resampled for display); CT and mask may not
-        if images[role] is not None and (diff := geometry_mismatch(images[role], sct_img)):
+        image = images[role]
+        if image is not None and (diff := geometry_mismatch(image, sct_img)):
             raise DGCFError(f"case {case}: file {Path(paths[role]).name}: not on the grid of the sCT ({diff})")
     return save_case_figure(images["source"], sct_img, images["ct"], images["mask"], out, title=case)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def write_saved_prediction(folder: Path, case: str, normalised: np.ndarray, prop
                            background_mask: np.ndarray | None) -> None:
     """Write `<case>.npz` and `<case>.json` atomically (the JSON last: a case with a JSON is complete)."""
     npz, meta = saved_files(folder, case)
-    arrays = {"sct": np.ascontiguousarray(normalised, dtype=np.float32)}
+    arrays: dict[str, Any] = {"sct": np.ascontiguousarray(normalised, dtype=np.float32)}
     if background_mask is not None:
         arrays["background_mask"] = np.ascontiguousarray(background_mask, dtype=np.uint8)
     with atomic_path(npz, suffix=".npz") as tmp:
