@@ -35,6 +35,7 @@ setup(
         "pydicom>=2.4",  # DICOM series output (and header scanning of DICOM input)
         "nibabel>=5",  # NIfTI voxel checks: raises on short voxel blocks and cut gzip, keeps NaN/inf
         "batchgenerators>=0.25",
+        "dynamic-network-architectures>=0.4",  # the 3d_fullres U-Nets (PlainConvUNet, ResidualEncoderUNet)
         "pytorch-msssim>=1.0",
         "totalsegmentator>=2.4",
         "numpy",
@@ -49,7 +50,9 @@ setup(
         # pyRadPlan 0.5 fails in its serializers with pydantic >= 2.12 (PydanticSerializationError)
         "dose": DOSE,
         "tensorboard": ["tensorboard"],  # dgcf_train --tensorboard
-        "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard", "ruff", "mypy", *DOSE],
+        # nnunetv2: the test oracle of the 3d_fullres planner and sliding window (and benchmarks/sliding_window_3d.py)
+        "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard", "ruff", "mypy", "nnunetv2>=2.5",
+                 *DOSE],
         "mutation": ["cosmic-ray>=8.3"],  # benchmarks/mutation.py
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},

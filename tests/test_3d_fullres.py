@@ -160,3 +160,23 @@ def test_a_2d_trainer_on_3d_fullres_is_one_error(env3d):
 
     with pytest.raises(DGCFError, match="trains slices or slabs configurations, not '3d_fullres'"):
         run_training(998, "3d_fullres", "1", trainer_name="DGCFTrainer_resunet_L1", **TINY)
+
+
+def test_tta_mirrors_the_left_right_axis_of_the_volume(env3d, trained3d):
+    """The 2D TTA flips columns (right-left); the 3D TTA mirrors the same axis: the volume's last."""
+    from dgcf_auto.inference.predictor import SCTPredictor
+    from dgcf_auto.inference.sliding_window import predict_sliding_window
+
+    predictor = SCTPredictor([trained3d / "checkpoint_final.pth"], "cpu", use_tta=True, progress=False,
+                             precision="fp32")
+    volume = np.random.default_rng(3).uniform(-1, 1, (10, 30, 28)).astype(np.float32)
+    got, _ = predictor._predict_slices(volume, "x", False)
+    patch, net = predictor.volume_patch, predictor.networks
+    class LeftRight(torch.nn.Module):  # each window seen mirrored along its last axis, mirrored back
+        def forward(self, x):
+            return torch.flip(net[0](torch.flip(x, (4,))), (4,))
+
+    plain = predict_sliding_window(net, volume, patch, "cpu")[0]
+    mirrored = predict_sliding_window([LeftRight()], volume, patch, "cpu")[0]
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirroring changes something
+    np.testing.assert_allclose(got, 0.5 * (plain + mirrored), rtol=0, atol=1e-5)

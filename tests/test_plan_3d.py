@@ -15,7 +15,7 @@ from dgcf_auto.planning import plan_3d
 
 nnunet_planner = pytest.importorskip("nnunetv2.experiment_planning.experiment_planners.default_experiment_planner")
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (  # noqa: E402
-    nnUNetPlannerResEncL)
+    nnUNetPlannerResEncL, nnUNetPlannerResEncM)
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape  # noqa: E402
 
 ExperimentPlanner = nnunet_planner.ExperimentPlanner
@@ -62,6 +62,8 @@ ISOTROPIC = ([[1.0, 1.0, 1.0]] * 3 + [[1.2, 1.2, 1.2]], [[140, 180, 170], [150, 
 ANISOTROPIC = ([[5.0, 0.7, 0.7], [6.0, 0.75, 0.75], [4.0, 0.7, 0.7], [5.0, 0.8, 0.8], [5.0, 0.7, 0.7]],
                [[30, 320, 300], [28, 300, 290], [40, 330, 310], [32, 280, 300], [30, 310, 320]])
 LARGE_FOV = ([[2.5, 1.0, 1.0]] * 4, [[220, 480, 500], [240, 512, 512], [200, 460, 470], [230, 500, 490]])
+# many small images: the memory estimate, not the 2-minimum or the dataset cap, sets the ResEnc M batch
+SMALL_MANY = ([[1.0, 1.0, 1.0]] * 300, [[40, 56, 60]] * 300)
 
 
 @pytest.mark.parametrize("case,preset,budget", [
@@ -69,10 +71,12 @@ LARGE_FOV = ([[2.5, 1.0, 1.0]] * 4, [[220, 480, 500], [240, 512, 512], [200, 460
     (ANISOTROPIC, "plain_unet_3d", None),
     (LARGE_FOV, "plain_unet_3d", 4.0),          # a large field of view with half the reference budget
     (LARGE_FOV, "resenc_unet_3d_l", None),      # nnsyn's ResEnc L preset at its 24 GB reference
-], ids=["isotropic", "anisotropic", "large_fov_small_budget", "large_fov_resenc_l"])
+    (SMALL_MANY, "resenc_unet_3d_m", None),
+], ids=["isotropic", "anisotropic", "large_fov_small_budget", "large_fov_resenc_l", "small_images_resenc_m"])
 def test_3d_plan_matches_nnunet(monkeypatch, case, preset, budget):
     spacings, sizes = np.array(case[0]), np.array(case[1])
-    oracle_class = ExperimentPlanner if preset == "plain_unet_3d" else nnUNetPlannerResEncL
+    oracle_class = {"plain_unet_3d": ExperimentPlanner, "resenc_unet_3d_m": nnUNetPlannerResEncM,
+                    "resenc_unet_3d_l": nnUNetPlannerResEncL}[preset]
     expected_spacing, expected = _nnunet_3d_plan(monkeypatch, oracle_class, spacings, sizes, budget)
 
     overrides = {} if budget is None else {"memory_budget_gb": budget}
@@ -89,6 +93,21 @@ def test_3d_plan_matches_nnunet(monkeypatch, case, preset, budget):
     assert plan["options"]["n_blocks_per_stage"] == list(blocks)
     if preset == "plain_unet_3d" and budget is None:
         assert ours["patch_size"] == plan["patch_size"] and ours["batch_size"] == plan["batch_size"]
+    if case is SMALL_MANY:
+        assert plan["batch_size"] > 2  # the case exists to check the memory-derived batch
+
+
+@pytest.mark.parametrize("spacing,patch", [((1, 3, 3), (10, 64, 64)), ((1, 1, 1), (11, 64, 64)),
+                                           ((3, 0.8, 0.8), (40, 200, 180)), ((1, 1, 2.5), (128, 96, 9)),
+                                           ((5, 1, 1), (14, 14, 200))])
+def test_pooling_topology_matches_nnunet(spacing, patch):
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    pools, strides, kernels, padded, divisor = plan_3d.pool_and_conv_props(spacing, patch)
+    theirs = get_pool_and_conv_props(spacing, patch, 4, 999999)
+    assert pools == list(theirs[0]) and padded == [int(v) for v in theirs[3]]
+    assert strides == [list(s) for s in theirs[1]] and kernels == [list(k) for k in theirs[2]]
+    assert divisor == [int(v) for v in theirs[4]]
 
 
 def test_anisotropy_rule_written_out():
