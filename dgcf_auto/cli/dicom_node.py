@@ -54,7 +54,7 @@ def build_parser() -> CommandParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dgcf_auto.dicom_node.worker import status_text
+    from dgcf_auto.dicom_node.status import status_text
 
     if args.status:
         print(status_text(args.state))
