@@ -120,7 +120,8 @@ def test_exported_zip_names_no_training_folder_and_says_what_it_removed(trained,
     ("loaded from /srv/PAT_123/w.pth (sha 1)", "loaded from w.pth (sha 1)"),
     ("fold_0/checkpoint_final.pth", "fold_0/checkpoint_final.pth"),     # relative: kept
     ("https://ai.meta.com/dinov3-license/", "https://ai.meta.com/dinov3-license/"),
-    ("7:1:2 split, 1/2 of them", "7:1:2 split, 1/2 of them"),
+    ("7:1:2 split, 1/2 of them, (a+b)/2, {x}/y", "7:1:2 split, 1/2 of them, (a+b)/2, {x}/y"),
+    ("weights=/opt/w/PAT_1.pth, more", "weights=PAT_1.pth, more"),
 ])
 def test_absolute_paths_become_file_names(text, expected):
     from dgcf_auto.inference.model_card import without_paths

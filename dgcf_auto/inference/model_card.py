@@ -21,9 +21,9 @@ from dgcf_auto.schema import read_checked
 # entry of the list "cases"). The fingerprint's input signature hashes those paths: meaningless elsewhere.
 LOCAL_FIELDS = {"dataset.json": ("raw_folder",),
                 "dataset_fingerprint.json": ("input_signature", "cases[].files")}
-# An absolute path, alone or inside a message: '/…', '~/…', 'C:\…' or '\\server\…', not preceded by a word
-# character (so 'fold_0/x.pth', '1/2' and URLs' '//' after 'https:' stay).
-_ABSOLUTE = re.compile(r"(?<![\w.:/\\-])(?:~|[A-Za-z]:)?(?:[/\\]{1,2}[^\s'\"/\\,;()\[\]{}<>|]+)+[/\\]?")
+# An absolute path, alone or inside a message: '/…', '~/…', 'C:\…' or '\\server\…', starting the text or after a
+# space, quote, bracket, '=' or ',' (so 'fold_0/x.pth', '1/2', '(a)/2' and URLs' '//' after 'https:' stay).
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s'\"(\[=,]))(?:~|[A-Za-z]:)?(?:[/\\]{1,2}[^\s'\"/\\,;()\[\]{}<>|]+)+[/\\]?")
 
 
 def without_paths(value: Any, file: str, removed: set[str]) -> Any:
