@@ -76,8 +76,8 @@ def test_an_unknown_optimiser_in_the_plans_stops_dgcf_train_before_training(data
     plans["training"]["optimizer"] = "adamw_typo"
     plans_file.write_text(json.dumps(plans))
     try:
-        with pytest.raises(DGCFError, match="training.optimizer 'adamw_typo' is not a known optimiser; known: "
-                                            "adam, sgd"):
+        with pytest.raises(DGCFError, match=r"DGCFPlans.json: field training.optimizer: 'adamw_typo' is not offered "
+                                            r"\(known: adam, sgd\)"):
             run_training(999, "2d", "1", epochs=1, iterations_per_epoch=1, device="cpu", num_workers=0,
                          dinov3_random=True, validation="none")
     finally:

@@ -13,38 +13,20 @@ import torch
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import TrainingPlans
+from dgcf_auto.registry import Registry
 
 
-class NamedBuilders:
-    """Name -> builder, in registration order (a minimal registry: `register(name)` decorator, `get`, `names`,
-    `describe`)."""
-
-    def __init__(self, kind: str, field: str):
-        self.kind, self.field = kind, field   # field: the plans field that names an entry, for errors
-        self._builders: dict[str, Callable] = {}
-
-    def register(self, name: str) -> Callable[[Callable], Callable]:
-        def decorate(builder: Callable) -> Callable:
-            if name in self._builders:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._builders[name] = builder
-            return builder
-        return decorate
-
-    def get(self, name: str) -> Callable:
-        if name not in self._builders:
-            raise DGCFError(f"{self.field} {name!r} is not a known {self.kind}; known: {', '.join(self._builders)}")
-        return self._builders[name]
-
-    def names(self) -> list[str]:
-        return list(self._builders)
-
-    def describe(self) -> str:
-        return "\n".join(f"{name}: {(b.__doc__ or '').strip().splitlines()[0]}" for name, b in self._builders.items())
+def _builder(registry: Registry, field: str, name: str) -> Callable:
+    """The builder registered as `name`; an unknown name is one DGCFError naming the plans field."""
+    if name not in registry.names():
+        raise DGCFError(f"{field} {name!r} is not a known {registry.kind}; known: {', '.join(registry.names())}")
+    return registry.get(name)
 
 
-OPTIMIZERS = NamedBuilders("optimiser", "training.optimizer")
-SCHEDULERS = NamedBuilders("learning-rate scheduler", "training.lr_scheduler")
+# A lab's own optimiser or scheduler: an entry point of the group dgcf_auto.optimizers / dgcf_auto.schedulers
+# naming a module whose builders register here (registry.py).
+OPTIMIZERS: Registry[Callable] = Registry("optimiser", "dgcf_auto.optimizers")
+SCHEDULERS: Registry[Callable] = Registry("learning-rate scheduler", "dgcf_auto.schedulers")
 
 
 @OPTIMIZERS.register("adam")
@@ -80,7 +62,7 @@ def poly(optimizer: torch.optim.Optimizer, config: dict, epochs: int):
 
 
 def build_optimizer(parameters: Iterable, training: TrainingPlans) -> torch.optim.Optimizer:
-    builder = OPTIMIZERS.get(training.optimizer)
+    builder = _builder(OPTIMIZERS, "training.optimizer", training.optimizer)
     try:
         return builder(parameters, training, **training.optimizer_options)
     except TypeError as exc:
@@ -97,13 +79,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: TrainingPlans, e
         raise DGCFError(f"training.lr_scheduler {config!r}: give null or {{'name': one of "
                         f"{', '.join(SCHEDULERS.names())}, ...}}")
     try:
-        return SCHEDULERS.get(config["name"])(optimizer, config, epochs)
+        return _builder(SCHEDULERS, "training.lr_scheduler", config["name"])(optimizer, config, epochs)
     except (KeyError, TypeError, ValueError) as exc:
         raise DGCFError(f"training.lr_scheduler {config}: {type(exc).__name__}: {exc}") from None
-
-
-def check_names(training: TrainingPlans) -> None:
-    """The optimiser and scheduler names, checked before any work starts."""
-    OPTIMIZERS.get(training.optimizer)
-    if isinstance(training.lr_scheduler, dict) and "name" in training.lr_scheduler:
-        SCHEDULERS.get(training.lr_scheduler["name"])
