@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class PrecisionChoice:
 
     def record(self) -> dict:
         """What provenance and the run report keep."""
-        out = {"precision": self.precision, "reason": self.reason}
+        out: dict[str, Any] = {"precision": self.precision, "reason": self.reason}
         if self.check is not None:
             out["recorded_difference_hu"] = self.check
         return out
@@ -70,10 +71,10 @@ def choose_precision(device_type: str, requested: str = "auto", fold_checks: lis
     if not checks or any(c is None for c in checks):
         return PrecisionChoice("fp32", f"auto: no verified {CHECK_FILE} for every fold; fp32")
     for name in AUTO_ORDER:
-        entries = [c.get(name) for c in checks]
+        entries = [c.get(name) for c in checks if c is not None]
         if all(passes(e) for e in entries):
-            worst = {"mean_hu": max(float(e["mean_hu"]) for e in entries),
-                     "p99_hu": max(float(e["p99_hu"]) for e in entries)}
+            worst = {"mean_hu": max(float(e["mean_hu"]) for e in entries if e is not None),
+                     "p99_hu": max(float(e["p99_hu"]) for e in entries if e is not None)}
             return PrecisionChoice(name, f"auto: recorded check passes (mean {worst['mean_hu']:.3g} HU <= "
                                          f"{MEAN_LIMIT_HU}, p99 {worst['p99_hu']:.3g} HU <= {P99_LIMIT_HU})", worst)
     return PrecisionChoice("fp32", f"auto: the recorded check allows no reduced precision (limits mean "
@@ -133,7 +134,7 @@ def measure(checkpoint_file: Path, slices: np.ndarray, mask: np.ndarray, device:
     low, high = ct_window(checkpoint["plans"])
     run = {name: predict_slice_stack([network], slices, torch.device(device), None, dtype)[0]
            for name, dtype in (("fp32", None), *((p, REDUCED[p]) for p in precisions))}
-    out = {p: differences_hu(run["fp32"], run[p], mask, (high - low) / 2.0) for p in precisions}
+    out: dict[str, Any] = {p: differences_hu(run["fp32"], run[p], mask, (high - low) / 2.0) for p in precisions}
     out["weights_sha256"] = weights_digest(checkpoint["network_weights"])
     return out
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -100,7 +101,7 @@ class DoseSettings:
     def _plan_settings(self) -> dict:
         import pyRadPlan
 
-        out = {}
+        out: dict[str, Any] = {}
         out["hlut"] = {"source": "given" if self.hlut is not None else "pyRadPlan default_hlut()",
                        "hu": self.table()[:, 0].tolist(), "density": self.table()[:, 1].tolist()}
         out["fractions"] = 1
