@@ -272,7 +272,7 @@ def _schema_words(schema: dict) -> str:
         count = f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"
         return f"list of {count} ({_schema_words(schema['items'])})"
     words = {"number": "number", "integer": "integer", "string": "text", "boolean": "true/false",
-             "object": "object", "null": "null"}.get(kind, str(kind))
+             "object": "object", "null": "null"}.get(str(kind), str(kind))
     if "minimum" in schema or "exclusiveMinimum" in schema:
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
         words += f" {'>=' if 'minimum' in schema else '>'} {low:g}"
