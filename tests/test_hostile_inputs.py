@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.dataset.validation import check_image_file
 from test_inputs import _err, _first_case, _one_case
-from test_prediction import _predict, trained  # noqa: F401  (the module fixture: example MR data + 2 tiny folds)
+from test_prediction import _predict  # the `trained` fixture (example MR data + 2 tiny folds) is in conftest.py
 
 
 def _set_pixdim(path, values):

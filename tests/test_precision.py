@@ -16,7 +16,7 @@ import torch
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.precision import (CHECK_FILE, choose_precision, differences_hu, fold_check, passes,
                                            read_check, record_check, weights_digest)
-from test_prediction import _predict, trained  # noqa: F401  (module fixture: example MR data + 2 tiny folds)
+from test_prediction import _predict  # the `trained` fixture (example MR data + 2 tiny folds) is in conftest.py
 
 
 def _entry(mean, p99):

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.inference.options import OutputOptions, PredictionOptions, split_keywords
-from test_prediction import trained  # noqa: F401  (module fixture)
+# the `trained` fixture is in conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
