@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                           uid_prefix=args.dicom_uid_prefix, once=args.once)
     with folder_lock(args.state, ".node.lock", busy=f"--state {args.state}: another dgcf_dicom_node (pid {{pid}}) "
                                                    f"works on it"):
-        predictor = load_predictor(args.m if args.m is not None else args.d, args.f, args.device,
-                                   not args.disable_tta, args.tr, args.p, args.chk, args.precision, progress=False)
+        predictor = load_predictor(args.m if args.m is not None else args.d, folds=args.f, device=args.device,
+                                   tta=not args.disable_tta, trainer=args.tr, plans=args.p, checkpoint=args.chk,
+                                   precision=args.precision, progress=False)
         DicomNode(Orthanc(args.orthanc, args.user, password), predictor, options).run()
     return 0
 
