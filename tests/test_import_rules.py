@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dgcf_auto"
 # Pipeline order; a stage may import the ones before it, not the ones after it (SEAMS aside).
-STAGES = ("dataset", "planning", "preprocessing", "training", "inference", "evaluation", "demo", "reference_import")
+# dicom_node deploys a trained model (Orthanc in, sCT out): a stage after inference and evaluation.
+STAGES = ("dataset", "planning", "preprocessing", "training", "inference", "evaluation", "dicom_node", "demo",
+          "reference_import")
 TOP = "cli"
 # Forward arrows that are part of the design, each with its reason.
 SEAMS = {
@@ -30,6 +32,13 @@ SEAMS = {
     ("dgcf_auto.training.final_validation", "dgcf_auto.evaluation.evaluate"),
     # the per-epoch validation MAE/PSNR are the evaluation's definitions, not a second copy
     ("dgcf_auto.training.validation", "dgcf_auto.evaluation.metrics"),
+    # the end-of-training precision check writes the precision_check.json that inference's `auto` reads
+    ("dgcf_auto.training.run", "dgcf_auto.inference.precision"),
+    # 3D validation predicts each volume through the same sliding window as dgcf_predict
+    ("dgcf_auto.training.trainer_3d", "dgcf_auto.inference.sliding_window"),
+    # a shared model's README reports the folds' validation summaries (read with their schema) in their units
+    ("dgcf_auto.inference.model_card", "dgcf_auto.evaluation.summary_schema"),
+    ("dgcf_auto.inference.model_card", "dgcf_auto.evaluation.units"),
 }
 
 

@@ -12,7 +12,7 @@ import torch
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.network import build_network
 from dgcf_auto.network.execution import predict_slice_stack
-from dgcf_auto.preprocessing.slabs import centre_slice, gather_slabs, slab_indices
+from dgcf_auto.slabs import centre_slice, gather_slabs, slab_indices
 from dgcf_auto.training.dataloading import CaseArrays, SliceDataLoader
 from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, tiny_dinov3
 

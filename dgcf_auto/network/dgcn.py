@@ -19,7 +19,7 @@ it, as the authors' Table 1 UNet (`code_network/unet.py` `Unet(activate=True)`: 
 tanh has no parameters, so both heads hold the same state dict.
 
 2.5D (our extension, not the paper's; documentation/model.md): with in_channels k > 1 the input is a slab of k
-adjacent slices (`preprocessing.slabs`). The CNN encoder sees all k; the frozen ViT sees only the centre slice
+adjacent slices (`dgcf_auto.slabs`). The CNN encoder sees all k; the frozen ViT sees only the centre slice
 (channel k // 2, the slice being predicted), as a 1-channel slice exactly as in 2D, so its maps are what
 DINOv3 computes for that slice and the fusion weights keep their meaning.
 """
@@ -36,7 +36,7 @@ from dgcf_auto.network.blocks import ConvBlock, CrossFusion, DinoProjection, UpB
 from dgcf_auto.network.dinov3 import FrozenDINOv3
 from dgcf_auto.network.registry import register_network
 from dgcf_auto.plans import NetworkPlans
-from dgcf_auto.preprocessing.slabs import centre_slice
+from dgcf_auto.slabs import centre_slice
 
 VIT_PATCH_SIZE = 16
 

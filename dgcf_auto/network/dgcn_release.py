@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from dgcf_auto.network.dinov3 import FrozenDINOv3
 from dgcf_auto.network.registry import register_network
 from dgcf_auto.plans import NetworkPlans
-from dgcf_auto.preprocessing.slabs import centre_slice
+from dgcf_auto.slabs import centre_slice
 
 LEVELS = 4  # their class is fixed at 4 levels (3 poolings) and 4 DINO layers
 

@@ -11,7 +11,7 @@ import torch
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger, progress_bar
 from dgcf_auto.plans import check_slab_size
-from dgcf_auto.preprocessing.slabs import gather_slabs
+from dgcf_auto.slabs import gather_slabs
 
 log = get_logger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -48,7 +48,7 @@ def to_network_input(slices: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def network_input(slices: np.ndarray, start: int, stop: int, slab_size: int, device: torch.device) -> torch.Tensor:
     """The network input predicting slices start..stop-1 of the (S, H, W) stack: the slices themselves, or with
-    `slab_size` k > 1 their 2.5D slabs (`preprocessing.slabs`: each slice with its k - 1 neighbours)."""
+    `slab_size` k > 1 their 2.5D slabs (`dgcf_auto.slabs`: each slice with its k - 1 neighbours)."""
     if slab_size == 1:
         return to_network_input(slices[start:stop], device)
     return to_network_input(gather_slabs(slices, np.arange(start, stop), slab_size), device)
@@ -139,7 +139,7 @@ def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, dev
     `batch_size`: slices per pass, or a BatchSizer (None: sized for the device); out-of-memory halves it.
     `shared_encoder`: `encode_dino` of the frozen ViT every network holds (one instance): its maps are computed once per
     batch and flip and passed to each network, instead of each network running it again.
-    `slab_size` k > 1 (2.5d): each slice is predicted from its slab of k slices (`preprocessing.slabs`).
+    `slab_size` k > 1 (2.5d): each slice is predicted from its slab of k slices (`dgcf_auto.slabs`).
     """
     device = torch.device(device)
     slab_size = check_slab_size(slab_size)

@@ -131,7 +131,7 @@ def plan_slice_grid(fingerprint: dict, network: NetworkPlans, overrides: dict) -
 
 def plan_slab_configuration(overrides: dict) -> dict:
     """2.5d: 2d's grid and arrays (nnU-Net's inherits_from; nothing preprocessed again), each slice fed with its
-    neighbours as input channels (`preprocessing.slabs`)."""
+    neighbours as input channels (`dgcf_auto.slabs`)."""
     size = int(overrides.get("slab_size", SLAB_SIZE))
     return {"kind": KIND_SLABS, "inherits_from": CONFIGURATION_2D, "slab_size": size,
             "derived_from": {"slab_size": "override" if "slab_size" in overrides else

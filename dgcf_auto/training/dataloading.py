@@ -17,7 +17,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import check_slab_size
-from dgcf_auto.preprocessing.slabs import gather_slabs
+from dgcf_auto.slabs import gather_slabs
 from dgcf_auto.workers import die_with_parent, ignore_interrupts, note_stopped
 
 
@@ -53,7 +53,7 @@ class SliceDataLoader(SlimDataLoaderBase):
     """Endless batches {"source": (B,k,H,W), "ct": (B,1,H,W)} float32, sampled uniformly over all slices of
     the training cases; with `foreground_fraction` f, each slice comes with probability f from the slices
     whose body mask is non-empty (so at least ~f of a batch shows anatomy). `slab_size` k: 1 for 2d; k > 1
-    (2.5d) gives each sampled slice's source with its neighbours as channels (`preprocessing.slabs`), the
+    (2.5d) gives each sampled slice's source with its neighbours as channels (`dgcf_auto.slabs`), the
     target staying the centre slice's CT."""
 
     def __init__(self, cases: list[CaseArrays], batch_size: int, seed: int, rank: int = 0,
