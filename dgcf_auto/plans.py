@@ -315,6 +315,7 @@ def source_signature(plans: dict) -> dict:
     existed give what their modality and planned spacing imply (the modality's defaults, in-plane spacing)."""
     if plans.get("source_signature"):
         return plans["source_signature"]
-    grids = [c.get("inplane_spacing") for c in (plans.get("configurations") or {}).values() if c.get("inplane_spacing")]
-    spacing = [float(min(min(g) for g in grids)), float(max(max(g) for g in grids))] if grids else None
+    # such plans hold one configuration, 2d
+    grid = configuration_plans(plans, CONFIGURATION_2D).inplane_spacing if plans.get("configurations") else None
+    spacing = [float(min(grid)), float(max(grid))] if grid else None
     return {"modality": plans.get("source_modality"), "spacing_mm": spacing}

@@ -260,9 +260,9 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
         per_configuration = {owner: preprocess_dataset(cases, plans, out_dir / identifier, num_processes, overwrite,
                                                        progress, owner)
                              for identifier, owner in owners.items()}
-        summary["preprocessed"] = {"done": [d for r in per_configuration.values() for d in r["done"]],
-                                   "skipped": [s for r in per_configuration.values() for s in r["skipped"]],
-                                   "configurations": per_configuration}
+        # done/skipped: the first configuration's (2d unless -c says otherwise); every one's under "configurations"
+        first = next(iter(per_configuration.values()))
+        summary["preprocessed"] = {**first, "configurations": per_configuration}
     return summary
 
 

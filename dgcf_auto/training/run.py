@@ -56,6 +56,7 @@ def load_preprocessed(dataset: str | int, plans_name: str,
         if not file.is_file():
             raise DGCFError(f"dataset {folder.name}: {file} is missing; run dgcf_plan_and_preprocess "
                             f"-d {paths.parse_dataset_id(folder.name)} first")
+    splits = read_splits(splits_file)
     plans = load_plans(plans_file)
     try:
         identifier = configuration_plans(plans, configuration).data_identifier
@@ -69,7 +70,7 @@ def load_preprocessed(dataset: str | int, plans_name: str,
     if not data_folder.is_dir() or not any(data_folder.glob("*_source.npy")):
         raise DGCFError(f"dataset {folder.name}: no preprocessed slices in {data_folder}; "
                         f"run dgcf_plan_and_preprocess -d {paths.parse_dataset_id(folder.name)} first")
-    return folder, plans, read_splits(splits_file), data_folder
+    return folder, plans, splits, data_folder
 
 
 def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[str], list[str]]:
