@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -158,11 +157,15 @@ def test_a_valid_hand_edit_under_a_new_name_preprocesses_trains_and_predicts(pla
 
     def edit(plans):
         plans["plans_name"] = "DGCFPlans_wide"
-        plans["configurations"]["2d"].update(data_identifier="DGCFPlans_wide_2d", patch_size=[48, 32])
+        for name, section in plans["configurations"].items():  # each array folder renamed with the plans
+            if "data_identifier" in section:
+                section["data_identifier"] = f"DGCFPlans_wide_{name}"
+        plans["configurations"]["2d"]["patch_size"] = [48, 32]
         plans["network"]["features"] = [4, 8, 16, 32]
         plans["network"]["architecture"] = "resunet"   # DGCFTrainer trains its own network: said and recorded
     _edited_copy(folder, "DGCFPlans_wide", edit)
-    assert _exit(plan_main, ["-d", "31", "-p", "DGCFPlans_wide", "-np", "1", "--disable_progress_bar"]) in (0, None)
+    assert _exit(plan_main, ["-d", "31", "-p", "DGCFPlans_wide", "-c", "2d", "-np", "1",
+                             "--disable_progress_bar"]) in (0, None)
     arrays = sorted((folder / "DGCFPlans_wide_2d").glob("*_source.npy"))
     assert len(arrays) == 4 and all(np.load(a, mmap_mode="r").shape[1:] == (48, 32) for a in arrays)
     assert json.loads((folder / "DGCFPlans_wide.json").read_text())["network"]["features"] == [4, 8, 16, 32]

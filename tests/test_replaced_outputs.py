@@ -50,7 +50,7 @@ def fake_dose(monkeypatch):
                 from dgcf_auto.errors import DGCFError
 
                 raise DGCFError(f"case {case.name}: planning failed")
-        return {c.name: {"gamma_photon": 99.0} for c in cases}, {"cases": records}
+        return {c.name: {"gamma_photon": 99.0} for c in cases}, {"cases": records}, []  # nothing left out
 
     monkeypatch.setattr(dose_run, "evaluate_dose", evaluate_dose)
     monkeypatch.setattr(dose_package, "require_dose_extra", lambda: None)

@@ -11,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.log import get_logger
 from dgcf_auto.losses.registry import LOSSES
 from dgcf_auto.network.registry import NETWORKS
-
-log = get_logger(__name__)
 
 
 def check_plans_names(plans: dict, where: str, optimizers: Sequence[str], schedulers: Sequence[str]) -> None:
@@ -33,9 +30,10 @@ def check_plans_names(plans: dict, where: str, optimizers: Sequence[str], schedu
             raise DGCFError(f"{where}: field {path}: {value!r} is not offered (known: {', '.join(known)})")
 
 
-def variant_overrides(plans: dict, run_plans: dict, trainer: str, command_line: dict) -> dict[str, dict]:
-    """The plans fields the trainer variant replaced ({json path: {"plans": value, "trainer": value}}), said once
-    in the log; values from the command line (`command_line`, recorded separately) are not the variant's."""
+def variant_overrides(plans: dict, run_plans: dict, command_line: dict) -> dict[str, dict]:
+    """The plans fields the trainer variant replaced ({json path: {"plans": value, "trainer": value}}); the trainer
+    says them once in the fold's log (`describe_overrides`) and records them in training_config.json. Values from
+    the command line (`command_line`, recorded separately) are not the variant's."""
     changed: dict[str, dict] = {}
     for section in ("network", "training"):
         before, after = _flatten(plans.get(section, {}), section), _flatten(run_plans.get(section, {}), section)
@@ -44,10 +42,15 @@ def variant_overrides(plans: dict, run_plans: dict, trainer: str, command_line: 
                 continue
             if before.get(path) != after.get(path):
                 changed[path] = {"plans": before.get(path), "trainer": after.get(path)}
-    if changed:
-        words = "; ".join(f"{path} {v['plans']!r} -> {v['trainer']!r}" for path, v in changed.items())
-        log.info(f"trainer {trainer} sets these plans fields (recorded in training_config.json): {words}")
     return changed
+
+
+def describe_overrides(trainer: str, changed: dict[str, dict]) -> str | None:
+    """One line for the fold's log naming what `variant_overrides` found (None when nothing)."""
+    if not changed:
+        return None
+    words = "; ".join(f"{path} {v['plans']!r} -> {v['trainer']!r}" for path, v in changed.items())
+    return f"trainer {trainer} sets these plans fields (recorded in training_config.json): {words}"
 
 
 def _flatten(section: dict, prefix: str) -> dict:

@@ -128,7 +128,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
             plans = prepare_volume_plans(plans, variant.network)
         run_plans = effective_plans(plans, variant, overrides)
         check_plans_names(run_plans, f"trainer {variant.name}", OPTIMIZERS.names(), SCHEDULERS.names())
-        replaced = variant_overrides(plans, run_plans, variant.name, {k: v for k, v in overrides.items() if v})
+        replaced = variant_overrides(plans, run_plans, {k: v for k, v in overrides.items() if v})
         _check_patch_fits(run_plans, variant.name)
         train_cases = [open_case(data_folder, n) for n in train_names]
         val_cases = [open_case(data_folder, n) for n in val_names]

@@ -35,6 +35,7 @@ from dgcf_auto.training.dataloading import (
 from dgcf_auto.training.distributed import DistributedContext, split_batch_size
 from dgcf_auto.training.logger import TrainingLogger
 from dgcf_auto.training.optimizers import build_optimizer, build_scheduler
+from dgcf_auto.training.plans_check import describe_overrides
 from dgcf_auto.training.tensorboard import TensorBoardLog
 from dgcf_auto.training.validation import validate_cases
 from dgcf_auto.training.variants import TrainerVariant
@@ -369,6 +370,8 @@ class DGCFTrainer:
                   f"{s.iterations_per_epoch} iterations, batch {s.batch_size} ({self.local_batch_size} per process "
                   f"x {self.dist.world_size}), device {self.device}, bf16 {self.autocast_dtype is not None}, "
                   f"compile {s.compile}")
+        if (replaced := describe_overrides(self.variant.name, self.run_info.get("trainer_sets", {}))) is not None:
+            log.print(replaced)
         if self.dinov3_source == "random":
             log.warning(RANDOM_DINOV3_WARNING)
         if not self.val_cases:
