@@ -38,7 +38,8 @@ DEFAULT_UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 # The SOP classes a source series may have (CT, Enhanced CT, MR, Enhanced MR Image Storage).
-SOURCE_IMAGE_STORAGE = (CT_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.2.1", MR_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.4.1")
+SOURCE_IMAGE_STORAGE = (CT_IMAGE_STORAGE, "1.2.840.10008.5.1.4.1.1.2.1", MR_IMAGE_STORAGE,
+                        "1.2.840.10008.5.1.4.1.1.4.1")
 NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE", "SR", "PR", "KO", "REG", "SEG",
                         "DOC", "PLAN", "FID"}
 # Slice geometry tolerances: IPP/IOP are decimal strings that scanners round.

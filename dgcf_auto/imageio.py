@@ -185,7 +185,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
 
     Checked from the header before any allocation: the bytes against what the file can hold (its size, or
     for compressed data the deflate limit), the voxel count against `max_voxels()`, the peak the stages
-    will reach on it (`memory.peak_bytes`, measured per voxel) against the memory this process may still use. A compressed MetaImage data block is then decompressed, streamed, by zlib."""
+    will reach on it (`memory.peak_bytes`, measured per voxel) against the memory this process may still use.
+    A compressed MetaImage data block is then decompressed, streamed, by zlib."""
     path = Path(path)
     size = reader.GetSize()
     voxels = math.prod(size) * reader.GetNumberOfComponents()
@@ -201,7 +202,8 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
         return (f"header declares {dims} voxels ({nbytes} bytes), more than the file's {available} data bytes; "
                 f"it is truncated")
     if voxels > max_voxels():
-        return f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; raise --max_voxels if this is right"
+        return (f"header declares {dims} voxels, more than --max_voxels {max_voxels()}; "
+                f"raise --max_voxels if this is right")
     itemsize = _bytes_per_component(reader)
     need, room = peak_bytes(voxels, itemsize), available_memory()
     if room is not None and need > room[0]:  # the measured peak of the stages, not the stored size

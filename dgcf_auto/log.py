@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import warnings
+from typing import Any
 
 from tqdm import tqdm
 
@@ -152,7 +153,7 @@ def worker_logging() -> None:
         _worker_messages.__enter__()  # never left: the worker ends with the pool
 
 
-_worker_messages = None
+_worker_messages: Any = None  # the worker's library-message filter, entered once
 
 
 def progress_enabled() -> bool:

@@ -71,8 +71,9 @@ def _read_fields(path: str) -> dict[str, int]:
 
 def _cgroup_room() -> int | None:
     """cgroup v2 memory.max - memory.current (v1: limit_in_bytes - usage_in_bytes), None without a limit."""
+    v1 = "/sys/fs/cgroup/memory/memory."
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         try:
             cap, used = Path(limit).read_text().strip(), int(Path(usage).read_text().strip())
         except (OSError, ValueError):

@@ -45,8 +45,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("-device", default=None, type=_device,
                         help=f"device for TotalSegmentator and the SSIM/MS-SSIM metrics: {DEVICE_HELP}; 'gpu' is "
                              "accepted for 'cuda' (metrics on mps run on the CPU: no float64 there)")
-    parser.add_argument("--png", default=None, metavar="OUTDIR", help="also write one figure per case here (the folder is replaced as a whole by this run's "
-                        "figures: an empty folder or one of figures only)")
+    parser.add_argument("--png", default=None, metavar="OUTDIR",
+                        help="also write one figure per case here (the folder is replaced as a whole by this run's "
+                             "figures: an empty folder or one of figures only)")
     parser.add_argument("-np", type=int, default=1, help="processes computing the image metrics (default: 1)")
     add_max_voxels(parser)
     parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES.names(),

@@ -73,7 +73,8 @@ def source_problems(case: Case, expected: dict, trained_on: str | None = None) -
 
 
 def _where(case: Case) -> str:
-    return f"case {case.name}: " + (f"folder {case.source.name}/" if case.source.is_dir() else f"file {case.source.name}")
+    where = f"folder {case.source.name}/" if case.source.is_dir() else f"file {case.source.name}"
+    return f"case {case.name}: {where}"
 
 
 def _findings(case: Case, expected: dict, trained_on: str | None = None) -> tuple[list[str], dict | None]:

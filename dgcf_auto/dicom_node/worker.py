@@ -64,9 +64,10 @@ class DicomNode:
         self.state = NodeState(options.state)
         folder = predictor.checkpoint_files[0].parent.parent
         source = predictor.plans.get("source_modality")
-        self.modality = options.modality or MODALITY_OF_MODEL.get(source)
-        if self.modality is None:
+        modality = options.modality or MODALITY_OF_MODEL.get(str(source))
+        if modality is None:
             raise DGCFError(f"model {folder}: its plans name no source modality ({source!r}); give --modality")
+        self.modality: str = modality
         identity = build_provenance(folder, predictor.checkpoint_files, predictor.options)
         self.model = {"folder": str(folder), "folds": [p.parent.name for p in predictor.checkpoint_files],
                       "model_id": identity["model_id"]}
@@ -126,9 +127,9 @@ class DicomNode:
         """Finish every queued series; False when there was nothing to do."""
         worked = False
         while True:
-            for row in self.state.exhausted(self.options.max_tries):
-                reason = f"parked after {row['tries']} tries: {row['reason'] or 'the worker died while ' + row['state']}"
-                self._fail(row, reason)
+            for parked in self.state.exhausted(self.options.max_tries):
+                why = parked["reason"] or "the worker died while " + parked["state"]
+                self._fail(parked, f"parked after {parked['tries']} tries: {why}")
                 worked = True
             row = self.state.next_series()
             if row is None:
@@ -197,15 +198,15 @@ class DicomNode:
         for path in written:
             sct_id = self.orthanc.upload(path.read_bytes()).get("ParentSeries", sct_id)
             self._maybe_hold("upload")
-        if self.options.forward:
-            self._forward(sct_id)
+        if self.options.forward and sct_id is not None:
+            self._forward(self.options.forward, sct_id)
         return {"sct_orthanc_id": sct_id, "sct_series_uid": _series_uid(written), "sha256": _files_sha256(written),
                 "instances": len(written), "download_s": round(downloaded - clock, 3),
                 "predict_s": round(predicted - downloaded, 3), "send_s": round(time.perf_counter() - predicted, 3)}
 
-    def _forward(self, sct_id: str) -> None:
+    def _forward(self, modality: str, sct_id: str) -> None:
         try:
-            self.orthanc.store_to_modality(self.options.forward, sct_id)
+            self.orthanc.store_to_modality(modality, sct_id)
         except OrthancUnavailable as exc:
             self.orthanc.system()  # Orthanc itself down: the caller waits for it
             raise RetryLater(f"forwarding to {self.options.forward} failed ({exc})") from None
@@ -256,11 +257,14 @@ def _files_sha256(files: list[Path]) -> str:
 def _series_uid(files: list[Path]) -> str:
     import pydicom
 
-    return str(pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+    header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    return str(header.SeriesInstanceUID)
 
 
 def _orthanc_time(value: str | None) -> str | None:
     """Orthanc's LastUpdate (20261206T205512, UTC) as ISO 8601."""
+    if value is None:
+        return None
     try:
         return datetime.datetime.strptime(value, "%Y%m%dT%H%M%S").strftime("%Y-%m-%dT%H:%M:%SZ")
     except (TypeError, ValueError):

@@ -3,8 +3,8 @@
 A scorer has a `name`, `settings()` (what the summary records about it under that name; None: nothing) and
 `score(case)` ({metric: value} of one EvalCase). `score_cases(cases)` scores them all; a scorer overrides it
 when the cases are best done together (worker processes, a shared cache). Three exist: the image metric
-profile (always; `evaluate.ImageScorer`), SegScore (`segscore=True`) and dose (`dose=DoseSettings`). A new one is one class here and
-one `EvaluationOptions` field.
+profile (always; `evaluate.ImageScorer`), SegScore (`segscore=True`) and dose (`dose=DoseSettings`). A new
+one is one class here and one `EvaluationOptions` field.
 """
 from __future__ import annotations
 

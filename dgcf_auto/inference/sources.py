@@ -1,6 +1,6 @@
 """What `dgcf_predict -i` accepts: one case folder (`<case>/mr.nii.gz` with optional mask.nii.gz and
-ct.nii.gz: one case named after the folder, using its mask; any other file there is ignored), a folder of case folders, a folder of source
-images, or one file. Files named ct.* or mask.* are never predicted as sources.
+ct.nii.gz: one case named after the folder, using its mask; any other file there is ignored), a folder of case
+folders, a folder of source images, or one file. Files named ct.* or mask.* are never predicted as sources.
 Sources may be DICOM: `<case>/mr/` in a case folder, a folder of DICOM series folders (one case each), or
 one bare DICOM folder (one case).
 

@@ -13,6 +13,8 @@ differ in the memory budget their patch and batch were planned for.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
@@ -49,7 +51,7 @@ def unet_kwargs(plans: NetworkPlans, residual: bool) -> dict:
 
 # size_multiple 1: the 2d slice-size rule does not apply; each 3D patch axis divides by its own 2^pools,
 # which planning/plan_3d.py guarantees (pool_and_conv_props pads the patch).
-_3D = dict(needs_dinov3=False, size_multiple=1, spatial_dims=3)
+_3D: dict[str, Any] = dict(needs_dinov3=False, size_multiple=1, spatial_dims=3)
 
 
 @register_network("plain_unet_3d", **_3D,

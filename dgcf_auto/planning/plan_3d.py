@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -154,7 +155,8 @@ def feature_map_size(preset: Preset, features, options, patch) -> int:
     plans = NetworkPlans(architecture=preset.network, features=list(features), options=copy.deepcopy(options))
     with torch.device("meta"):  # the count is arithmetic on the layers: no weights need to exist
         network = build_network(plans, None, for_checkpoint=True)
-    return int(network.compute_conv_feature_map_size(tuple(int(p) for p in patch)))
+    count: Any = network.compute_conv_feature_map_size  # dynamic-network-architectures' own estimate
+    return int(count(tuple(int(p) for p in patch)))
 
 
 def plan_patch_and_batch(spacing, median_shape, dataset_voxels: float, preset: Preset,

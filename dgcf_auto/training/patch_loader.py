@@ -11,6 +11,7 @@ the slice loader's scheme (`dataloading.SliceDataLoader`), whose worker plumbing
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
@@ -52,7 +53,7 @@ class PatchDataLoader(SliceDataLoader):
 
     def make_batch(self, batch_number: int) -> dict:
         rng = self.batch_generator(batch_number)
-        arrays = {key: [] for key in PAD_VALUES}
+        arrays: dict[str, list[np.ndarray]] = {key: [] for key in PAD_VALUES}
         for _ in range(self.batch_size):
             index = int(rng.integers(len(self.cases)))
             case = self.cases[index]
@@ -60,7 +61,7 @@ class PatchDataLoader(SliceDataLoader):
             start = self.patch_start(case.source.shape, rng, self.foreground[index] if use_foreground else None)
             for key in PAD_VALUES:
                 arrays[key].append(self._crop(getattr(case, key), start, PAD_VALUES[key]))
-        batch = {key: np.stack(values)[:, None] for key, values in arrays.items()}
+        batch: dict[str, Any] = {key: np.stack(values)[:, None] for key, values in arrays.items()}
         batch["source"] = batch["source"].astype(np.float32, copy=False)
         batch["ct"] = batch["ct"].astype(np.float32, copy=False)
         batch["batch_number"] = batch_number

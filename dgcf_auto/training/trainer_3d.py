@@ -47,7 +47,8 @@ class DGCFTrainer3d(DGCFTrainer):
         self.network = build_network(net_plans, None).to(self.device)
         self.loss = CompositeLoss(training.loss, None, training.loss_options).to(self.device)
         self.optimizer = build_optimizer(self.network.parameters(), training)
-        self.scheduler = build_scheduler(self.optimizer, training, s.epochs)
+        self.scheduler = build_scheduler(self.optimizer, training, int(training.epochs if s.epochs is None
+                                                                           else s.epochs))
         self._wrap_and_start()
 
     def make_loader(self, training: TrainingPlans) -> PatchDataLoader:
@@ -76,4 +77,5 @@ class DGCFTrainer3d(DGCFTrainer):
 
     def _write_tensorboard(self, epoch: int, trained: EpochLosses, val: dict | None) -> None:
         """Scalars only (the slice trainer's validation image is a 2D slice prediction)."""
+        assert self.tensorboard is not None  # called only when it is open
         self.tensorboard.epoch(epoch, trained.total, trained.terms, self.optimizer.param_groups[0]["lr"], val)
