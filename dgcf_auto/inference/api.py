@@ -96,7 +96,8 @@ def _predict(input, output, model, mask, options: PredictionOptions, output_opti
             raise DGCFError("-num_parts splits a set of input cases; a single image cannot be split")
         predictor = predictor or load_predictor(model, options)
         warn_derived_masks(predictor, int(mask is None))
-        return _predict_image(predictor, input, mask, output, output_options.output_format, output_options.dicom_uid_prefix)
+        return _predict_image(predictor, input, mask, output, output_options.output_format,
+                              output_options.dicom_uid_prefix)
     from dgcf_auto.inference.run import check_outputs, predict_inputs
     from dgcf_auto.inference.sources import check_inputs, collect_inputs
 
@@ -111,8 +112,9 @@ def _predict(input, output, model, mask, options: PredictionOptions, output_opti
         if output is not None:  # where outputs go (of every part: names must not collide) is checked before loading
             from dgcf_auto.inference.saved_predictions import SAVED_OUTPUTS
 
-            check_outputs(everything, Path(output), output_options.output_format, input_root,
-                          Path(output_options.png_dir) if output_options.png_dir else None, output_options.save_uncertainty,
+            png_dir = Path(output_options.png_dir) if output_options.png_dir else None
+            check_outputs(everything, Path(output), output_options.output_format, input_root, png_dir,
+                          output_options.save_uncertainty,
                           SAVED_OUTPUTS if output_options.save_probabilities else None)
         predictor = predictor or load_predictor(model, options)
         if options.verbose:
