@@ -30,7 +30,7 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import atomic_folder, atomic_path, write_json
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
-from dgcf_auto.plans import DEFAULT_CONFIGURATION
+from dgcf_auto.plans import CONFIGURATION_KINDS, DEFAULT_CONFIGURATION
 
 log = get_logger(__name__)
 
@@ -53,6 +53,18 @@ def ensemble_identifier(members: list[str], folds) -> str:
     return "___".join(["ensemble", *members, folds_string(folds)])
 
 
+def _trains(trainer: str, configuration: str) -> bool:
+    """Whether `trainer` trains `configuration`'s kind (a slice trainer has no 3d_fullres model, a 3D trainer no
+    2d one: nnU-Net's trainers train every configuration, ours are made for one kind of input)."""
+    from dgcf_auto.training.variants import get_trainer_variant
+
+    kind = CONFIGURATION_KINDS.get(configuration)
+    if kind is None or kind in get_trainer_variant(trainer).kinds:
+        return True
+    log.info(f"trainer {trainer} does not train {configuration} ({kind}): left out of the comparison")
+    return False
+
+
 def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEFAULT_PLANS, folds=DEFAULT_FOLDS,
                             metric: str = "mae", profile: str | None = None, allow_ensembling: bool = True,
                             num_processes: int = 1, test: str = "ttest", progress: bool = True,
@@ -71,7 +83,10 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEF
     if not trainers or not folds or not configurations:
         raise DGCFError("give at least one trainer (-tr), one configuration (-c) and one fold (-f)")
     results_dataset = paths.results_dataset(dataset)
-    models = [Model(t, c, plans) for t in trainers for c in configurations]
+    models = [Model(t, c, plans) for t in trainers for c in configurations if _trains(t, c)]
+    if not models:
+        raise DGCFError(f"none of the trainers {', '.join(trainers)} trains the configurations "
+                        f"{', '.join(configurations)}")
     members = {m.identifier: _fold_validation(dataset, results_dataset / m.identifier, m, folds) for m in models}
     ensembles = [list(c) for k in range(2, len(models) + 1) for c in itertools.combinations(models, k)]
     if allow_ensembling and ensembles:

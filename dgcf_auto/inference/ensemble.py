@@ -122,7 +122,7 @@ def _case_geometry(folder: Path, case: str, keys=GEOMETRY_KEYS) -> dict:
 def _ensemble_case(job) -> Path:
     """Average one case over the folders and write it (a worker process runs this)."""
     from dgcf_auto.imageio import to_array
-    from dgcf_auto.inference.predictor import sct_from_hu, sct_from_normalised
+    from dgcf_auto.inference.predictor import HU_MAX, HU_MIN, sct_from_hu, sct_from_normalised
     from dgcf_auto.preprocessing.pipeline import restore_ct
 
     folders, case, output, output_format, save_probabilities, plans, same_grid = job
@@ -134,9 +134,11 @@ def _ensemble_case(job) -> Path:
                             f"differs from {folders[0]}'s {first.normalised.shape}")
         _check_same_mask(member.background_mask, first.background_mask, folders[0], folder, case)
     target = output / f"{case}{output_format}"
-    if not same_grid:  # each member back to float HU on the input grid with its own plans, then the mean
+    if not same_grid:  # each member's sCT as it alone gives it (float HU on the input grid, in the CT range
+        # it is written in, so a spline overshoot below air counts as air), then the mean, rounded once
         restored = [restore_ct(m.normalised, m.properties, p) for m, p in zip(members, plans)]
-        hu = np.sum([to_array(r) for r in restored], axis=0, dtype=np.float64) / len(members)
+        hu = np.sum([np.clip(to_array(r), HU_MIN, HU_MAX) for r in restored], axis=0,
+                    dtype=np.float64) / len(members)
         write_image(sct_from_hu(hu, restored[0], first.background_mask), target)
         return target
     # Sum in float64: the mean of a folder with itself is that folder, bit for bit.
