@@ -50,7 +50,8 @@ def run_demo(output: Path, task: str = "cbct2ct", num_cases: int = 10, epochs: i
     _stage(2, "plan and preprocess (paper split 7:1:2)")
     summary = plan_and_preprocess(DEMO_DATASET_ID, num_processes=2, split="paper",
                                   overrides={"patch_size": list(patch_size), "features": list(features),
-                                             "epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
+                                             "epochs": epochs, "iterations_per_epoch": iterations_per_epoch},
+                                  configurations=["2d"])  # the demo trains the paper's 2d DGCN only
     preprocessed = Path(summary["output_folder"])
     split = read_splits(preprocessed / SPLITS_FILE)[0]
     _stage(3, f"train fold 0 ({epochs} epochs x {iterations_per_epoch} iterations)")
