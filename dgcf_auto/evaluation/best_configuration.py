@@ -61,7 +61,7 @@ def _trains(trainer: str, configuration: str) -> bool:
     kind = CONFIGURATION_KINDS.get(configuration)
     if kind is None or kind in get_trainer_variant(trainer).kinds:
         return True
-    log.info(f"trainer {trainer} does not train {configuration} ({kind}): left out of the comparison")
+    log.debug(f"trainer {trainer} does not train {configuration} ({kind}): left out of the comparison")
     return False
 
 
