@@ -17,9 +17,13 @@ def test_readme_states_measured_costs_documented_in_benchmarks():
     setup = " ".join(_setup_section().split())
     benchmarks = (ROOT / "documentation" / "benchmarks.md").read_text()
     demo = " ".join(benchmarks[benchmarks.index("## Demo (dgcf_demo)"):].split())
-    for figure in ("about 6 minutes", "about 3 minutes", "7.7 GB", "3.2 GB"):
+    for figure in ("about 3 minutes", "7.7 GB", "3.2 GB"):
         assert figure in setup and figure in demo, figure
-    assert "calm 2-core machine" in setup and "about 4 minutes" not in setup
+    # the demo time the README gives is what benchmarks.md measured on a calm machine
+    said = int(re.search(r"under (\d+) minutes of demo", setup).group(1))
+    minutes, seconds = (int(v) for v in re.search(r"\*\*(\d+) min (\d+) s wall\*\*", demo).groups())
+    assert minutes * 60 + seconds <= said * 60 < minutes * 60 + seconds + 60
+    assert "calm 2-core machine" in setup
 
 
 def test_readme_cpu_only_install_takes_cpu_wheels_before_the_package():
