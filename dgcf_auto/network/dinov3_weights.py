@@ -116,6 +116,17 @@ def load_encoder_state(module: nn.Module, state: dict, path: Path, label: str, t
     module.load_state_dict(state, strict=True)
 
 
+def load_encoder_or_warn(network: nn.Module, path: Path | None, random_words: str) -> None:
+    """`network.load_encoder_weights(path)`, or one warning that the encoder starts random (`random_words`: whose
+    encoder and why, e.g. "UNet++'s ResNet-34 encoder ... (no weight file; ...)")."""
+    if path is None:
+        from dgcf_auto.log import get_logger
+
+        get_logger(__name__).warning(f"{random_words}; a trained checkpoint loaded afterwards replaces them")
+    else:
+        network.load_encoder_weights(path)
+
+
 def _drop_zero_qkv_bias(state: dict, vit: nn.Module, path: Path) -> dict:
     """Meta's ViT-B stores an all-zero (masked) qkv bias that timm's bias-free model omits; never drop real ones."""
     has_q_bias = any(name.endswith("q_bias") for name, _ in vit.named_parameters())

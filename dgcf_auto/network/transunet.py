@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.log import get_logger
 from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
 
@@ -200,11 +199,10 @@ def build_transunet(in_channels: int, out_channels: int, options: dict, init: st
     paper = all(tuple(v) == tuple(PAPER_ENCODER[k]) if isinstance(v, (list, tuple)) else v == PAPER_ENCODER[k]
                 for k, v in settings.items())
     path = resolve_encoder_weights(explicit, paper)
-    if path is None:
-        get_logger(__name__).warning(f"TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED (no ImageNet weights "
-                                     f"found; {WHERE_TO_GET}); a trained checkpoint loaded afterwards replaces them")
-    else:
-        net.load_encoder_weights(path)
+    from dgcf_auto.network.dinov3_weights import load_encoder_or_warn
+
+    load_encoder_or_warn(net, path, f"TransUNet's R50+ViT-B/16 encoder is RANDOMLY INITIALISED (no ImageNet "
+                                    f"weights found; {WHERE_TO_GET})")
     return net
 
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dgcf_auto.log import get_logger
 from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
 
@@ -82,9 +81,8 @@ def build_unetpp_resnet34(plans: NetworkPlans, dinov3: None) -> UNetPlusPlusResN
     if weights_come_from_checkpoint():
         return net
     path = resolve_encoder_weights(plans.options.get("encoder_weights"))
-    if path is None:
-        get_logger(__name__).warning(f"UNet++'s ResNet-34 encoder is RANDOMLY INITIALISED (no weight file; "
-                                     f"{WHERE_TO_GET}); a trained checkpoint loaded afterwards replaces them")
-    else:
-        net.load_encoder_weights(path)
+    from dgcf_auto.network.dinov3_weights import load_encoder_or_warn
+
+    load_encoder_or_warn(net, path, f"UNet++'s ResNet-34 encoder is RANDOMLY INITIALISED (no weight file; "
+                                    f"{WHERE_TO_GET})")
     return net
