@@ -105,7 +105,11 @@ def model(tmp_path_factory):
 # `@pytest.mark.slow` works too. What is left is the inner loop: `pytest -m "not slow"`.
 SLOW_MODULES = {"test_training", "test_baselines", "test_release_training", "test_find_best_configuration",
                 "test_split_evaluation", "test_demo", "test_workers", "test_plugins", "test_dose", "test_dicom",
-                "test_integrity", "test_prediction_clinic", "test_reference_import"}
+                "test_integrity", "test_prediction_clinic", "test_reference_import",
+                # pyRadPlan dose plans; nnunetv2's own planners as the 3D planner's oracle; end-to-end trainings
+                "test_dose_definitions", "test_plan_3d", "test_plans_validation", "test_configuration_25d",
+                "test_configurations_compared", "test_configurations_3d_compared", "test_3d_fullres",
+                "test_replaced_outputs"}
 SLOW_FIXTURES = {"trained", "model", "predicted", "tiny_model", "example_dataset", "tiny_plans", "data_env",
                  "vgg_file", "vit_b16"}
 SLOW_WORDS = ("subprocess", "SIGKILL", "SIGTERM", "gloo", "dciodvfy", "assert_valid_dicom", "run_training(",
