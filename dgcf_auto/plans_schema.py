@@ -25,6 +25,7 @@ from dgcf_auto.plans import (
     NETWORK_INITS,
     PLANS_VERSION,
     SCHEDULES,
+    check_slab_size,
 )
 from dgcf_auto.schema import check, field_name
 
@@ -225,9 +226,14 @@ def _configuration_problem(name: str, section: dict, configurations: dict) -> tu
     parent = section.get("inherits_from")
     if parent is not None and parent not in configurations:
         return ["inherits_from"], f"{parent!r} is not a configuration of these plans"
+    kind = section.get("kind", CONFIGURATION_KINDS.get(name, KIND_SLICES))
+    if kind == KIND_SLABS:  # a slab is its own even when its grid is inherited (2.5d from 2d)
+        try:
+            check_slab_size(section.get("slab_size", 1))
+        except DGCFError as exc:
+            return ["slab_size"], str(exc)
     if parent is not None:
         return None  # an inheriting configuration's grid is its parent's (checked there)
-    kind = section.get("kind", CONFIGURATION_KINDS.get(name, KIND_SLICES))
     patch = section.get("patch_size")
     if patch is None:
         return ["patch_size"], "missing"
@@ -244,8 +250,6 @@ def _configuration_problem(name: str, section: dict, configurations: dict) -> tu
                 return [key], f"missing (a resampled {kind} grid needs it)"
     if kind == KIND_VOLUME and section.get("spacing") is None:
         return ["spacing"], "missing (a volume grid needs its target spacing)"
-    if kind == KIND_SLABS and int(section.get("slab_size", 1)) % 2 == 0:
-        return ["slab_size"], f"{section['slab_size']} must be odd (the centre slice is predicted)"
     return None
 
 

@@ -77,6 +77,8 @@ BAD_EDITS = [
     ("unknown_field", lambda p: p["training"].update(learnig_rate=1e-3),
      "field training: Additional properties are not allowed ('learnig_rate' was unexpected)"),
     ("batch_zero", lambda p: p["training"].update(batch_size=0), "field training.batch_size: 0 is less than the minimum of 1"),
+    ("slab_even", lambda p: p["configurations"]["2.5d"].update(slab_size=4),
+     "field configurations.2.5d.slab_size: slab_size 4: a 2.5d slab is an odd number of slices"),
     ("bool_as_number", lambda p: p["training"].update(learning_rate=True),
      "field training.learning_rate: expected a number, got a boolean (true)"),
 ]
