@@ -4,7 +4,6 @@ and the instructions, run as written, give the winner's files."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from model_fixtures import TINY_FEATURES, data_folders
-from test_find_best_configuration import _run_instructions, assert_instructions_reproduce
+from test_configurations_compared import reproduce_the_winner
 
 torch.set_num_threads(1)
 DATASET_ID = 992
@@ -90,7 +89,6 @@ def test_the_2d_and_3d_ensemble_is_the_mean_in_hu_on_each_cases_grid(trained, be
 @pytest.mark.parametrize("winner", ["3d_fullres", "ensemble"])
 def test_running_the_instructions_reproduces_the_winners_files(trained, best, tmp_path, capsys, winner):
     from dgcf_auto.evaluation.best_configuration import inference_commands
-    from dgcf_auto.inference.api import predict
 
     information = json.loads(json.dumps(best))
     chosen = [(VOLUMES, "3d_fullres")] if winner == "3d_fullres" else [(SLICES, "2d"), (VOLUMES, "3d_fullres")]
@@ -98,14 +96,4 @@ def test_running_the_instructions_reproduces_the_winners_files(trained, best, tm
         {"trainer": t, "plans_identifier": "DGCFPlans", "configuration": c} for t, c in chosen]
     information["commands"] = inference_commands(information)
     assert "-c 3d_fullres" in " ".join(information["commands"])
-    cases = sorted(p.name for p in trained["raw"].iterdir() if p.is_dir())[:2]
-    for case in cases:
-        shutil.copytree(trained["raw"] / case, tmp_path / "input" / case)
-    with data_folders(trained["root"]):
-        outputs = _run_instructions(information["commands"], tmp_path / "input", tmp_path, capsys)
-        direct = []
-        for index, (trainer, configuration) in enumerate(chosen):
-            direct.append(tmp_path / f"direct{index}")
-            predict(tmp_path / "input", direct[-1], model=DATASET_ID, folds=[0, 1], trainer=trainer,
-                    configuration=configuration, device="cpu", progress=False)
-    assert_instructions_reproduce(outputs["OUTPUT_FOLDER"], direct, tmp_path / "input", cases)
+    reproduce_the_winner(information, trained, DATASET_ID, tmp_path, capsys)

@@ -91,7 +91,6 @@ def test_running_the_instructions_reproduces_the_winners_files(trained, best, tm
     """The instructions, run as written, give the files of the winner predicted directly (2.5d alone, and the
     2d + 2.5d ensemble, whichever won on these random models)."""
     from dgcf_auto.evaluation.best_configuration import inference_commands
-    from dgcf_auto.inference.api import predict
 
     information = json.loads(json.dumps(best))
     if winner != "chosen":
@@ -101,15 +100,23 @@ def test_running_the_instructions_reproduces_the_winners_files(trained, best, tm
         information["commands"] = inference_commands(information)
     selected = information["best_model_or_ensemble"]["selected_model_or_models"]
     assert all(f"-c {m['configuration']}" in information["commands"][i] for i, m in enumerate(selected))
+    reproduce_the_winner(information, trained, DATASET_ID, tmp_path, capsys)
+
+
+def reproduce_the_winner(information: dict, trained: dict, dataset_id: int, tmp_path, capsys) -> None:
+    """Two of the raw cases through the instructions as written and through each selected model directly: the
+    instructions' files are the winner's."""
+    from dgcf_auto.inference.api import predict
+
     cases = sorted(p.name for p in trained["raw"].iterdir() if p.is_dir())[:2]
     for case in cases:
         shutil.copytree(trained["raw"] / case, tmp_path / "input" / case)
     with data_folders(trained["root"]):
         outputs = _run_instructions(information["commands"], tmp_path / "input", tmp_path, capsys)
         direct = []
-        for index, model in enumerate(selected):
+        for index, model in enumerate(information["best_model_or_ensemble"]["selected_model_or_models"]):
             direct.append(tmp_path / f"direct{index}")
-            predict(tmp_path / "input", direct[-1], model=DATASET_ID, folds=[0, 1], trainer=model["trainer"],
+            predict(tmp_path / "input", direct[-1], model=dataset_id, folds=[0, 1], trainer=model["trainer"],
                     configuration=model["configuration"], device="cpu", progress=False)
     assert_instructions_reproduce(outputs["OUTPUT_FOLDER"], direct, tmp_path / "input", cases)
 
