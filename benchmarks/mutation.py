@@ -13,8 +13,9 @@ Before running, three kinds of mutant are set aside:
 - inside a type annotation, or on a line marked `# pragma: no mutate` (skipped: with
   `from __future__ import annotations` annotations are never evaluated, so these are equivalent by construction);
 - on a statement that the module's test selection never executes (coverage.py): they survive without a run.
-Survivors that match EQUIVALENT (a reviewed list: the original line, the mutated line, why no input can tell
-them apart) are counted as equivalent; every other survivor is printed with its diff.
+Survivors listed in benchmarks/mutation_equivalents/<module>.json (reviewed: the original line, the mutated line,
+why no input can tell them apart) are counted as equivalent; every other survivor is printed with its diff.
+`--rerun results.json` runs only the survivors of an earlier `--json` (the loop while writing tests).
 """
 from __future__ import annotations
 
@@ -47,8 +48,7 @@ MODULES = {
     "preprocessing/pipeline.py": "tests/test_preprocessing.py tests/test_release_plans.py",
 }
 
-# (module, original line, mutated line, why no input tells them apart). Lines are compared stripped.
-EQUIVALENT: list[tuple[str, str, str, str]] = []
+EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents"
 
 CONFIG = """[cosmic-ray]
 module-path = "{module}"
@@ -167,14 +167,17 @@ def _changed_lines(diff: str) -> tuple[str, str]:
 
 
 def equivalent_reason(module: str, diff: str) -> str | None:
+    """Why the mutant in `diff` is equivalent, from the module's reviewed list (lines compared stripped)."""
+    listed = EQUIVALENTS / (module.replace("/", "_").removesuffix(".py") + ".json")
     before, after = _changed_lines(diff)
-    for name, original, mutated, why in EQUIVALENT:
-        if name == module and original == before and mutated == after:
-            return why
+    for entry in json.loads(listed.read_text()) if listed.is_file() else []:
+        if entry["original"].strip() == before and entry["mutated"].strip() == after:
+            return entry["why"]
     return None
 
 
-def run_module(module: str, tests: str, jobs: int, workdir: Path, progress: bool) -> dict:
+def run_module(module: str, tests: str, jobs: int, workdir: Path, progress: bool,
+               only: set[str] | None = None) -> dict:
     """Enumerate with cosmic-ray, set aside skipped and uncovered mutants, run the rest; counts and survivors."""
     import difflib
 
@@ -221,6 +224,10 @@ def run_module(module: str, tests: str, jobs: int, workdir: Path, progress: bool
                 continue
             diff = "".join(difflib.unified_diff(source.splitlines(True), mutated.splitlines(True),
                                                 f"a/{module}", f"b/{module}", n=0))
+            if only is not None and diff not in only:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+                counts["mutants"] -= 1
+                continue
             if _statement_of(start, statements) not in covered:
                 counts["not_covered"] += 1
                 outcome = ("survived", "not executed by the selected tests")
@@ -267,10 +274,10 @@ def _count_survivor(module, diff, counts, survivors, equivalent, how) -> None:
     why = equivalent_reason(module, diff)
     if why is None:
         counts["survived"] += 1
-        survivors.append(f"({how})\n{diff}")
+        survivors.append({"how": how, "diff": diff})
     else:
         counts["equivalent"] += 1
-        equivalent.append(f"{why}\n{diff}")
+        equivalent.append({"why": why, "diff": diff})
 
 
 def _wait_any(running: dict, timeout: float) -> tuple[int, int | None]:
@@ -293,9 +300,10 @@ def main(argv=None) -> None:
     parser.add_argument("-m", "--modules", nargs="+", default=list(MODULES), choices=list(MODULES),
                         help="modules under dgcf_auto/ to mutate (default: all)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once (default: cores)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where sessions and logs go (default: a temp folder)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where sessions and logs go (default: temp)")
     parser.add_argument("--tests", default=None, help="with one module: run these tests instead of MODULES'")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--rerun", type=Path, default=None, help="run only the survivors of this earlier --json")
     args = parser.parse_args(argv)
     if args.tests and len(args.modules) != 1:
         parser.error("--tests goes with exactly one module (-m)")
@@ -304,7 +312,9 @@ def main(argv=None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dgcf_mutation_", dir=args.workdir))
     os.chdir(ROOT)
     _preload(args.modules)
-    results = {module: run_module(module, selections[module], args.jobs, workdir, sys.stderr.isatty())
+    earlier = json.loads(args.rerun.read_text()) if args.rerun else {}
+    results = {module: run_module(module, selections[module], args.jobs, workdir, sys.stderr.isatty(),
+                                  {s["diff"] for s in earlier[module]["survivors"]} if args.rerun else None)
                for module in args.modules}
     print(f"sessions and logs: {workdir}\n")
     print("| module | mutants | not executed by its tests | run | killed | timed out | equivalent | survivors "
@@ -313,8 +323,8 @@ def main(argv=None) -> None:
         print(f"| {module} | {r['mutants']} | {r['not_covered']} | {r['run']} | {r['killed']} | {r['timeout']} "
               f"| {r['equivalent']} | {r['survived']} | {r['baseline_s']} s |")
     for module, r in results.items():
-        for diff in r["survivors"]:
-            print(f"\nsurvivor in {module} {diff}")
+        for survivor in r["survivors"]:
+            print(f"\nsurvivor in {module} ({survivor['how']}):\n{survivor['diff']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
