@@ -56,7 +56,7 @@ def tiny_model(_tiny_model_session, monkeypatch):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An example dataset (998), its plans, and two 'trained' folds (random tiny networks) in DGCF_results:
-    one per module that asks (test_prediction, test_inputs, test_integrity, ... write beside it)."""
+    one per module that asks (test_prediction, test_sources, test_faults, ... write beside it)."""
     root = tmp_path_factory.mktemp("predict")
     with data_folders(root):
         from dgcf_auto.atomic import torch_save
@@ -85,7 +85,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny 3-fold model of dataset 996 exported to model.zip (test_model_zip, test_atomic_install, ...)."""
+    """A tiny 3-fold model of dataset 996 exported to model.zip (test_model_zip, test_atomic, ...)."""
     root = tmp_path_factory.mktemp("zip")
     with data_folders(root):
         raw, folder, files = example_model(root, 996, TINY_MODEL, n=3, seed=5, folds=(0, 1, 2))
@@ -105,7 +105,7 @@ def model(tmp_path_factory):
 # `@pytest.mark.slow` works too. What is left is the inner loop: `pytest -m "not slow"`.
 SLOW_MODULES = {"test_training", "test_baselines", "test_release_training", "test_find_best_configuration",
                 "test_split_evaluation", "test_demo", "test_workers", "test_plugins", "test_dose", "test_dicom",
-                "test_integrity", "test_prediction_clinic", "test_reference_import",
+                "test_faults", "test_prediction_clinic", "test_reference_import",
                 # pyRadPlan dose plans; nnunetv2's own planners as the 3D planner's oracle; end-to-end trainings
                 "test_dose_definitions", "test_plan_3d", "test_plans_validation", "test_configuration_25d",
                 "test_configurations_compared", "test_configurations_3d_compared", "test_3d_fullres",

@@ -1,4 +1,4 @@
-"""Issue 21's dgcf_compare fixes: one default profile with dgcf_evaluate, methods labelled from the models
+"""dgcf_compare's defaults and labels: one default profile with dgcf_evaluate, methods labelled from the models
 that wrote the predictions, and no significance stars from too few cases (said in one line)."""
 from __future__ import annotations
 

@@ -130,14 +130,14 @@ def _predictor(planned, configuration: str, tmp_path):
 
 
 def test_25d_sct_is_right_in_physical_space_on_a_rotated_flipped_anisotropic_case(planned, tmp_path):
-    """The ramp case of test_integrity (7 degree in-plane rotation, z stored head-first (direction z = -1),
+    """The ramp case of test_faults (7 degree in-plane rotation, z stored head-first (direction z = -1),
     spacing 0.83 x 1.27 x 3.1 mm, intensity linear in world x, y, z). The slab's previous slice is the one
     3.1 mm further inferior (-z in LPS world coordinates, the canonical grid's slice order) whatever the file's
     order, so the expected sCT is the 2d one of the source lowered by half of 3.1 mm x 4.0 / mm; the most
     inferior slice of the body has no neighbour below it and is replicated."""
     from scipy import ndimage
 
-    from test_integrity import _ramp_case
+    from test_faults import _ramp_case
 
     source, mask, array, mask_array = _ramp_case()
     slabs = _predictor(planned, "2.5d", tmp_path)
@@ -169,7 +169,7 @@ def test_25d_sct_is_right_in_physical_space_on_a_rotated_flipped_anisotropic_cas
 def test_25d_gives_the_same_sct_for_a_z_flipped_copy_of_the_file(planned, tmp_path):
     """The same anatomy stored with the slice order reversed (direction's z column negated, origin at the
     other end) is the same image in physical space; 2.5d's sCT must be too, voxel for voxel."""
-    from test_integrity import _ramp_case
+    from test_faults import _ramp_case
 
     source, mask, _, _ = _ramp_case()
 

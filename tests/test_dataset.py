@@ -170,7 +170,7 @@ FAULTS = {
     "all-zero mask": (lambda c: _rewrite(c / "mask.nii.gz", lambda im: im * 0), "file mask.nii.gz: mask is empty"),
     "2D image": (lambda c: _rewrite(c / "ct.nii.gz", lambda im: im[:, :, 2]), "file ct.nii.gz: is 2D"),
     "corrupt nii.gz": (lambda c: (c / "ct.nii.gz").write_bytes(b"not a nifti file " * 25), "file ct.nii.gz: cannot be read"),
-    # Issue 10, fault 5: NIfTI cannot hold these and SimpleITK coerces them; .mha keeps them as written.
+    # NIfTI cannot hold these and SimpleITK coerces them; .mha keeps them as written.
     "sheared direction": (lambda c: _as_mha(c, "mr", (1, 0.2, 0, 0, 1, 0, 0, 0, 1)), "file mr.mha: direction matrix"),
     "direction 2I": (lambda c: _as_mha(c, "mr", (2, 0, 0, 0, 2, 0, 0, 0, 2)), "file mr.mha: direction matrix"),
     "truncated nii.gz": (lambda c: (c / "mask.nii.gz").write_bytes((c / "mask.nii.gz").read_bytes()[:-300]),

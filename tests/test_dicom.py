@@ -362,7 +362,7 @@ def test_rtstruct_roi_is_rasterised_on_the_image_grid(tmp_path):
         dicomio.roi_mask([rs], "Body", mr, "case X", "1.2.3.4")
 
 
-# ------------------------------------------------------------------------ issue 19: DICOM as a planning system needs it
+# ------------------------------------------------------------------------ DICOM as a planning system needs it
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 
 

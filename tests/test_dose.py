@@ -113,7 +113,7 @@ def test_80_hu_shift_hurts_protons_more_than_photons(runs):
 
 
 def test_photon_only_run_reuses_the_photon_plan_of_a_photon_and_proton_run(runs):
-    """Issue 28: the cache key held the modality list, so `--dose photon` planned again."""
+    """The cache key once held the modality list, so `--dose photon` planned again."""
     record = runs["photon_only"]["dose"]["cases"][CASE]
     assert record["photon_reference"] == "cache" and "proton_reference" not in record
     assert "gamma_proton" not in _metrics(runs["photon_only"])

@@ -1,4 +1,4 @@
-"""Issue 28, items 2, 4 and 5 without planning: structures as SynthRAD uses them, its definitions by default,
+"""Dose evaluation without planning: structures as SynthRAD uses them, its definitions by default,
 the cache key, and the dose figures read back from their pixels."""
 from __future__ import annotations
 

@@ -340,7 +340,7 @@ def test_evaluate_bad_input_clear_error_no_summary(folders, capsys, problem, mes
     ("nan", "case2: file case2.nii.gz: 1 NaN/inf voxels"),
 ])
 def test_evaluate_scores_no_bad_prediction_and_records_it(folders, capsys, problem, message):
-    """Issue 10: predictions get the input checks; a bad one is recorded, never scored; exit 1."""
+    """Predictions get the input checks; a bad one is recorded, never scored; exit 1."""
     ref, pred = folders / "ref", folders / "pred"
     target = pred / "case2.nii.gz"
     if problem == "pred_grid":

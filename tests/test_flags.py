@@ -22,7 +22,7 @@ NNUNET_SPELLINGS = [
     ("predict", ["-num_parts", "3", "-part_id", "2"], {"num_parts": 3, "part_id": 2}),
     ("predict", ["-device", "cpu", "--verbose"], {"device": "cpu", "verbose": True}),
     ("predict", ["--disable_progress_bar"], {"disable_progress_bar": True}),
-    ("predict", ["--save_probabilities"], {"save_probabilities": True}),  # issue 21 item 2
+    ("predict", ["--save_probabilities"], {"save_probabilities": True}),
     ("train", ["1", "2d", "0", "--c"], {"c": True}),
     ("train", ["1", "2d", "0", "--val"], {"val": True}),
     ("train", ["1", "2d", "0", "--val_best"], {"val_best": True}),
@@ -117,9 +117,6 @@ def test_a_short_flag_still_takes_digits_attached():
                          ids=[f"{c}:{' '.join(a)}" for c, a, _ in NNUNET_SPELLINGS + OLD_SPELLINGS])
 def test_nnunet_and_old_spellings_parse(name, argv, expected):
     parser = _parser(name)
-    flag = next(a for a in argv if a.startswith("-"))
-    if flag in ("--save_probabilities", "-pretrained_weights") and flag not in parser._option_string_actions:
-        pytest.skip(f"{flag} comes with issue 21 items 2-3 (merged separately)")
     args = vars(parser.parse_args(argv))
     assert {key: args[key] for key in expected} == expected
 

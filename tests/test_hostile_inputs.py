@@ -1,6 +1,6 @@
-"""Issue 29: lookalike inputs, second round. Spacing read from the header's own field (a zero pixdim is not
+"""Lookalike inputs: spacing read from the header's own field (a zero pixdim is not
 1 mm), intensities far outside the training range or beyond what float32 carries, grid messages that show
-what differs. Issue 31: clip before resampling, and a memory bound from the header."""
+what differs; clip before resampling, and a memory bound from the header."""
 from __future__ import annotations
 
 import gzip
@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from dgcf_auto.dataset.validation import check_image_file
-from test_inputs import _err, _first_case, _one_case
+from test_sources import _err, _first_case, _one_case
 from test_prediction import _predict  # the `trained` fixture (example MR data + 2 tiny folds) is in conftest.py
 
 
@@ -26,7 +26,7 @@ def _set_pixdim(path, values):
     path.write_bytes(gzip.compress(bytes(raw)))
 
 
-# ------------------------------------------------------------------ issue 29: spacing from the header
+# ------------------------------------------------------------------ spacing from the header
 
 @pytest.mark.parametrize("pixdim,field", [((0.0, 1.0, 2.5), "pixdim[1] is 0"),
                                           ((1.0, 1.0, 0.0), "pixdim[3] is 0"),
@@ -68,7 +68,7 @@ def test_metaimage_with_zero_or_missing_spacing_is_refused(tmp_path):
     assert check_image_file(tmp_path / "a.mha", "file a.mha")[1] is None
 
 
-# ------------------------------------------------------------------ issue 29: grid messages
+# ------------------------------------------------------------------ grid messages
 
 def test_grid_message_names_the_field_and_shows_the_difference():
     from dgcf_auto.imageio import geometry_mismatch
@@ -88,7 +88,7 @@ def test_grid_message_names_the_field_and_shows_the_difference():
                                        "(1, 0, 0, 0, -1, 0, 0, 0, -1)")
 
 
-# ------------------------------------------------------------------ issue 29: intensities
+# ------------------------------------------------------------------ intensities
 
 def _with_source(tmp_path, trained, name, edit, dtype):
     """A case whose mr.nii.gz holds the first case's voxels as `dtype`, changed by `edit(array)` in place."""
@@ -194,7 +194,7 @@ def test_plan_time_refuses_a_case_far_outside_the_dataset_and_a_float32_max_voxe
         assert [c.name for c in find_cases(raw)] == [c.name for c in cases]
 
 
-# ------------------------------------------------------------------ issue 31: clip before resampling
+# ------------------------------------------------------------------ clip before resampling
 
 BSPLINE_POLE = 2.0 - 3.0 ** 0.5  # |z| of the cubic B-spline prefilter: a coefficient's change decays by it per voxel
 
@@ -249,7 +249,7 @@ def test_one_extreme_voxel_changes_at_most_its_bspline_neighbourhood(trained, va
     assert np.isfinite(result.source).all() and np.abs(result.source).max() <= 1.0
 
 
-# ------------------------------------------------------------------ issue 31: memory bounded from the header
+# ------------------------------------------------------------------ memory bounded from the header
 
 def _gzip_bomb(path, shape=(700, 700, 700)) -> int:
     """A .nii.gz declaring `shape` int16 (686 MB for 700**3) in well under 1 MB: concatenated gzip members

@@ -1,4 +1,4 @@
-"""Plans edited by hand (issue 30): every field checked on load, one line naming the file and the field, nothing
+"""Plans edited by hand: every field checked on load, one line naming the file and the field, nothing
 written; names the code cannot honour refused; a valid edit saved under a new name preprocesses, trains and
 predicts."""
 from __future__ import annotations

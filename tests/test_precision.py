@@ -1,4 +1,4 @@
-"""Issue 28, item 0: inference precision never costs HU by surprise.
+"""inference/precision.py: inference precision never costs HU by surprise.
 
 fp32 on a CPU under the default `auto`; bf16/fp16 when asked, or under auto on a GPU after a recorded check
 (precision_check.json) within 0.5 HU mean and 5 HU p99. The GPU-only decision is tested through

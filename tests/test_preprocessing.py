@@ -13,46 +13,18 @@ from dgcf_auto.cli.plan_and_preprocess import main
 from dgcf_auto.dataset.discovery import find_cases
 from dgcf_auto.dataset.example import make_example_dataset
 from dgcf_auto.dataset.validation import load_case
+from dgcf_auto.geometry import canonical_frame
 from dgcf_auto.imageio import geometry
 from dgcf_auto.planning.fingerprint import extract_fingerprint
 from dgcf_auto.planning.planner import plan_experiment
-from dgcf_auto.preprocessing.normalization import (denormalize_ct, denormalize_source, normalize_ct,
-                                                   normalize_source)
 from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
-from dgcf_auto.geometry import canonical_frame
-from dgcf_auto.preprocessing.slicing import (from_slice_grid, slice_grid_reference,
-                                             to_slice_grid)
+from dgcf_auto.preprocessing.slicing import from_slice_grid, slice_grid_reference, to_slice_grid
 
 GEOMETRY = ("GetSize", "GetSpacing", "GetOrigin", "GetDirection")
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
     return all(getattr(a, g)() == getattr(b, g)() for g in GEOMETRY)
-
-
-def test_ct_normalisation_round_trip():
-    hu = np.array([-2000, -1024, -500, 0, 1000, 2000, 3000], np.float32)
-    x = normalize_ct(hu, -1024, 2000)
-    assert x.min() == -1.0 and x.max() == 1.0 and x.dtype == np.float32
-    np.testing.assert_allclose(denormalize_ct(x, -1024, 2000), np.clip(hu, -1024, 2000), atol=1e-3)
-    assert denormalize_ct(np.array([1.3]), -1024, 2000)[0] == pytest.approx(2000)  # clipped to the window
-
-
-def test_source_normalisation_percentile_and_window():
-    rng = np.random.default_rng(0)
-    mr = rng.uniform(0, 1000, (4, 8, 8)).astype(np.float32)
-    mask = np.zeros(mr.shape, np.uint8)
-    mask[:, 2:6, 2:6] = 1
-    mr[mask == 0] = 0.0  # background must not pull the percentile down
-    x, params = normalize_source(mr, mask, {"scheme": "percentile", "percentile": 99.0, "clip_max": 1.0})
-    assert params["value"] == pytest.approx(np.percentile(mr[mask > 0], 99)) and params["computed_on"] == "mask"
-    assert x.min() == -1.0 and x.max() == 1.0
-    below = mr <= params["value"]
-    np.testing.assert_allclose(denormalize_source(x, params)[below], mr[below], rtol=1e-5, atol=1e-2)
-    cbct = np.array([-1500, -1024, 0, 500, 2500], np.float32)
-    y, wparams = normalize_source(cbct, None, {"scheme": "window", "clip_low": -1024, "clip_high": 2000})
-    np.testing.assert_allclose(y, normalize_ct(cbct, -1024, 2000))
-    np.testing.assert_allclose(denormalize_source(y, wparams), np.clip(cbct, -1024, 2000), atol=1e-3)
 
 
 def oblique_volume(spacing_in_plane=(0.8, 0.8)) -> sitk.Image:

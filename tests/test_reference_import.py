@@ -157,7 +157,7 @@ def test_bad_inputs_are_one_line_each(env, capsys, case):
 
 
 def test_imported_checkpoint_with_default_options_predicts_in_fp32(env, capsys, tmp_path, monkeypatch):
-    """Issue 28: the default `--precision auto` ran bf16 autocast on CPUs with native bf16 and moved the authors'
+    """The default `--precision auto` once ran bf16 autocast on CPUs with native bf16 and moved the authors'
     model by 24 HU mean. Now it is fp32 on a CPU: voxel for voxel the `--precision fp32` sCT, whose network
     reproduces the authors' forward (above) to 1e-5 in normalised units, i.e. their fp32 test.py to int16 rounding."""
     import numpy as np

@@ -465,7 +465,7 @@ def test_paper_split_test_cases_are_never_trained_or_validated_on():
 
 
 def test_sigkilled_trainer_leaves_no_data_loader_worker_and_resumes_exactly(data_env):
-    """kill -9 of dgcf_train with 2 data-loader workers: every worker is gone within 10 s (issue 22), and
+    """kill -9 of dgcf_train with 2 data-loader workers: every worker is gone within 10 s, and
     --c then finishes the run bit-identically to a never-stopped run. All three runs are fresh processes with
     one environment: a reference computed inside pytest could differ in its threads and RNG history."""
     import signal

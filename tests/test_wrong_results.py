@@ -1,4 +1,4 @@
-"""Issue 20, item 7: wrong results that no test saw. Each test here was written against a hand mutation that
+"""Wrong results that no test saw. Each test here was written against a hand mutation that
 survived the suite (named in its docstring) and goes red on it; values are computed independently."""
 from __future__ import annotations
 

@@ -33,13 +33,14 @@ CT_AIR_HU = -1024.0
 
 
 def _to_unit(x: np.ndarray, low: float, high: float) -> np.ndarray:
-    """[low, high] -> [-1, 1] after clipping, in float32 (centre/half-width form: the ends map exactly)."""
+    """[low, high] -> [-1, 1] after clipping, in float32 (centre/half-width form); the last clip keeps the
+    float32 rounding at the ends (1.0000006 for some windows) inside [-1, 1]."""
     mid, half = np.float32(0.5 * (low + high)), np.float32(0.5 * (high - low))
     x = np.clip(np.asarray(x, dtype=np.float32), low, high)
     return np.clip((x - mid) / half, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def _from_unit(x: np.ndarray, low: float, high: float, clip: bool = True) -> np.ndarray:
+def _from_unit(x: np.ndarray, low: float, high: float, *, clip: bool = True) -> np.ndarray:
     mid, half = np.float32(0.5 * (low + high)), np.float32(0.5 * (high - low))
     x = np.asarray(x, dtype=np.float32)
     if clip:
@@ -47,21 +48,20 @@ def _from_unit(x: np.ndarray, low: float, high: float, clip: bool = True) -> np.
     return (x * half + mid).astype(np.float32, copy=False)
 
 
-def normalize_ct(hu: np.ndarray, clip_low: float = -1024.0, clip_high: float = 2000.0) -> np.ndarray:
-    """HU -> [-1, 1]: clip to [clip_low, clip_high], then linear."""
+def normalize_ct(hu: np.ndarray, clip_low: float, clip_high: float) -> np.ndarray:
+    """HU -> [-1, 1]: clip to [clip_low, clip_high] (the plans' window, `ct_window`), then linear."""
     if not clip_high > clip_low:
         raise DGCFError(f"CT window [{clip_low}, {clip_high}] is empty; clip_high must exceed clip_low")
     return _to_unit(hu, clip_low, clip_high)
 
 
-def denormalize_ct(x: np.ndarray, clip_low: float = -1024.0, clip_high: float = 2000.0,
-                   clip: bool = True) -> np.ndarray:
+def denormalize_ct(x: np.ndarray, clip_low: float, clip_high: float, clip: bool = True) -> np.ndarray:
     """[-1, 1] -> HU; the exact inverse of `normalize_ct` on [clip_low, clip_high].
 
     Network outputs a little outside [-1, 1] are clipped (`clip=True`) so that sCT stays in the window the
     model was trained on.
     """
-    return _from_unit(x, clip_low, clip_high, clip)
+    return _from_unit(x, clip_low, clip_high, clip=clip)
 
 
 def ct_window(plans: dict) -> tuple[float, float]:
@@ -105,12 +105,9 @@ def source_clip_range(params: dict) -> tuple[float, float]:
 
 
 def clip_to_range(arr: np.ndarray, low: float, high: float) -> np.ndarray:
-    """float32 copy of `arr` clipped to [low, high], clipped in the stored type first (a float64 1e300 or an
-    int32 extreme never overflows the cast)."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind in "iu":  # integers: clip in float64, which holds every int32 exactly
-        arr = arr.astype(np.float64)
-    return np.clip(arr, low, high).astype(np.float32)
+    """float32 copy of `arr` clipped to [low, high] before the cast, so a float64 1e300 never overflows it
+    (NumPy clips integers against float bounds in float64, which holds every int32 exactly)."""
+    return np.clip(np.asarray(arr), low, high).astype(np.float32)
 
 
 def apply_source_normalization(arr: np.ndarray, params: dict) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Issue 10: nothing lost, nothing silently wrong. One test per observed fault, numbered as in the issue.
+"""Faults of the machine and of earlier runs: nothing lost, nothing silently wrong, one test per fault.
 
 Full-disk and read-only cases mount a small tmpfs (read-only: remounted ro), which needs root; they skip
 with the reason otherwise. chmod cannot stand in for a read-only mount: root ignores file permissions.
@@ -61,7 +61,7 @@ def _cases(trained) -> list[str]:
 
 # 1. Full disk during dgcf_predict: one line, exit 1, only complete files left, nothing to skip later.
 @pytest.mark.parametrize("suffix, size", [(".nii", "400k"), (".nii.gz", "48k")])
-def test_1_full_disk_during_predict(trained, tmp_path, capsys, suffix, size):
+def test_full_disk_during_predict(trained, tmp_path, capsys, suffix, size):
     with tmpfs(tmp_path / "small", size=size) as small:
         out = small / "out"
         code = _predict(["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--disable_tta",
@@ -90,7 +90,7 @@ def test_1_full_disk_during_predict(trained, tmp_path, capsys, suffix, size):
 
 
 # 2. A rerun with --continue-prediction looks at the outputs: garbage and another case's sCT are redone.
-def test_2_continue_prediction_redoes_what_it_cannot_trust(trained, tmp_path, capsys):
+def test_continue_prediction_redoes_what_it_cannot_trust(trained, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["-i", str(trained["raw"]), "-o", str(out), "-device", "cpu", "--disable_tta"]
     assert _predict(args) == 0
@@ -111,7 +111,7 @@ def test_2_continue_prediction_redoes_what_it_cannot_trust(trained, tmp_path, ca
 
 
 # 3. -o equal to -i (flat folder of images): refused, inputs untouched; also inside it, and over an input.
-def test_3_output_folder_that_is_or_holds_the_input_is_refused(trained, tmp_path, capsys):
+def test_output_folder_that_is_or_holds_the_input_is_refused(trained, tmp_path, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()
     for name in _cases(trained)[:2]:
@@ -133,7 +133,7 @@ def test_3_output_folder_that_is_or_holds_the_input_is_refused(trained, tmp_path
 
 # 4. I/O errors are one line, before any expensive work: read-only output, results and preprocessed roots,
 # full disk while preprocessing.
-def test_4_read_only_outputs_fail_first_in_one_line(trained, tmp_path, capsys, monkeypatch):
+def test_read_only_outputs_fail_first_in_one_line(trained, tmp_path, capsys, monkeypatch):
     from dgcf_auto.cli.evaluate import main as evaluate_main
     from dgcf_auto.cli.plan_and_preprocess import main as preprocess_main
     from dgcf_auto.cli.train import main as train_main
@@ -171,7 +171,7 @@ def test_4_read_only_outputs_fail_first_in_one_line(trained, tmp_path, capsys, m
             line.endswith("not writable: Read-only file system")
 
 
-def test_4_full_disk_while_preprocessing(trained, tmp_path, capsys, monkeypatch):
+def test_full_disk_while_preprocessing(trained, tmp_path, capsys, monkeypatch):
     from dgcf_auto.cli.plan_and_preprocess import main as preprocess_main
 
     with tmpfs(tmp_path / "small", size="300k") as small:
@@ -186,7 +186,7 @@ def test_4_full_disk_while_preprocessing(trained, tmp_path, capsys, monkeypatch)
 
 
 # 8. A run killed during a write leaves a temp file; the next run in that folder removes it.
-def test_8_temp_file_of_a_killed_run_is_removed_by_the_next(trained, tmp_path):
+def test_temp_file_of_a_killed_run_is_removed_by_the_next(trained, tmp_path):
     out = tmp_path / "out"
     script = textwrap.dedent(f"""
         import os, time, numpy as np, SimpleITK as sitk
@@ -259,7 +259,7 @@ def _ramp_case():
     return source, mask, array, mask_array
 
 
-def test_9_known_network_gives_independently_computed_hu_on_a_rotated_anisotropic_case(trained):
+def test_known_network_gives_independently_computed_hu_on_a_rotated_anisotropic_case(trained):
     from scipy import ndimage
 
     predictor = _identity_predictor(trained)
@@ -276,7 +276,7 @@ def test_9_known_network_gives_independently_computed_hu_on_a_rotated_anisotropi
     assert np.all(hu[mask_array == 0] == -1000)
 
 
-def test_9_known_network_reproduces_a_3d_phantom_and_a_z_flip_would_show(trained):
+def test_known_network_reproduces_a_3d_phantom_and_a_z_flip_would_show(trained):
     """CBCT phantom, identity network, window normalisation equal to the CT's, slice grid at the case's own
     spacing (resampling copies voxels): the sCT is the clipped CBCT. The phantom changes along z, so a
     flipped or shifted slice axis cannot pass."""
@@ -299,7 +299,7 @@ def test_9_known_network_reproduces_a_3d_phantom_and_a_z_flip_would_show(trained
 
 
 # 5. Direction matrices that are not orthonormal are refused, one line per case (intake: test_dataset.py).
-def test_5_non_orthonormal_direction_is_refused_by_predict(trained, tmp_path, capsys):
+def test_non_orthonormal_direction_is_refused_by_predict(trained, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     source = sitk.ReadImage(str(trained["raw"] / _cases(trained)[0] / "mr.nii.gz"))
@@ -328,7 +328,7 @@ def small_dataset(tmp_path, monkeypatch):
     return write_example_dataset(997, "cbct2ct", n=3, seed=1, size_scale=0.5)
 
 
-def test_6_up_to_date_means_arrays_agree_with_json_and_plans(small_dataset, capsys):
+def test_up_to_date_means_arrays_agree_with_json_and_plans(small_dataset, capsys):
     from dgcf_auto.preprocessing.run import plan_and_preprocess
 
     first = plan_and_preprocess(997, num_processes=1, progress=False, overrides={"patch_size": [32, 32]})
@@ -345,7 +345,7 @@ def test_6_up_to_date_means_arrays_agree_with_json_and_plans(small_dataset, caps
     assert len(other["preprocessed"]["done"]) == 3  # new plans: nothing is up to date
 
 
-def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, caplog):
+def test_a_second_preprocessing_run_waits_for_the_first(small_dataset, caplog):
     import fcntl
     import threading
 
@@ -368,7 +368,7 @@ def test_6_a_second_preprocessing_run_waits_for_the_first(small_dataset, caplog)
 
 
 # 7. Prediction without a mask derives the body, as training used it: normalisation, centring, FOV warning.
-def test_7_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(trained, tmp_path, capsys):
+def test_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(trained, tmp_path, capsys):
     from dgcf_auto.dataset.example import make_example_case
     from dgcf_auto.inference.body_mask import derive_body_mask
     from dgcf_auto.inference.predictor import SCTPredictor
@@ -403,7 +403,7 @@ def test_7_without_a_mask_the_body_is_derived_and_a_too_wide_body_is_reported(tr
 
 
 # 10. Dataset folders as users receive them: overview/ and hidden files are skipped with a note.
-def test_10_overview_folder_and_hidden_files_are_skipped_with_a_note(small_dataset, caplog):
+def test_overview_folder_and_hidden_files_are_skipped_with_a_note(small_dataset, caplog):
     from dgcf_auto.dataset.validation import validate_dataset
     from dgcf_auto.errors import DGCFInputErrors
 
@@ -423,7 +423,7 @@ def test_10_overview_folder_and_hidden_files_are_skipped_with_a_note(small_datas
     assert info.value.problems[0].startswith("case 2PA004: file mr.nii.gz or cbct.nii.gz: no source image")
 
 
-def test_9_training_learns_the_held_out_sct_beats_the_unconverted_source(tmp_path, monkeypatch):
+def test_training_learns_the_held_out_sct_beats_the_unconverted_source(tmp_path, monkeypatch):
     """Learning happened: after 60 iterations of a tiny MR->CT model the held-out sCT's MAE (dgcf_evaluate's
     SynthRAD metric) is about half that of the unconverted MR against the CT (measured 322 vs 650 HU).
     dgcf_demo itself trains the real ViT-B/16 shapes, far too slow on a CPU for this in a test."""

@@ -1,4 +1,4 @@
-"""Issue 19, observations 1-6: inputs that look valid but are not what they seem.
+"""inference/sources.py and the input checks: inputs that look valid but are not what they seem.
 
 Case folders as -i, sources that must look like sources (label volumes, CT for MR, metres), voxels verified
 on read (corrupt compressed .mha, headers declaring more than the file or the machine holds), and NaN/inf in
@@ -93,7 +93,7 @@ def test_ct_and_mask_files_are_never_sources_and_ambiguous_folders_are_one_line(
 
 
 def test_example_case_folder_with_structures_is_one_case(trained, tmp_path, capsys):
-    """Issue 28: dgcf_make_example_dataset's own case folders hold structures.nii.gz + .json; as -i each is one case."""
+    """dgcf_make_example_dataset's own case folders hold structures.nii.gz + .json; as -i each is one case."""
     case = _first_case(trained)
     assert (case / "structures.nii.gz").is_file() and (case / "structures.json").is_file()
     out = tmp_path / "out"
@@ -380,7 +380,7 @@ def test_plans_without_a_source_signature_check_against_their_modality_and_spaci
     from dgcf_auto.dataset.source_checks import source_problems
     from dgcf_auto.plans import source_signature
 
-    old = {k: v for k, v in trained["plans"].items() if k != "source_signature"}  # plans written before issue 19
+    old = {k: v for k, v in trained["plans"].items() if k != "source_signature"}  # plans written before source signatures
     expected = source_signature(old)
     spacing = old["configurations"]["2d"]["inplane_spacing"]
     assert expected == {"modality": "mr", "spacing_mm": [min(spacing), max(spacing)]}

@@ -1,4 +1,4 @@
-"""Issue 20 item 5: replacing a folder (an installed model, a DICOM series) survives a kill at any point.
+"""atomic.py: replacing a folder (an installed model, a DICOM series) survives a kill at any point.
 
 A subprocess replaces a folder and is killed (os._exit, no cleanup runs) just before its k-th file-system change,
 for every k until it finishes; afterwards the next write into the same parent folder (as installing another

@@ -1,4 +1,4 @@
-"""Issue 20 item 4: two cases never write the same output name; the clash is one line before any work."""
+"""inference/run.py's output names: two cases never write the same output name; the clash is one line before any work."""
 from __future__ import annotations
 
 import shutil

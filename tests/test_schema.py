@@ -1,4 +1,4 @@
-"""Issue 20 item 6: every file read back (summaries, model-zip manifests, prediction provenance) is checked
+"""schema.py: every file read back (summaries, model-zip manifests, prediction provenance) is checked
 against its schema; a wrong one is one line naming the file and the field. Zip entries with a bad CRC and
 every command's -o in a place that cannot take it are one line too."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from dgcf_auto.evaluation.profiles import get_profile
-from test_integrity import tmpfs
+from test_faults import tmpfs
 from test_model_zip import MODEL, _install, _prefix, _rezip
 from test_prediction import _predict
 
