@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", "-m", "not slow"]
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore"]
 
 # Module (under dgcf_auto/) -> the tests that pin its results: the quick tests that execute it, narrowed so that a
 # mutant costs seconds.
