@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib.abc
 import importlib.util
 import json
@@ -117,6 +118,8 @@ def _preload(modules: list[str]) -> None:
     for name in [n for n in sys.modules if n.split(".")[0] in ("dgcf_auto", "model_fixtures", "conftest")
                  or n.startswith("test_")]:
         del sys.modules[name]
+    gc.collect()
+    gc.freeze()  # the preloaded heap is never collected again: pytest's gc.collect() in each child stays cheap
 
 
 def _run_child(module_name: str, path: Path, source: str | None, tests: list[str], log: Path, basetemp: Path) -> int:
@@ -131,6 +134,7 @@ def _run_child(module_name: str, path: Path, source: str | None, tests: list[str
         os.setpgid(0, 0)
         if source is not None:
             sys.meta_path.insert(0, _MutantFinder(module_name, path, source))
+        os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # installed plugins (logfire, ...) cost seconds a child
         import pytest
 
         code = pytest.main([*PYTEST_ARGS, f"--basetemp={basetemp}", *tests])
