@@ -152,7 +152,8 @@ def test_release_plans_match_their_formulas_there_and_back(planned, modality):
     assert np.array_equal(prepared.mask, (stretched_mask >= 0.5).astype(np.uint8))
     assert prepared.properties["has_ct"] is True
 
-    sct = restore_ct(network(prepared.source), prepared.properties, plans)
+    stored = json.loads(json.dumps(prepared.properties))  # as a later run reads them from <case>.json
+    sct = restore_ct(network(prepared.source), stored, plans)
     expected_sct = resize_slices(from_unit(network(expected_source), *WINDOW), *source.shape[1:])
     assert sct.GetSize() == image.GetSize()
     for get in ("GetSpacing", "GetOrigin", "GetDirection"):
