@@ -145,7 +145,8 @@ def test_a_non_positive_or_undefined_percentile_is_refused(top):
 
 def test_percentile_window_clips_to_the_volumes_own_percentiles():
     mr, _ = mr_volume()
-    params = source_normalization_params(mr, None, {"scheme": "percentile_window", "percentiles": [0.5, 99.5]})
+    params = source_normalization_params(mr, None, as_stored({"scheme": "percentile_window",
+                                                              "percentiles": [0.5, 99.5]}))
     low, high = np.percentile(mr, [0.5, 99.5])
     assert params == {"scheme": "percentile_window", "percentiles": [0.5, 99.5], "clip_low": pytest.approx(low),
                       "clip_high": pytest.approx(high), "computed_on": "volume"}
@@ -165,7 +166,8 @@ def test_percentile_window_without_a_range_is_refused(percentiles, image):
 
 def test_window_scheme_through_stored_params():
     cbct = np.array([-1500, -1000, 500, 3000], np.float32)
-    params = source_normalization_params(cbct, None, {"scheme": "w" + "indow", "clip_low": -1000, "clip_high": 2000})
+    params = source_normalization_params(cbct, None, as_stored({"scheme": "window", "clip_low": -1000,
+                                                                "clip_high": 2000}))
     assert params == {"scheme": "window", "clip_low": -1000.0, "clip_high": 2000.0}
     assert source_clip_range(as_stored(params)) == (-1000.0, 2000.0)
     np.testing.assert_allclose(apply_source_normalization(cbct, as_stored(params)), unit(cbct, -1000, 2000),
