@@ -33,7 +33,7 @@ from dgcf_auto.dataset.discovery import Case, modality_of
 from dgcf_auto.dataset.source_checks import MODALITY_NAMES, check_sources, dataset_expectation
 from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.paths import DATASET_PATTERN, parse_dataset_id, preprocessed_root, raw_dataset
+from dgcf_auto.paths import DATASET_PATTERN, DEFAULT_PLANS, parse_dataset_id, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
 from dgcf_auto.planning.planner import preprocessing_signature_fields
 from dgcf_auto.planning.planners import get_planner
@@ -230,7 +230,7 @@ def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case],
     plans_file = out_dir / f"{chosen.plans_name}.json"
     if chosen.plan is None and not plans_file.is_file():
         raise DGCFError(f"plans file {plans_file}: not found (-p names an existing plans file, e.g. a copy of "
-                        f"DGCFPlans.json edited and saved under that name)")
+                        f"{DEFAULT_PLANS}.json edited and saved under that name)")
     if plans_file.is_file() and not overwrite:
         _existing_plans(plans_file)  # a broken plans file stops the run before anything is written
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.

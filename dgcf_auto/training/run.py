@@ -84,8 +84,8 @@ def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[s
 
 
 @with_option_keywords(TrainingSettings)
-def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = "DGCFTrainer",
-                 plans_name: str = "DGCFPlans", settings: TrainingSettings | None = None,
+def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = paths.DEFAULT_TRAINER,
+                 plans_name: str = paths.DEFAULT_PLANS, settings: TrainingSettings | None = None,
                  **keywords) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `settings` (TrainingSettings) says everything else;
