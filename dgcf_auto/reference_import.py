@@ -22,6 +22,7 @@ import torch
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.release_planner import PLANS_NAME as RELEASE_PLANS  # their preprocessing
 from dgcf_auto.plans import CONFIGURATION_2D, load_plans, resolve_configuration
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_TRAINER = "DGCFTrainer_release"
 CONFIGURATION = CONFIGURATION_2D  # their network sees single slices
 CHECKPOINT_NAME = "checkpoint_final.pth"
-RELEASE_PLANS = "DGCFReleasePlans"  # their preprocessing: what their generator was trained on
 
 # Their ViT-only generator (use_cnn=False) still builds fuse1..fuse4; its forward never calls them.
 UNUSED_WITHOUT_CNN = re.compile(r"^fuse[1-4]\.")
