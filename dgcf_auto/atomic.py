@@ -164,7 +164,7 @@ def _plain_name(name: Any) -> str:
 
 def _swap_journals(folder: str | os.PathLike) -> list[tuple[Path, re.Match]]:
     with contextlib.suppress(OSError):
-        return [(Path(entry.path), match) for entry in os.scandir(folder)
+        return [(Path(entry.path), match) for entry in os.scandir(Path(folder))
                 if TEMP_MARKER not in entry.name and (match := _SWAP_PATTERN.search(entry.name))]
     return []
 
@@ -211,7 +211,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     recover_swaps(folder)
     needed = _journalled_names(folder)
     with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
+        for entry in os.scandir(Path(folder)):
             match = _TEMP_PATTERN.search(entry.name) if entry.name.startswith(".") else None
             if match and match["host"] == _HOST and not _process_alive(int(match["pid"])) \
                     and entry.name not in needed:

@@ -292,14 +292,16 @@ class SeriesHeader:
     GetOrigin/GetDirection/GetDimension, as a SimpleITK reader offers them."""
 
     def __init__(self, series: Series):
-        row, col = series.orientation[:3], series.orientation[3:]
+        positions, orientation = series.positions, series.orientation
+        assert positions is not None and orientation is not None, "check_series sets a series' geometry"
+        row, col = orientation[:3], orientation[3:]
         normal = np.cross(row, col)
-        n = len(series.positions)
-        dz = float((series.positions[-1] - series.positions[0]) @ normal) / (n - 1)
+        n = len(positions)
+        dz = float((positions[-1] - positions[0]) @ normal) / (n - 1)
         first = series.headers[0]
         self._size = (int(first.Columns), int(first.Rows), n)
         self._spacing = (series.pixel_spacing[1], series.pixel_spacing[0], dz)
-        self._origin = tuple(float(v) for v in series.positions[0])
+        self._origin = tuple(float(v) for v in positions[0])
         self._direction = tuple(np.stack([row, col, normal], axis=1).ravel())
 
     def GetSize(self):  # noqa: N802 (SimpleITK's names)
@@ -454,7 +456,7 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     from dgcf_auto import __version__
 
@@ -470,7 +472,7 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     slices = _slice_values(image, source)
     copied, repairs = ({}, []) if source is None else \
         copyable_values(source.headers[0], PATIENT_STUDY_TAGS + LOSSY_TAGS)
-    if repairs:
+    if source is not None and repairs:
         notify(f"series {source.uid}: values invalid for their VR not copied into the sCT: {', '.join(repairs)}")
     frame_uid, note = (new_uid(uid_prefix), None) if source is None else \
         frame_of_reference(source, uid_prefix, new_frame_of_reference)
@@ -481,10 +483,10 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
     lossy = {tag: copied[tag] for tag in LOSSY_TAGS if copied.get(tag) not in (None, "")}
     now = datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
-    seeded = uid_seed is not None and source is not None
-
     def instance_uid(*what: str) -> str:
-        return derived_uid(uid_prefix, source.uid, uid_seed, *what) if seeded else new_uid(uid_prefix)
+        if uid_seed is not None and source is not None:
+            return derived_uid(uid_prefix, source.uid, uid_seed, *what)
+        return new_uid(uid_prefix)
 
     series_uid = instance_uid("SeriesInstanceUID")
     study_uid = str(copied.get("StudyInstanceUID") or "") or new_uid(uid_prefix)
@@ -493,8 +495,8 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
         for k in range(nz):
             sop_uid = instance_uid("SOPInstanceUID", str(k))
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = sop_class
-            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.MediaStorageSOPClassUID = UID(sop_class)
+            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds = pydicom.Dataset()
@@ -518,7 +520,7 @@ def write_ct_series(image: sitk.Image, target: str | os.PathLike, source: Series
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if axial else "OTHER"]
             if derivation:
                 ds.DerivationDescription = derivation[:1024]
-            if slices.aligned:
+            if slices.aligned and source is not None:  # aligned: one slice per source file
                 item = pydicom.Dataset()
                 item.ReferencedSOPClassUID = source.headers[k].SOPClassUID
                 item.ReferencedSOPInstanceUID = source.headers[k].SOPInstanceUID

@@ -24,7 +24,9 @@ import sys
 import tempfile
 import threading
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -87,14 +89,29 @@ def read_image(path: str | os.PathLike, case: str | None = None, series_uids=())
         if problem is None:
             return reader.Execute()
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()
-        reason = next((r for r in reason if "ERROR" in r.upper() or "exception" in r.lower()), "unreadable")
+        lines = str(exc).strip().splitlines()
+        reason = next((r for r in lines if "ERROR" in r.upper() or "exception" in r.lower()), "unreadable")
         raise DGCFError(f"{where}: cannot be read as an image ({_short(reason)})") from None
     raise DGCFError(f"{where}: {problem}")
 
 
+class ImageGrid(Protocol):
+    """A voxel grid's getters: a SimpleITK image, a header-only `sitk.ImageFileReader`, a DICOM series'
+    `dicomio.SeriesHeader`."""
+
+    def GetSize(self) -> Sequence[int]: ...  # noqa: N802 (SimpleITK's names)
+
+    def GetSpacing(self) -> Sequence[float]: ...  # noqa: N802
+
+    def GetOrigin(self) -> Sequence[float]: ...  # noqa: N802
+
+    def GetDirection(self) -> Sequence[float]: ...  # noqa: N802
+
+    def GetDimension(self) -> int: ...  # noqa: N802
+
+
 def read_header(path: str | os.PathLike, case: str | None = None, dimension: int | None = 3,
-                series_uids=()) -> sitk.ImageFileReader:
+                series_uids=()) -> ImageGrid:
     """The file's header only (size, spacing, origin, direction), without its voxels; errors name the file.
     A DICOM folder gives a `dicomio.SeriesHeader` with the same getters."""
     path = Path(path)
@@ -124,26 +141,38 @@ def header_spacing_problem(path: str | os.PathLike, reader: sitk.ImageFileReader
     replace 0 by 1 mm, with a warning at best), MetaImage by its `ElementSpacing` line (a missing one would
     silently be 1 mm); the spacing a `reader` reports is checked as well."""
     path = Path(path)
-    field, first, declared = "spacing", 0, None
+    field, first = "spacing", 0
+    declared: list[float] | None = None
     try:
         if image_suffix(path) in (".nii", ".nii.gz"):
             field, first, declared = "pixdim", 1, _nifti_pixdim(path)
         elif image_suffix(path) == ".mha":
             fields, _ = _metaimage_header(path)
-            field = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
-            if field is None:
+            key = next((k for k in ("ElementSpacing", "ElementSize") if k in fields), None)
+            if key is None:
                 return "header has no ElementSpacing; the voxel spacing is unknown (a reader would assume 1 mm)"
+            field = key
             declared = [float(v) for v in fields[field].split()][: int(fields.get("NDims", 3))]
     except (OSError, EOFError, ValueError, zlib.error, nib.spatialimages.HeaderDataError):
         declared = None  # an unreadable raw header: the readers report it; the spacing they give is checked
     for values in (declared, list(reader.GetSpacing()) if reader is not None else None):
-        bad = [i for i, v in enumerate(values or ()) if not (math.isfinite(v) and v > 0)]
+        checked = values or []
+        bad = [i for i, v in enumerate(checked) if not (math.isfinite(v) and v > 0)]
         if bad:
-            named = ", ".join(f"{field}[{i + first}] is {values[i]:g}" for i in bad)
-            return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in values)})); voxel spacing must "
+            named = ", ".join(f"{field}[{i + first}] is {checked[i]:g}" for i in bad)
+            return (f"header field {named} (spacing ({', '.join(f'{v:g}' for v in checked)})); voxel spacing must "
                     f"be positive and finite (readers silently take 0 as 1 mm); fix the file's header")
         field, first = "spacing", 0
     return None
+
+
+def load_nifti(path: str | os.PathLike) -> nib.Nifti1Image:
+    """nibabel's image of a .nii / .nii.gz file (NIfTI-2 images are a Nifti1Image subclass); nibabel's
+    ImageFileError when it reads the file as another kind of image."""
+    image = nib.load(str(path))
+    if not isinstance(image, nib.Nifti1Image):
+        raise nib.filebasedimages.ImageFileError(f"read as {type(image).__name__}, not as a NIfTI volume")
+    return image
 
 
 def _nifti_pixdim(path: Path) -> list[float]:
@@ -192,9 +221,10 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
     voxels = math.prod(size) * reader.GetNumberOfComponents()
     nbytes = voxels * _bytes_per_component(reader)
     dims = "x".join(str(s) for s in size)
-    data_path, available, compressed = _stored_data(path)
-    if data_path is None:
-        return available  # the reason the data cannot be found
+    stored = _stored_data(path)
+    if isinstance(stored, str):
+        return stored  # the reason the data cannot be found
+    data_path, available, compressed = stored
     if compressed and nbytes > DEFLATE_MAX_RATIO * available:
         return (f"header declares {dims} voxels ({nbytes} bytes), more than its {available} compressed bytes can "
                 f"hold (at most {DEFLATE_MAX_RATIO * available}); the file is corrupt")
@@ -215,11 +245,13 @@ def voxel_problem(path: str | os.PathLike, reader: sitk.ImageFileReader) -> str 
     return None
 
 
-def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
-    """(file holding the voxels, its bytes available for them, compressed?); (None, reason, False) when a
-    MetaImage header names a data file that is missing."""
+def _stored_data(path: Path) -> tuple[Path, int, bool] | str:
+    """(file holding the voxels, its bytes available for them, compressed?); the reason when a MetaImage
+    header names a data file that is missing."""
     if image_suffix(path) == ".nii":
-        return path, path.stat().st_size - int(nib.load(str(path)).dataobj.offset), False
+        proxy = load_nifti(path).dataobj
+        assert isinstance(proxy, nib.arrayproxy.ArrayProxy)  # an image loaded from a file reads through a proxy
+        return path, path.stat().st_size - int(proxy.offset), False
     if image_suffix(path) != ".mha":
         return path, path.stat().st_size, image_suffix(path) == ".nii.gz"
     fields, offset = _metaimage_header(path)
@@ -228,7 +260,7 @@ def _stored_data(path: Path) -> tuple[Path | None, int | str, bool]:
     if data_file != "LOCAL":
         path, offset = path.parent / data_file, 0
         if not path.is_file():
-            return None, f"data file {data_file} named by the header is missing", False
+            return f"data file {data_file} named by the header is missing"
     return path, path.stat().st_size - offset, compressed
 
 
@@ -322,7 +354,7 @@ def written_image_problem(path: Path, image: sitk.Image) -> str | None:
     expected = sitk.GetArrayViewFromImage(image)
     try:
         if image_suffix(path) in (".nii", ".nii.gz"):
-            back = np.asarray(nib.load(str(path)).dataobj).T  # nibabel's (x, y, z) -> SimpleITK's (z, y, x)
+            back = np.asarray(load_nifti(path).dataobj).T  # nibabel's (x, y, z) -> SimpleITK's (z, y, x)
         else:
             back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except Exception as exc:  # noqa: BLE001 - any failure to read back means the file is not complete
@@ -354,7 +386,7 @@ def geometry(image: sitk.Image) -> dict:
     }
 
 
-def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
+def geometry_mismatch(a: ImageGrid, b: ImageGrid) -> str | None:
     """None when `a` and `b` share a voxel grid (within tolerance), else the field that differs and both
     values, at a precision that shows the difference."""
     if a.GetSize() != b.GetSize():

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
+from dgcf_auto.planning.release_planner import PLANS_NAME as RELEASE_PLANS  # their preprocessing
 from dgcf_auto.plans import CONFIGURATION_2D, load_plans, resolve_configuration
+
+if TYPE_CHECKING:
+    from dgcf_auto.network.dgcn_release import DGCNRelease
 
 DEFAULT_TRAINER = "DGCFTrainer_release"
 CONFIGURATION = CONFIGURATION_2D  # their network sees single slices
 CHECKPOINT_NAME = "checkpoint_final.pth"
-RELEASE_PLANS = "DGCFReleasePlans"  # their preprocessing: what their generator was trained on
 
 # Their ViT-only generator (use_cnn=False) still builds fuse1..fuse4; its forward never calls them.
 UNUSED_WITHOUT_CNN = re.compile(r"^fuse[1-4]\.")
@@ -34,6 +38,7 @@ UNUSED_WITHOUT_CNN = re.compile(r"^fuse[1-4]\.")
 
 def _plans_file(dataset: str | int, plans_name: str) -> Path:
     """`<preprocessed>/<Dataset>/<plans_name>.json`; release plans are made (planning only) when missing."""
+    folder: Path | None
     try:
         folder = paths.preprocessed_dataset(dataset)
     except DGCFError:
@@ -52,6 +57,7 @@ def _plans_file(dataset: str | int, plans_name: str) -> Path:
                                   f"-d {paths.parse_dataset_id(dataset)} -pl release --no_pp)")
         summary = plan_and_preprocess(dataset, 1, preprocess=False, progress=False, planner="release")
         folder = Path(summary["output_folder"])
+    assert folder is not None  # only release plans get past a missing dataset, and they were planned above
     return folder / f"{plans_name}.json"
 
 
@@ -79,7 +85,7 @@ def _examples(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def convert_reference_state_dict(network: torch.nn.Module, reference: dict[str, torch.Tensor],
+def convert_reference_state_dict(network: DGCNRelease, reference: dict[str, torch.Tensor],
                                  source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Their generator state_dict -> ours (every tensor but the frozen ViT) and the keys dropped by name.
 
@@ -108,7 +114,7 @@ def convert_reference_state_dict(network: torch.nn.Module, reference: dict[str, 
     return converted, sorted(dropped)
 
 
-def load_reference_weights(network: torch.nn.Module, reference: dict[str, torch.Tensor], source: str) -> list[str]:
+def load_reference_weights(network: DGCNRelease, reference: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load their weights into `network` in place (strict for everything but the frozen ViT); returns the
     keys dropped by name."""
     converted, dropped = convert_reference_state_dict(network, reference, source)
@@ -124,12 +130,13 @@ def _base_width(reference: dict[str, torch.Tensor], fallback: int) -> int:
 
 
 def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Path, dataset: str | int,
-                                trainer: str = DEFAULT_TRAINER, fold: str = "all",
+                                trainer: str = DEFAULT_TRAINER, fold: str | int = "all",
                                 plans_name: str = RELEASE_PLANS) -> Path:
     """Write `<results>/<Dataset>/<trainer>__<plans>__2d/fold_<fold>/checkpoint_final.pth` from their
     generator state_dict and a DINOv3 weights file; returns its path. Every problem is one DGCFError line."""
     from dgcf_auto.checkpoint import load_checkpoint, save_checkpoint
     from dgcf_auto.network import build_dinov3, build_network, network_needs_dinov3
+    from dgcf_auto.network.dgcn_release import DGCNRelease
     from dgcf_auto.plans import network_plans
     from dgcf_auto.training.run import parse_fold
     from dgcf_auto.training.variants import effective_plans, get_trainer_variant
@@ -157,6 +164,7 @@ def import_reference_checkpoint(generator: str | Path, dinov3_weights: str | Pat
     if network_needs_dinov3(net_plans):
         dinov3 = build_dinov3(net_plans.dinov3, weights=str(dinov3_weights))
     network = build_network(net_plans, dinov3)
+    assert isinstance(network, DGCNRelease)  # every dgcn_release* network the variant check let through
     dropped = load_reference_weights(network, reference, str(generator))
     if dropped:
         get_logger(__name__).info(f"{len(dropped)} tensors of their ViT-only generator's unused fusion blocks "

@@ -85,8 +85,12 @@ def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from dgcf_auto.log import add_logging_options
 
     parser.allow_abbrev = False
-    if not issubclass(parser.formatter_class, _ShowDefaults):
-        parser.formatter_class = type("HelpFormatter", (_ShowDefaults, parser.formatter_class), {})
+    formatter = parser.formatter_class
+    assert isinstance(formatter, type), "argparse's formatter_class is a HelpFormatter class"
+    if not issubclass(formatter, _ShowDefaults):
+        showing = type("HelpFormatter", (_ShowDefaults, formatter), {})
+        assert issubclass(showing, _ShowDefaults)  # for the type checker: type() built it from _ShowDefaults
+        parser.formatter_class = showing
     if "--version" not in parser._option_string_actions:
         parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_logging_options(parser)

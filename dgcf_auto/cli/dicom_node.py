@@ -8,6 +8,7 @@ from pathlib import Path
 from dgcf_auto.cli import CommandParser, finish_parser
 from dgcf_auto.cli.entry import cli_entry
 from dgcf_auto.devices import DEVICE_HELP, device_argument
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 def build_parser() -> CommandParser:
@@ -24,8 +25,8 @@ def build_parser() -> CommandParser:
     p.add_argument("-m", default=None, metavar="MODEL_FOLDER",
                    help="a trained or installed model folder (<Trainer>__<Plans>__2d holding fold_*)")
     p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: as dgcf_predict)")
-    p.add_argument("-tr", default="DGCFTrainer", help="trainer name")
-    p.add_argument("-p", default="DGCFPlans", help="plans identifier")
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer name")
+    p.add_argument("-p", default=DEFAULT_PLANS, help="plans identifier")
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file in each fold")
     p.add_argument("-device", default=None, type=device_argument, help=DEVICE_HELP)
     p.add_argument("--disable_tta", action="store_true", help="no left-right mirror test-time augmentation")

@@ -45,7 +45,15 @@ class Case:
 
     @property
     def task(self) -> str | None:
-        return TASK_OF_MODALITY.get(self.modality)
+        return TASK_OF_MODALITY.get(self.modality) if self.modality is not None else None
+
+    @property
+    def source_path(self) -> Path:
+        """`source` where discovery found exactly one (every case validation passes, every prediction input);
+        a DGCFError naming the case otherwise."""
+        if self.source is None:
+            raise DGCFError(f"case {self.name}: no source image")
+        return self.source
 
 
 def expected_names(stem: str) -> str:
@@ -77,14 +85,15 @@ def read_case_folder(folder: str | os.PathLike) -> Case:
     folder = Path(folder)
     name = folder.name
     files = role_files(folder)
-    problems = []
+    problems: list[str] = []
     for role, paths in files.items():
         if len(paths) > 1:
             listed = " and ".join(p.name for p in paths)
             problems.append(f"case {name}: files {listed}: several files for '{role}'; keep exactly one")
 
     sources = [m for m in SOURCE_MODALITIES if files[m]]
-    modality = source = None
+    modality: str | None = None
+    source: Path | None = None
     if len(sources) == 2:
         problems.append(f"case {name}: files {files['mr'][0].name} and {files['cbct'][0].name}: both an MR and a "
                         f"CBCT source; a case holds exactly one source (mr.* for MR->CT, cbct.* for CBCT->CT)")
@@ -115,7 +124,8 @@ def find_cases(dataset_dir: str | os.PathLike, note=None) -> list[Case]:
     files, notes) are skipped with one note line; a folder with some images is a case, and what it lacks
     is a problem of that case.
     """
-    folders, skipped = [], []
+    folders: list[str] = []
+    skipped: list[str] = []
     for folder in case_folders(dataset_dir):
         (folders if any(image_suffix(p) for p in folder.iterdir() if p.is_file()) else skipped).append(folder.name)
     skipped += sorted(p.name for p in Path(dataset_dir).iterdir()
@@ -134,12 +144,17 @@ def _note(message: str) -> None:
 
 def task_of(cases: list[Case]) -> str:
     """'mr2ct' or 'cbct2ct'; a DGCFError for no cases or a mix of tasks."""
+    return TASK_OF_MODALITY[modality_of(cases)]
+
+
+def modality_of(cases: list[Case]) -> str:
+    """The cases' one source modality, 'mr' or 'cbct'; a DGCFError for no cases or a mix of modalities."""
     modalities = sorted({c.modality for c in cases if c.modality is not None})
     if not modalities:
         raise DGCFError("no case with a source image (mr.* or cbct.*) found; cannot tell the task")
     if len(modalities) > 1:
         raise DGCFError(mixed_task_message(cases))
-    return TASK_OF_MODALITY[modalities[0]]
+    return modalities[0]
 
 
 def mixed_task_message(cases: list[Case]) -> str | None:

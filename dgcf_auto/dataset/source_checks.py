@@ -20,6 +20,8 @@ Shared by prediction (against the plans' `source_signature`, `plans.source_signa
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -38,14 +40,15 @@ SAMPLE = 2_000_000             # voxels looked at for the distinct-value count (
 CAST_SAFE_MAGNITUDE = 2.0 ** 24  # float32 holds every integer up to 2**24 exactly; beyond, values are not data
 # Far outside the training range: a percentile of the volume beyond the range by more than width_factor times
 # its width (MR units differ per scanner by a few times, never by ten times the whole range).
-INTENSITY_RULE = {"percentiles": [0.5, 99.5], "width_factor": 10.0}
+INTENSITY_PERCENTILES = (0.5, 99.5)
+INTENSITY_RULE = {"percentiles": list(INTENSITY_PERCENTILES), "width_factor": 10.0}
 DATASET_RANGE_MIN_CASES = 3
 MODALITY_NAMES = {"mr": "MR", "cbct": "CBCT"}
 DICOM_MODALITIES = {"mr": {"MR"}, "cbct": {"CT"}}  # CBCT series are stored as Modality CT
 
 
 def intensity_signature(array: np.ndarray, mask: np.ndarray | None = None,
-                        percentiles=tuple(INTENSITY_RULE["percentiles"])) -> dict:
+                        percentiles: Sequence[float] = INTENSITY_PERCENTILES) -> dict:
     """What the checks compare, for one volume: dtype, whole-volume range and percentiles (of a strided
     sample), distinct values (of the sample; integer-valued or not), share of HU-like air, and the share of the
     volume a mask covers."""
@@ -53,12 +56,13 @@ def intensity_signature(array: np.ndarray, mask: np.ndarray | None = None,
     sample = flat[:: max(1, flat.size // SAMPLE)]
     values = np.unique(sample)
     levels = np.percentile(sample.astype(np.float64), list(percentiles))  # float64: no overflow at float32 max
+    distinct = int(values.size)
     signature = {"dtype": str(array.dtype), "min": float(flat.min()), "max": float(flat.max()),
                  "percentiles": {f"{q:g}": float(v) for q, v in zip(percentiles, levels)},
-                 "distinct_values": int(values.size),
+                 "distinct_values": distinct,
                  "integral": bool(np.all(np.isfinite(values)) and np.all(values == np.round(values))),
                  "air_fraction": float(np.count_nonzero(flat <= AIR_HU) / flat.size)}
-    if signature["distinct_values"] <= LABEL_MAX_DISTINCT:
+    if distinct <= LABEL_MAX_DISTINCT:
         signature["values"] = [float(v) for v in values]
     if mask is not None:
         signature["mask_fraction"] = float(np.count_nonzero(mask) / mask.size)
@@ -73,7 +77,8 @@ def source_problems(case: Case, expected: dict, trained_on: str | None = None) -
 
 
 def _where(case: Case) -> str:
-    where = f"folder {case.source.name}/" if case.source.is_dir() else f"file {case.source.name}"
+    source = case.source_path
+    where = f"folder {source.name}/" if source.is_dir() else f"file {source.name}"
     return f"case {case.name}: {where}"
 
 
@@ -83,13 +88,13 @@ def _findings(case: Case, expected: dict, trained_on: str | None = None) -> tupl
     name = MODALITY_NAMES.get(modality, modality)
     trained_on = trained_on or f"the model was trained on {name}"
     where = _where(case)
-    if case.source.is_dir():
+    if case.source_path.is_dir():
         from dgcf_auto.dicomio import open_series
 
-        tag = open_series(case.source, case.name, case.series_uids).modality
+        tag = open_series(case.source_path, case.name, case.series_uids).modality
         if tag in {"MR", "CT"} and tag not in DICOM_MODALITIES.get(modality, {tag}):
             return [f"{where}: DICOM Modality is {tag}; {trained_on}"], None
-    image = read_image(case.source, case.name, case.series_uids)
+    image = read_image(case.source_path, case.name, case.series_uids)
     array = sitk.GetArrayViewFromImage(image)
     mask = None
     if case.mask is not None:
@@ -107,7 +112,7 @@ def _findings(case: Case, expected: dict, trained_on: str | None = None) -> tupl
         problems.append(f"{where}: {other}")
     if spacing := spacing_problem(image.GetSpacing(), expected.get("spacing_mm")):
         problems.append(f"{where}: {spacing}")
-    if coverage := _mask_problem(signature, expected, case):
+    if case.mask is not None and (coverage := _mask_problem(signature, expected, case)):
         problems.append(f"case {case.name}: file {case.mask.name}: {coverage}")
     return problems, (None if cast else signature)
 

@@ -31,9 +31,11 @@ from dgcf_auto.dataset.discovery import Case, expected_names, find_cases, mixed_
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import (
     IMAGE_SUFFIXES,
+    ImageGrid,
     geometry_mismatch,
     header_spacing_problem,
     image_suffix,
+    load_nifti,
     read_image,
     voxel_problem,
 )
@@ -61,7 +63,7 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
         if path is None and required:
             problems.append(f"case {case.name}: file {role}.nii.gz: missing (expected {expected_names(role)})")
 
-    headers: dict[str, sitk.ImageFileReader] = {}
+    headers: dict[str, ImageGrid] = {}
     for role, path in (("source", case.source), ("ct", case.ct), ("mask", case.mask)):
         if path is None:
             continue
@@ -69,7 +71,7 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
                                            series_uids=case.series_uids)
         if problem:
             problems.append(problem)
-        else:
+        elif reader is not None:
             headers[role] = reader
 
     if "source" in headers:
@@ -79,7 +81,7 @@ def validate_case(case: Case, require_ct: bool = True, require_mask: bool = True
                 if mismatch:
                     path = getattr(case, role)
                     problems.append(f"case {case.name}: file {path.name}: grid does not match "
-                                    f"{case.source.name}: {mismatch}")
+                                    f"{case.source_path.name}: {mismatch}")
     return problems
 
 
@@ -88,7 +90,7 @@ def _where(case_name: str, path: Path) -> str:
 
 
 def check_image_file(path: Path, where: str, is_mask: bool = False,
-                     series_uids=()) -> tuple[sitk.ImageFileReader | None, str | None]:
+                     series_uids=()) -> tuple[ImageGrid | None, str | None]:
     """(header reader, None) when `path` is a usable 3D scalar image, else (None, '<where>: <problem>').
     A folder is a DICOM series (`_check_dicom_folder`).
 
@@ -122,9 +124,9 @@ def check_image_file(path: Path, where: str, is_mask: bool = False,
     nifti = image_suffix(path) in (".nii", ".nii.gz")
     try:
         if nifti:
-            loaded = nib.load(str(path))
+            loaded = load_nifti(path)
             array = np.asarray(loaded.dataobj)
-            matrix = np.asarray(loaded.affine, float)[:3, :3]  # RAS world
+            matrix = np.asarray(loaded.affine, np.float64)[:3, :3]  # RAS world
         else:
             image = reader.Execute()
             array = sitk.GetArrayViewFromImage(image)
@@ -145,7 +147,8 @@ def check_image_file(path: Path, where: str, is_mask: bool = False,
     return reader, None
 
 
-def _check_dicom_folder(path: Path, where: str, is_mask: bool, series_uids=()):
+def _check_dicom_folder(path: Path, where: str, is_mask: bool,
+                        series_uids=()) -> tuple[ImageGrid | None, str | None]:
     """(series header, None) when the folder's series reads as one regular volume, else (None, problem)."""
     from dgcf_auto.dicomio import open_series, read_checked_series, series_header
 

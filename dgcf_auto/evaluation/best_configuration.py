@@ -74,10 +74,10 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEF
     from dgcf_auto import paths
     from dgcf_auto.evaluation.profiles import DEFAULT_PROFILE, get_profile
 
-    profile = get_profile(profile or DEFAULT_PROFILE)
-    if metric not in profile.metrics:
-        raise DGCFError(f"`metric` {metric}: not a metric of profile {profile.name} "
-                        f"({', '.join(profile.metrics)}); pick one or another `profile`")
+    scoring = get_profile(profile or DEFAULT_PROFILE)
+    if metric not in scoring.metrics:
+        raise DGCFError(f"`metric` {metric}: not a metric of profile {scoring.name} "
+                        f"({', '.join(scoring.metrics)}); pick one or another `profile`")
     trainers, folds = list(dict.fromkeys(trainers)), [int(f) for f in dict.fromkeys(folds)]
     configurations = list(dict.fromkeys(configurations))
     if not trainers or not folds or not configurations:
@@ -100,7 +100,7 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEF
         log.info(f"{model.identifier}: gathering {len(folds)} fold(s) into {folder}")
         gather_folds(members[model.identifier], folder)
         results[model.identifier] = {"folder": folder, "models": [model], "summary": _score(
-            folder, cases, profile.name, num_processes,
+            folder, cases, scoring.name, num_processes,
             {**common, "trainer": model.trainer, "configuration": model.configuration})}
     if allow_ensembling:
         from dgcf_auto.inference.ensemble import ensemble_folders
@@ -113,11 +113,11 @@ def find_best_configuration(dataset, trainers: list[str], plans: str = paths.DEF
                 ensemble_folders([results[m.identifier]["folder"] for m in combination], tmp,
                                  num_processes=num_processes, progress=progress)
             configuration = "+".join(dict.fromkeys(m.configuration for m in combination))
-            summary = _score(folder, cases, profile.name, num_processes,
+            summary = _score(folder, cases, scoring.name, num_processes,
                              {**common, "trainer": "ensemble", "configuration": configuration,
                               "members": [m.identifier for m in combination]})
             results[identifier] = {"folder": folder, "summary": summary, "models": combination}
-    information = _choose(results, dataset, results_dataset, models, folds, metric, profile, allow_ensembling, test)
+    information = _choose(results, dataset, results_dataset, models, folds, metric, scoring, allow_ensembling, test)
     write_json(information, results_dataset / INFORMATION_FILE)
     text = inference_instructions(information)
     with atomic_path(results_dataset / INSTRUCTIONS_FILE) as tmp:

@@ -76,7 +76,7 @@ def load_summary(path: str | os.PathLike, label: str | None = None) -> MethodSum
                         f"a dataset field") from None
     task = TASK_LABELS.get(data.get("task"), data.get("task") or dataset)
     identity = method_identity(data, path)
-    return MethodSummary(label or identity["trainer"] or identity["folder"], task, dataset, profile["name"], path,
+    return MethodSummary(label or identity["trainer"] or path.parent.name, task, dataset, profile["name"], path,
                          per_case, lower, list(profile.get("table", [])), identity, labelled=label is not None)
 
 

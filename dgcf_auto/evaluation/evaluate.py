@@ -13,6 +13,7 @@ file of an earlier or killed run survives beside a new summary.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,13 @@ class EvalCase:
     sct: Path | None = None
     mask: Path | None = None
     source: Path | None = None
+
+    @property
+    def sct_path(self) -> Path:
+        """`sct` once the case is matched to its prediction (every case checked or scored)."""
+        if self.sct is None:
+            raise DGCFError(f"case {self.name}: no prediction")
+        return self.sct
 
 
 def one_image(folder: Path, stem: str, case: str) -> Path | None:
@@ -180,9 +188,9 @@ def check_cases(cases: list[EvalCase]) -> dict[str, str]:
         if problem:
             unusable[case.name] = problem
             continue
-        reader, problem = check_image_file(case.sct, f"case {case.name}: file {case.sct.name}")
-        if problem is None and (diff := geometry_mismatch(ref, reader)):
-            problem = f"case {case.name}: file {case.sct.name}: not on the grid of {case.ct.name} ({diff})"
+        reader, problem = check_image_file(case.sct_path, f"case {case.name}: file {case.sct_path.name}")
+        if reader is not None and (diff := geometry_mismatch(ref, reader)):
+            problem = f"case {case.name}: file {case.sct_path.name}: not on the grid of {case.ct.name} ({diff})"
         if problem:
             unusable[case.name] = problem
     if problems:
@@ -194,17 +202,19 @@ def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
     """Metrics of one case under a profile (a worker process runs this)."""
     case, profile_name, png_dir, device = job
     ct = read_image(case.ct, case.name)
-    sct = read_image(case.sct, case.name)
-    mask = read_image(case.mask, case.name) if case.mask is not None else None
-    mask_arr = sitk.GetArrayFromImage(mask) > 0 if mask is not None else None
-    if mask_arr is not None and not mask_arr.any():
-        raise DGCFError(f"case {case.name}: file {case.mask.name}: the mask is empty")
+    sct = read_image(case.sct_path, case.name)
+    mask, mask_arr = None, None
+    if case.mask is not None:
+        mask = read_image(case.mask, case.name)
+        mask_arr = sitk.GetArrayFromImage(mask) > 0
+        if not mask_arr.any():
+            raise DGCFError(f"case {case.name}: file {case.mask.name}: the mask is empty")
     ct_arr = sitk.GetArrayFromImage(ct).astype(np.float32)
     sct_arr = sitk.GetArrayFromImage(sct).astype(np.float32)
     try:
         metrics = get_profile(profile_name).compute(ct_arr, sct_arr, mask_arr, device)
     except ValueError as exc:  # e.g. fewer than 7 voxels along an axis for SSIM
-        raise DGCFError(f"case {case.name}: file {case.sct.name}: {exc}") from None
+        raise DGCFError(f"case {case.name}: file {case.sct_path.name}: {exc}") from None
     if png_dir is not None:
         from dgcf_auto.figures import save_case_figure
 
@@ -214,7 +224,8 @@ def _evaluate_one(job: tuple[EvalCase, str, Path | None, str | None]) -> dict:
 
 
 def build_summary(cases: list[EvalCase], per_case: dict[str, dict], profile: Profile,
-                  missing: list[str] = (), extra: dict | None = None, unusable: dict[str, str] | None = None) -> dict:
+                  missing: Sequence[str] = (), extra: dict | None = None,
+                  unusable: dict[str, str] | None = None) -> dict:
     """summary.json's content (its structure lives here only): per case, mean/std/n, what was computed.
 
     `missing`: reference cases without a prediction (not evaluated; every mean carries its N in "n").

@@ -145,8 +145,8 @@ def masked_map_mean(x: torch.Tensor, y: torch.Tensor, m: np.ndarray, data_range:
             xa, xb = x0 + int(columns[0]), x0 + int(columns[-1]) + 1  # the mask's extent in these rows
             selected = inside[za:zb, ya:yb, xa:xb]
             # map voxel (i, j, k) of the cropped grid = window over input voxels [i, i + 7) per axis
-            tiles = [a[za:zb + HALO, ya:yb + HALO, xa:xb + HALO] for a in (x, y)]
-            values = _ssim_map(*tiles, data_range, weight)
+            part_x, part_y = (a[za:zb + HALO, ya:yb + HALO, xa:xb + HALO] for a in (x, y))
+            values = _ssim_map(part_x, part_y, data_range, weight)
             chosen = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
             total += values.mul_(chosen).sum()  # the map is finite (C1, C2 > 0): a product masks it
             count += int(selected.sum())
@@ -193,12 +193,12 @@ def ms_ssim(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray | None = None, hu_
         widths = [(max((MS_SSIM_MIN_SIZE - d) // 2, 0), max(MS_SSIM_MIN_SIZE - d - (MS_SSIM_MIN_SIZE - d) // 2, 0))
                   for d in x.shape]
         x, y, m = (np.pad(a, widths, mode="edge") for a in (x, y, m))
-    x, y = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    tx, ty = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     data_range = hu_range[1] - hu_range[0]
     factors = []
     with _one_thread_on_cpu(dev):
         for level, weight in enumerate(scale_weights):
-            factors.append(masked_map_mean(x, y, m, data_range, float(weight)))
+            factors.append(masked_map_mean(tx, ty, m, data_range, float(weight)))
             if level + 1 < len(scale_weights):
-                x, y, m = _halve(x), _halve(y), np.ascontiguousarray(m[::2, ::2, ::2])
+                tx, ty, m = _halve(tx), _halve(ty), np.ascontiguousarray(m[::2, ::2, ::2])
     return float(np.prod(np.clip(factors, 0, 1)))

@@ -41,7 +41,8 @@ def resolve_model(model: PathLike | int | None = None, trainer: str = DEFAULT_TR
         return folder
     if model is not None and any(sep in str(model) for sep in ("/", os.sep)):
         raise DGCFError(f"model folder {model}: not found")
-    return resolve_model_folder(model, trainer, plans, configuration)
+    return resolve_model_folder(model if model is None or isinstance(model, int) else str(model), trainer, plans,
+                                configuration)
 
 
 @with_option_keywords(PredictionOptions)

@@ -137,12 +137,12 @@ def _ensemble_case(job) -> Path:
     if not same_grid:  # each member's sCT as it alone gives it (float HU on the input grid, in the CT range
         # it is written in, so a spline overshoot below air counts as air), then the mean, rounded once
         restored = [restore_ct(m.normalised, m.properties, p) for m, p in zip(members, plans)]
-        hu = np.sum([np.clip(to_array(r), HU_MIN, HU_MAX) for r in restored], axis=0,
-                    dtype=np.float64) / len(members)
+        hu = np.stack([np.clip(to_array(r), HU_MIN, HU_MAX) for r in restored]).sum(axis=0,
+                                                                                     dtype=np.float64) / len(members)
         write_image(sct_from_hu(hu, restored[0], first.background_mask), target)
         return target
     # Sum in float64: the mean of a folder with itself is that folder, bit for bit.
-    mean = (np.sum([m.normalised for m in members], axis=0, dtype=np.float64) / len(members)).astype(np.float32)
+    mean = (np.stack([m.normalised for m in members]).sum(axis=0, dtype=np.float64) / len(members)).astype(np.float32)
     write_image(sct_from_normalised(mean, first.properties, plans[0], first.background_mask), target)
     if save_probabilities:
         write_saved_prediction(output, case, mean, first.properties, first.background_mask)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,6 +11,9 @@ from dgcf_auto import paths
 from dgcf_auto.atomic import recover_swaps
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import DEFAULT_CONFIGURATION
+
+if TYPE_CHECKING:
+    from dgcf_auto.network.dinov3 import FrozenDINOv3
 
 VIT_PREFIX = checkpoint_format.VIT_PREFIX
 
@@ -89,7 +93,7 @@ def load_checkpoint(path: Path, merge_shared_vit: bool = True) -> dict:
 
 
 def build_trained_network(checkpoint: dict, device: torch.device | str = "cpu",
-                          dinov3: torch.nn.Module | None = None) -> torch.nn.Module:
+                          dinov3: FrozenDINOv3 | None = None) -> torch.nn.Module:
     """The registered network of a checkpoint; the frozen ViT's weights come from the checkpoint itself.
     `dinov3`: an existing FrozenDINOv3 holding these very weights (another fold's), shared, not built again."""
     from dgcf_auto.network import build_network, network_needs_dinov3

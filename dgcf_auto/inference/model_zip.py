@@ -258,7 +258,7 @@ def _read_manifest(archive: zipfile.ZipFile, where: str) -> Manifest:
                         f"update dgcf_auto")
     check(data, MANIFEST_SCHEMA, f"{where}: {MANIFEST}")  # a newer format may differ: checked after the version
     return Manifest(PurePosixPath(data["model_folder"]), data["sha256"], data.get("folds", []),
-                    data.get("checkpoint"), version, data.get("dgcf_auto_version"))
+                    data.get("checkpoint"), data["format_version"], data.get("dgcf_auto_version"))
 
 
 def _read_entry(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
@@ -274,7 +274,7 @@ def _damaged(where: str, name: str, exc: Exception) -> DGCFError:
 
 
 def _check_target(results: Path, root: PurePosixPath, target: Path, overwrite: bool) -> None:
-    did = int(paths.DATASET_PATTERN.match(root.parts[0]).group(1))
+    did = paths.parse_dataset_id(root.parts[0])  # checked against DATASET_PATTERN on reading the manifest
     if results.is_dir():
         clashing = [p.name for p in results.iterdir()
                     if p.is_dir() and p.name != root.parts[0] and (m := paths.DATASET_PATTERN.match(p.name))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dgcf_auto.options import apply_keywords, option
+from dgcf_auto.paths import DEFAULT_PLANS, DEFAULT_TRAINER
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,8 @@ class PredictionOptions:
                               "else fold_all)")
     device: str | None = option(None, "cpu, cuda, cuda:N or mps (default: cuda when available)")
     tta: bool = option(True, "left-right mirror test-time augmentation (doubles the network passes)")
-    trainer: str = option("DGCFTrainer", "trainer name of the model folder <trainer>__<plans>__<configuration>")
-    plans: str = option("DGCFPlans", "plans identifier of the model folder")
+    trainer: str = option(DEFAULT_TRAINER, "trainer name of the model folder <trainer>__<plans>__<configuration>")
+    plans: str = option(DEFAULT_PLANS, "plans identifier of the model folder")
     configuration: str | None = option(None, "the model's configuration: 2d, 2.5d or 3d_fullres (default: 2d for a "
                                              "dataset id; whatever a model folder given by path was trained on)")
     checkpoint: str = option("checkpoint_final.pth", "checkpoint file in each fold")

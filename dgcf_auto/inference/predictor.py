@@ -21,7 +21,7 @@ from dgcf_auto.inference.precision import CHOICES, choose_precision, fold_check
 from dgcf_auto.inference.sliding_window import predict_sliding_window
 from dgcf_auto.log import get_logger
 from dgcf_auto.network.dinov3 import RANDOM_DINOV3_WARNING
-from dgcf_auto.network.execution import BatchSizer, predict_slice_stack
+from dgcf_auto.network.execution import BatchSizer, ViTEncoder, predict_slice_stack
 from dgcf_auto.planning.plan_3d import volume_patch_size
 from dgcf_auto.plans import KIND_SLABS, KIND_SLICES, KIND_VOLUME, configuration_plans
 from dgcf_auto.preprocessing.normalization import CT_AIR_HU, ct_window
@@ -52,7 +52,8 @@ class SCTPredictor:
         reads_check = precision == "auto" and self.device.type == "cuda"
         fold_checks = []
         self.networks, sources, network_plans_seen = [], set(), []
-        shared_vit, reference_vit = None, None
+        shared_vit = None
+        reference_vit: dict[str, torch.Tensor] = {}  # fold 0's ViT weights
         sharing = share_vit
         for index, file in enumerate(self.checkpoint_files):  # one checkpoint in memory at a time
             checkpoint = load_checkpoint(file)
@@ -87,7 +88,7 @@ class SCTPredictor:
         can_share = (share_vit and shared_vit is not None and len(set(network_plans_seen)) == 1 and
                      all(getattr(n, "dinov3", None) is shared_vit and callable(getattr(n, "encode_dino", None))
                          for n in self.networks))
-        self.shared_encoder = self.networks[0].encode_dino if can_share else None
+        self.shared_encoder: ViTEncoder | None = getattr(self.networks[0], "encode_dino") if can_share else None
         self.weights_sources = sorted(sources)
         if "random" in self.weights_sources:
             log.warning(RANDOM_DINOV3_WARNING)
@@ -231,7 +232,8 @@ def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, to
     covered = from_slice_grid(slices_to_image(ones, grid), properties["original_geometry"],
                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     body = sitk.GetArrayFromImage(mask) > 0
-    outside = float(np.count_nonzero(body & (sitk.GetArrayFromImage(covered) == 0))) / max(np.count_nonzero(body), 1)
+    outside = (float(np.count_nonzero(body & (sitk.GetArrayFromImage(covered) == 0)))
+               / max(int(np.count_nonzero(body)), 1))
     if outside > tolerance:
         log.warning(f"case {case}: {outside:.1%} of the body mask lies outside the planned slice grid "
                     f"and gets no prediction ({CT_AIR_HU:.0f} HU); re-plan with a larger field of view "

@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None
     return versions
 
 
-def build_provenance(model_folder: str | os.PathLike, checkpoints: list[str | os.PathLike],
+def build_provenance(model_folder: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
                      options: dict, trainer: str | None = None, plans: str | None = None,
                      configuration: str | None = None, dataset: str | None = None) -> dict:
     """The record of one prediction run (cases are added as they are written, see `case_record`).

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -47,7 +48,7 @@ OUTPUT_FORMATS = IMAGE_SUFFIXES + ("dicom", "same")
 
 def output_path(item: Case, output_dir: Path, output_format: str) -> Path:
     """`<case>.nii.gz` and the like, or the folder `<case>/` of a DICOM series ('same' for a DICOM source)."""
-    suffix = (image_suffix(item.source) or "dicom") if output_format == "same" else output_format
+    suffix = (image_suffix(item.source_path) or "dicom") if output_format == "same" else output_format
     return output_dir / (item.name if suffix == "dicom" else f"{item.name}{suffix}")
 
 
@@ -134,8 +135,8 @@ def check_frames_of_reference(inputs: list[Case], output_dir: Path, output_forma
     --new_frame_of_reference asks for one (dicomio.frame_of_reference)."""
     problems = []
     for item in inputs:
-        if item.source.is_dir() and image_suffix(output_path(item, output_dir, output_format)) is None:
-            series = open_series(item.source, item.name, item.series_uids)
+        if item.source_path.is_dir() and image_suffix(output_path(item, output_dir, output_format)) is None:
+            series = open_series(item.source_path, item.name, item.series_uids)
             try:
                 frame_of_reference(series, uid_prefix, new_frame_of_reference)
             except DGCFError as exc:
@@ -195,7 +196,7 @@ def predict_inputs(predictor: SCTPredictor, inputs: list[Case], output_dir: Path
     ahead = max(1, options.reading_threads)
     with ThreadPoolExecutor(ahead) as readers, ThreadPoolExecutor(max(1, output_options.writing_threads)) as pool:
         pending_reads = [readers.submit(read_case, item) for item in todo[:ahead]]
-        writes = []
+        writes: list[Future] = []
         for index, item in enumerate(progress_bar(todo, desc="cases", unit="case", disable=not options.progress)):
             if index + ahead < len(todo):  # read the next cases while this one is predicted
                 pending_reads.append(readers.submit(read_case, todo[index + ahead]))
@@ -257,8 +258,8 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
     if record is None or record.get("output") != target.name:
         return "written by another model, other options or unknown"
     try:
-        if (record.get("source") != str(item.source.resolve())
-                or record.get("source_sha256") != file_sha256(item.source)):
+        if (record.get("source") != str(item.source_path.resolve())
+                or record.get("source_sha256") != file_sha256(item.source_path)):
             return "whose source changed"
         if record.get("bytes") != output_bytes(target) or record.get("sha256") != file_sha256(target):
             return "changed or incomplete since written"
@@ -270,7 +271,7 @@ def _why_redo(item: Case, target: Path, save_uncertainty: bool, provenance: dict
             npz, meta = saved_files(target.parent, item.name)
             if not (npz.is_file() and meta.is_file()) or record.get("probabilities_sha256") != file_sha256(npz):
                 return "without saved probabilities"
-        mismatch = geometry_mismatch(read_header(target), read_header(item.source))
+        mismatch = geometry_mismatch(read_header(target), read_header(item.source_path))
     except (OSError, DGCFError):
         return "unreadable"
     return "not on the source's grid" if mismatch else None
@@ -287,7 +288,7 @@ def _read_record(folder: Path) -> dict | None:
 class _ProvenanceRecorder:
     """The provenance JSON, rewritten (atomically) after every case so that a killed run leaves a true record."""
 
-    def __init__(self, provenance: dict, path: Path, pending: set[str] = frozenset()):
+    def __init__(self, provenance: dict, path: Path, pending: Collection[str] = frozenset()):
         self.provenance, self.path, self.lock = provenance, path, threading.Lock()
         self.pending = set(pending)  # this run's cases not yet written: their old records are dropped
 
@@ -329,7 +330,8 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
                 prediction=None) -> None:
     started = time.perf_counter()
     if image_suffix(target) is None:  # a folder: the DICOM series
-        source_series = open_series(item.source, item.name, item.series_uids) if item.source.is_dir() else None
+        source = item.source_path
+        source_series = open_series(source, item.name, item.series_uids) if source.is_dir() else None
 
         def say(note: str) -> None:  # repaired source values, a new Frame of Reference: once per case
             log.warning(f"case {item.name}: {note}")
@@ -338,7 +340,7 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
     else:
         write_image(sct, target)
     report.add_case(item.name, write_seconds=round(time.perf_counter() - started, 3), output=target.name)
-    record = dict(case_record(item.source, target), source_sha256=file_sha256(item.source))
+    record = dict(case_record(item.source_path, target), source_sha256=file_sha256(item.source_path))
     if uncertainty is not None:
         extra = uncertainty_path(item, target)
         write_image(uncertainty, extra)
@@ -353,9 +355,9 @@ def _write_case(item: Case, sct, uncertainty, target: Path, recorder: _Provenanc
 
 def read_case(item: Case) -> tuple[sitk.Image, sitk.Image | None]:
     """A case's source and body mask (its mask file, its RTSTRUCT ROI, or None)."""
-    source = read_image(item.source, item.name, item.series_uids)
+    source = read_image(item.source_path, item.name, item.series_uids)
     if item.mask_roi:
-        return source, read_roi_mask(item, source)
+        return source, read_roi_mask(item, item.mask_roi, source)
     mask = read_image(item.mask, item.name, item.series_uids) if item.mask is not None else None
     return source, mask
 

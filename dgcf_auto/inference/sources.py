@@ -56,7 +56,7 @@ def _collect(path: Path, series_uids: tuple[str, ...]) -> list[Case]:
              for d in folders if _holds_source(d) or is_dicom_folder(d)]
     flat = [Case(strip_suffix(f), None, f) for f in sorted(path.iterdir())
             if f.is_file() and image_suffix(f) and not f.name.startswith(".")]
-    targets = [c.source.name for c in flat if c.name.lower() in TARGET_ROLES]
+    targets = [c.source_path.name for c in flat if c.name.lower() in TARGET_ROLES]
     if targets:
         raise DGCFError(f"input {path}: {', '.join(targets)} {'are' if len(targets) > 1 else 'is'} a case's CT or "
                         f"mask, not sources; a case folder needs a source {expected_names('mr')} or cbct.* "
@@ -105,33 +105,34 @@ def check_inputs(cases: list[Case], plans: dict, force: bool = False) -> list[di
     and returns what was forced, for the run's record)."""
     source_modality = plans.get("source_modality")
     problems = validate_cases(cases, require_ct=False, require_mask=False)
-    problems += [p for case in cases if case.mask_roi and (p := _roi_problem(case))]
+    problems += [p for case in cases if case.mask_roi and (p := _roi_problem(case, case.mask_roi))]
     for case in cases:
         if case.modality and source_modality and case.modality != source_modality:
-            problems.append(f"case {case.name}: file {case.source.name}: a {case.modality} source, but the "
+            problems.append(f"case {case.name}: file {case.source_path.name}: a {case.modality} source, but the "
                             f"model was trained on {source_modality}")
     if problems:
         raise DGCFInputErrors(problems)
     return check_sources(cases, source_signature(plans), force)
 
 
-def read_roi_mask(case: Case, source) -> sitk.Image:
-    """The case's `mask_roi` from an RTSTRUCT in its DICOM source folder or its case folder, on the source grid."""
+def read_roi_mask(case: Case, roi: str, source: sitk.Image) -> sitk.Image:
+    """The case's `mask_roi` (`roi`) from an RTSTRUCT in its DICOM source folder or its case folder, on the
+    source grid."""
     from dgcf_auto.dicomio import open_series, roi_mask
 
     files = _rtstruct_candidates(case)
     where = f"case {case.name}"
     if not files:
-        raise DGCFError(f"{where}: --mask_roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it")
+        raise DGCFError(f"{where}: --mask_roi {roi}: no RTSTRUCT file in {case.source_path.name}/ or beside it")
     frame, series = None, None
-    if case.source.is_dir():
-        series = open_series(case.source, case.name, case.series_uids)
+    if case.source_path.is_dir():
+        series = open_series(case.source_path, case.name, case.series_uids)
         frame = str(getattr(series.headers[0], "FrameOfReferenceUID", "") or "") or None
-    return roi_mask(files, case.mask_roi, source, where, frame, series)
+    return roi_mask(files, roi, source, where, frame, series)
 
 
-def _roi_problem(case: Case) -> str | None:
-    """Before any prediction: an RTSTRUCT holding the --mask_roi ROI exists for the case."""
+def _roi_problem(case: Case, roi: str) -> str | None:
+    """Before any prediction: an RTSTRUCT holding the --mask_roi ROI (`roi`) exists for the case."""
     import pydicom
 
     files = _rtstruct_candidates(case)
@@ -140,9 +141,9 @@ def _roi_problem(case: Case) -> str | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         names += [str(r.ROIName) for r in getattr(ds, "StructureSetROISequence", [])]
     if not files:
-        return f"case {case.name}: --mask_roi {case.mask_roi}: no RTSTRUCT file in {case.source.name}/ or beside it"
-    if case.mask_roi.strip().lower() not in {n.strip().lower() for n in names}:
-        return (f"case {case.name}: no RTSTRUCT ROI named '{case.mask_roi}' (ROIs found: "
+        return f"case {case.name}: --mask_roi {roi}: no RTSTRUCT file in {case.source_path.name}/ or beside it"
+    if roi.strip().lower() not in {n.strip().lower() for n in names}:
+        return (f"case {case.name}: no RTSTRUCT ROI named '{roi}' (ROIs found: "
                 f"{', '.join(sorted(set(names))) or 'none'})")
     return None
 
@@ -150,9 +151,10 @@ def _roi_problem(case: Case) -> str | None:
 def _rtstruct_candidates(case: Case) -> list[Path]:
     from dgcf_auto.dicomio import rtstruct_files
 
-    folders = [case.source] + ([case.source.parent] if case.modality else [])
+    source = case.source_path
+    folders = [source] + ([source.parent] if case.modality else [])
     if case.modality:  # a case folder: RTSTRUCTs may also sit in a sub-folder of their own (rtstruct/, RS/)
-        folders += [d for d in sorted(case.source.parent.iterdir()) if d.is_dir() and d != case.source]
+        folders += [d for d in sorted(source.parent.iterdir()) if d.is_dir() and d != source]
     return rtstruct_files(folders)
 
 
@@ -160,7 +162,7 @@ def reference_ct(case: Case) -> Path | None:
     """The CT beside a SynthRAD2023-format source (for figures only)."""
     if case.modality is None:
         return None
-    found = find_image(case.source.parent, "ct")
+    found = find_image(case.source_path.parent, "ct")
     return found[0] if found else None
 
 

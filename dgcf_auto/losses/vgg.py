@@ -75,6 +75,9 @@ def load_vgg19_features(path: Path) -> nn.Sequential:
 
 
 class VGGPerceptualLoss(nn.Module):
+    mean: torch.Tensor  # buffers (ImageNet statistics)
+    std: torch.Tensor
+
     def __init__(self, features: nn.Sequential, layers: Sequence[int] = (VGG19_LAST,), input_mode: str = "release"):
         super().__init__()
         layers = sorted(int(i) for i in layers)

@@ -50,6 +50,10 @@ class DGCN(nn.Module):
     `dinov3` is held, not copied: the same instance can serve the MLDP loss. It is always run without
     gradient here (the source image needs none), so only CNN/fusion/decoder weights are trained.
     """
+    # submodules that some architectures lack
+    dinov3: FrozenDINOv3 | None
+    encoder: nn.ModuleList | None
+    fusions: nn.ModuleList | None
 
     def __init__(self, architecture: str = "cross_fusion", features: Sequence[int] = (64, 128, 256, 512),
                  dinov3: FrozenDINOv3 | None = None, in_channels: int = 1, out_channels: int = 1,
@@ -70,7 +74,7 @@ class DGCN(nn.Module):
                 raise ValueError(f"{architecture!r} fuses one DINOv3 layer per level: {levels} levels but "
                                  f"DINOv3 layers {list(dinov3.layers)}")
         self.dinov3 = dinov3 if self.uses_vit else None
-        dino_ch = dinov3.embed_dim if self.uses_vit else 0
+        dino_ch = self.dinov3.embed_dim if self.dinov3 is not None else 0
         bottleneck_ch = 2 * self.features[-1]
 
         if self.uses_cnn:
@@ -105,23 +109,26 @@ class DGCN(nn.Module):
 
     def _check_size(self, x: torch.Tensor) -> None:
         multiple = 2 ** len(self.features)
-        if self.uses_vit:
+        if self.dinov3 is not None:  # uses_vit
             multiple = max(multiple, self.dinov3.patch_size)
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(f"DGCN input size {tuple(x.shape[-2:])} must be a multiple of {multiple}")
 
     def _skip_inputs(self, cnn: list, dino: list | None, sizes: list) -> list[torch.Tensor]:
-        if self.architecture == "cross_fusion":
-            return [fuse(f, d) for fuse, f, d in zip(self.fusions, cnn, dino)]
-        if self.architecture == "vit_only":
-            return [project(d, size) for project, d, size in zip(self.fusions, dino, sizes)]
+        if dino is None:  # cnn_only
+            return cnn
         if self.architecture == "concat":
             return [torch.cat([f, resize_to(d, size).to(f.dtype)], dim=1) for f, d, size in zip(cnn, dino, sizes)]
-        return cnn
+        assert self.fusions is not None  # cross_fusion and vit_only have their fusion modules
+        if self.architecture == "cross_fusion":
+            return [fuse(f, d) for fuse, f, d in zip(self.fusions, cnn, dino)]
+        return [project(d, size) for project, d, size in zip(self.fusions, dino, sizes)]  # vit_only
 
     def encode_dino(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The frozen ViT's maps of `x` exactly as `forward` would compute them (no graph through the ViT):
         of its centre slice only (the whole input in 2D, channel k // 2 of a 2.5D slab)."""
+        if self.dinov3 is None:
+            raise ValueError("a cnn_only DGCN holds no ViT")
         return self.dinov3(centre_slice(x), grad=False)
 
     def forward(self, x: torch.Tensor, dino_features: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -135,13 +142,14 @@ class DGCN(nn.Module):
             dino = dino_features if dino_features is not None else self.encode_dino(x)
 
         cnn: list[torch.Tensor] = []
-        if self.uses_cnn:
+        if self.encoder is not None:  # uses_cnn
             h = x
             for level, block in enumerate(self.encoder):
                 h = block(h if level == 0 else F.max_pool2d(h, 2))
                 cnn.append(h)
             h = self.bottleneck(F.max_pool2d(h, 2))
         else:
+            assert dino is not None  # vit_only
             deepest = (height >> len(self.features), width >> len(self.features))  # H/16 for 4 levels
             h = self.bottleneck(resize_to(dino[-1], deepest))
 

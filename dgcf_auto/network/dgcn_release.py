@@ -109,6 +109,8 @@ class DGCNRelease(nn.Module):
     H and W must be multiples of 16 when any DINO input is used (the ViT patch), else of 8 (3 poolings).
     `dinov3` is held, not copied (the MLDP loss shares it) and always run without gradient.
     """
+    dinov3: FrozenDINOv3 | None  # None without DINO inputs
+    encoder: nn.ModuleList | None  # None without the CNN branch (ViT only)
 
     def __init__(self, dinov3: FrozenDINOv3 | None, base_channels: int = 64, in_channels: int = 1,
                  out_channels: int = 1, dino_levels: Sequence[bool] = (True,) * LEVELS, use_cnn: bool = True,
@@ -138,7 +140,7 @@ class DGCNRelease(nn.Module):
                                          [ConvStage(c[i - 1], c[i]) for i in range(1, LEVELS)])
         else:
             self.encoder = None
-        dino_ch = dinov3.embed_dim if self.uses_vit else 0
+        dino_ch = self.dinov3.embed_dim if self.dinov3 is not None else 0
         # Keyed by level number (1..4): off levels simply have no entry.
         self.dino_projections = nn.ModuleDict({str(i + 1): ConvBNGELU(dino_ch, c[i])
                                                for i in range(LEVELS) if dino_levels[i]})
@@ -156,6 +158,8 @@ class DGCNRelease(nn.Module):
         """The frozen ViT's maps of `x` exactly as `forward` computes them (their per-modality input offset;
         no graph through the ViT). An ensemble computes them once and passes them to every fold. A 2.5D slab
         (in_channels k > 1, our extension): the ViT sees its centre slice only, as in dgcn.py."""
+        if self.dinov3 is None:
+            raise ValueError("a released DGCN without DINO inputs holds no ViT")
         return self.dinov3(centre_slice(x) + self.vit_input_offset, grad=False)
 
     def _dino_inputs(self, x: torch.Tensor, maps: list[torch.Tensor] | None) -> dict[int, torch.Tensor]:
@@ -174,7 +178,7 @@ class DGCNRelease(nn.Module):
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(f"released DGCN input size {tuple(x.shape[-2:])} must be a multiple of {multiple}")
         dino = self._dino_inputs(x, dino_features) if self.uses_vit else {}
-        if self.use_cnn:
+        if self.encoder is not None:  # use_cnn
             skips = []
             h = x
             for level, stage in enumerate(self.encoder):
@@ -193,14 +197,16 @@ class DGCNRelease(nn.Module):
     def reference_key_map(self) -> dict[str, str]:
         """{our state-dict key: the authors' DINOGuidedGenerator key} for every tensor but the frozen ViT."""
         prefixes: list[tuple[nn.Module, str, str]] = []  # (leaf block, our prefix, their prefix)
-        if self.use_cnn:
+        if self.encoder is not None:  # use_cnn
             for i, stage in enumerate(self.encoder):
+                assert isinstance(stage, ConvStage)
                 at = 0 if i == 0 else 1  # their enc2..4 start with an nn.MaxPool2d at index 0
                 prefixes += [(stage.conv, f"encoder.{i}.conv", f"encoder.enc{i + 1}.{at}"),
                              (stage.residual, f"encoder.{i}.residual", f"encoder.enc{i + 1}.{at + 1}")]
         for name, proj in self.dino_projections.items():
             prefixes.append((proj, f"dino_projections.{name}", f"proj_f{3 * int(name)}"))
         for name, fusion in self.fusions.items():
+            assert isinstance(fusion, ReleaseCrossFusion)
             ours, theirs = f"fusions.{name}", f"fuse{name}"
             prefixes += [(fusion.project_cnn, f"{ours}.project_cnn", f"{theirs}.proj_img"),
                          (fusion.project_dino, f"{ours}.project_dino", f"{theirs}.proj_dino"),
@@ -209,6 +215,7 @@ class DGCNRelease(nn.Module):
             prefixes += [(fusion.merge.conv, f"{ours}.merge.conv", f"{theirs}.merge.0"),
                          (fusion.merge.bn, f"{ours}.merge.bn", f"{theirs}.merge.1")]
         for i, stage in enumerate(self.decoder):
+            assert isinstance(stage, ConvStage)
             up = LEVELS - 1 - i  # decoder[2] is their up1 (H/8 -> H/4), decoder[0] their up3
             prefixes += [(stage.conv, f"decoder.{i}.conv", f"decoder.up{up}.1"),
                          (stage.residual, f"decoder.{i}.residual", f"decoder.up{up}.2")]

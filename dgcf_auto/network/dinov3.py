@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,9 @@ from dgcf_auto.plans import DINOV3_INPUT_MODES, DinoV3Plans
 with warnings.catch_warnings():  # also for Python API users, who have no command_session
     quiet_known_warnings()
     import timm
+    from timm.layers import PatchEmbed
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingDinoV3
+    from timm.models.eva import Eva
 
 log = get_logger(__name__)
 # One text wherever random weights show up (the encoder, the trainer, the demo, a predictor loading such a
@@ -54,6 +58,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RELEASE_ROPE_RESCALE = 2.0
 
 
+@runtime_checkable
+class TimmViT(Protocol):
+    """What FrozenDINOv3 uses of a timm ViT (timm's Eva, the class of every DINOv3 model, has all of it)."""
+
+    @property
+    def blocks(self) -> nn.ModuleList | nn.Sequential: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    @property
+    def patch_embed(self) -> PatchEmbed: ...
+
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int], *, intermediates_only: bool, norm: bool,
+                              stop_early: bool,
+                              output_fmt: str) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
 class FrozenDINOv3(nn.Module):
     """Frozen timm DINOv3 ViT returning patch-token maps after `layers` (1-based block numbers).
 
@@ -62,10 +84,15 @@ class FrozenDINOv3(nn.Module):
     of B x C x H/16 x W/16 maps. `grad=False` runs under no_grad; `grad=True` keeps the graph so the loss
     can back-propagate to x (the ViT's own parameters still never receive a gradient).
     """
+    mean: torch.Tensor  # buffers (ImageNet statistics)
+    std: torch.Tensor
 
     def __init__(self, vit: nn.Module, layers: Sequence[int] = (3, 6, 9, 12), norm: bool = True,
                  weights_source: str = "random", input_mode: str = "imagenet"):
         super().__init__()
+        if not isinstance(vit, TimmViT):
+            raise DGCFError(f"DINOv3 model {type(vit).__name__}: not a timm ViT (blocks, embed_dim, patch_embed, "
+                            f"forward_intermediates)")
         self.vit = vit
         self.depth = len(vit.blocks)
         self.embed_dim = int(vit.embed_dim)
@@ -122,22 +149,27 @@ class FrozenDINOv3(nn.Module):
             if rope_train_mode:
                 maps = self._intermediates_rope_redrawn(x, wanted)
             else:
-                maps = self.vit.forward_intermediates(x, indices=wanted, intermediates_only=True, norm=self.norm,
-                                                      stop_early=True, output_fmt="NCHW")
+                intermediates = self.vit.forward_intermediates(x, indices=wanted, intermediates_only=True,
+                                                               norm=self.norm, stop_early=True, output_fmt="NCHW")
+                assert isinstance(intermediates, list)  # intermediates_only: the maps alone
+                maps = intermediates
             by_index = dict(zip(wanted, maps))
             return [by_index[layer - 1] for layer in layers]
 
     def _intermediates_rope_redrawn(self, x: torch.Tensor, wanted: list[int]) -> list[torch.Tensor]:
         """timm Eva's forward_intermediates (NCHW, prefix tokens dropped) with a new RoPE draw per block."""
         vit = self.vit
+        rope = vit.rope if isinstance(vit, Eva) else None
+        if not isinstance(vit, Eva) or not isinstance(rope, RotaryEmbeddingDinoV3):  # Meta's RoPE augmentation
+            raise DGCFError(f"mldp vit_mode 'train' needs a DINOv3 RoPE ViT; {type(vit).__name__} has none")
         batch, _, height, width = x.shape
         grid = tuple(vit.patch_embed.dynamic_feat_size((height, width)))
         tokens, _ = vit._pos_embed(vit.patch_embed(x))  # its (eval, unaugmented) RoPE is not used
         tokens = vit.norm_pre(tokens)
         maps = []
-        with _rope_augmentation(vit, RELEASE_ROPE_RESCALE):
+        with _rope_augmentation(rope, RELEASE_ROPE_RESCALE):
             for index, block in enumerate(vit.blocks[:max(wanted) + 1]):
-                tokens = block(tokens, rope=vit.rope.get_embed(shape=grid))
+                tokens = block(tokens, rope=rope.get_embed(shape=grid))
                 if index in wanted:
                     out = (vit.norm(tokens) if self.norm else tokens)[:, vit.num_prefix_tokens:]
                     maps.append(out.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous())
@@ -149,11 +181,8 @@ class FrozenDINOv3(nn.Module):
 
 
 @contextmanager
-def _rope_augmentation(vit: nn.Module, rescale: float):
+def _rope_augmentation(rope: RotaryEmbeddingDinoV3, rescale: float):
     """timm's RotaryEmbeddingDinoV3 in train mode with Meta's rescale factor only (no shift, no jitter)."""
-    rope = getattr(vit, "rope", None)
-    if rope is None or not hasattr(rope, "_apply_coord_augs"):
-        raise DGCFError(f"mldp vit_mode 'train' needs a DINOv3 RoPE ViT; {type(vit).__name__} has none")
     saved = (rope.training, rope.shift_coords, rope.jitter_coords, rope.rescale_coords, rope.aug_active)
     rope.training, rope.shift_coords, rope.jitter_coords = True, None, None
     rope.rescale_coords, rope.aug_active = rescale, True

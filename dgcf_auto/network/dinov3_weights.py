@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -65,6 +66,7 @@ def resolve_weights(model_name: str, weights: str | None, pretrained_cfg: dict |
 def read_state_dict(path: Path, label: str = "DINOv3 weights") -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file, or of a torch file (weights_only) with optional wrapper keys.
     `label` names the file's role in error messages."""
+    state: object
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -116,7 +118,13 @@ def load_encoder_state(module: nn.Module, state: dict, path: Path, label: str, t
     module.load_state_dict(state, strict=True)
 
 
-def load_encoder_or_warn(network: nn.Module, path: Path | None, random_words: str) -> None:
+class EncoderWeights(Protocol):
+    """A network whose pretrained encoder loads from a weight file (TransUNet, UNet++)."""
+
+    def load_encoder_weights(self, path: Path) -> None: ...
+
+
+def load_encoder_or_warn(network: EncoderWeights, path: Path | None, random_words: str) -> None:
     """`network.load_encoder_weights(path)`, or one warning that the encoder starts random (`random_words`: whose
     encoder and why, e.g. "UNet++'s ResNet-34 encoder ... (no weight file; ...)")."""
     if path is None:
@@ -157,6 +165,12 @@ def convert_to_timm(state: dict, vit: nn.Module, path: Path) -> dict:
                         f"{type(exc).__name__}: {exc}") from exc
 
 
+def _depth(vit: nn.Module) -> int | str:
+    """The ViT's number of blocks (timm: a ModuleList in Eva, a Sequential in VisionTransformer), '?' without."""
+    blocks = getattr(vit, "blocks", None)
+    return len(blocks) if isinstance(blocks, (nn.ModuleList, nn.Sequential)) else "?"
+
+
 def load_weights_into(vit: nn.Module, path: Path) -> None:
     """Load `path` into `vit`, strictly: every key present, no extra key, every shape equal."""
     state = convert_to_timm(read_state_dict(path), vit, path)
@@ -171,5 +185,5 @@ def load_weights_into(vit: nn.Module, path: Path) -> None:
             if items:
                 parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
         raise DGCFError(f"DINOv3 weights {path} do not fit {type(vit).__name__} "
-                        f"(embed {getattr(vit, 'embed_dim', '?')}, depth {len(vit.blocks)}): {'; '.join(parts)}")
+                        f"(embed {getattr(vit, 'embed_dim', '?')}, depth {_depth(vit)}): {'; '.join(parts)}")
     vit.load_state_dict(state, strict=True)

@@ -4,6 +4,7 @@ validation and the predictor, so both see exactly the same numbers.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ def network_input(slices: np.ndarray, start: int, stop: int, slab_size: int, dev
 
 
 CPU_BATCH_SIZE = 16
+ViTEncoder = Callable[[torch.Tensor], list[torch.Tensor]]  # a network's `encode_dino`: the frozen ViT's maps
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
@@ -85,6 +87,7 @@ class BatchSizer:
         return self.size
 
     def back_off(self) -> int:
+        assert self.size is not None, "ensure() sizes the batch before any pass"
         if self.size <= 1:
             raise DGCFError(f"out of memory on {self.device} even with one slice per network pass; free the "
                             f"device (other processes?) or use -device cpu")
@@ -131,7 +134,7 @@ def _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder,
 def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, device: torch.device,
                         batch_size: int | BatchSizer | None, dtype: torch.dtype | None = None, flips=((),),
                         with_std: bool = False, desc: str | None = None,
-                        shared_encoder: torch.nn.Module | None = None,
+                        shared_encoder: ViTEncoder | None = None,
                         slab_size: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean (and std) over networks x flips of the prediction of every (S, H, W) slice, in float32.
 
@@ -144,18 +147,19 @@ def predict_slice_stack(networks: list[torch.nn.Module], slices: np.ndarray, dev
     device = torch.device(device)
     slab_size = check_slab_size(slab_size)
     sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(device, batch_size)
-    sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder, slab_size))
+    size = sizer.ensure(lambda: _measure_slice_bytes(networks, slices, device, dtype, flips, shared_encoder,
+                                                     slab_size))
     total = np.zeros(slices.shape, np.float64)
     total_sq = np.zeros(slices.shape, np.float64) if with_std else None
     bar = progress_bar(total=slices.shape[0], desc=desc, unit="slice", leave=False, disable=desc is None)
     start = 0
     while start < slices.shape[0]:
-        stop = min(start + sizer.size, slices.shape[0])
+        stop = min(start + size, slices.shape[0])
         try:
             out, out_sq = _accumulate_batch(networks, network_input(slices, start, stop, slab_size, device), device,
                                             dtype, flips, shared_encoder)
         except OUT_OF_MEMORY:
-            sizer.back_off()
+            size = sizer.back_off()
             continue
         total[start:stop] += out
         if total_sq is not None:

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,9 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.network.registry import register_network, weights_come_from_checkpoint
 from dgcf_auto.plans import NetworkPlans
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 WEIGHTS_ENV = "DGCF_TRANSUNET_WEIGHTS"
 # timm's copies of Google's R50+ViT-B/16: ImageNet-21k (TransUNet's choice) first, then the 1k fine-tune.
 HF_CACHE_REPOS = ("timm/vit_base_r50_s16_224.orig_in21k", "timm/vit_base_r50_s16_384.orig_in21k_ft_in1k")
@@ -41,6 +45,11 @@ WHERE_TO_GET = ("get timm's model.safetensors of 'timm/vit_base_r50_s16_224.orig
                 "convert Google's R50+ViT-B_16.npz with timm), then set options.pretrained_weights in the plans "
                 f"or {WEIGHTS_ENV}=<file>")
 PAPER_ENCODER = {"embed_dim": 768, "depth": 12, "num_heads": 12, "resnet_layers": (3, 4, 9), "resnet_width": 64}
+
+
+def _compared(value: object) -> object:
+    """A plans value as compared with PAPER_ENCODER: a list (JSON) equals the tuple it spells."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -60,7 +69,7 @@ class DecoderBlock(nn.Module):
 
 
 def hybrid_vit(img_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
-               resnet_layers: Sequence[int], resnet_width: int, gn_groups: int, dropout: float) -> nn.Module:
+               resnet_layers: Sequence[int], resnet_width: int, gn_groups: int, dropout: float) -> VisionTransformer:
     """timm's R50+ViT hybrid (random weights) without class token, pooling or head."""
     from timm.layers import GroupNormAct, HybridEmbed, StdConv2dSame
     from timm.models.resnetv2 import ResNetV2
@@ -113,6 +122,7 @@ class TransUNet(nn.Module):
         x = vit.patch_embed.proj(backbone.stages[-1](x))
         b, d, h, w = x.shape
         pos = vit.pos_embed
+        assert pos is not None  # hybrid_vit keeps timm's absolute position embedding
         if (h, w) != self.grid:
             from timm.layers import resample_abs_pos_embed
             pos = resample_abs_pos_embed(pos, (h, w), old_size=self.grid, num_prefix_tokens=0, interpolation="bilinear")
@@ -140,6 +150,7 @@ class TransUNet(nn.Module):
             if isinstance(module, nn.GroupNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        assert self.encoder.pos_embed is not None  # hybrid_vit keeps timm's absolute position embedding
         nn.init.zeros_(self.encoder.pos_embed)
 
     # ------------------------------------------------------------------ ImageNet weights
@@ -196,8 +207,7 @@ def build_transunet(in_channels: int, out_channels: int, options: dict, init: st
                             f"(the ImageNet start, the paper's reading)")
         return net
     settings = {k: options.get(k, v) for k, v in PAPER_ENCODER.items()}
-    paper = all(tuple(v) == tuple(PAPER_ENCODER[k]) if isinstance(v, (list, tuple)) else v == PAPER_ENCODER[k]
-                for k, v in settings.items())
+    paper = all(_compared(v) == _compared(PAPER_ENCODER[k]) for k, v in settings.items())
     path = resolve_encoder_weights(explicit, paper)
     from dgcf_auto.network.dinov3_weights import load_encoder_or_warn
 

@@ -73,13 +73,16 @@ def case_fingerprint(case: Case) -> tuple[dict, dict]:
     frame = canonical_frame(source, "LPS")
     mask_image = sitk.Cast(mask != 0, sitk.sitkUInt8)
     mask_image.CopyInformation(source)
-    lower, upper = mask_box(mask_image, frame)
+    box = mask_box(mask_image, frame)
+    if box is None:  # validation refuses an empty mask; one emptied since is refused here
+        raise DGCFError(f"case {case.name}: the body mask is empty")
+    lower, upper = box
     extent_voxels = upper - lower + 1
     inside = sitk.GetArrayViewFromImage(mask_image).astype(bool)
     src = sitk.GetArrayViewFromImage(source)[inside]
     p99 = float(np.percentile(src, 99.0))
     if case.modality == "mr" and not p99 > 0:
-        raise DGCFError(f"case {case.name}: file {case.source.name}: 99th percentile inside the mask is {p99:g}; "
+        raise DGCFError(f"case {case.name}: file {case.source_path.name}: 99th percentile inside the mask is {p99:g}; "
                         f"an MR image needs positive intensities in the body")
     record = {
         "name": case.name, "modality": case.modality,  # no file paths: a fingerprint travels in model zips
@@ -166,7 +169,8 @@ def input_signature(cases: list[Case]) -> str:
 def extract_fingerprint(cases: list[Case], num_processes: int = 1, progress: bool = True) -> dict:
     if not cases:
         raise DGCFError("fingerprint: no cases")
-    records, hist_sums = [], {}
+    records: list[dict] = []
+    hist_sums: dict[str, np.ndarray] = {}
     for record, hists in map_cases(case_fingerprint, cases, num_processes, "fingerprint", progress):
         records.append(record)
         for key, counts in hists.items():

@@ -51,6 +51,7 @@ def plan_release(fingerprint: dict, dataset_name: str, overrides: dict | None = 
     ct_norm = {"clip_low": low, "clip_high": high, "target_range": [-1.0, 1.0], "clip_output": False,
                "derived_from": f"{SOURCE}: CT clipped to [-1024, 2000] HU and mapped to [-1, 1]; the test-time "
                                f"inverse maps [-1, 1] back without clipping"}
+    source_norm: dict[str, object]
     if fingerprint["modality"] == "mr":
         source_norm = {"scheme": "percentile_window", "percentiles": list(MR_PERCENTILES), "computed_on": "volume",
                        "derived_from": f"{SOURCE}: MR clipped to the volume's own [p1, p99] (np.percentile over "
@@ -59,9 +60,10 @@ def plan_release(fingerprint: dict, dataset_name: str, overrides: dict | None = 
         source_norm = {"scheme": "window", "clip_low": low, "clip_high": high,
                        "derived_from": f"{SOURCE}: CBCT clipped to [-1024, 2000] and mapped to [-1, 1]"}
     slices = [int(case["size"][2]) for case in fingerprint["cases"]]
+    total_slices = int(sum(slices))
     grid = {"kind": KIND_SLICES, "data_identifier": DATA_IDENTIFIER, "grid": "stretch", "slice_axis": "stored",
             "patch_size": list(SLICE_SIZE), "interpolation": "bilinear", "slice_range": "all",
-            "slices_per_case": {"median": float(sorted(slices)[len(slices) // 2]), "total": int(sum(slices))},
+            "slices_per_case": {"median": float(sorted(slices)[len(slices) // 2]), "total": total_slices},
             "derived_from": f"{SOURCE}: every slice of the volume's stored third voxel axis (no reorientation, "
                             f"no crop to the mask), stretched to 256 x 256 with bilinear interpolation "
                             f"(align_corners False, no antialiasing); back to each slice's own size at test"}
@@ -69,8 +71,8 @@ def plan_release(fingerprint: dict, dataset_name: str, overrides: dict | None = 
     for key in ("batch_size", "epochs", "learning_rate"):
         if key in overrides:
             training[key] = type(training[key])(overrides[key])
-    training["iterations_per_epoch"] = int(overrides.get("iterations_per_epoch", max(
-        1, math.ceil(grid["slices_per_case"]["total"] * train_fraction / training["batch_size"]))))
+    one_pass = max(1, math.ceil(total_slices * train_fraction / training["batch_size"]))
+    training["iterations_per_epoch"] = int(overrides.get("iterations_per_epoch", one_pass))
     training["derived_from"] = {"iterations_per_epoch": "one pass over every training slice (theirs: shuffled "
                                                         "slices, batch 4)",
                                 "other": "the trainer variant (-tr ..._release) sets their optimiser and schedule"}

@@ -134,7 +134,7 @@ def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.
 
     Normalising first equals their clip -> resize -> linear map: bilinear weights sum to 1, so the linear map
     commutes with the resize, while the clip must come first (it does, inside the normalisation)."""
-    size = tuple(int(v) for v in cfg.patch_size)
+    size = (int(cfg.patch_size[0]), int(cfg.patch_size[1]))
     source_array = _array(source)
     params = source_normalization_params(source_array, None, plans["source_normalization"])
     source_slices = stretch_slices(apply_source_normalization(source_array, params), size)
@@ -176,7 +176,7 @@ def restore_slices(slices: np.ndarray, properties: dict, plans: dict, default_va
     original = properties["original_geometry"]
     if properties.get("grid") == "stretch":
         shape = tuple(int(v) for v in reversed(original["size"]))
-        image = sitk.GetImageFromArray(unstretch_slices(slices, shape[1:]))
+        image = sitk.GetImageFromArray(unstretch_slices(slices, (shape[1], shape[2])))
         image.SetSpacing([float(v) for v in original["spacing"]])
         image.SetOrigin([float(v) for v in original["origin"]])
         image.SetDirection([float(v) for v in original["direction"]])

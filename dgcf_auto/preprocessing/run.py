@@ -22,17 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dgcf_auto.atomic import check_writable, folder_lock, read_json, write_json, write_npy
-from dgcf_auto.dataset.discovery import Case
+from dgcf_auto.dataset.discovery import Case, modality_of
 from dgcf_auto.dataset.source_checks import MODALITY_NAMES, check_sources, dataset_expectation
 from dgcf_auto.dataset.validation import load_case, validate_dataset
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.paths import DATASET_PATTERN, preprocessed_root, raw_dataset
+from dgcf_auto.paths import DATASET_PATTERN, DEFAULT_PLANS, parse_dataset_id, preprocessed_root, raw_dataset
 from dgcf_auto.planning.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, input_signature
 from dgcf_auto.planning.planner import preprocessing_signature_fields
 from dgcf_auto.planning.planners import get_planner
@@ -175,7 +176,7 @@ def _existing_plans(plans_file: Path) -> dict:
 def _output_folder(raw_dir: Path) -> Path:
     """$DGCF_preprocessed/<raw folder name>; another folder with the same id there is an error."""
     root = preprocessed_root()
-    did = int(DATASET_PATTERN.match(raw_dir.name).group(1))
+    did = parse_dataset_id(raw_dir.name)  # a raw dataset folder's name holds its id
     if root.is_dir():
         for other in root.iterdir():
             match = DATASET_PATTERN.match(other.name)
@@ -211,7 +212,7 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
     raw_dir = raw_dataset(dataset_id)
     out_dir = check_writable(_output_folder(raw_dir), "preprocessed folder")
     cases = validate_dataset(raw_dir, progress=progress)
-    modality = cases[0].modality  # validation guarantees one source modality
+    modality = modality_of(cases)  # validation guarantees one source modality
     forced = check_sources(cases, dataset_expectation(cases, modality), force, "dgcf_plan_and_preprocess",
                            f"its file name says {MODALITY_NAMES[modality]}")
     # One run at a time per dataset: two runs with different plans would mix their arrays.
@@ -223,13 +224,13 @@ def plan_and_preprocess(dataset_id: str | int, num_processes: int = 2, overwrite
 
 def _plan_and_preprocess_locked(raw_dir: Path, out_dir: Path, cases: list[Case], num_processes: int,
                                 overwrite: bool, split: str, overrides: dict, preprocess: bool,
-                                progress: bool, chosen, forced: list[dict] = (),
+                                progress: bool, chosen, forced: Sequence[dict] = (),
                                 configurations: list[str] | None = None) -> dict:
     names = [c.name for c in cases]
     plans_file = out_dir / f"{chosen.plans_name}.json"
     if chosen.plan is None and not plans_file.is_file():
         raise DGCFError(f"plans file {plans_file}: not found (-p names an existing plans file, e.g. a copy of "
-                        f"DGCFPlans.json edited and saved under that name)")
+                        f"{DEFAULT_PLANS}.json edited and saved under that name)")
     if plans_file.is_file() and not overwrite:
         _existing_plans(plans_file)  # a broken plans file stops the run before anything is written
     # Checked (and drawn) before anything is written; the planner sizes an epoch by the folds' training share.

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESAMPLE = {"mode": "bilinear", "align_corners": False, "antialias": False}
-
 
 def _resize(slices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
     with torch.no_grad():
-        out = F.interpolate(tensor, size=(int(size[0]), int(size[1])), **RESAMPLE)
+        out = F.interpolate(tensor, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False,
+                            antialias=False)
     return out[:, 0].numpy()
 
 

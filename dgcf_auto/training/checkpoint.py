@@ -28,7 +28,9 @@ def seed_everything(seed: int) -> None:
 
 
 def capture_rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)
+    assert isinstance(numpy_state, tuple)  # the legacy global stream's state is the MT19937 tuple
+    kind, keys, pos, has_gauss, cached = numpy_state
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

@@ -29,21 +29,18 @@ class CaseArrays:
     mask: np.ndarray    # (S, H, W) uint8, memory-mapped
 
 
-def open_case(folder: Path, name: str, need_ct: bool = True) -> CaseArrays:
+def open_case(folder: Path, name: str) -> CaseArrays:
     """Memory-map one preprocessed case; a missing or unreadable array is a clear error."""
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for kind in ("source", "ct", "mask"):
         path = Path(folder) / f"{name}_{kind}.npy"
         if not path.is_file():
-            if kind == "ct" and not need_ct:
-                arrays[kind] = None
-                continue
             raise DGCFError(f"case {name}: file {path} is missing; run dgcf_plan_and_preprocess again")
         try:
             arrays[kind] = np.load(path, mmap_mode="r")
         except Exception as exc:
             raise DGCFError(f"case {name}: file {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    shapes = {k: a.shape for k, a in arrays.items() if a is not None}
+    shapes = {k: a.shape for k, a in arrays.items()}
     if len(set(shapes.values())) != 1 or len(arrays["source"].shape) != 3:
         raise DGCFError(f"case {name}: arrays in {folder} disagree in shape or are not (S, H, W): {shapes}")
     return CaseArrays(name, arrays["source"], arrays["ct"], arrays["mask"])
@@ -55,6 +52,8 @@ class SliceDataLoader(SlimDataLoaderBase):
     whose body mask is non-empty (so at least ~f of a batch shows anatomy). `slab_size` k: 1 for 2d; k > 1
     (2.5d) gives each sampled slice's source with its neighbours as channels (`dgcf_auto.slabs`), the
     target staying the centre slice's CT."""
+
+    batch_size: int  # set by SlimDataLoaderBase
 
     def __init__(self, cases: list[CaseArrays], batch_size: int, seed: int, rank: int = 0,
                  foreground_fraction: float | None = None, transform=None, start_batch: int = 0,
@@ -113,8 +112,7 @@ class SliceDataLoader(SlimDataLoaderBase):
             both = self.transform(data=np.concatenate([batch["source"], batch["ct"]], axis=1))["data"]
             k = self.slab_size  # one spatial transform for every source channel and the target
             batch = {"source": np.ascontiguousarray(both[:, :k]), "ct": np.ascontiguousarray(both[:, k:])}
-        batch["batch_number"] = batch_number
-        return batch
+        return {**batch, "batch_number": batch_number}
 
     def generate_train_batch(self) -> dict:
         # MultiThreadedAugmenter gives each worker a copy with thread_id t and reads the workers round-robin,

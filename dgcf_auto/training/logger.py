@@ -20,17 +20,17 @@ class TrainingLogger:
         self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
         # checkpoint_best.pth so far: {"metric": "mae" | "ssim", "value": v, "epoch": e}, or None
         self.best: dict | None = None
-        self.enabled = enabled and output_folder is not None
         self.output_folder = Path(output_folder) if output_folder is not None else None
-        self.log_file = None
-        if self.enabled:
+        self.log_file: Path | None = None
+        if enabled and self.output_folder is not None:
             stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
             self.output_folder.mkdir(parents=True, exist_ok=True)
             self.log_file = self.output_folder / f"training_log_{stamp}.txt"
+        self.enabled = self.log_file is not None
 
     def print(self, message: str, level: int = logging.INFO) -> None:
         """A message through logging (stderr) and a time-stamped line in the log file (rank 0 only)."""
-        if not self.enabled:
+        if self.log_file is None:  # not enabled
             return
         log.log(level, message)
         prefix = "WARNING: " if level >= logging.WARNING else ""
@@ -80,7 +80,8 @@ class TrainingLogger:
         return value < self.best["value"] if metric == "mae" else value > self.best["value"]
 
     def plot_progress(self) -> None:
-        if not self.enabled or not self.history["epoch"]:
+        folder = self.output_folder
+        if not self.enabled or folder is None or not self.history["epoch"]:  # enabled: a folder is set
             return
         import matplotlib
         matplotlib.use("Agg")
@@ -110,7 +111,7 @@ class TrainingLogger:
         axes[1, 1].plot(epochs, h["epoch_time"])
         axes[1, 1].set(title="epoch time (s)", xlabel="epoch")
         fig.tight_layout()
-        with atomic_path(self.output_folder / "progress.png", suffix=".png", verify=png_complete) as tmp:
+        with atomic_path(folder / "progress.png", suffix=".png", verify=png_complete) as tmp:
             fig.savefig(tmp, dpi=80)
         plt.close(fig)
 

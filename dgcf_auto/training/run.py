@@ -77,15 +77,15 @@ def fold_cases(splits: list, fold: int | str, splits_file: Path) -> tuple[list[s
     if fold == "all":
         names = sorted(set(splits[0]["train"]) | set(splits[0]["val"]))
         return names, []
-    if not 0 <= fold < len(splits):
+    if isinstance(fold, str) or not 0 <= fold < len(splits):  # a fold is 'all' or parse_fold's number
         raise DGCFError(f"fold {fold} does not exist: {splits_file} has {len(splits)} folds "
                         f"(0-{len(splits) - 1}) or use 'all'")
     return list(splits[fold]["train"]), list(splits[fold]["val"])
 
 
 @with_option_keywords(TrainingSettings)
-def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = "DGCFTrainer",
-                 plans_name: str = "DGCFPlans", settings: TrainingSettings | None = None,
+def run_training(dataset: str | int, configuration: str, fold: str | int, trainer_name: str = paths.DEFAULT_TRAINER,
+                 plans_name: str = paths.DEFAULT_PLANS, settings: TrainingSettings | None = None,
                  **keywords) -> Path | None:
     """Train one fold, then predict and score its validation cases (nnU-Net's final validation); returns the
     output folder (None on torchrun ranks other than 0). `settings` (TrainingSettings) says everything else;
@@ -141,7 +141,7 @@ def run_training(dataset: str | int, configuration: str, fold: str | int, traine
                     iterations_per_epoch=int(training["iterations_per_epoch"]),
                     pretrained_weights=str(Path(s.pretrained_weights).resolve()) if s.pretrained_weights else None,
                     pretrained_weights_sha256=pretrained_sha256)
-        if resume_state is not None:
+        if resume_from is not None and resume_state is not None:  # set together above
             ckpt.check_compatible(resume_state, resume_from, variant.name, run_plans)
             if resume_from.name == "checkpoint_final.pth" and resume_state["epoch"] >= s.epochs:
                 log.info(f"{output} is a finished model: it already trained {resume_state['epoch']} "

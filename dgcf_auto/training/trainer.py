@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from torch import nn
 
 from dgcf_auto.atomic import write_json
 from dgcf_auto.errors import DGCFError
@@ -92,13 +94,17 @@ class DGCFTrainer:
                  dist_ctx: DistributedContext | None = None, run_info: dict | None = None):
         if settings.best_metric is None:
             settings = replace(settings, best_metric=variant.best_metric)
+        # run_training fills these from the plans (a resumed run: from its checkpoint) before a trainer exists
+        self.epochs = _resolved(settings.epochs, "epochs")
+        self.iterations_per_epoch = _resolved(settings.iterations_per_epoch, "iterations_per_epoch")
+        self.best_metric = _resolved(settings.best_metric, "best_metric")
         self.variant, self.plans, self.settings = variant, plans, settings
         self.train_cases, self.val_cases = train_cases, val_cases
         self.output_folder, self.device = Path(output_folder), device
         self.dist = dist_ctx or DistributedContext()
         self.run_info = run_info or {}
         self.tensorboard: TensorBoardLog | None = None  # made in run() when settings.tensorboard
-        self.local_batch_size = split_batch_size(settings.batch_size, self.dist.world_size)
+        self.local_batch_size = split_batch_size(_resolved(settings.batch_size, "batch_size"), self.dist.world_size)
         self.autocast_dtype = autocast_dtype(device, settings.precision)  # bf16 needs no GradScaler
         self.logger = TrainingLogger(self.output_folder, enabled=self.dist.is_main)
         self.start_epoch = 0
@@ -122,7 +128,7 @@ class DGCFTrainer:
         self.network = self.network.to(memory_format=torch.channels_last)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(trainable, training)
-        self.scheduler = build_scheduler(self.optimizer, training, s.epochs)
+        self.scheduler = build_scheduler(self.optimizer, training, self.epochs)
         self._wrap_and_start()
 
     def _wrap_and_start(self) -> None:
@@ -135,7 +141,9 @@ class DGCFTrainer:
             # Frozen ViT parameters (requires_grad False) are ignored by DDP's gradient all-reduce.
             self.model = DDP(self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if s.compile:
-            self.model = torch.compile(self.model)
+            compiled = torch.compile(self.model)
+            assert isinstance(compiled, nn.Module)  # compiling a module gives an OptimizedModule
+            self.model = compiled
         if s.pretrained_weights:
             from dgcf_auto.training.pretrained import load_pretrained_weights
 
@@ -174,7 +182,7 @@ class DGCFTrainer:
         """Every epoch from `start_epoch`: train, validate, record, checkpoint; then checkpoint_final."""
         stream = self.start()
         try:
-            for epoch in range(self.start_epoch, self.settings.epochs):
+            for epoch in range(self.start_epoch, self.epochs):
                 started = time.perf_counter()
                 trained = self.train_epoch(epoch, stream)
                 val = self.validate(epoch)
@@ -207,11 +215,10 @@ class DGCFTrainer:
 
     def train_epoch(self, epoch: int, stream) -> EpochLosses:
         """One epoch of `iterations_per_epoch` optimiser steps; its mean loss terms over every rank."""
-        s = self.settings
         self.model.train()
         wait = 0.0
         sums = torch.zeros(1 + len(self.loss.names), dtype=torch.float32, device=self.device)  # mps: no float64
-        bar = progress_bar(range(s.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
+        bar = progress_bar(range(self.iterations_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
                            leave=False, dynamic_ncols=True)
         for it in bar:
             t0 = time.perf_counter()
@@ -220,17 +227,17 @@ class DGCFTrainer:
             assert batch["batch_number"] == self.batches_done, "data stream out of order"
             self.batches_done += 1
             sums += self.train_step(batch)
-            if it % 20 == 0 or it == s.iterations_per_epoch - 1:  # a sync only every 20 steps
+            if it % 20 == 0 or it == self.iterations_per_epoch - 1:  # a sync only every 20 steps
                 bar.set_postfix(loss=f"{sums[0].item() / (it + 1):.4f}")
         bar.close()
-        means = [self.dist.mean(v / s.iterations_per_epoch, self.device) for v in sums.tolist()]
+        means = [self.dist.mean(v / self.iterations_per_epoch, self.device) for v in sums.tolist()]
         return EpochLosses(means[0], dict(zip(self.loss.names, means[1:])), wait)
 
     def validate(self, epoch: int) -> dict | None:
         """Validation MAE/PSNR/SSIM every `val_every` epochs and after the last (None otherwise, or without
         validation cases); rank 0 computes them, every rank gets them."""
         s = self.settings
-        if not self.val_cases or not ((epoch + 1) % s.val_every == 0 or epoch == s.epochs - 1):
+        if not self.val_cases or not ((epoch + 1) % s.val_every == 0 or epoch == self.epochs - 1):
             return None
         result = None
         if self.dist.is_main:  # rank 0 validates; the others wait for its numbers
@@ -254,9 +261,9 @@ class DGCFTrainer:
     def save_checkpoints(self, epoch: int, val: dict | None) -> None:
         """checkpoint_latest (with the optimiser state), and checkpoint_best when validation improved."""
         payload = self.checkpoint_payload(epoch + 1)  # collective under torchrun: every rank takes part
-        if not self.dist.is_main:
+        if payload is None:  # not rank 0
             return
-        metric = self.settings.best_metric
+        metric = self.best_metric
         if val is not None and self.logger.is_better(metric, val[metric]):
             self.logger.best = {"metric": metric, "value": float(val[metric]), "epoch": epoch}
             payload["logger"] = self.logger.state_dict()
@@ -269,8 +276,8 @@ class DGCFTrainer:
     def finish(self) -> None:
         """checkpoint_final (no optimiser state); checkpoint_latest goes, as nnU-Net's finished folds keep
         final (+ best) only."""
-        payload = self.checkpoint_payload(self.settings.epochs)  # collective under torchrun
-        if self.dist.is_main:
+        payload = self.checkpoint_payload(self.epochs)  # collective under torchrun
+        if payload is not None:  # rank 0
             ckpt.save_checkpoint(self.output_folder / "checkpoint_final.pth", _without_optimizer(payload))
             (self.output_folder / "checkpoint_latest.pth").unlink(missing_ok=True)
             self.logger.print(f"training finished: {self.output_folder / 'checkpoint_final.pth'}")
@@ -295,6 +302,7 @@ class DGCFTrainer:
 
     def _write_tensorboard(self, epoch: int, trained: EpochLosses, val: dict | None) -> None:
         """This epoch's loss terms and validation numbers, and the middle slice of the first validation case."""
+        assert self.tensorboard is not None  # called only when it is open
         self.tensorboard.epoch(epoch, trained.total, trained.terms, self.optimizer.param_groups[0]["lr"], val)
         if val is None:
             return
@@ -318,10 +326,13 @@ class DGCFTrainer:
         batches = [self.batches_done]
         if self.dist.enabled:  # every rank's RNG and stream position, so each resumes its own stream
             import torch.distributed as dist
-            gathered_rng, gathered_batches = [None] * self.dist.world_size, [None] * self.dist.world_size
+            gathered_rng: list[dict | None] = [None] * self.dist.world_size
+            gathered_batches: list[int | None] = [None] * self.dist.world_size
             dist.all_gather_object(gathered_rng, rng[0])
             dist.all_gather_object(gathered_batches, batches[0])
-            rng, batches = gathered_rng, gathered_batches
+            # all_gather_object fills every rank's slot
+            rng = [state for state in gathered_rng if state is not None]
+            batches = [count for count in gathered_batches if count is not None]
         if not self.dist.is_main:
             return None
         return {
@@ -376,6 +387,16 @@ class DGCFTrainer:
             log.warning(RANDOM_DINOV3_WARNING)
         if not self.val_cases:
             log.print("this fold has no validation cases: no validation, no checkpoint_best.pth")
+
+
+_T = TypeVar("_T")
+
+
+def _resolved(value: _T | None, name: str) -> _T:
+    """A setting run_training resolves before it builds the trainer."""
+    if value is None:
+        raise ValueError(f"TrainingSettings.{name} is None: run_training fills it from the plans before training")
+    return value
 
 
 def _without_optimizer(payload: dict) -> dict:

@@ -63,7 +63,7 @@ def _relative(ct: float, sct: float) -> float:
 def most_exposed_oars(ct_values: dict[str, dict], num: int = NUM_OARS) -> list[str]:
     """The OARs with the highest (D5 + Dmean) / 2 on the CT dose, as SynthRAD chooses them."""
     score = {name: (v["D5"] + v["Dmean"]) / 2 for name, v in ct_values.items() if math.isfinite(v["Dmean"])}
-    return sorted(score, key=score.get, reverse=True)[:num]
+    return sorted(score, key=lambda name: score[name], reverse=True)[:num]
 
 
 def dvh_metric(target_ct: dict, target_sct: dict, oars_ct: dict[str, dict], oars_sct: dict[str, dict]
