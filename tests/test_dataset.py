@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from dgcf_auto.dataset import example as ex
 from dgcf_auto.dataset.convert import convert_synthrad2023
-from dgcf_auto.dataset.discovery import find_cases, task_of
+from dgcf_auto.dataset.discovery import Case, find_cases, modality_of, task_of
 from dgcf_auto.dataset.validation import load_case, validate_cases, validate_dataset
 from dgcf_auto.errors import DGCFError, DGCFInputErrors
 from dgcf_auto.imageio import geometry_mismatch
@@ -310,3 +310,20 @@ def test_convert_links_resolve_after_dataset_folder_moves(synthrad_download, tmp
     moved = tmp_path / "elsewhere"
     target.rename(moved)
     assert len(validate_dataset(moved, progress=False)) == 3
+
+
+def test_a_case_source_path_is_its_source_and_a_case_without_one_names_itself():
+    source = Path("cases/1PA001/mr.nii.gz")
+    assert Case("1PA001", "mr", source).source_path == source
+    with pytest.raises(DGCFError, match=r"^case 1PC002: no source image$"):
+        _ = Case("1PC002", None, None).source_path
+
+
+def test_the_cases_modality_and_task():
+    cases = [Case("a", "cbct", Path("a/cbct.mha")), Case("b", None, None), Case("c", "cbct", Path("c/cbct.mha"))]
+    assert modality_of(cases) == "cbct"
+    assert task_of(cases) == "cbct2ct"
+    with pytest.raises(DGCFError, match="dataset mixes tasks: 2 with cbct .*; 1 with mr"):
+        modality_of(cases + [Case("d", "mr", Path("d/mr.nii.gz"))])
+    with pytest.raises(DGCFError, match="no case with a source image"):
+        modality_of([Case("b", None, None)])

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from skimage.metrics import structural_similarity  # installed with batchgenerators; an independent SSIM
 
+from dgcf_auto import figures
 from dgcf_auto.cli import evaluate as evaluate_cli
 from dgcf_auto.cli import visualize as visualize_cli
 from dgcf_auto.errors import DGCFError
-from dgcf_auto import figures
 from dgcf_auto.evaluation import metrics, segscore
-from dgcf_auto.evaluation.evaluate import evaluate_folders
+from dgcf_auto.evaluation.evaluate import EvalCase, evaluate_folders
 
 SPACING = (0.9, 1.1, 2.5)
 ORIGIN = (10.0, -20.0, 5.0)
@@ -439,3 +440,11 @@ def test_totalsegmentator_segmenter_round_trip_keeps_grid(tmp_path, monkeypatch)
     assert labels.GetDirection() == image.GetDirection()
     assert calls[0]["task"] == "total" and calls[0]["ml"] is True and calls[0]["device"] == "cpu"
     assert json.loads((tmp_path / "config.json").read_text())["send_usage_stats"] is False
+
+
+def test_an_evaluation_case_without_its_prediction_is_a_one_line_error():
+    case = EvalCase("1PA003", Path("ref/1PA003/ct.nii.gz"))
+    with pytest.raises(DGCFError, match=r"^case 1PA003: no prediction$"):
+        _ = case.sct_path
+    case.sct = Path("pred/1PA003.nii.gz")
+    assert case.sct_path == Path("pred/1PA003.nii.gz")

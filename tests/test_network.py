@@ -4,12 +4,13 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.losses import CompositeLoss
-from dgcf_auto.network import NETWORKS, DGCN, FrozenDINOv3, build_dinov3, build_network
+from dgcf_auto.network import DGCN, NETWORKS, FrozenDINOv3, build_dinov3, build_network
 from dgcf_auto.network.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, TINY_VIT_KWARGS, tiny_dinov3, to_meta_keys
 
@@ -205,3 +206,22 @@ def test_non_zero_meta_qkv_bias_is_never_silently_dropped(tmp_path):
     torch.save(meta, path)
     with pytest.raises(DGCFError, match="qkv.bias is non-zero .*vit_base_patch16_dinov3_qkvb"):
         build_dinov3(TINY_DINOV3_CFG, weights=str(path))
+
+
+def test_frozen_dinov3_wraps_any_timm_vit_and_refuses_other_modules():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32, embed_dim=24,
+                            depth=2, num_heads=2)
+    encoder = FrozenDINOv3(vit, layers=(1, 2), input_mode="release")
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    maps = encoder(x)
+    # the oracle: timm's own intermediates of the grey slice repeated to RGB, final norm applied
+    expected = vit.forward_intermediates(x.expand(-1, 3, -1, -1), indices=[0, 1], intermediates_only=True,
+                                         norm=True, output_fmt="NCHW")
+    assert [tuple(m.shape) for m in maps] == [(2, 24, 2, 2)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(maps, expected))
+    # the per-block RoPE redraw needs timm's Eva with DINOv3's RoPE
+    with pytest.raises(DGCFError, match="mldp vit_mode 'train' needs a DINOv3 RoPE ViT; VisionTransformer has none"):
+        encoder(x, rope_train_mode=True)
+    with pytest.raises(DGCFError, match="DINOv3 model Conv2d: not a timm ViT"):
+        FrozenDINOv3(torch.nn.Conv2d(3, 8, 16, stride=16))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,26 @@ def test_training_settings_carry_every_dgcf_train_flag(monkeypatch):
     assert fields - renamed <= dests  # every other field is a flag of its own name
     with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
         run_training(999, "2d", 0, epoch=3)
+
+
+def test_fold_cases_takes_parsed_folds_only():
+    from dgcf_auto.training.run import fold_cases
+
+    splits = [{"train": ["a", "b"], "val": ["c"]}, {"train": ["a", "c"], "val": ["b"]}]
+    assert fold_cases(splits, 1, Path("splits_final.json")) == (["a", "c"], ["b"])
+    assert fold_cases(splits, "all", Path("splits_final.json")) == (["a", "b", "c"], [])
+    for fold in (2, -1, "1"):  # "1" is parse_fold's input, not its output
+        with pytest.raises(DGCFError, match=f"fold {fold} does not exist: splits_final.json has 2 folds"):
+            fold_cases(splits, fold, Path("splits_final.json"))
+
+
+@pytest.mark.parametrize("unresolved", ["epochs", "batch_size", "iterations_per_epoch"])
+def test_a_trainer_refuses_settings_run_training_did_not_resolve(unresolved, tmp_path):
+    from dgcf_auto.training.trainer import DGCFTrainer, TrainingSettings
+    from dgcf_auto.training.variants import TRAINERS
+
+    resolved = {"epochs": 2, "batch_size": 2, "iterations_per_epoch": 3}
+    settings = TrainingSettings(**{**resolved, unresolved: None})
+    with pytest.raises(ValueError, match=f"TrainingSettings.{unresolved} is None"):
+        DGCFTrainer(TRAINERS["DGCFTrainer"], {}, settings, [], [], tmp_path / "out", torch.device("cpu"))
+    assert not (tmp_path / "out").exists()  # refused before the log folder is made
