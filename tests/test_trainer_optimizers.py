@@ -13,7 +13,6 @@ from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.optimizers import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from dgcf_auto.training.run import load_preprocessed, run_training
 from dgcf_auto.training.variants import TRAINERS, effective_plans
-from test_training import data_env  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")
 

@@ -31,33 +31,6 @@ FOLD0_FILES = ("checkpoint_best.pth", "checkpoint_final.pth", "progress.png", "t
 
 
 @pytest.fixture(scope="module")
-def data_env(tmp_path_factory):
-    """Example MR dataset 999, planned and preprocessed at 32 x 32, plans edited to a tiny ViT."""
-    from dgcf_auto.dataset.example import make_example_dataset
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("train_data")
-    env = {"DGCF_raw": str(root / "raw"), "DGCF_preprocessed": str(root / "pre"), "DGCF_results": str(root / "res")}
-    mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    make_example_dataset(root / "raw" / "Dataset999_Example", "mr2ct", n=4, seed=0, size_scale=0.5)
-    plan_and_preprocess(999, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
-                        progress=False)
-    plans_file = root / "pre" / "Dataset999_Example" / "DGCFPlans.json"
-    plans = json.loads(plans_file.read_text())
-    plans["network"]["dinov3"].update(layers=[1, 2, 3, 4],
-                                      model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})
-    plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
-    plans_file.write_text(json.dumps(plans))
-    from model_fixtures import write_vgg19_features
-    write_vgg19_features(root / "vgg19.pth")  # for the DGCN + L_VGG trainer
-    mp.setenv("DGCF_VGG_WEIGHTS", str(root / "vgg19.pth"))
-    yield root, env
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def trained(data_env):
     """A finished 2-epoch DGCFTrainer run on fold 0 (the reference for the resume test)."""
     output = run_training(999, "2d", "fold0", seed=3, **TINY)
