@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
+
 import pytest
 
-from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders, example_model
+from evaluation_fixtures import FLIP_Y, smooth_pair, write
+from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders, example_model, write_vgg19_features
 
 EXAMPLE_DATASET_ID = 990
 TINY_MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -151,8 +154,20 @@ def data_env(tmp_path_factory):
                                       model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})
     plans["training"]["loss_options"]["mldp"]["layers"] = [1, 2, 3, 4]
     plans_file.write_text(json.dumps(plans))
-    from model_fixtures import write_vgg19_features
     write_vgg19_features(root / "vgg19.pth")  # for the DGCN + L_VGG trainer
     mp.setenv("DGCF_VGG_WEIGHTS", str(root / "vgg19.pth"))
     yield root, env
     mp.undo()
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """ref/<case>/{ct,mask,mr}.nii.gz for case1 (flipped direction) and case2, pred/<case>.nii.gz, from
+    evaluation_fixtures' images."""
+    ct, sct, mask = smooth_pair()
+    for name, direction, shift in (("case1", FLIP_Y, 0.0), ("case2", None, 50.0)):
+        write(ct, tmp_path / "ref" / name / "ct.nii.gz", direction)
+        write(mask, tmp_path / "ref" / name / "mask.nii.gz", direction, dtype=np.uint8)
+        write(ct / 10 + 100, tmp_path / "ref" / name / "mr.nii.gz", direction, dtype=np.float32)
+        write(sct + shift, tmp_path / "pred" / f"{name}.nii.gz", direction)
+    return tmp_path

@@ -16,21 +16,7 @@ from dgcf_auto.cli import visualize as visualize_cli
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation import metrics, segscore
 from dgcf_auto.evaluation.evaluate import EvalCase, evaluate_folders
-
-SPACING = (0.9, 1.1, 2.5)
-ORIGIN = (10.0, -20.0, 5.0)
-FLIP_Y = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def smooth_pair():
-    """Deterministic CT/sCT/mask (12 x 40 x 40) with values beyond the HU range; no RNG, so pins stay valid."""
-    z, y, x = np.meshgrid(np.arange(12), np.arange(40), np.arange(40), indexing="ij")
-    body = (y - 20) ** 2 + (x - 20) ** 2 < 17 ** 2
-    ct = np.where(body, 40.0 + 300.0 * np.sin(x / 3.0) * np.cos(y / 4.0) + 20.0 * z, -1000.0)
-    ct[2:10, 15:20, 15:25] = 3400.0
-    sct = ct + 90.0 * np.cos(x / 2.0 + z) - 30.0 * np.sin(y / 5.0)
-    mask = (y - 20) ** 2 + (x - 20) ** 2 < 18 ** 2
-    return ct.astype(np.float32), sct.astype(np.float32), mask.astype(np.uint8)
+from evaluation_fixtures import FLIP_Y, SPACING, fake_segmenter, smooth_pair, write
 
 
 # ---------------------------------------------------------------- metrics
@@ -122,15 +108,6 @@ def test_summarize_mean_std_skips_non_finite():
 
 
 # ---------------------------------------------------------------- SegScore
-
-def fake_segmenter(image):
-    """Thresholds -> TotalSegmentator 'total' ids: > 500 HU sacrum, -50..50 urinary bladder, 200..500 liver."""
-    a = sitk.GetArrayFromImage(image)
-    labels = np.zeros(a.shape, np.uint8)
-    labels[a > 500] = 25
-    labels[(a > -50) & (a < 50)] = 21
-    labels[(a >= 200) & (a <= 500)] = 5  # liver: not pelvic, never scored
-    return labels
 
 
 def test_segscore_dice_and_structure_selection():
@@ -231,27 +208,6 @@ def test_usage_statistics_switched_off(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- files, CLI
-
-def write(array, path, direction=None, spacing=SPACING, dtype=np.int16):
-    image = sitk.GetImageFromArray(np.asarray(array).astype(dtype))
-    image.SetSpacing(spacing)
-    image.SetOrigin(ORIGIN)
-    if direction:
-        image.SetDirection(direction)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-
-
-@pytest.fixture
-def folders(tmp_path):
-    """ref/<case>/{ct,mask,mr}.nii.gz for case1 (flipped direction) and case2, pred/<case>.nii.gz."""
-    ct, sct, mask = smooth_pair()
-    for name, direction, shift in (("case1", FLIP_Y, 0.0), ("case2", None, 50.0)):
-        write(ct, tmp_path / "ref" / name / "ct.nii.gz", direction)
-        write(mask, tmp_path / "ref" / name / "mask.nii.gz", direction, dtype=np.uint8)
-        write(ct / 10 + 100, tmp_path / "ref" / name / "mr.nii.gz", direction, dtype=np.float32)
-        write(sct + shift, tmp_path / "pred" / f"{name}.nii.gz", direction)
-    return tmp_path
 
 
 def run_cli(module, argv, capsys):

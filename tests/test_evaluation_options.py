@@ -10,7 +10,7 @@ import pytest
 
 from dgcf_auto.evaluation.evaluate import ImageScorer, evaluate_folders, match_cases
 from dgcf_auto.evaluation.scorers import EvaluationOptions, SegScoreScorer
-from test_evaluation import fake_segmenter, folders  # noqa: F401  (fixture)
+from evaluation_fixtures import fake_segmenter
 
 
 def test_signature_lists_the_options():

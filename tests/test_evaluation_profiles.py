@@ -14,7 +14,7 @@ from skimage.util import crop
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.evaluation import metrics, ssim_fast
 from dgcf_auto.evaluation.profiles import PROFILES, get_profile
-from test_evaluation import smooth_pair
+from evaluation_fixtures import smooth_pair
 
 OFFICIAL_SSIM = 0.9616828525761663      # SynthRAD2023 code on smooth_pair (see test_evaluation.py)
 OFFICIAL_MS_SSIM = 0.9912739111766282   # SynthRAD2025 code on smooth_pair

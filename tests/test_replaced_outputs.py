@@ -9,7 +9,6 @@ import re
 
 import pytest
 
-from test_evaluation import folders  # noqa: F401 - the ref/pred fixture (case1, case2)
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 
