@@ -208,27 +208,6 @@ def upgrade_plans(plans: dict) -> dict:
     return plans
 
 
-def load_plans(path) -> dict:
-    """A plans file, checked against its schema (`plans_schema.check_plans`) and in today's layout
-    (`upgrade_plans`); an unreadable, malformed or inconsistent file is one DGCFError naming the file and field."""
-    import json
-    from pathlib import Path
-
-    from dgcf_auto.plans_schema import check_plans  # the schema module builds on this one's constants
-
-    path = Path(path)
-    try:
-        plans = json.loads(path.read_text())
-    except OSError as exc:
-        raise DGCFError(f"plans file {path}: cannot be read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise DGCFError(f"plans file {path}: not valid JSON ({exc}); restore it or re-run "
-                        f"dgcf_plan_and_preprocess") from None
-    if not isinstance(plans, dict):
-        raise DGCFError(f"plans file {path}: holds a JSON {type(plans).__name__}, not a plans object")
-    return check_plans(upgrade_plans(plans), f"plans file {path}")
-
-
 def configuration_names(plans: dict) -> list[str]:
     """The configurations these plans hold, in nnU-Net's order (2d, 2.5d, 3d_fullres, then others)."""
     names = list(plans.get("configurations") or {})

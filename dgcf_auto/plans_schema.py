@@ -1,17 +1,20 @@
 """The plans file's schema: every field with its type, range and meaning, checked at every load.
 
 nnU-Net users edit plans by hand (copy, rename, train with `-p`), so a plans file is read back like any other
-file: `check_plans` runs the JSON Schema built here (`dgcf_auto.schema`: one line naming the file and the field
-as a JSON path) and then the rules that span fields (window order, inheritance, patch edges dividing by the
-size multiple). `FIELDS` is the one table of the fields: the schema, `documentation/plans.md`'s field reference
-(`fields_markdown`, kept current by a test) and the test that every typed section (`plans.NetworkPlans`,
-`TrainingPlans`, `ConfigurationPlans`, `DinoV3Plans`) has an entry all come from it.
+file: `load_plans` reads it, upgrades it and runs `check_plans`: the JSON Schema built here
+(`dgcf_auto.schema`: one line naming the file and the field as a JSON path), then the rules that span fields
+(window order, inheritance, patch edges dividing by the size multiple). `FIELDS` is the one table of the
+fields: the schema, `documentation/plans.md`'s field reference (`fields_markdown`, kept current by a test) and
+the test that every typed section (`plans.NetworkPlans`, `TrainingPlans`, `ConfigurationPlans`,
+`DinoV3Plans`) has an entry all come from it.
 
 What the schema cannot know (whether a network, loss term, optimiser or scheduler of that name is registered)
 is checked where the registries live, before training starts (`training.plans_check`).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from dgcf_auto.errors import DGCFError
@@ -26,6 +29,7 @@ from dgcf_auto.plans import (
     PLANS_VERSION,
     SCHEDULES,
     check_slab_size,
+    upgrade_plans,
 )
 from dgcf_auto.schema import check, field_name
 
@@ -286,3 +290,19 @@ def _schema_words(schema: dict) -> str:
     if "pattern" in schema:
         words += f" matching `{schema['pattern']}`"
     return words
+
+
+def load_plans(path) -> dict:
+    """A plans file, checked against its schema (`check_plans`) and in today's layout
+    (`upgrade_plans`); an unreadable, malformed or inconsistent file is one DGCFError naming the file and field."""
+    path = Path(path)
+    try:
+        plans = json.loads(path.read_text())
+    except OSError as exc:
+        raise DGCFError(f"plans file {path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise DGCFError(f"plans file {path}: not valid JSON ({exc}); restore it or re-run "
+                        f"dgcf_plan_and_preprocess") from None
+    if not isinstance(plans, dict):
+        raise DGCFError(f"plans file {path}: holds a JSON {type(plans).__name__}, not a plans object")
+    return check_plans(upgrade_plans(plans), f"plans file {path}")

@@ -23,7 +23,8 @@ from dgcf_auto import paths
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.planning.release_planner import PLANS_NAME as RELEASE_PLANS  # their preprocessing
-from dgcf_auto.plans import CONFIGURATION_2D, load_plans, resolve_configuration
+from dgcf_auto.plans import CONFIGURATION_2D, resolve_configuration
+from dgcf_auto.plans_schema import load_plans
 
 if TYPE_CHECKING:
     from dgcf_auto.network.dgcn_release import DGCNRelease

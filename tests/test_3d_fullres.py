@@ -10,7 +10,8 @@ import SimpleITK as sitk
 import torch
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import configuration_plans, load_plans
+from dgcf_auto.plans import configuration_plans
+from dgcf_auto.plans_schema import load_plans
 
 torch.set_num_threads(1)
 TINY = {"epochs": 1, "iterations_per_epoch": 2, "device": "cpu", "num_workers": 0, "batch_size": 2}

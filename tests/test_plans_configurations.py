@@ -10,7 +10,8 @@ import pytest
 
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import (KIND_SLABS, KIND_SLICES, PLANS_VERSION, ConfigurationPlans, configuration_names,
-                             configuration_plans, load_plans, resolve_configuration, upgrade_plans)
+                             configuration_plans, resolve_configuration, upgrade_plans)
+from dgcf_auto.plans_schema import load_plans
 
 # A version-1 plans file as the planner wrote it before configurations were typed (no plans_version, no kind).
 V1_PLANS = {

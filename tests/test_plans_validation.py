@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.plans import TrainingPlans, load_plans
+from dgcf_auto.plans import TrainingPlans
+from dgcf_auto.plans_schema import load_plans
 from dgcf_auto.plans_schema import FIELDS, check_plans, fields_markdown
 
 pytestmark = pytest.mark.filterwarnings("ignore:DINOv3 is RANDOMLY INITIALISED")

@@ -45,8 +45,8 @@ from dgcf_auto.plans import (
     KIND_VOLUME,
     configuration_names,
     configuration_plans,
-    load_plans,
 )
+from dgcf_auto.plans_schema import load_plans
 from dgcf_auto.preprocessing.pipeline import PROPERTIES_VERSION, preprocess_case
 from dgcf_auto.workers import map_cases
 

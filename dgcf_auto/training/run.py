@@ -18,7 +18,8 @@ from dgcf_auto.errors import DGCFError
 from dgcf_auto.log import get_logger
 from dgcf_auto.options import apply_keywords, with_option_keywords
 from dgcf_auto.planning.splits import SPLITS_FILE, read_splits
-from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, load_plans, resolve_configuration
+from dgcf_auto.plans import DEFAULT_CONFIGURATION, KIND_VOLUME, configuration_plans, resolve_configuration
+from dgcf_auto.plans_schema import load_plans
 from dgcf_auto.training import checkpoint as ckpt
 from dgcf_auto.training.dataloading import open_case
 from dgcf_auto.training.distributed import init_distributed, resolve_device, shutdown_distributed
