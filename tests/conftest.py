@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from evaluation_fixtures import FLIP_Y, smooth_pair, write
-from model_fixtures import TINY_DINOV3_CFG, TINY_FEATURES, data_folders, example_model, write_vgg19_features
+from model_fixtures import (TINY_DINOV3_CFG, TINY_FEATURES, data_folders, example_model, planned_example,
+                            write_vgg19_features)
 
 EXAMPLE_DATASET_ID = 990
 TINY_MODEL = "DGCFTrainer__DGCFPlans__2d"
@@ -137,18 +138,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def data_env(tmp_path_factory):
     """(root, env): example MR dataset 999, planned and preprocessed at 32 x 32, plans edited to a tiny ViT."""
-    from dgcf_auto.dataset.example import make_example_dataset
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
-
     root = tmp_path_factory.mktemp("train_data")
-    env = {"DGCF_raw": str(root / "raw"), "DGCF_preprocessed": str(root / "pre"), "DGCF_results": str(root / "res")}
     mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    make_example_dataset(root / "raw" / "Dataset999_Example", "mr2ct", n=4, seed=0, size_scale=0.5)
-    plan_and_preprocess(999, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
-                        progress=False)
-    plans_file = root / "pre" / "Dataset999_Example" / "DGCFPlans.json"
+    env, _, plans_file = planned_example(root, 999, mp)
     plans = json.loads(plans_file.read_text())
     plans["network"]["dinov3"].update(layers=[1, 2, 3, 4],
                                       model_kwargs={"embed_dim": 48, "depth": 4, "num_heads": 2})

@@ -86,6 +86,22 @@ def data_folders(root):
         patch.undo()
 
 
+def planned_example(root, dataset_id: int, patch, **plan_options) -> tuple[dict, dict, object]:
+    """Example MR dataset `dataset_id` (4 half-size cases) under root/raw, planned and preprocessed into root/pre
+    at 32 x 32 with small features; $DGCF_raw/_preprocessed/_results (root/res) set on the caller's
+    MonkeyPatch `patch`: (env, plan_and_preprocess's summary, plans file)."""
+    from dgcf_auto.dataset.example import make_example_dataset
+    from dgcf_auto.preprocessing.run import plan_and_preprocess
+
+    env = {"DGCF_raw": str(root / "raw"), "DGCF_preprocessed": str(root / "pre"), "DGCF_results": str(root / "res")}
+    for key, value in env.items():
+        patch.setenv(key, value)
+    make_example_dataset(root / "raw" / f"Dataset{dataset_id}_Example", "mr2ct", n=4, seed=0, size_scale=0.5)
+    summary = plan_and_preprocess(dataset_id, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
+                                  progress=False, **plan_options)
+    return env, summary, root / "pre" / f"Dataset{dataset_id}_Example" / "DGCFPlans.json"
+
+
 def example_model(root, dataset_id: int, model: str, n: int, seed: int, folds=(0, 1, 2)):
     """An example MR dataset planned at 32 x 32 with tiny features, and 'trained' CV folds plus fold_all of
     a tiny model under $DGCF_results (call inside `data_folders(root)`): (raw folder, model folder, files)."""

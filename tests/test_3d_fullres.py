@@ -12,6 +12,7 @@ import torch
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.plans import configuration_plans
 from dgcf_auto.plans_schema import load_plans
+from model_fixtures import planned_example
 
 torch.set_num_threads(1)
 TINY = {"epochs": 1, "iterations_per_epoch": 2, "device": "cpu", "num_workers": 0, "batch_size": 2}
@@ -21,18 +22,9 @@ TINY_FEATURES = [4, 8, 8, 8, 8, 8, 8, 8]
 @pytest.fixture(scope="module")
 def env3d(tmp_path_factory):
     """Example MR dataset 998 planned with 2d and 3d_fullres; the 3D presets shrunk to 4..8 features."""
-    from dgcf_auto.dataset.example import make_example_dataset
-    from dgcf_auto.preprocessing.run import plan_and_preprocess
-
     root = tmp_path_factory.mktemp("data3d")
-    env = {"DGCF_raw": str(root / "raw"), "DGCF_preprocessed": str(root / "pre"), "DGCF_results": str(root / "res")}
     mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    make_example_dataset(root / "raw" / "Dataset998_Example", "mr2ct", n=4, seed=0, size_scale=0.5)
-    summary = plan_and_preprocess(998, 1, False, "5fold", {"patch_size": [32, 32], "features": [8, 16, 32, 64]},
-                                  progress=False, configurations=["3d_fullres"])
-    plans_file = root / "pre" / "Dataset998_Example" / "DGCFPlans.json"
+    _, summary, plans_file = planned_example(root, 998, mp, configurations=["3d_fullres"])
     plans = json.loads(plans_file.read_text())
     for preset in plans["configurations"]["3d_fullres"]["extra"]["presets"].values():
         preset["features"] = TINY_FEATURES[:len(preset["features"])]
