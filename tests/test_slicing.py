@@ -3,6 +3,8 @@ and back, the slices placed on their grid. Tiny SimpleITK images built here; eve
 from the image's own geometry (origin + direction * spacing * index), by hand, or by SimpleITK directly."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -270,6 +272,38 @@ def test_grid_reference_picks_the_grid_by_kind():
         assert geometry_of(grid_reference(ct, mask, plans, configuration)) == expected
     assert grid_reference(ct, None, plans).GetSize() == (10, 6, 8)
     assert grid_reference(ct, None, plans, "3d_fullres").GetSize() == (21, 14, 8)
+
+
+def test_grid_reference_of_plans_read_from_json():
+    """Kinds read from a plans file are equal to, not the same object as, the planner's constants."""
+    ct = image((30, 20, 8), (0.8, 1.0, 2.0), (5.0, -3.0, 100.0))
+    plans = json.loads(json.dumps(plans_with(**{"2d": slice_plans([6, 10], [1.1, 0.7]),
+                                               "3d_fullres": volume_plans([2.0, 1.5, 1.2])})))
+    assert grid_reference(ct, None, plans, "3d_fullres").GetSize() == (21, 14, 8)
+    assert grid_reference(ct, None, plans, "2d").GetSize() == (10, 6, 8)
+
+
+@pytest.mark.parametrize("kind", ["slices", "slabs", "wedges"])
+def test_every_kind_but_volume_gets_the_slice_grid(kind):
+    """2d and 2.5d both see slices; a typed configuration is not re-validated here, so any other kind is sliced."""
+    ct = image((30, 20, 8), (0.8, 1.0, 2.0), (5.0, -3.0, 100.0))
+    typed = ConfigurationPlans(name="x", kind="".join(kind), orientation="LPS", patch_size=[6, 10],
+                               inplane_spacing=[1.1, 0.7], spacing=[2.0, 1.5, 1.2])
+    assert geometry_of(grid_reference(ct, None, typed)) == geometry_of(slice_grid_reference(ct, None, typed))
+    assert grid_reference(ct, None, typed).GetSize() == (10, 6, 8)
+
+
+def test_grids_refuse_a_configuration_without_its_geometry():
+    """The plans schema requires orientation and spacing; a section without them stops before any geometry."""
+    ct = image((30, 20, 8), (0.8, 1.0, 2.0), (5.0, -3.0, 100.0))
+    with pytest.raises(AssertionError):
+        slice_grid_reference(ct, None, {"orientation": "LPS", "patch_size": [6, 10]})
+    with pytest.raises(AssertionError):
+        slice_grid_reference(ct, None, {"inplane_spacing": [1.0, 1.0], "patch_size": [6, 10]})
+    with pytest.raises(AssertionError):
+        volume_grid_reference(ct, None, {"orientation": "LPS", "patch_size": [4, 4, 4]})
+    with pytest.raises(AssertionError):
+        volume_grid_reference(ct, None, {"spacing": [2.0, 1.0, 1.0], "patch_size": [4, 4, 4]})
 
 
 # ---------------------------------------------------------------------------------------------------------------
