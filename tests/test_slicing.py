@@ -12,9 +12,18 @@ import SimpleITK as sitk
 from dgcf_auto.errors import DGCFError
 from dgcf_auto.imageio import geometry
 from dgcf_auto.plans import ConfigurationPlans
-from dgcf_auto.preprocessing.slicing import (INTERPOLATORS, VOLUME_MARGIN_MM, from_slice_grid, grid_configuration,
-                                             grid_reference, interpolator, slice_grid_reference, slices_to_image,
-                                             to_slice_grid, volume_grid_reference)
+from dgcf_auto.preprocessing.slicing import (
+    INTERPOLATORS,
+    VOLUME_MARGIN_MM,
+    from_slice_grid,
+    grid_configuration,
+    grid_reference,
+    interpolator,
+    slice_grid_reference,
+    slices_to_image,
+    to_slice_grid,
+    volume_grid_reference,
+)
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -130,7 +139,7 @@ def test_slice_grid_is_centred_on_the_mask_box(patch, spacing):
 
 def test_slice_grid_with_mask_worked_by_hand():
     # 0.6 x 0.9 x 2.5 mm; mask box x 4..13, y 2..9, z 1..3: centre (8.5*0.6, 5.5*0.9) = (5.1, 4.95) mm.
-    # W=4 at 0.7: x 5.1 - 1.05 = 4.05 -> 6.75 voxels -> 7 -> 4.2 mm; H=3 at 1.1: y 4.95 - 1.1 = 3.85 -> 4.28 -> 4 -> 3.6.
+    # W=4 at 0.7: x 5.1 - 1.05 = 4.05 -> 6.75 voxels -> 7 -> 4.2 mm; H=3 at 1.1: y 4.95 - 1.1 = 3.85 -> 4.28 -> 4 -> 3.6
     ct = image((21, 13, 5), (0.6, 0.9, 2.5), (-7.3, 11.2, 40.0))
     grid = slice_grid_reference(ct, mask_like(ct, (4, 2, 1), (13, 9, 3)), slice_plans([3, 4], [1.1, 0.7]))
     assert grid.GetSize() == (4, 3, 3)
