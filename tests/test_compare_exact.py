@@ -187,9 +187,12 @@ def test_the_note_names_the_fewest_pairs_a_test_was_refused_for(tmp_path):
     b = load(tmp_path, "B", {"psnr": [1.0 + p for p in PSNR_A[:4]] + [None, None],
                              "mae": [m - 1.0 for m in MAE_A[:3]] + [None] * 3,
                              "ssim": [s + 0.01 + 0.001 * i for i, s in enumerate(SSIM_A)]})
-    _, _, cells, notes = compare.build_table([a, b], ["psnr", "mae", "ssim"])
+    _, _, cells, notes = compare.build_table([b, a], ["psnr", "mae", "ssim"])
     assert notes == ["MRI→CT: too few cases for a paired Student's t-test (3 in common, at least 5 needed): "
                      "no significance marked"]
+    # B's refusal does not keep A's p-value (reported, never starred) from being computed
+    assert cells["A", TASK, "psnr"].p_value == cells["B", TASK, "psnr"].p_value == pytest.approx(
+        stats.ttest_rel(PSNR_A[:4], [1.0 + p for p in PSNR_A[:4]]).pvalue)
     assert [cells["B", TASK, m].significant for m in ("psnr", "mae", "ssim")] == [False, False, True]
     _, _, _, notes = compare.build_table([a, b], ["psnr", "ssim"], "wilcoxon")
     assert notes == ["MRI→CT: too few cases for a paired Wilcoxon signed-rank test (4 in common, at least 6 "
@@ -213,6 +216,8 @@ def test_two_tasks_are_compared_apart(tmp_path):
 # --------------------------------------------------------------------------------------------- tests themselves
 def test_min_pairs():
     assert compare.min_pairs("ttest") == 5 and compare.min_pairs("wilcoxon") == 6
+    # names built at run time (as from the command line) are equal, not the same objects, as the literals
+    assert compare.min_pairs("".join(["wil", "coxon"])) == 6 and compare.min_pairs("".join(["t", "test"])) == 5
     assert 2 * 0.5 ** 6 < compare.ALPHA <= 2 * 0.5 ** 5 and compare.ALPHA == 0.05
 
 
@@ -222,8 +227,12 @@ def test_paired_p_value_edges():
     assert compare.paired_p_value(a, b, "wilcoxon") == pytest.approx(0.5)
     assert math.isnan(compare.paired_p_value(a[:1], b[:1], "wilcoxon"))  # scipy would say 1.0
     assert math.isnan(compare.paired_p_value(a, a.copy(), "wilcoxon"))  # scipy would say 1.0
-    with pytest.raises(DGCFError, match=r"^unknown test 'x' \(expected one of ttest, wilcoxon\)$"):
-        compare.paired_p_value(a, b, "x")
+    for unknown in ("x", "u", "Wilcoxon"):  # sorting after, between and before the known names
+        with pytest.raises(DGCFError, match=rf"^unknown test '{unknown}' \(expected one of ttest, wilcoxon\)$"):
+            compare.paired_p_value(a, b, unknown)
+    built = "".join(["t", "test"]), "".join(["wil", "coxon"])
+    assert compare.paired_p_value(a, b, built[0]) == compare.paired_p_value(a, b, "ttest")
+    assert compare.paired_p_value(a, b, built[1]) == compare.paired_p_value(a, b, "wilcoxon")
     # one equal pair among unequal ones is still a test
     c = np.array([1.0, 2.0, 3.0])
     assert compare.paired_p_value(c, np.array([1.0, 2.5, 3.9]), "wilcoxon") == pytest.approx(
@@ -397,6 +406,29 @@ def test_labels_of_two_and_of_identical_identities(tmp_path):
                                "method 'T' on MRI→CT; give one of them another label (LABEL=PATH)")
 
 
+def _in_memory(label, identity=None, **values):
+    """A MethodSummary built directly (its dataclass defaults: not labelled, no identity)."""
+    per_case = {f"c{i}": {m: v[i] for m, v in values.items()} for i in range(len(next(iter(values.values()))))}
+    s = compare.MethodSummary(label, TASK, "D", "custom", compare.Path(f"/s/{label}.json"), per_case, {"mae"}, [])
+    if identity is not None:
+        s.identity = identity
+    return s
+
+
+def test_a_large_group_stops_at_the_first_part_that_tells_it_apart():
+    group = [_in_memory("T", {"trainer": "T", "plans": "P", "folds": "fold 0", "folder": f"f{i}", "file": f"s{i}"},
+                        psnr=[1.0]) for i in range(300)]
+    assert not group[0].labelled
+    compare.label_methods(group)
+    assert [s.label for s in group] == [f"T (f{i})" for i in range(300)]
+
+
+def test_ranking_is_exact_near_the_largest_float():
+    summaries = [_in_memory("A", mae=[1.0e308], psnr=[1.0e308]), _in_memory("B", mae=[1.5e308], psnr=[1.5e308])]
+    _, _, cells, _ = compare.build_table(summaries, ["mae", "psnr"])
+    assert [cells[n, TASK, m].best for m in ("mae", "psnr") for n in "AB"] == [True, False, False, True]
+
+
 # ------------------------------------------------------------------------------------------------- consistency
 def test_check_consistent_refusals(tmp_path):
     with pytest.raises(DGCFError, match="^no summaries to compare$"):
@@ -411,11 +443,17 @@ def test_check_consistent_refusals(tmp_path):
     with pytest.raises(DGCFError) as info:
         compare.check_consistent([a, other_profile, b])
     assert str(info.value).startswith(f"summary {other_profile.path}: metric profile other, but {a.path}")
+    before = load(tmp_path, "Q", {"psnr": PSNR_A}, profile={**PROFILE, "name": "alpha"})  # sorts before "custom"
+    with pytest.raises(DGCFError, match="metric profile alpha, but"):
+        compare.check_consistent([a, before])
     elsewhere = load(tmp_path, "D", {"psnr": PSNR_A}, dataset="Dataset002_Y")
     with pytest.raises(DGCFError) as info:
         compare.check_consistent([a, b, elsewhere])
     assert str(info.value) == (f"summary {elsewhere.path}: dataset Dataset002_Y, but {a.path} (same task MRI→CT) has "
                                "Dataset001_X; a table compares methods on one dataset per task")
+    earlier = load(tmp_path, "F", {"psnr": PSNR_A}, dataset="Dataset000_W")  # sorts before Dataset001_X
+    with pytest.raises(DGCFError, match="dataset Dataset000_W, but"):
+        compare.check_consistent([a, earlier])
     cbct = load(tmp_path, "E", {"psnr": PSNR_A}, dataset="Dataset002_Y", task="cbct2ct")
     cbct_a = load(tmp_path / "c", "A", {"psnr": PSNR_A}, dataset="Dataset002_Y", task="cbct2ct")
     compare.check_consistent([a, cbct, b, cbct_a])  # one dataset per task; one method on two tasks
