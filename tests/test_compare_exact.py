@@ -542,3 +542,22 @@ def test_compare_writes_four_files_and_refuses_absent_metrics(tmp_path):
                                                                     "table.tex"]
     assert (tmp_path / "out" / "table.csv").read_text().splitlines()[1].startswith("X,MRI→CT,ssim,")
     assert (tmp_path / "out" / "table.tex").read_text().splitlines()[5].startswith("X & \\textbf{92.50")
+
+
+def test_box_plots_of_two_tasks_show_each_tasks_methods(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **k: (figures.append(self), open(path, "wb").close()))
+    cbct = {"task": "cbct2ct", "dataset": "D2"}
+    summaries = [load(tmp_path, "A", {"psnr": PSNR_A}), load(tmp_path / "cb", "B", {"psnr": PSNR_A[:3]}, cases=CASES[:3], **cbct),
+                 load(tmp_path / "cb", "C", {"psnr": [p - 1.0 for p in PSNR_A]}, **cbct)]
+    columns = compare.build_table(summaries)[1]
+    compare.save_boxplots(summaries, columns, tmp_path / "a.png")
+    # the task named by a string equal to, not the same object as, the summaries' own
+    compare.save_boxplots(summaries, [("".join(["CBCT", "→CT"]), "psnr")], tmp_path / "b.png")
+    panels = [ax for fig in figures for ax in fig.axes if ax.get_visible()]
+    assert [[t.get_text() for t in ax.get_xticklabels()] for ax in panels] == [["A"], ["B", "C"], ["B", "C"]]
+    means = [[line.get_ydata()[0] for line in ax.lines if line.get_marker() == "^"] for ax in panels]
+    cbct_means = [np.mean(PSNR_A[:3]), np.mean(PSNR_A) - 1.0]
+    assert means == [[pytest.approx(np.mean(PSNR_A))], pytest.approx(cbct_means), pytest.approx(cbct_means)]
