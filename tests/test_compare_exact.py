@@ -496,12 +496,15 @@ def test_box_plot_size_grows_with_the_methods(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
     sizes = []
-    monkeypatch.setattr(Figure, "savefig", lambda self, path, **k: (sizes.append((*self.get_size_inches(), self.dpi)),
-                                                                     open(path, "wb").close()))
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **k: (
+        sizes.append((*self.get_size_inches(), self.dpi, len(self.axes), sum(a.get_visible() for a in self.axes))),
+        open(path, "wb").close()))
     many = [load(tmp_path, n, {"psnr": PSNR_A}) for n in "ABCDE"]
     compare.save_boxplots(many, [(TASK, "psnr")], tmp_path / "one.png")
     compare.save_boxplots(many[:2], [(TASK, "psnr")] * 7, tmp_path / "seven.png")
-    assert sizes == [(pytest.approx(6.0), pytest.approx(3.6), 110), (pytest.approx(12.0), pytest.approx(10.8), 110)]
+    # 5 methods: 1.2 in each; 7 panels: 3 rows of 3, two of them hidden
+    assert sizes == [(pytest.approx(6.0), pytest.approx(3.6), 110, 1, 1),
+                     (pytest.approx(12.0), pytest.approx(10.8), 110, 9, 7)]
 
 
 # -------------------------------------------------------------------------------------------- finding, writing
