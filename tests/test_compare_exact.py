@@ -322,6 +322,10 @@ def test_load_summary_directions_task_dataset_and_label(tmp_path):
     assert (two.dataset, two.task, two.label, two.labelled) == ("/raw", "pelvis", "mine", True)
     cbct = compare.load_summary(write(tmp_path / "c.json", {"mae": [1.0]}, cases=["c1"], task="cbct2ct"))
     assert cbct.task == "CBCT→CT" and cbct.dataset == "Dataset001_X"
+    # a profile that defines segscore_hd95 itself (lower is better) keeps it lower-is-better
+    seg = {"name": "seg", "metrics": {"segscore_hd95": {"higher_is_better": False}, "segscore_dice": {}}}
+    assert compare.load_summary(write(tmp_path / "g.json", {"mae": [1.0]}, cases=["c1"], profile=seg)
+                                ).lower_is_better == {"segscore_hd95"}
     bare = compare.load_summary(write(tmp_path / "b.json", {"mae": [1.0]}, cases=["c1"], profile={"name": "bare"}))
     assert bare.table == [] and bare.lower_is_better == {"segscore_hd95"}
 
@@ -391,6 +395,14 @@ def test_labels_add_the_first_differing_parts_until_the_group_is_told_apart(tmp_
     compare.label_methods(summaries)
     assert [s.label for s in summaries] == ["T (fold 0, checkpoint_final)", "T (fold 0, no checkpoint)",
                                             "T (folds 0,1, checkpoint_final)", "T", "T", "U"]
+
+
+def test_a_method_alone_before_a_group_does_not_end_the_labelling(tmp_path):
+    summaries = _labelled(tmp_path, [("r/u.json", None, _model(["fold_0"], trainer="U"), "mr2ct"),
+                                     ("r/a.json", None, _model(["fold_0"]), "mr2ct"),
+                                     ("r/b.json", None, _model(["fold_1"]), "mr2ct")])
+    compare.label_methods(summaries)
+    assert [s.label for s in summaries] == ["U", "T (fold 0)", "T (fold 1)"]
 
 
 def test_labels_of_two_and_of_identical_identities(tmp_path):
