@@ -213,6 +213,16 @@ def test_two_tasks_are_compared_apart(tmp_path):
                      "no significance marked"]
 
 
+def test_a_task_outside_the_known_labels_groups_its_methods(tmp_path):
+    # the task names are read from each summary (equal strings, not one shared label object)
+    b_values = [p + 1.0 + 0.1 * i for i, p in enumerate(PSNR_A)]
+    pelvis = [load(tmp_path, n, {"psnr": v}, task="pelvis") for n, v in (("A", PSNR_A), ("B", b_values))]
+    methods, columns, cells, notes = compare.build_table(pelvis)
+    assert columns == [("pelvis", "psnr")] and notes == []
+    assert cells["B", "pelvis", "psnr"].significant and cells["A", "pelvis", "psnr"].n == 6
+    assert cells["A", "pelvis", "psnr"].p_value == pytest.approx(stats.ttest_rel(PSNR_A, b_values).pvalue)
+
+
 # --------------------------------------------------------------------------------------------- tests themselves
 def test_min_pairs():
     assert compare.min_pairs("ttest") == 5 and compare.min_pairs("wilcoxon") == 6
@@ -300,6 +310,10 @@ def test_outputs_of_two_tasks_with_a_missing_cell_and_no_p_value(tmp_path):
         f"A,{TASK},dose_mae_target_photon,0.01,{float(np.std([0.01] * 6))!r},6,1,0,",
         "A,CBCT→CT,psnr,28.0,0.0,1,1,0,",
         "C,CBCT→CT,psnr,27.5,0.0,1,0,0,"]
+    # columns whose equal task names are separate strings still span one header
+    built = [("".join(["MRI", "→CT"]), "psnr"), ("".join(["MRI", "→CT"]), "dose_mae_target_photon")]
+    assert compare.to_latex(methods, built, {}).splitlines()[2] == \
+        "Method & \\multicolumn{2}{c}{MRI$\\rightarrow$CT} \\\\"
     latex = compare.to_latex(methods, columns, cells).splitlines()
     assert latex[0] == "\\begin{tabular}{lccc}"
     assert latex[2] == ("Method & \\multicolumn{2}{c}{MRI$\\rightarrow$CT} & \\multicolumn{1}{c}{CBCT$\\rightarrow$CT}"
