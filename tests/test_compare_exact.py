@@ -229,6 +229,9 @@ def test_min_pairs():
     # names built at run time (as from the command line) are equal, not the same objects, as the literals
     assert compare.min_pairs("".join(["wil", "coxon"])) == 6 and compare.min_pairs("".join(["t", "test"])) == 5
     assert 2 * 0.5 ** 6 < compare.ALPHA <= 2 * 0.5 ** 5 and compare.ALPHA == 0.05
+    for unknown in ("sign", "x", "zz"):  # before and after both names in sort order
+        with pytest.raises(DGCFError, match=f"unknown test '{unknown}' \\(expected one of ttest, wilcoxon\\)"):
+            compare.min_pairs(unknown)
 
 
 def test_paired_p_value_edges():

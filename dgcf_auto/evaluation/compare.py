@@ -143,7 +143,13 @@ def min_pairs(test: str) -> int:
     of freedom or less) its normality assumption cannot be checked at all and one case decides p."""
     if test == "wilcoxon":
         return next(n for n in itertools.count(1) if 2 * 0.5 ** n < ALPHA)
-    return 5
+    if test == "ttest":
+        return 5
+    raise _unknown_test(test)
+
+
+def _unknown_test(test: str) -> DGCFError:
+    return DGCFError(f"unknown test {test!r} (expected one of {', '.join(TESTS)})")
 
 
 def paired_p_value(a: np.ndarray, b: np.ndarray, test: str = "ttest") -> float:
@@ -156,7 +162,7 @@ def paired_p_value(a: np.ndarray, b: np.ndarray, test: str = "ttest") -> float:
         return float(stats.ttest_rel(a, b).pvalue)
     if test == "wilcoxon":
         return float(stats.wilcoxon(a, b, alternative="two-sided").pvalue)
-    raise DGCFError(f"unknown test {test!r} (expected one of {', '.join(TESTS)})")
+    raise _unknown_test(test)
 
 
 @dataclass
