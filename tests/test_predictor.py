@@ -58,42 +58,39 @@ def _save(path, plans, network, **extra):
     return path
 
 
-def _network(plans, vit_seed, seed):
-    from dgcf_auto.network import build_network
-
-    vit = tiny_dinov3(vit_seed) if plans["network"].get("dinov3") else None
-    torch.manual_seed(seed)
-    return build_network(plans["network"], vit)
-
-
 @pytest.fixture(scope="module")
 def folds(tmp_path_factory):
     """Checkpoints of tiny folds: 0 and 1 share their ViT weights; 2 has other ViT weights; `window` other CT
     plans; `narrow` other network plans (same grid, same ViT); `timm`/`unknown` other weight sources; `3d` a
-    3d_fullres fold."""
+    3d_fullres fold. Few networks are built: folds that differ in their record only reuse weights."""
+    from dgcf_auto.network import build_network
+
     root = tmp_path_factory.mktemp("predictor") / "Dataset991_Predictor" / "DGCFTrainer__DGCFPlans__2d"
-    files = {}
-    for name, vit_seed, seed in (("0", 0, 0), ("1", 0, 1), ("2", 1, 2)):
-        files[name] = _save(root / f"fold_{name}" / "checkpoint_final.pth", PLANS, _network(PLANS, vit_seed, seed),
-                            dinov3_source="random")
-    window = copy.deepcopy(PLANS)
-    window["ct_normalization"]["clip_high"] = 2000.0
-    files["window"] = _save(root / "fold_w" / "checkpoint_final.pth", window, _network(window, 0, 3),
-                            dinov3_source="random")
+    vit = tiny_dinov3(0)
+    torch.manual_seed(0)
+    first = build_network(PLANS["network"], vit)
+    torch.manual_seed(1)
+    second = build_network(PLANS["network"], vit)
     narrow = copy.deepcopy(PLANS)
     narrow["network"]["features"] = [4, 8, 16, 32]
-    files["narrow"] = _save(root / "fold_n" / "checkpoint_final.pth", narrow, _network(narrow, 0, 4),
-                            dinov3_source="random")
-    files["timm"] = _save(root / "fold_t" / "checkpoint_final.pth", PLANS, _network(PLANS, 0, 5),
-                          dinov3_source="timm")
-    files["unknown"] = _save(root / "fold_u" / "checkpoint_final.pth", PLANS, _network(PLANS, 0, 6))
+    window = copy.deepcopy(PLANS)
+    window["ct_normalization"]["clip_high"] = 2000.0
+    files = {"0": _save(root / "fold_0" / "checkpoint_final.pth", PLANS, first, dinov3_source="random"),
+             "1": _save(root / "fold_1" / "checkpoint_final.pth", PLANS, second, dinov3_source="random"),
+             "2": _save(root / "fold_2" / "checkpoint_final.pth", PLANS,
+                        build_network(PLANS["network"], tiny_dinov3(1)), dinov3_source="random"),
+             "window": _save(root / "fold_w" / "checkpoint_final.pth", window, first, dinov3_source="random"),
+             "narrow": _save(root / "fold_n" / "checkpoint_final.pth", narrow, build_network(narrow["network"], vit),
+                             dinov3_source="random"),
+             "timm": _save(root / "fold_t" / "checkpoint_final.pth", PLANS, first, dinov3_source="timm"),
+             "unknown": _save(root / "fold_u" / "checkpoint_final.pth", PLANS, second)}
     plans_3d = copy.deepcopy(PLANS)
     plans_3d["configuration"] = "3d_fullres"
     plans_3d["configurations"]["3d_fullres"]["extra"] = {"presets": {"plain_unet_3d": {
         "patch_size": [4, 8, 12], "batch_size": 1, **UNET_3D}}}
     plans_3d["network"] = {"architecture": "plain_unet_3d", "in_channels": 1, "out_channels": 1, **UNET_3D}
     files["3d"] = _save(root.parent / "DGCFTrainer__DGCFPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth",
-                        plans_3d, _network(plans_3d, 0, 7))
+                        plans_3d, build_network(plans_3d["network"], None))
     return files
 
 
@@ -149,6 +146,244 @@ def _fold_output(file, x):
         return build_trained_network(load_checkpoint(file)).eval()(x)
 
 
+# ------------------------------------------------------------------ the way back, as functions
+def test_int16_image_rounds_clips_to_the_ct_range_and_copies_the_geometry():
+    reference, _, _ = _source(0.0, shape=(1, 2, 4))
+    hu = np.array([[[-5000.0, -1025.0, -1024.0, -1023.6], [2.5, 3070.6, 3071.0, 3072.0]]])
+    image = _as_int16_image(hu, reference)
+    assert image.GetPixelID() == sitk.sitkInt16
+    _assert_geometry(image, reference)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), [[[-1024, -1024, -1024, -1024],
+                                                                     [2, 3071, 3071, 3071]]])
+
+
+def test_sct_from_hu_sets_the_background_only_where_the_mask_is_zero():
+    reference, _, _ = _source(0.0, shape=(1, 1, 4))
+    hu = np.array([[[10.4, 20.6, -3000.0, 40.0]]])
+    background = np.array([[[1, 0, 1, 3]]], np.uint8)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, background)),
+                                  [[[10, -1000, -1024, 40]]])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, None)),
+                                  [[[10, 21, -1024, 40]]])
+
+
+def test_sct_from_normalised_reads_the_planned_ct_window(folds):
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    source, mask, mask_array = _source(0.0)
+    plans = _predictor(folds).plans
+    case = preprocess_case(source, None, mask, plans, "N")
+    stack = np.full(case.source.shape, 0.3, np.float32)
+    sct = sct_from_normalised(stack, case.properties, plans, mask_array)
+    _assert_geometry(sct, source)
+    values = sitk.GetArrayFromImage(sct)
+    assert np.all(values[mask_array > 0] == 625) and np.all(values[mask_array == 0] == -1000)  # 250 + 0.3 x 1250
+
+
+def _plans(configuration="2d", **changes):
+    plans = copy.deepcopy(PLANS)
+    plans["configuration"] = configuration
+    for key, value in changes.items():
+        section, field = key.split("__")
+        (plans["configurations"]["2d"] if section == "grid" else plans[section])[field] = value
+    return plans
+
+
+def test_plans_comparisons():
+    base = _plans()
+    assert same_grid_and_normalisation(base, _plans()) and same_output_grid(base, _plans())
+    assert not same_grid_and_normalisation(base, _plans(ct_normalization__clip_high=2000.0))
+    assert not same_output_grid(base, _plans(ct_normalization__clip_high=2000.0))
+    # the source's normalisation changes what a network sees, not where or in which window its output lies
+    assert not same_grid_and_normalisation(base, _plans(source_normalization__clip_high=2500.0))
+    assert same_output_grid(base, _plans(source_normalization__clip_high=2500.0))
+    assert not same_grid_and_normalisation(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
+    assert not same_output_grid(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
+    # a 2.5d slab is an input of the same slices: same output grid, not the same network input
+    slabs = _plans("2.5d")
+    assert same_output_grid(base, slabs) and same_output_grid(slabs, base)
+    assert not same_grid_and_normalisation(base, slabs)
+    other_slabs = _plans("2.5d")
+    other_slabs["configurations"]["2.5d"]["slab_size"] = 5
+    assert same_output_grid(slabs, other_slabs) and not same_grid_and_normalisation(slabs, other_slabs)
+    assert not same_output_grid(slabs, _plans("2.5d", grid__inplane_spacing=[1.0, 1.2]))
+    # kind is part of the grid: a volume is not a slice stack even where every other field agrees
+    as_volume = _plans()
+    as_volume["configurations"]["3d_fullres"] = {**as_volume["configurations"]["2d"], "kind": "volume"}
+    as_volume["configuration"] = "3d_fullres"
+    assert not same_output_grid(base, as_volume) and not same_output_grid(slabs, as_volume)
+    volume = _plans("3d_fullres")
+    assert not same_output_grid(base, volume) and not same_output_grid(slabs, volume)
+    assert same_output_grid(volume, _plans("3d_fullres"))
+    assert not same_grid_and_normalisation(base, volume)
+
+
+# ------------------------------------------------------------------ the field-of-view warning
+def _geometry(size, origin=(0.0, 0.0, 0.0)):
+    return {"size": list(size), "spacing": [1.0, 1.0, 1.0], "origin": list(origin),
+            "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]}
+
+
+def _warnings(caplog):
+    return [m for m in _messages(caplog, logging.WARNING) if m.startswith("case F:")]
+
+
+@pytest.mark.parametrize("grid_width,warned", [(1000, None), (999, None), (998, "0.2%"), (100, "90.0%")])
+def test_body_outside_the_grid_warns_above_one_in_a_thousand(caplog, grid_width, warned):
+    mask = sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8))
+    properties = {"slice_grid": _geometry((grid_width, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
+    _warn_if_body_outside_grid(mask, properties, "F")
+    if warned is None:
+        assert _warnings(caplog) == []
+    else:
+        assert _warnings(caplog) == [
+            f"case F: {warned} of the body mask lies outside the planned slice grid and gets no prediction "
+            f"(-1024 HU); re-plan with a larger field of view (--patch_size / --spacing) and retrain, or check the mask"]
+
+
+def test_body_warning_counts_body_voxels_only(caplog):
+    array = np.zeros((1, 1, 1000), np.uint8)
+    array[0, 0, 995:] = 1  # 5 body voxels, 2 of them past the grid's 998 columns
+    properties = {"slice_grid": _geometry((998, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
+    _warn_if_body_outside_grid(sitk.GetImageFromArray(array), properties, "F")
+    assert [m.split(" of ")[0] for m in _warnings(caplog)] == ["case F: 40.0%"]
+    caplog.clear()
+    _warn_if_body_outside_grid(sitk.GetImageFromArray(np.zeros((1, 1, 1000), np.uint8)), properties, "F")
+    assert _warnings(caplog) == []  # no body at all: nothing to warn about, no division by zero
+    caplog.clear()
+    _warn_if_body_outside_grid(sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8)), properties, "F",
+                               tolerance=0.0025)
+    assert _warnings(caplog) == []  # 0.2 % is within a given tolerance of 0.25 %
+
+
+def test_no_warning_for_stretched_slices_without_a_grid(caplog):
+    mask = sitk.GetImageFromArray(np.ones((1, 1, 10), np.uint8))
+    _warn_if_body_outside_grid(mask, {"grid": "stretch", "original_geometry": _geometry((10, 1, 1))}, "F")
+    assert _warnings(caplog) == []
+
+
+# ------------------------------------------------------------------ the case: back to HU on the source's grid
+def _source(value=300.0, shape=(4, 12, 10)):
+    """A constant volume with non-square pixels and a flipped, permuted direction (the array's rows run along
+    the patient's z axis); a box mask."""
+    image = sitk.GetImageFromArray(np.full(shape, value, np.float32))
+    image.SetSpacing((0.8, 1.3, 2.5))
+    image.SetOrigin((12.0, -7.5, 30.0))
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
+    mask_array = np.zeros(shape, np.uint8)
+    mask_array[1:3, :, 2:8] = 1  # every stored row: they are the axial slices (the grid spans the body's slices)
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(image)
+    return image, mask, mask_array
+
+
+def _hu_of_source(value):
+    """Identity network: the source window's [-1, 1] read as the CT window's."""
+    normalised = (np.clip(value, SRC_LOW, SRC_HIGH) - (SRC_LOW + SRC_HIGH) / 2) / ((SRC_HIGH - SRC_LOW) / 2)
+    return normalised, (CT_LOW + CT_HIGH) / 2 + normalised * (CT_HIGH - CT_LOW) / 2
+
+
+def _assert_geometry(image, reference):
+    assert image.GetSize() == reference.GetSize()
+    assert image.GetSpacing() == reference.GetSpacing()
+    assert image.GetOrigin() == reference.GetOrigin()
+    assert image.GetDirection() == reference.GetDirection()
+
+
+def test_case_hu_rounded_on_the_source_grid_with_background_outside_the_mask(folds, caplog):
+    source, mask, mask_array = _source(300.0)
+    normalised, hu = _hu_of_source(300.0)
+    assert 0.3 < hu % 1 < 0.7 and abs(hu) > 50  # rounding, not truncation, decides the value
+    predictor = _predictor(folds, [_Identity()], use_tta=False)
+    prediction = predictor.predict_case(source, mask, "R")
+    assert isinstance(prediction, CasePrediction)
+    sct = prediction.sct
+    _assert_geometry(sct, source)
+    assert sct.GetPixelID() == sitk.sitkInt16
+    values = sitk.GetArrayFromImage(sct)
+    assert np.all(values[mask_array > 0] == np.rint(hu)) and np.all(values[mask_array == 0] == -1000)
+    assert BACKGROUND_HU == -1000
+    np.testing.assert_array_equal(prediction.background_mask, mask_array)
+    assert prediction.background_mask.dtype == np.uint8
+    grid = prediction.properties["slice_grid"]
+    assert prediction.normalised.shape == tuple(int(v) for v in reversed(grid["size"]))
+    np.testing.assert_allclose(prediction.normalised, normalised, rtol=0, atol=1e-6)
+    assert prediction.uncertainty is None
+    assert not any("outside the planned slice grid" in m for m in _messages(caplog))
+    again, uncertainty = predictor.predict_volume(source, mask, "R")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), values)
+    assert uncertainty is None
+
+
+def test_any_non_zero_mask_label_is_body_negative_ones_too(folds):
+    source, mask, mask_array = _source(300.0)
+    labels = mask_array.astype(np.int16) * 7
+    labels[1, :, 2] = -1
+    signed = sitk.GetImageFromArray(labels)
+    signed.CopyInformation(source)
+    prediction = _predictor(folds, [_Identity()], use_tta=False).predict_case(source, signed, "L")
+    np.testing.assert_array_equal(prediction.background_mask, mask_array)
+    values = sitk.GetArrayFromImage(prediction.sct)
+    assert np.all(values[mask_array > 0] == np.rint(_hu_of_source(300.0)[1])) and np.all(values[mask_array == 0] == -1000)
+
+
+def test_case_without_background_masking_keeps_the_prediction_outside_the_mask(folds):
+    source, mask, mask_array = _source(-200.0)
+    predictor = _predictor(folds, [_Identity()], use_tta=False, mask_background=False)
+    prediction = predictor.predict_case(source, mask, "K")
+    assert prediction.background_mask is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(prediction.sct), np.rint(_hu_of_source(-200.0)[1]))
+
+
+def test_uncertainty_is_the_fold_spread_in_hu_on_the_source_grid(folds):
+    source, mask, mask_array = _source(100.0)
+    predictor = _predictor(folds, [_Constant(0.2), _Constant(-0.12)], use_tta=True)
+    prediction = predictor.predict_case(source, mask, "U", with_uncertainty=True)
+    _assert_geometry(prediction.uncertainty, source)
+    # population std of {0.2, -0.12} (each twice: the mirror of a constant) is 0.16; one unit is (high - low) / 2 HU
+    np.testing.assert_allclose(sitk.GetArrayFromImage(prediction.uncertainty), 0.16 * (CT_HIGH - CT_LOW) / 2,
+                               rtol=1e-5)
+    values = sitk.GetArrayFromImage(prediction.sct)
+    assert np.all(values[mask_array > 0] == np.rint((CT_LOW + CT_HIGH) / 2 + 0.04 * (CT_HIGH - CT_LOW) / 2))
+    sct, uncertainty = predictor.predict_volume(source, mask, "U", with_uncertainty=True)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(uncertainty), sitk.GetArrayFromImage(prediction.uncertainty))
+
+
+def test_case_without_a_mask_derives_the_body_from_the_plans(folds):
+    array = np.zeros((3, 14, 12), np.float32)
+    array[:, 3:11, 2:9] = 1000.0  # the body: the plans' threshold is 0.3 x p99 = 300
+    source = sitk.GetImageFromArray(array)
+    source.SetSpacing((1.0, 1.0, 2.0))
+    prediction = _predictor(folds, [_Identity()], use_tta=False).predict_case(source, None, "D")
+    np.testing.assert_array_equal(prediction.background_mask, (array > 0).astype(np.uint8))
+    values = sitk.GetArrayFromImage(prediction.sct)
+    assert np.all(values[array == 0] == BACKGROUND_HU)
+    assert values[1, 7, 5] == np.rint(_hu_of_source(1000.0)[1])  # the body's core
+
+
+def test_case_with_mask_from_none_masks_nothing(folds, caplog):
+    source, _, _ = _source(500.0)
+    prediction = _predictor(folds, [_Identity()], use_tta=False, mask_from="none").predict_case(source, None, "N")
+    assert prediction.background_mask is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(prediction.sct), np.rint(_hu_of_source(500.0)[1]))
+    assert not any("outside the planned slice grid" in m for m in _messages(caplog))
+
+
+def test_a_body_wider_than_the_grid_is_reported_in_a_case(folds, caplog):
+    wide = sitk.GetImageFromArray(np.full((2, 10, 50), 300.0, np.float32))  # 50 mm wide; the grid is 32 mm
+    mask = sitk.GetImageFromArray(np.ones((2, 10, 50), np.uint8))
+    prediction = _predictor(folds, [_Constant(0.2), _Constant(-0.12)], use_tta=False).predict_case(
+        wide, mask, "WIDE", with_uncertainty=True)
+    uncertainty = sitk.GetArrayFromImage(prediction.uncertainty)
+    assert uncertainty[0, 5, 0] == 0.0 and uncertainty[0, 5, 25] == pytest.approx(0.16 * (CT_HIGH - CT_LOW) / 2)
+    sct = _predictor(folds, [_Identity()], use_tta=False).predict_case(wide, mask, "WIDE").sct
+    warning, again = [m for m in _messages(caplog, logging.WARNING) if m.startswith("case WIDE:")]
+    assert warning == again
+    assert "of the body mask lies outside the planned slice grid" in warning
+    values = sitk.GetArrayFromImage(sct)
+    assert values[0, 5, 0] == -1024 and values[0, 5, 25] == np.rint(_hu_of_source(300.0)[1])
+
+
 # ------------------------------------------------------------------ loading folds
 def test_an_unknown_precision_is_refused_before_any_file_is_read(tmp_path):
     with pytest.raises(DGCFError) as info:
@@ -164,10 +399,11 @@ def test_folds_with_one_vit_share_one_instance_and_each_keeps_its_own_weights(fo
     assert predictor.shared_encoder is not None and predictor.shared_encoder.__self__ is first
     assert predictor.shared_encoder.__func__ is type(first).encode_dino
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 1, 32, 32)).astype(np.float32))
+    own = {name: _fold_output(folds[name], x).numpy() for name in ("0", "1")}
     with torch.no_grad():
         for network, name in ((first, "0"), (second, "1")):
-            np.testing.assert_allclose(network(x).numpy(), _fold_output(folds[name], x).numpy(), rtol=0, atol=1e-6)
-    assert np.abs(_fold_output(folds["0"], x).numpy() - _fold_output(folds["1"], x).numpy()).max() > 1e-3
+            np.testing.assert_allclose(network(x).numpy(), own[name], rtol=0, atol=1e-6)
+    assert np.abs(own["0"] - own["1"]).max() > 1e-3
     assert predictor.plans["ct_normalization"]["clip_low"] == CT_LOW and predictor.plans["configuration"] == "2d"
     assert predictor.volume_patch is None
     for network in predictor.networks:  # 2D networks run channels_last
@@ -189,7 +425,7 @@ def test_folds_with_other_vit_weights_run_their_own_vit(folds, caplog):
     predictor = SCTPredictor([folds["0"], folds["2"], folds["1"]], precision="fp32", progress=False)
     vits = [n.dinov3 for n in predictor.networks]
     assert vits[0] is not vits[1] and vits[2] is not vits[0] and vits[2] is not vits[1]
-    assert predictor.shared_encoder is None
+    assert predictor.shared_encoder is None and predictor.passes_per_slice == 6  # 3 folds x 2 mirrors
     x = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (1, 1, 32, 32)).astype(np.float32))
     with torch.no_grad():
         for network, name in zip(predictor.networks, ("0", "2", "1")):
@@ -203,6 +439,7 @@ def test_share_vit_off_gives_each_fold_its_own_instance_with_the_same_results(fo
                              use_tta=False)
     assert predictor.networks[0].dinov3 is not predictor.networks[1].dinov3
     assert predictor.shared_encoder is None and predictor.passes_per_slice == 2 and predictor.flips == ((),)
+    assert _predictor(folds, share_vit=False).shared_encoder is None  # one fold: nothing shared either
     x = torch.from_numpy(np.random.default_rng(2).uniform(-1, 1, (1, 1, 32, 32)).astype(np.float32))
     with torch.no_grad():
         np.testing.assert_allclose(predictor.networks[1](x).numpy(), _fold_output(folds["1"], x).numpy(),
@@ -257,10 +494,37 @@ def test_auto_on_a_cpu_reads_no_recorded_check_and_runs_fp32(folds, monkeypatch,
     caplog.set_level(logging.INFO)
     calls = []
     monkeypatch.setattr(predictor_module, "fold_check", lambda *a: calls.append(a) or {})
-    predictor = SCTPredictor([folds["0"]], progress=False)
+    predictor = SCTPredictor([folds["0"]])  # every default
+    assert predictor.progress is True and predictor.flips == ((), (-1,)) and predictor.mask_background is True
+    assert predictor.batch_size is None and predictor.mask_from == "plans"
     assert calls == [] and predictor.precision.precision == "fp32" and predictor.autocast_dtype is None
     assert "precision_recorded_difference_hu" not in predictor.options
     assert not any(m.startswith("precision ") for m in _messages(caplog))
+
+
+def test_options_given_as_strings_built_at_run_time(folds, caplog, monkeypatch):
+    """Equal strings that are other objects than the literals (as argparse hands them over)."""
+    caplog.set_level(logging.INFO)
+    fp32, none = "".join(["fp", "32"]), "".join(["no", "ne"])
+    predictor = SCTPredictor([folds["0"]], precision=fp32, mask_from=none, progress=False)
+    assert predictor.precision.precision == "fp32" and predictor.derives_masks is False
+    assert not any(m.startswith("precision ") for m in _messages(caplog))
+    real_build = predictor_module.build_trained_network
+    monkeypatch.setattr(predictor_module, "build_trained_network", lambda c, d, v=None: real_build(c, "cpu", v))
+    monkeypatch.setattr(predictor_module, "fold_check", lambda *a: {"bf16": {"mean_hu": 0.1, "p99_hu": 1.0}})
+    assert SCTPredictor([folds["0"]], device=torch.device("".join(["cu", "da"])), progress=False,
+                        precision="".join(["au", "to"])).precision.precision == "bf16"
+
+
+def test_auto_reads_the_recorded_check_on_cuda_only(folds, monkeypatch):
+    """Another accelerator (mps, xpu) has no recorded check: auto stays fp32 there without reading one."""
+    real_build = predictor_module.build_trained_network
+    monkeypatch.setattr(predictor_module, "build_trained_network", lambda c, d, v=None: real_build(c, "cpu", v))
+    calls = []
+    monkeypatch.setattr(predictor_module, "fold_check", lambda *a: calls.append(a) or None)
+    for device in ("mps", "xpu"):
+        assert SCTPredictor([folds["0"]], device=device, progress=False).precision.precision == "fp32"
+    assert calls == []
 
 
 def test_reduced_precision_asked_for_is_logged_and_used(folds, caplog):
@@ -367,218 +631,3 @@ def test_a_3d_fold_predicts_by_sliding_window_mirrored_left_right(folds, tta, mo
     predictor.progress = False
     predictor._predict_slices(volume, "V", False)
     assert seen[-1][1]["desc"] is None
-
-
-# ------------------------------------------------------------------ the case: back to HU on the source's grid
-def _source(value=300.0, shape=(4, 12, 10)):
-    """A constant volume with non-square pixels and a flipped, permuted direction (the array's rows run along
-    the patient's z axis); a box mask."""
-    image = sitk.GetImageFromArray(np.full(shape, value, np.float32))
-    image.SetSpacing((0.8, 1.3, 2.5))
-    image.SetOrigin((12.0, -7.5, 30.0))
-    image.SetDirection((-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
-    mask_array = np.zeros(shape, np.uint8)
-    mask_array[1:3, :, 2:8] = 1  # every stored row: they are the axial slices (the grid spans the body's slices)
-    mask = sitk.GetImageFromArray(mask_array)
-    mask.CopyInformation(image)
-    return image, mask, mask_array
-
-
-def _hu_of_source(value):
-    """Identity network: the source window's [-1, 1] read as the CT window's."""
-    normalised = (np.clip(value, SRC_LOW, SRC_HIGH) - (SRC_LOW + SRC_HIGH) / 2) / ((SRC_HIGH - SRC_LOW) / 2)
-    return normalised, (CT_LOW + CT_HIGH) / 2 + normalised * (CT_HIGH - CT_LOW) / 2
-
-
-def _assert_geometry(image, reference):
-    assert image.GetSize() == reference.GetSize()
-    assert image.GetSpacing() == reference.GetSpacing()
-    assert image.GetOrigin() == reference.GetOrigin()
-    assert image.GetDirection() == reference.GetDirection()
-
-
-def test_case_hu_rounded_on_the_source_grid_with_background_outside_the_mask(folds, caplog):
-    source, mask, mask_array = _source(300.0)
-    normalised, hu = _hu_of_source(300.0)
-    assert 0.3 < hu % 1 < 0.7 and abs(hu) > 50  # rounding, not truncation, decides the value
-    predictor = _predictor(folds, [_Identity()], use_tta=False)
-    prediction = predictor.predict_case(source, mask, "R")
-    assert isinstance(prediction, CasePrediction)
-    sct = prediction.sct
-    _assert_geometry(sct, source)
-    assert sct.GetPixelID() == sitk.sitkInt16
-    values = sitk.GetArrayFromImage(sct)
-    assert np.all(values[mask_array > 0] == np.rint(hu)) and np.all(values[mask_array == 0] == -1000)
-    assert BACKGROUND_HU == -1000
-    np.testing.assert_array_equal(prediction.background_mask, mask_array)
-    assert prediction.background_mask.dtype == np.uint8
-    grid = prediction.properties["slice_grid"]
-    assert prediction.normalised.shape == tuple(int(v) for v in reversed(grid["size"]))
-    np.testing.assert_allclose(prediction.normalised, normalised, rtol=0, atol=1e-6)
-    assert prediction.uncertainty is None
-    assert not any("outside the planned slice grid" in m for m in _messages(caplog))
-    again, uncertainty = predictor.predict_volume(source, mask, "R")
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), values) and uncertainty is None
-
-
-def test_case_without_background_masking_keeps_the_prediction_outside_the_mask(folds):
-    source, mask, mask_array = _source(-200.0)
-    predictor = _predictor(folds, [_Identity()], use_tta=False, mask_background=False)
-    prediction = predictor.predict_case(source, mask, "K")
-    assert prediction.background_mask is None
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(prediction.sct), np.rint(_hu_of_source(-200.0)[1]))
-
-
-def test_uncertainty_is_the_fold_spread_in_hu_on_the_source_grid(folds):
-    source, mask, mask_array = _source(100.0)
-    predictor = _predictor(folds, [_Constant(0.2), _Constant(-0.12)], use_tta=True)
-    prediction = predictor.predict_case(source, mask, "U", with_uncertainty=True)
-    _assert_geometry(prediction.uncertainty, source)
-    # population std of {0.2, -0.12} (each twice: the mirror of a constant) is 0.16; one unit is (high - low) / 2 HU
-    np.testing.assert_allclose(sitk.GetArrayFromImage(prediction.uncertainty), 0.16 * (CT_HIGH - CT_LOW) / 2,
-                               rtol=1e-5)
-    values = sitk.GetArrayFromImage(prediction.sct)
-    assert np.all(values[mask_array > 0] == np.rint((CT_LOW + CT_HIGH) / 2 + 0.04 * (CT_HIGH - CT_LOW) / 2))
-    sct, uncertainty = predictor.predict_volume(source, mask, "U", with_uncertainty=True)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(uncertainty), sitk.GetArrayFromImage(prediction.uncertainty))
-
-
-def test_case_without_a_mask_derives_the_body_from_the_plans(folds):
-    array = np.zeros((3, 14, 12), np.float32)
-    array[:, 3:11, 2:9] = 1000.0  # the body: the plans' threshold is 0.3 x p99 = 300
-    source = sitk.GetImageFromArray(array)
-    source.SetSpacing((1.0, 1.0, 2.0))
-    prediction = _predictor(folds, [_Identity()], use_tta=False).predict_case(source, None, "D")
-    np.testing.assert_array_equal(prediction.background_mask, (array > 0).astype(np.uint8))
-    values = sitk.GetArrayFromImage(prediction.sct)
-    assert np.all(values[array == 0] == BACKGROUND_HU)
-    assert values[1, 7, 5] == np.rint(_hu_of_source(1000.0)[1])  # the body's core
-
-
-def test_case_with_mask_from_none_masks_nothing(folds, caplog):
-    source, _, _ = _source(500.0)
-    prediction = _predictor(folds, [_Identity()], use_tta=False, mask_from="none").predict_case(source, None, "N")
-    assert prediction.background_mask is None
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(prediction.sct), np.rint(_hu_of_source(500.0)[1]))
-    assert not any("outside the planned slice grid" in m for m in _messages(caplog))
-
-
-def test_a_body_wider_than_the_grid_is_reported_in_a_case(folds, caplog):
-    wide = sitk.GetImageFromArray(np.full((2, 10, 50), 300.0, np.float32))  # 50 mm wide; the grid is 32 mm
-    mask = sitk.GetImageFromArray(np.ones((2, 10, 50), np.uint8))
-    sct = _predictor(folds, [_Identity()], use_tta=False).predict_case(wide, mask, "WIDE").sct
-    (warning,) = [m for m in _messages(caplog, logging.WARNING) if m.startswith("case WIDE:")]
-    assert "of the body mask lies outside the planned slice grid" in warning
-    values = sitk.GetArrayFromImage(sct)
-    assert values[0, 5, 0] == -1024 and values[0, 5, 25] == np.rint(_hu_of_source(300.0)[1])
-
-
-# ------------------------------------------------------------------ the way back, as functions
-def test_int16_image_rounds_clips_to_the_ct_range_and_copies_the_geometry():
-    reference, _, _ = _source(0.0, shape=(1, 2, 4))
-    hu = np.array([[[-5000.0, -1025.0, -1024.0, -1023.6], [2.5, 3070.6, 3071.0, 3072.0]]])
-    image = _as_int16_image(hu, reference)
-    assert image.GetPixelID() == sitk.sitkInt16
-    _assert_geometry(image, reference)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), [[[-1024, -1024, -1024, -1024],
-                                                                     [2, 3071, 3071, 3071]]])
-
-
-def test_sct_from_hu_sets_the_background_only_where_the_mask_is_zero():
-    reference, _, _ = _source(0.0, shape=(1, 1, 4))
-    hu = np.array([[[10.4, 20.6, -3000.0, 40.0]]])
-    background = np.array([[[1, 0, 1, 3]]], np.uint8)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, background)),
-                                  [[[10, -1000, -1024, 40]]])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, None)),
-                                  [[[10, 21, -1024, 40]]])
-
-
-def test_sct_from_normalised_reads_the_planned_ct_window(folds):
-    from dgcf_auto.preprocessing.pipeline import preprocess_case
-
-    source, mask, mask_array = _source(0.0)
-    plans = _predictor(folds).plans
-    case = preprocess_case(source, None, mask, plans, "N")
-    stack = np.full(case.source.shape, 0.3, np.float32)
-    sct = sct_from_normalised(stack, case.properties, plans, mask_array)
-    _assert_geometry(sct, source)
-    values = sitk.GetArrayFromImage(sct)
-    assert np.all(values[mask_array > 0] == 625) and np.all(values[mask_array == 0] == -1000)  # 250 + 0.3 x 1250
-
-
-def _plans(configuration="2d", **changes):
-    plans = copy.deepcopy(PLANS)
-    plans["configuration"] = configuration
-    for key, value in changes.items():
-        section, field = key.split("__")
-        (plans["configurations"]["2d"] if section == "grid" else plans[section])[field] = value
-    return plans
-
-
-def test_plans_comparisons():
-    base = _plans()
-    assert same_grid_and_normalisation(base, _plans()) and same_output_grid(base, _plans())
-    assert not same_grid_and_normalisation(base, _plans(ct_normalization__clip_high=2000.0))
-    assert not same_output_grid(base, _plans(ct_normalization__clip_high=2000.0))
-    # the source's normalisation changes what a network sees, not where or in which window its output lies
-    assert not same_grid_and_normalisation(base, _plans(source_normalization__clip_high=2500.0))
-    assert same_output_grid(base, _plans(source_normalization__clip_high=2500.0))
-    assert not same_grid_and_normalisation(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
-    assert not same_output_grid(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
-    # a 2.5d slab is an input of the same slices: same output grid, not the same network input
-    slabs = _plans("2.5d")
-    assert same_output_grid(base, slabs) and same_output_grid(slabs, base)
-    assert not same_grid_and_normalisation(base, slabs)
-    other_slabs = _plans("2.5d")
-    other_slabs["configurations"]["2.5d"]["slab_size"] = 5
-    assert same_output_grid(slabs, other_slabs) and not same_grid_and_normalisation(slabs, other_slabs)
-    assert not same_output_grid(slabs, _plans("2.5d", grid__inplane_spacing=[1.0, 1.2]))
-    volume = _plans("3d_fullres")
-    assert not same_output_grid(base, volume) and not same_output_grid(slabs, volume)
-    assert same_output_grid(volume, _plans("3d_fullres"))
-    assert not same_grid_and_normalisation(base, volume)
-
-
-# ------------------------------------------------------------------ the field-of-view warning
-def _geometry(size, origin=(0.0, 0.0, 0.0)):
-    return {"size": list(size), "spacing": [1.0, 1.0, 1.0], "origin": list(origin),
-            "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]}
-
-
-def _warnings(caplog):
-    return [m for m in _messages(caplog, logging.WARNING) if m.startswith("case F:")]
-
-
-@pytest.mark.parametrize("grid_width,warned", [(1000, None), (999, None), (998, "0.2%"), (100, "90.0%")])
-def test_body_outside_the_grid_warns_above_one_in_a_thousand(caplog, grid_width, warned):
-    mask = sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8))
-    properties = {"slice_grid": _geometry((grid_width, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
-    _warn_if_body_outside_grid(mask, properties, "F")
-    if warned is None:
-        assert _warnings(caplog) == []
-    else:
-        assert _warnings(caplog) == [
-            f"case F: {warned} of the body mask lies outside the planned slice grid and gets no prediction "
-            f"(-1024 HU); re-plan with a larger field of view (--patch_size / --spacing) and retrain, or check the mask"]
-
-
-def test_body_warning_counts_body_voxels_only(caplog):
-    array = np.zeros((1, 1, 1000), np.uint8)
-    array[0, 0, 995:] = 1  # 5 body voxels, 3 of them past the grid's 998 columns
-    properties = {"slice_grid": _geometry((998, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
-    _warn_if_body_outside_grid(sitk.GetImageFromArray(array), properties, "F")
-    assert [m.split(" of ")[0] for m in _warnings(caplog)] == ["case F: 40.0%"]
-    caplog.clear()
-    _warn_if_body_outside_grid(sitk.GetImageFromArray(np.zeros((1, 1, 1000), np.uint8)), properties, "F")
-    assert _warnings(caplog) == []  # no body at all: nothing to warn about, no division by zero
-    caplog.clear()
-    _warn_if_body_outside_grid(sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8)), properties, "F",
-                               tolerance=0.0025)
-    assert _warnings(caplog) == []  # 0.2 % is within a given tolerance of 0.25 %
-
-
-def test_no_warning_for_stretched_slices_without_a_grid(caplog):
-    mask = sitk.GetImageFromArray(np.ones((1, 1, 10), np.uint8))
-    _warn_if_body_outside_grid(mask, {"grid": "stretch", "original_geometry": _geometry((10, 1, 1))}, "F")
-    assert _warnings(caplog) == []
