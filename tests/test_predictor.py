@@ -9,6 +9,7 @@ from the module under test.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 
 import numpy as np
@@ -165,6 +166,9 @@ def test_sct_from_hu_sets_the_background_only_where_the_mask_is_zero():
                                   [[[10, -1000, -1024, 40]]])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, None)),
                                   [[[10, 21, -1024, 40]]])
+    signed = np.array([[[1, 0, -1, 3]]], np.int16)  # any non-zero label is body, a negative one too
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sct_from_hu(hu.copy(), reference, signed)),
+                                  [[[10, -1000, -1024, 40]]])
 
 
 def test_sct_from_normalised_reads_the_planned_ct_window(folds):
@@ -202,6 +206,8 @@ def test_plans_comparisons():
     # a 2.5d slab is an input of the same slices: same output grid, not the same network input
     slabs = _plans("2.5d")
     assert same_output_grid(base, slabs) and same_output_grid(slabs, base)
+    read_back = json.loads(json.dumps(slabs))  # as a plans file gives it: strings that are not the literals
+    assert same_output_grid(base, read_back) and same_output_grid(read_back, _plans())
     assert not same_grid_and_normalisation(base, slabs)
     other_slabs = _plans("2.5d")
     other_slabs["configurations"]["2.5d"]["slab_size"] = 5
