@@ -84,7 +84,11 @@ def folds(tmp_path_factory):
              "narrow": _save(root / "fold_n" / "checkpoint_final.pth", narrow, build_network(narrow["network"], vit),
                              dinov3_source="random"),
              "timm": _save(root / "fold_t" / "checkpoint_final.pth", PLANS, first, dinov3_source="timm"),
-             "unknown": _save(root / "fold_u" / "checkpoint_final.pth", PLANS, second)}
+             "unknown": _save(root / "fold_u" / "checkpoint_final.pth", PLANS, second),
+             # the same network plans written in another key order (another writer, a JSON round trip)
+             "reordered": _save(root / "fold_r" / "checkpoint_final.pth",
+                                {**PLANS, "network": dict(reversed(list(PLANS["network"].items())))}, second,
+                                dinov3_source="random")}
     plans_3d = copy.deepcopy(PLANS)
     plans_3d["configuration"] = "3d_fullres"
     plans_3d["configurations"]["3d_fullres"]["extra"] = {"presets": {"plain_unet_3d": {
@@ -194,34 +198,47 @@ def _plans(configuration="2d", **changes):
 
 
 def test_plans_comparisons():
+    """Both comparisons are symmetric: every pair is checked in both orders."""
+    def same(a, b, compare):
+        assert compare(a, b) == compare(b, a)
+        return compare(a, b)
+
+    def grid(a, b):
+        return same(a, b, same_grid_and_normalisation)
+
+    def output(a, b):
+        return same(a, b, same_output_grid)
+
     base = _plans()
-    assert same_grid_and_normalisation(base, _plans()) and same_output_grid(base, _plans())
-    assert not same_grid_and_normalisation(base, _plans(ct_normalization__clip_high=2000.0))
-    assert not same_output_grid(base, _plans(ct_normalization__clip_high=2000.0))
+    assert grid(base, _plans()) and output(base, _plans())
+    for ct_high in (1400.0, 2000.0):
+        assert not grid(base, _plans(ct_normalization__clip_high=ct_high))
+        assert not output(base, _plans(ct_normalization__clip_high=ct_high))
     # the source's normalisation changes what a network sees, not where or in which window its output lies
-    assert not same_grid_and_normalisation(base, _plans(source_normalization__clip_high=2500.0))
-    assert same_output_grid(base, _plans(source_normalization__clip_high=2500.0))
-    assert not same_grid_and_normalisation(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
-    assert not same_output_grid(base, _plans(grid__inplane_spacing=[1.0, 1.2]))
+    for source_high in (1500.0, 2500.0):
+        assert not grid(base, _plans(source_normalization__clip_high=source_high))
+        assert output(base, _plans(source_normalization__clip_high=source_high))
+    for spacing in ([1.0, 0.8], [1.0, 1.2]):
+        assert not grid(base, _plans(grid__inplane_spacing=spacing))
+        assert not output(base, _plans(grid__inplane_spacing=spacing))
     # a 2.5d slab is an input of the same slices: same output grid, not the same network input
     slabs = _plans("2.5d")
-    assert same_output_grid(base, slabs) and same_output_grid(slabs, base)
+    assert output(base, slabs) and not grid(base, slabs)
     read_back = json.loads(json.dumps(slabs))  # as a plans file gives it: strings that are not the literals
-    assert same_output_grid(base, read_back) and same_output_grid(read_back, _plans())
-    assert not same_grid_and_normalisation(base, slabs)
+    assert output(base, read_back) and output(read_back, _plans())
     other_slabs = _plans("2.5d")
     other_slabs["configurations"]["2.5d"]["slab_size"] = 5
-    assert same_output_grid(slabs, other_slabs) and not same_grid_and_normalisation(slabs, other_slabs)
-    assert not same_output_grid(slabs, _plans("2.5d", grid__inplane_spacing=[1.0, 1.2]))
+    assert output(slabs, other_slabs) and not grid(slabs, other_slabs)
+    assert not output(slabs, _plans("2.5d", grid__inplane_spacing=[1.0, 1.2]))
     # kind is part of the grid: a volume is not a slice stack even where every other field agrees
     as_volume = _plans()
     as_volume["configurations"]["3d_fullres"] = {**as_volume["configurations"]["2d"], "kind": "volume"}
     as_volume["configuration"] = "3d_fullres"
-    assert not same_output_grid(base, as_volume) and not same_output_grid(slabs, as_volume)
+    assert not output(base, as_volume) and not output(slabs, as_volume)
     volume = _plans("3d_fullres")
-    assert not same_output_grid(base, volume) and not same_output_grid(slabs, volume)
-    assert same_output_grid(volume, _plans("3d_fullres"))
-    assert not same_grid_and_normalisation(base, volume)
+    assert not output(base, volume) and not output(slabs, volume)
+    assert output(volume, _plans("3d_fullres"))
+    assert not grid(base, volume)
 
 
 # ------------------------------------------------------------------ the field-of-view warning
@@ -248,18 +265,41 @@ def test_body_outside_the_grid_warns_above_one_in_a_thousand(caplog, grid_width,
 
 
 def test_body_warning_counts_body_voxels_only(caplog):
+    import warnings
+
     array = np.zeros((1, 1, 1000), np.uint8)
     array[0, 0, 995:] = 1  # 5 body voxels, 2 of them past the grid's 998 columns
     properties = {"slice_grid": _geometry((998, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
     _warn_if_body_outside_grid(sitk.GetImageFromArray(array), properties, "F")
     assert [m.split(" of ")[0] for m in _warnings(caplog)] == ["case F: 40.0%"]
     caplog.clear()
-    _warn_if_body_outside_grid(sitk.GetImageFromArray(np.zeros((1, 1, 1000), np.uint8)), properties, "F")
-    assert _warnings(caplog) == []  # no body at all: nothing to warn about, no division by zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no body at all: nothing to warn about, no division by zero
+        _warn_if_body_outside_grid(sitk.GetImageFromArray(np.zeros((1, 1, 1000), np.uint8)), properties, "F")
+    assert _warnings(caplog) == []
+    single = np.zeros((1, 1, 1000), np.uint8)
+    single[0, 0, 999] = 1  # the whole body (one voxel) past the grid
+    _warn_if_body_outside_grid(sitk.GetImageFromArray(single), properties, "F")
+    assert [m.split(" of ")[0] for m in _warnings(caplog)] == ["case F: 100.0%"]
+    caplog.clear()
+    signed = np.zeros((1, 1, 1000), np.int16)
+    signed[0, 0, 996:] = [7, 7, -1, -1]  # any non-zero label is body, as for the background: 2 of 4 outside
+    _warn_if_body_outside_grid(sitk.GetImageFromArray(signed), properties, "F")
+    assert [m.split(" of ")[0] for m in _warnings(caplog)] == ["case F: 50.0%"]
     caplog.clear()
     _warn_if_body_outside_grid(sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8)), properties, "F",
                                tolerance=0.0025)
     assert _warnings(caplog) == []  # 0.2 % is within a given tolerance of 0.25 %
+
+
+def test_body_warning_raises_no_numpy_warning(caplog):
+    import warnings
+
+    properties = {"slice_grid": _geometry((998, 1, 1)), "original_geometry": _geometry((1000, 1, 1))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a division by zero on the voxels inside the grid
+        _warn_if_body_outside_grid(sitk.GetImageFromArray(np.ones((1, 1, 1000), np.uint8)), properties, "F")
+    assert len(_warnings(caplog)) == 1
 
 
 def test_no_warning_for_stretched_slices_without_a_grid(caplog):
@@ -344,13 +384,14 @@ def test_case_without_background_masking_keeps_the_prediction_outside_the_mask(f
 def test_uncertainty_is_the_fold_spread_in_hu_on_the_source_grid(folds):
     source, mask, mask_array = _source(100.0)
     predictor = _predictor(folds, [_Constant(0.2), _Constant(-0.12)], use_tta=True)
+    low, high = -1000.0, 1499.0  # an odd window width: half a unit is 1249.5 HU, not a whole number
+    predictor.plans = {**predictor.plans, "ct_normalization": {"clip_low": low, "clip_high": high}}
     prediction = predictor.predict_case(source, mask, "U", with_uncertainty=True)
     _assert_geometry(prediction.uncertainty, source)
     # population std of {0.2, -0.12} (each twice: the mirror of a constant) is 0.16; one unit is (high - low) / 2 HU
-    np.testing.assert_allclose(sitk.GetArrayFromImage(prediction.uncertainty), 0.16 * (CT_HIGH - CT_LOW) / 2,
-                               rtol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(prediction.uncertainty), 0.16 * (high - low) / 2, rtol=1e-6)
     values = sitk.GetArrayFromImage(prediction.sct)
-    assert np.all(values[mask_array > 0] == np.rint((CT_LOW + CT_HIGH) / 2 + 0.04 * (CT_HIGH - CT_LOW) / 2))
+    assert np.all(values[mask_array > 0] == np.rint((low + high) / 2 + 0.04 * (high - low) / 2))
     sct, uncertainty = predictor.predict_volume(source, mask, "U", with_uncertainty=True)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(uncertainty), sitk.GetArrayFromImage(prediction.uncertainty))
 
@@ -452,6 +493,11 @@ def test_share_vit_off_gives_each_fold_its_own_instance_with_the_same_results(fo
                                    rtol=0, atol=1e-6)
 
 
+def test_network_plans_in_another_key_order_are_the_same_plans(folds):
+    predictor = SCTPredictor([folds["0"], folds["reordered"]], precision="fp32", progress=False)
+    assert list(predictor.networks[0].dinov3.state_dict()) and predictor.shared_encoder is not None
+
+
 def test_folds_with_other_network_plans_share_the_vit_but_not_its_maps(folds):
     predictor = SCTPredictor([folds["0"], folds["narrow"]], precision="fp32", progress=False)
     assert predictor.networks[0].dinov3 is predictor.networks[1].dinov3  # equal weights: one instance
@@ -462,6 +508,17 @@ def test_a_network_without_a_vit_shares_nothing(folds):
     predictor = SCTPredictor([folds["3d"]], precision="fp32", progress=False)
     assert predictor.shared_encoder is None
     assert predictor.weights_sources == ["unknown"]
+
+
+def test_vit_weights_are_the_same_only_with_the_same_keys_and_values():
+    from dgcf_auto.inference.predictor import _same_tensors
+
+    t = torch.arange(3.0)
+    assert _same_tensors({"a": t, "b": t + 1}, {"a": t.clone(), "b": t + 1})
+    assert not _same_tensors({"a": t, "b": t}, {"a": t})  # a deeper ViT: more blocks than the reference's
+    assert not _same_tensors({"a": t}, {"a": t, "b": t})
+    assert not _same_tensors({"a": t}, {"b": t})
+    assert not _same_tensors({"a": t, "b": t}, {"a": t, "b": t + 1})
 
 
 def test_folds_of_other_plans_are_refused(folds):
@@ -477,6 +534,10 @@ def test_a_model_asked_for_as_another_configuration_is_refused(folds):
         SCTPredictor([folds["0"]], precision="fp32", progress=False, configuration="3d_fullres")
     assert str(info.value) == (f"model {folds['0'].parent.parent} was trained on configuration '2d', not "
                                f"'3d_fullres' (-c 2d)")
+    with pytest.raises(DGCFError) as info:  # the other way round (names sort the other way too)
+        SCTPredictor([folds["3d"]], precision="fp32", progress=False, configuration="2d")
+    assert str(info.value) == (f"model {folds['3d'].parent.parent} was trained on configuration '3d_fullres', not "
+                               f"'2d' (-c 3d_fullres)")
 
 
 def test_weights_sources_are_listed_and_only_random_weights_warn(folds, caplog):
