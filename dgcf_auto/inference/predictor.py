@@ -231,7 +231,7 @@ def _warn_if_body_outside_grid(mask: sitk.Image, properties: dict, case: str, to
     ones = np.ones([int(v) for v in reversed(grid["size"])], np.uint8)
     covered = from_slice_grid(slices_to_image(ones, grid), properties["original_geometry"],
                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    body = sitk.GetArrayFromImage(mask) > 0
+    body = sitk.GetArrayFromImage(mask) != 0  # any non-zero label, as for the background
     outside = (float(np.count_nonzero(body & (sitk.GetArrayFromImage(covered) == 0)))
                / max(int(np.count_nonzero(body)), 1))
     if outside > tolerance:
