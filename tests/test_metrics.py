@@ -184,6 +184,20 @@ def test_psnr_agrees_with_skimage_single_voxel_perfect_and_empty():
     assert math.isnan(metrics.psnr(ct, sct, np.zeros(ct.shape)))
 
 
+def test_summarize():
+    per_case = {"a": {"mae": 10.0, "mae_bone": math.nan, "psnr": math.inf, "x": None},
+                "b": {"mae": 20.0, "mae_bone": 4.0, "psnr": 30.0}, "c": {"mae": 30.0, "psnr": 36.0, "x": None}}
+    out = metrics.summarize(per_case)
+    assert list(out) == ["mean", "std", "n"]
+    assert list(out["mean"]) == ["mae", "mae_bone", "psnr", "x"]
+    assert out["n"] == {"mae": 3, "mae_bone": 1, "psnr": 2, "x": 0}
+    assert out["mean"]["mae"] == 20.0 and out["std"]["mae"] == pytest.approx(math.sqrt(200 / 3), rel=1e-15)
+    assert out["mean"]["mae_bone"] == 4.0 and out["std"]["mae_bone"] == 0.0
+    assert out["mean"]["psnr"] == 33.0 and out["std"]["psnr"] == 3.0
+    assert math.isnan(out["mean"]["x"]) and math.isnan(out["std"]["x"])
+    assert metrics.summarize({}) == {"mean": {}, "std": {}, "n": {}}
+
+
 def test_crop_and_clip_mask_shift():
     a = np.arange(9 * 10 * 11).reshape(9, 10, 11)
     np.testing.assert_array_equal(metrics._crop(a, 2), a[2:7, 2:8, 2:9])
@@ -207,10 +221,12 @@ def test_local_statistics_brute_force():
     x2, y2 = pattern((12, 11)), pattern((12, 11), seed=4)
     for got, want in zip(metrics._local_statistics(x2, y2, 5), window_stats(x2, y2, 5)):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
-    stack = metrics._local_statistics(x[:3], y[:3], 5, spatial_dims=2)  # slices independent
-    for k in range(3):
-        for got, want in zip(stack, window_stats(x[k], y[k], 5)):
-            np.testing.assert_allclose(got[k], want, rtol=1e-9, atol=1e-6)
+    x4, y4 = pattern((2, 3, 6, 7)), pattern((2, 3, 6, 7), seed=2)
+    for a, b, dims in [(x[:3], y[:3], 2), (x4, y4, 2), (x2, y2, 1)]:  # over the last `dims` axes only
+        stack = metrics._local_statistics(a, b, 5, spatial_dims=dims)
+        for lead in np.ndindex(a.shape[:a.ndim - dims]):
+            for got, want in zip(stack, window_stats(a[lead], b[lead], 5)):
+                np.testing.assert_allclose(got[lead], want, rtol=1e-9, atol=1e-6)
 
 
 def test_ssim_map_is_skimage():
@@ -219,10 +235,12 @@ def test_ssim_map_is_skimage():
     np.testing.assert_allclose(metrics.ssim_map(x, y, 3000.0), want, rtol=1e-10, atol=1e-12)
     _, want5 = structural_similarity(x, y, data_range=500.0, win_size=5, full=True)
     np.testing.assert_allclose(metrics.ssim_map(x, y, 500.0, win_size=5), want5, rtol=1e-10, atol=1e-12)
-    stack = metrics.ssim_map(x[:3, :7], y[:3, :7], 800.0, spatial_dims=2)
-    for k in range(3):
-        _, want2 = structural_similarity(x[k, :7], y[k, :7], data_range=800.0, full=True)
-        np.testing.assert_allclose(stack[k], want2, rtol=1e-10, atol=1e-12)
+    x4, y4 = pattern((2, 3, 7, 8)) + 1024, pattern((2, 3, 7, 8), seed=2) + 1024
+    for a, b, dims in [(x[:3, :7], y[:3, :7], 2), (x4, y4, 2), (x[0], y[0], 1)]:
+        stack = metrics.ssim_map(a, b, 800.0, spatial_dims=dims)
+        for lead in np.ndindex(a.shape[:a.ndim - dims]):
+            _, want2 = structural_similarity(a[lead], b[lead], data_range=800.0, full=True)
+            np.testing.assert_allclose(stack[lead], want2, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match=r"at least 7 voxels along every axis, got shape \(8, 6, 10\)"):
         metrics.ssim_map(x[:, :6], y[:, :6], 3000.0)
     with pytest.raises(ValueError, match=r"at least 5 voxels along every axis, got shape \(3, 4, 9\)"):
@@ -331,6 +349,9 @@ def test_ms_ssim_downsamples_only_between_scales(monkeypatch):
     ct, sct, mask = plateau_pair((40, 37))
     metrics.ms_ssim(ct, sct, mask)
     assert calls == [(97, 97)] * 2 + [(49, 49)] * 2 + [(25, 25)] * 2 + [(13, 13)] * 2
+    calls.clear()
+    metrics.ms_ssim(ct, sct, mask, scale_weights=(0.25,) * 4)
+    assert calls == [(97, 97)] * 2 + [(49, 49)] * 2 + [(25, 25)] * 2
 
 
 def test_ms_ssim_mask_vanishing_at_a_coarse_scale_is_nan():
@@ -357,20 +378,6 @@ def test_evaluate_pair_2d():
         metrics.evaluate_pair(ct, sct[:, :32], mask)
     whole = metrics.evaluate_pair(ct, sct)
     assert whole["mae"] == metrics.mae(ct, sct)
-
-
-def test_summarize():
-    per_case = {"a": {"mae": 10.0, "mae_bone": math.nan, "psnr": math.inf, "x": None},
-                "b": {"mae": 20.0, "mae_bone": 4.0, "psnr": 30.0}, "c": {"mae": 30.0, "psnr": 36.0, "x": None}}
-    out = metrics.summarize(per_case)
-    assert list(out) == ["mean", "std", "n"]
-    assert list(out["mean"]) == ["mae", "mae_bone", "psnr", "x"]
-    assert out["n"] == {"mae": 3, "mae_bone": 1, "psnr": 2, "x": 0}
-    assert out["mean"]["mae"] == 20.0 and out["std"]["mae"] == pytest.approx(math.sqrt(200 / 3), rel=1e-15)
-    assert out["mean"]["mae_bone"] == 4.0 and out["std"]["mae_bone"] == 0.0
-    assert out["mean"]["psnr"] == 33.0 and out["std"]["psnr"] == 3.0
-    assert math.isnan(out["mean"]["x"]) and math.isnan(out["std"]["x"])
-    assert metrics.summarize({}) == {"mean": {}, "std": {}, "n": {}}
 
 
 def test_ms_ssim_3d_by_definition():
