@@ -307,12 +307,14 @@ def test_slice_ssim_per_slice_skimage():
 
 
 def plateau_pair(shape):
-    """2-D CT/sCT/mask with clipping on both ends, a flat plateau, an anti-correlated patch and outliers outside
-    the mask."""
+    """2-D CT/sCT/mask with clipping on both ends, a plateau flat in both, one flat in the CT only and one in the
+    sCT only (variance 0 or rounded below 0), an anti-correlated patch and outliers outside the mask."""
     ct = pattern(shape, scale=2200.0)
     sct = ct + pattern(shape, seed=8, scale=300.0) - 400.0
     ct[4:14, 5:16] = 1100.37
     sct[4:14, 5:16] = 987.61
+    ct[14:24, 22:32] = 201.3
+    sct[2:12, 20:31] = 55.7
     patch = (slice(20, 30), slice(8, 22))
     sct[patch] = 2 * sct[patch].mean() - sct[patch]  # mirrored: locally anti-correlated with the CT
     mask = np.zeros(shape, bool)
