@@ -117,9 +117,13 @@ def test_binary_mask_and_shape_checks():
     np.testing.assert_array_equal(metrics._binary_mask(mask, (2, 3)), [[False, False, True], [True, True, False]])
     with pytest.raises(ValueError, match=r"mask shape \(2, 3\) differs from image shape \(3, 2\)"):
         metrics._binary_mask(mask, (3, 2))
+    with pytest.raises(ValueError, match=r"mask shape \(3, 2\) differs from image shape \(2, 3\)"):
+        metrics._binary_mask(mask.T, (2, 3))
     metrics._check_pair(np.zeros((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match=r"sCT shape \(3, 2\) differs from CT shape \(2, 3\)"):
         metrics._check_pair(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"sCT shape \(2, 3\) differs from CT shape \(3, 2\)"):
+        metrics._check_pair(np.zeros((3, 2)), np.zeros((2, 3)))
 
 
 def test_mae_by_hand():
@@ -221,6 +225,9 @@ def test_local_statistics_brute_force():
     x2, y2 = pattern((12, 11)), pattern((12, 11), seed=4)
     for got, want in zip(metrics._local_statistics(x2, y2, 5), window_stats(x2, y2, 5)):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
+    for even in (4, 6):  # skimage refuses even windows; so do we
+        with pytest.raises(ValueError, match=f"the SSIM window must be odd \\(as skimage's\\), got {even}"):
+            metrics._local_statistics(x, y, even)
     x4, y4 = pattern((2, 3, 6, 7)), pattern((2, 3, 6, 7), seed=2)
     for a, b, dims in [(x[:3], y[:3], 2), (x4, y4, 2), (x2, y2, 1)]:  # over the last `dims` axes only
         stack = metrics._local_statistics(a, b, 5, spatial_dims=dims)
@@ -304,6 +311,11 @@ def test_slice_ssim_per_slice_skimage():
     for k in range(5):
         _, smap = structural_similarity(ref[k] + 1.0, pred[k] + 1.0, data_range=2.0, full=True)
         assert unmasked[k] == pytest.approx(smap[3:-3, 3:-3].mean(), rel=1e-12)
+    tall_ref, tall_pred = ref[:, :8, :7].repeat(2, axis=0)[:9], pred[:, :8, :7].repeat(2, axis=0)[:9] ** 3
+    tall = metrics.slice_ssim(tall_ref, tall_pred, None, (-1.0, 1.0), chunk=4)  # more slices than rows or columns
+    for k in range(9):
+        _, smap = structural_similarity(tall_ref[k] + 1.0, tall_pred[k] + 1.0, data_range=2.0, full=True)
+        assert tall[k] == pytest.approx(smap[3:-3, 3:-3].mean(), rel=1e-12) and tall[k] != 1.0
 
 
 def plateau_pair(shape):
@@ -342,6 +354,13 @@ def test_ms_ssim_2d_larger_than_97_and_self():
     want = ms_ssim_by_definition(ct.T, sct.T, mask.T, metrics.HU_RANGE_SYNTHRAD2025, (0.6, 0.4))
     assert metrics.ms_ssim(ct.T, sct.T, mask.T, scale_weights=(0.6, 0.4)) == pytest.approx(want, rel=1e-10)
     assert metrics.ms_ssim(ct, ct, mask) == 1.0
+
+
+def test_ms_ssim_never_exceeds_one():
+    """Scale factors are clipped to [0, 1]: a pair equal up to rounding-level noise scores exactly 1, not above."""
+    a = np.random.default_rng(0).uniform(-1100.0, 3100.0, (9, 9))
+    b = a + np.random.default_rng(1000).normal(0.0, 1e-9, (9, 9))
+    assert metrics.ms_ssim(a, b, scale_weights=(1.0,)) == 1.0
 
 
 def test_ms_ssim_downsamples_only_between_scales(monkeypatch):
