@@ -91,6 +91,8 @@ def _clip_mask_shift(image: np.ndarray, m: np.ndarray, hu_range, dtype) -> np.nd
 def _local_statistics(x: np.ndarray, y: np.ndarray, win_size: int, spatial_dims: int | None = None):
     """Uniform-window means and sample (co)variances, as skimage.metrics.structural_similarity computes them;
     over the last `spatial_dims` axes only (default: all), e.g. 2 for a stack of independent 2D slices."""
+    if not win_size % 2:
+        raise ValueError(f"the SSIM window must be odd (as skimage's), got {win_size}")
     dims = x.ndim if spatial_dims is None else spatial_dims
     size = (1,) * (x.ndim - dims) + (win_size,) * dims
     n_points = win_size ** dims
