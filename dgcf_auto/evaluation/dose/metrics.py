@@ -64,7 +64,8 @@ def _relative(ct: float, sct: float) -> float:
 
 def most_exposed_oars(ct_values: dict[str, dict], num: int = NUM_OARS) -> list[str]:
     """The OARs with the highest (D5 + Dmean) / 2 on the CT dose, as SynthRAD chooses them."""
-    score = {name: (v["D5"] + v["Dmean"]) / 2 for name, v in ct_values.items() if math.isfinite(v["Dmean"])}
+    score = {name: float(np.mean((v["D5"], v["Dmean"]))) for name, v in ct_values.items()
+             if math.isfinite(v["Dmean"])}
     return sorted(score, key=score.get, reverse=True)[:num]
 
 
@@ -87,7 +88,7 @@ def gamma_voxels(d_ct: np.ndarray, d_sct: np.ndarray, body: np.ndarray,
                  cutoff_percent: float = MATRAD_CUTOFF_PERCENT) -> np.ndarray:
     """The voxels gamma is scored on: inside the body, either dose above cutoff_percent of its own maximum."""
     fraction = cutoff_percent / 100.0
-    return body & ((d_ct > fraction * float(d_ct.max())) | (d_sct > fraction * float(d_sct.max())))
+    return np.asarray(body, dtype=bool) & ((d_ct > fraction * float(d_ct.max())) | (d_sct > fraction * float(d_sct.max())))
 
 
 def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx, body: np.ndarray,
