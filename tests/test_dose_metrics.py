@@ -195,7 +195,7 @@ def test_gamma_voxels_either_dose_above_the_cutoff_of_its_own_maximum():
 
 # ---- gamma pass rate: 2 %/2 mm global, pymedphys ----
 
-SPACING = (2.5, 1.5, 3.0)   # z, y, x: anisotropic, each axis on its own side of 2 mm
+SPACING = (2.5, 1.5, 0.8)   # z, y, x: anisotropic; 1 voxel in z, 1 in y and 2 in x: 2.5, 1.5 and 1.6 mm
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -229,15 +229,17 @@ def test_the_dose_criterion_is_global_2_percent_of_the_ct_maximum():
     assert _rate(d_ct, d_ct + 0.1) == 100.0
 
 
-@pytest.mark.parametrize("axis, spacing_mm", [(0, 2.5), (1, 1.5), (2, 3.0)])
-def test_a_one_voxel_shift_passes_below_2_mm_spacing_and_fails_above(axis, spacing_mm):
+@pytest.mark.parametrize("axis, voxels", [(0, 1), (1, 1), (2, 2)])
+def test_a_field_edge_shifted_by_less_than_2_mm_passes_and_by_more_fails(axis, voxels):
     shape = (4, 6, 8)
     index = np.indices(shape)[axis]
     d_ct = np.where(index >= 2, 10.0, 0.0)
-    d_sct = np.where(index >= 3, 10.0, 0.0)   # the field edge one voxel further along `axis`
-    scored = index >= 2                        # either dose above 0.2 Gy
-    failing = index == 2                       # the edge voxel: 10 Gy off, the match one voxel away
-    expected = 100.0 if spacing_mm < 2.0 else 100.0 * (scored & ~failing).sum() / scored.sum()
+    d_sct = np.where(index >= 2 + voxels, 10.0, 0.0)   # the field edge `voxels` further along `axis`
+    scored = index >= 2                                # either dose above 0.2 Gy
+    # the voxels in between are 10 Gy off, their match (2 + voxels - index) voxels away: they pass below 2 mm
+    failing = scored & (index < 2 + voxels) & ((2 + voxels - index) * SPACING[axis] >= 2.0)
+    expected = 100.0 * (scored & ~failing).sum() / scored.sum()
+    assert expected == (50.0 if axis == 0 else 100.0)
     assert _rate(d_ct, d_sct) == pytest.approx(expected, abs=1e-9)
     # the body restriction: leave the edge out and every scored voxel passes
     assert _rate(d_ct, d_sct, body=~failing) == 100.0
