@@ -14,6 +14,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dgcf_auto import atomic
@@ -178,3 +179,23 @@ def test_a_model_lookup_recovers_an_interrupted_install(model, tmp_path, monkeyp
 
 def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# Hand mutation this catches: write_npy's read-back check always passing: a short write must never become the target.
+@pytest.mark.parametrize("cut", [1, 64])
+def test_write_npy_refuses_a_short_write(tmp_path, monkeypatch, cut):
+    from dgcf_auto import atomic
+    from dgcf_auto.errors import DGCFError
+
+    real_save = np.save
+
+    def short_save(path, array):  # as a full disk or a dying NFS server would leave it: the tail missing
+        real_save(path, array)
+        with open(path, "r+b") as handle:
+            handle.truncate(max(0, handle.seek(0, 2) - cut))
+
+    monkeypatch.setattr(atomic.np, "save", short_save)
+    target = tmp_path / "case_ct.npy"
+    with pytest.raises(DGCFError, match=r"^cannot write .*case_ct\.npy: "):
+        atomic.write_npy(np.arange(1000, dtype=np.float32).reshape(10, 100), target)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temp file

@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -130,3 +131,49 @@ def test_bad_summaries_one_line(tmp_path, capsys, problem, message):
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and not (tmp_path / "out" / "table.md").exists()
+
+
+def _summary(path, trainer, values: dict[str, dict[str, float]], profile="synthrad2023"):
+    from dgcf_auto.evaluation.profiles import get_profile
+
+    rows = [{"case": case, "reference_file": f"/raw/{case}/ct.nii.gz", "prediction_file": f"/p/{case}.nii.gz",
+             "metrics": metrics} for case, metrics in values.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metric_per_case": rows, "profile": get_profile(profile).describe(),
+                                "dataset": "Dataset001_X", "task": "mr2ct", "trainer": trainer}))
+    return str(path)
+
+
+# Hand mutation this catches: paired tests pairing rows by position instead of by case name.
+def test_paired_test_pairs_cases_by_name_with_a_missing_middle_case_and_shuffled_rows(tmp_path):
+    from dgcf_auto.evaluation import compare
+
+    cases = [f"c{i}" for i in range(1, 9)]
+    a = dict(zip(cases, [70.0, 82.0, 64.0, 91.0, 77.0, 68.0, 85.0, 73.0]))
+    b = dict(zip(cases, [75.0, 80.0, 71.0, 99.0, 79.0, 75.0, 90.0, 74.0]))
+    del b["c4"]  # a middle case the second method lacks
+    shuffled = list(b)
+    random.Random(3).shuffle(shuffled)
+    paths = [_summary(tmp_path / "A" / "s.json", "A", {c: {"mae": v} for c, v in a.items()}),
+             _summary(tmp_path / "B" / "s.json", "B", {c: {"mae": b[c]} for c in shuffled})]
+    methods, columns, cells, notes = compare.build_table([compare.load_summary(p) for p in paths], ["mae"])
+    common = sorted(b)
+    expected = stats.ttest_rel([a[c] for c in common], [b[c] for c in common]).pvalue
+    assert cells["A", "MRI→CT", "mae"].p_value == pytest.approx(expected, rel=1e-12)
+    assert cells["B", "MRI→CT", "mae"].n == 7 and any("B lacks 1 case(s)" in note for note in notes)
+
+
+# Hand mutation this catches: lower-is-better ignored when bolding and starring: MAE and HD95 columns.
+def test_lowest_mae_is_bold_and_starred_and_the_highest_is_not(tmp_path):
+    from dgcf_auto.evaluation import compare
+
+    cases = [f"c{i}" for i in range(1, 9)]
+    low = [50.0, 52.0, 49.0, 55.0, 51.0, 53.0, 50.5, 54.0]
+    high = [v + d for v, d in zip(low, [20.0, 22.0, 19.0, 25.0, 21.0, 18.0, 23.0, 20.0])]
+    paths = [_summary(tmp_path / "low" / "s.json", "low", {c: {"mae": v} for c, v in zip(cases, low)}),
+             _summary(tmp_path / "high" / "s.json", "high", {c: {"mae": v} for c, v in zip(cases, high)})]
+    markdown = compare.compare([(None, p) for p in paths], tmp_path / "table", ["mae"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in markdown.splitlines()[2:4]}
+    assert rows["low"] == f"**{np.mean(low):.2f} ± {np.std(low):.2f}**\\*".replace("\\", "")
+    assert rows["high"] == f"{np.mean(high):.2f} ± {np.std(high):.2f}"
+    assert stats.ttest_rel(low, high).pvalue < 0.05  # the star is deserved

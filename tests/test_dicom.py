@@ -659,3 +659,28 @@ def test_sagittal_series_slice_location_image_type_and_thickness_without_source(
         assert list(d.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]
     assert written[0].SliceThickness == "4.5"
     assert_same_image(dicomio.read_series(out), hu, atol=1e-6)
+
+
+# Hand mutation this catches: DICOM PixelSpacing written (or read) as [x, y]: every other test pixel is square.
+def test_dicom_round_trip_keeps_non_square_pixels(tmp_path):
+    from dgcf_auto import dicomio
+
+    array = (np.arange(5 * 30 * 40).reshape(5, 30, 40) % 2000 - 1000).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 1.2, 3.0))  # x (columns), y (rows), z
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    dicomio.write_ct_series(image, tmp_path / "ct")
+    files = sorted((tmp_path / "ct").glob("*.dcm"))
+    first = pydicom.dcmread(files[0])
+    # DICOM PixelSpacing is (row spacing, column spacing) = (y, x).
+    assert [float(v) for v in first.PixelSpacing] == [1.2, 0.8]
+    assert (first.Rows, first.Columns) == (30, 40)
+    reader = sitk.ImageSeriesReader()  # GDCM's reading, independent of ours
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "ct")))
+    gdcm = reader.Execute()
+    np.testing.assert_allclose(gdcm.GetSpacing(), (0.8, 1.2, 3.0), atol=1e-6)
+    ours = dicomio.read_series(tmp_path / "ct")
+    np.testing.assert_allclose(ours.GetSpacing(), (0.8, 1.2, 3.0), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), array)
+    np.testing.assert_allclose(dicomio.SeriesHeader(dicomio.open_series(tmp_path / "ct")).GetSpacing(),
+                               (0.8, 1.2, 3.0), atol=1e-6)

@@ -147,9 +147,9 @@ def test_rx_ptv_oars_and_body_as_synthrad_and_a_clinic_expect(runs):
         assert not {"PTV", "CTV_1", "External"} & set(record["dvh"][modality]["oars_used"])
     settings = runs["shift"]["dose"]["settings"]
     assert "proton_layer_mm" not in settings and "layer_spacing_mm" not in settings["proton"]
-    assert settings["gamma_cutoff"] == "matRad: 2 % of the CT dose maximum on either dose, inside the body"
+    assert settings["gamma_cutoff"] == "matRad: 2 % of each dose's own maximum, on either dose, inside the body"
     assert runs["photon_only"]["dose"]["settings"]["gamma_cutoff"] == \
-        "10 % of the CT dose maximum on either dose, inside the body"
+        "10 % of each dose's own maximum, on either dose, inside the body"
 
 
 # ---- independent recomputation from the written files (numpy + pymedphys, nothing from the package) ----

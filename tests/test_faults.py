@@ -463,3 +463,34 @@ def test_training_learns_the_held_out_sct_beats_the_unconverted_source(tmp_path,
         source_mae.append(np.abs(np.clip(read("mr.nii.gz"), -1024, 3000) - np.clip(read("ct.nii.gz"), -1024, 3000))[inside].mean())
     assert summary["n"]["mae"] == len(split["test"]) >= 1
     assert summary["mean"]["mae"] < 0.65 * np.mean(source_mae)
+
+
+# Hand mutation this catches: --continue-prediction trusting a same-size output of another case (or one with a flipped byte).
+def test_continue_prediction_redoes_swapped_and_corrupted_outputs(trained, tmp_path):
+    import dgcf_auto
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    case = sorted(d for d in trained["raw"].iterdir() if d.is_dir())[0]
+    source = sitk.ReadImage(str(case / "mr.nii.gz"))
+    sitk.WriteImage(source, str(inputs / "A.nii.gz"))
+    mirrored = sitk.GetImageFromArray(sitk.GetArrayFromImage(source)[:, :, ::-1].copy())
+    mirrored.CopyInformation(source)
+    sitk.WriteImage(mirrored, str(inputs / "B.nii.gz"))  # same grid, another (mirrored) MR
+
+    def run():
+        return dgcf_auto.predict(str(inputs), str(out), model=trained["model_folder"], folds=[0], device="cpu",
+                                 tta=False, output_format=".nii", continue_prediction=True, progress=False)
+
+    run()
+    first = {name: (out / f"{name}.nii").read_bytes() for name in "AB"}
+    assert len(first["A"]) == len(first["B"]) and first["A"] != first["B"]
+    (out / "A.nii").write_bytes(first["B"])  # the two outputs swapped: sizes and headers still fit
+    (out / "B.nii").write_bytes(first["A"])
+    run()
+    assert {name: (out / f"{name}.nii").read_bytes() for name in "AB"} == first
+    corrupted = bytearray(first["A"])
+    corrupted[-7] ^= 0xFF  # one voxel byte
+    (out / "A.nii").write_bytes(bytes(corrupted))
+    run()
+    assert (out / "A.nii").read_bytes() == first["A"]

@@ -1,11 +1,11 @@
 """dgcf_predict: geometry exactness, HU range, masking, ensembles/TTA, uncertainty, skipping, bad input."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from dgcf_auto.errors import DGCFError
 
@@ -215,3 +215,95 @@ def test_python_api_warns_like_the_cli_through_logging(trained, caplog):
     assert not [r for r in caplog.records if "no body mask" in r.getMessage()]
     outside = sitk.GetArrayViewFromImage(mask) == 0
     assert (sitk.GetArrayViewFromImage(masked)[outside] == -1000).all() and unmasked.GetSize() == masked.GetSize()
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, x, features=None):
+        return x
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in fold whose normalised output is one constant everywhere."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, features=None):
+        return torch.full_like(x, self.value)
+
+
+def _predictor(trained, networks, plans_update=None, use_tta=False):
+    from dgcf_auto.inference.predictor import SCTPredictor
+
+    predictor = SCTPredictor(sorted(trained["model_folder"].glob("fold_*/checkpoint_final.pth"))[:1],
+                             use_tta=use_tta, precision="fp32", progress=False)
+    predictor.networks = list(networks)
+    predictor.shared_encoder = None
+    if plans_update:
+        predictor.plans = {**predictor.plans, **plans_update}
+    return predictor
+
+
+def _mr_case(seed: int = 7, index: int = 1):
+    from dgcf_auto.dataset.example import make_example_case
+
+    return make_example_case(np.random.default_rng([seed, index]), "mr2ct", case_index=index)
+
+
+# Hand mutation this catches: restore_ct ignoring the planned CT window: every other test plans the default [-1024, 2000].
+def test_identity_network_hu_follow_a_non_default_ct_window(trained):
+    """CBCT phantom, identity network, source window [-1024, 2000], CT window [-1000, 1500], slice grid at the
+    case's own spacing (resampling copies voxels): sCT = 250 + 1250 * (clip(CBCT, -1024, 2000) - 488) / 1512."""
+    from dgcf_auto.dataset.example import make_example_case
+
+    case = make_example_case(np.random.default_rng([5, 3]), "cbct2ct", case_index=3)
+    source, mask = case["source"], case["mask"]
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[source.GetSpacing()[1]] * 2,
+                patch_size=[128, 128])
+    predictor = _predictor(trained, [_Identity()], {
+        "configurations": {"2d": grid},
+        "source_normalization": {"scheme": "window", "clip_low": -1024.0, "clip_high": 2000.0},
+        "ct_normalization": {"clip_low": -1000.0, "clip_high": 1500.0}})
+    sct, _ = predictor.predict_volume(source, mask, "W")
+    hu = sitk.GetArrayFromImage(sct).astype(np.float64)
+    body = sitk.GetArrayFromImage(mask) > 0
+    cbct = sitk.GetArrayFromImage(source).astype(np.float64)
+    expected = 250.0 + 1250.0 * (np.clip(cbct, -1024, 2000) - 488.0) / 1512.0
+    assert np.abs(hu[body] - expected[body]).max() <= 1.0
+    assert np.ptp(expected[body]) > 1000  # air, soft tissue and bone: a wrong window cannot pass
+
+
+# Hand mutation this catches: no hole filling in the derived body mask: dark cortical bone and gas fell outside, Dice still > 0.95.
+def test_derived_body_mask_covers_the_body_and_every_dark_tissue_inside_it(trained):
+    from dgcf_auto.dataset.example import CORTEX, GAS
+    from dgcf_auto.inference.body_mask import derive_body_mask
+
+    predictor = _predictor(trained, [_Identity()])
+    for index in (0, 1, 2):
+        case = _mr_case(7, index)
+        labels = sitk.GetArrayFromImage(case["labels"])
+        body = labels > 0
+        found = sitk.GetArrayFromImage(derive_body_mask(case["source"], predictor.plans, case="P")) > 0
+        assert np.count_nonzero(found & body) / body.sum() >= 0.995
+        # MR-dark tissues inside the body (holes of the threshold); without hole filling 46-71 % are found.
+        dark = np.isin(labels, (CORTEX, GAS))
+        assert dark.sum() > 100 and found[dark].mean() >= 0.98
+    sct, _ = predictor.predict_volume(case["source"], None, "P")  # no mask given: the derived one is used
+    assert np.mean(sitk.GetArrayFromImage(sct)[labels == CORTEX] == -1000) <= 0.02  # bone is not set to air
+
+
+# Hand mutation this catches: the uncertainty map scaled x2 (or by the default window instead of the planned one).
+def test_uncertainty_of_two_constant_folds_is_their_known_spread_in_hu(trained):
+    low, high = -1000.0, 1500.0
+    predictor = _predictor(trained, [_Constant(0.2), _Constant(-0.1)],
+                           {"ct_normalization": {"clip_low": low, "clip_high": high}})
+    case = _mr_case(7, 0)
+    sct, uncertainty = predictor.predict_volume(case["source"], case["mask"], "U", with_uncertainty=True)
+    body = sitk.GetArrayFromImage(case["mask"]) > 0
+    core = ndimage.binary_erosion(body, np.ones((1, 5, 5), bool))
+    # Population std of {0.2, -0.1} is 0.15 normalised units; one unit is (high - low) / 2 HU.
+    expected_std = 0.15 * (high - low) / 2
+    np.testing.assert_allclose(sitk.GetArrayFromImage(uncertainty)[core], expected_std, rtol=0, atol=0.05)
+    mean_hu = low + (0.05 + 1) / 2 * (high - low)  # the fold average 0.05, through the planned window
+    assert np.all(np.abs(sitk.GetArrayFromImage(sct)[core] - mean_hu) <= 0.5)

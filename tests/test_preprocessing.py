@@ -184,3 +184,70 @@ def test_bad_input_one_invalid_case_writes_nothing(env, capsys):
     code, _, err = run_cli(["-d", "995", "-q", "--patch-size", "90", "96"], capsys)  # bad override: nothing
     assert code == 1 and "multiple of 16" in err and preprocessed_is_empty(env)
     shutil.rmtree(raw)
+
+
+# Hand mutation this catches: the CT outside its field of view filled with 0 HU instead of -1024 in training targets.
+def test_training_target_is_air_where_the_slice_grid_extends_past_the_ct(trained):
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    def image(value, pixel=sitk.sitkFloat32):
+        img = sitk.Image([12, 10, 3], pixel) + value
+        img.SetSpacing((1.0, 1.0, 2.0))
+        return img
+
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[32, 32],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "ct_normalization": {"clip_low": -1000.0, "clip_high": 1500.0}}
+    case = preprocess_case(image(100.0), image(40.0), image(1, sitk.sitkUInt8), plans, "FOV")
+    inside = (40.0 - 250.0) / 1250.0  # 40 HU through the [-1000, 1500] window
+    for target in case.ct:
+        np.testing.assert_allclose(np.sort(np.unique(target)), [-1.0, inside], atol=1e-6)
+        assert np.count_nonzero(target == -1.0) == 32 * 32 - 12 * 10  # every grid node past the CT is air
+
+
+# Survivors of mutation testing preprocessing/pipeline.py (benchmarks/mutation.py) that were real gaps.
+def test_preprocessing_normalises_inside_the_given_mask_and_keeps_the_mask_off_the_field_of_view(trained):
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    rng = np.random.default_rng(4)
+    array = rng.uniform(0, 50, (3, 10, 12)).astype(np.float32)
+    array[:, 2:8, 3:9] = rng.uniform(200, 400, (3, 6, 6))  # the body: much brighter than the background
+    mask_array = np.zeros(array.shape, np.uint8)
+    mask_array[:, 2:8, 3:9] = 7  # any non-zero label is body
+    source, mask = sitk.GetImageFromArray(array), sitk.GetImageFromArray(mask_array)
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[32, 32],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "source_normalization": {"scheme": "percentile", "percentile": 99.0}}
+    case = preprocess_case(source, None, mask, plans, "M")
+    assert case.properties["source_normalization"]["value"] == pytest.approx(
+        np.percentile(array[mask_array > 0], 99), rel=1e-6)
+    assert case.mask.sum() == np.count_nonzero(mask_array) and set(np.unique(case.mask)) == {0, 1}
+    without = preprocess_case(source, None, None, plans, "M")  # no mask: the source's field of view, not more
+    assert without.mask.sum() == array.size
+
+
+@pytest.mark.parametrize("size", [(8, 9), (4, 5, 6, 2)])
+def test_preprocessing_refuses_a_source_that_is_not_3d(trained, size):
+    from dgcf_auto.errors import DGCFError
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    with pytest.raises(DGCFError, match=rf"case X: source must be a 3D image, got {len(size)}D"):
+        preprocess_case(sitk.Image(list(size), sitk.sitkFloat32), None, None, trained["plans"], "X")
+
+
+def test_plans_without_clip_output_keep_the_sct_in_the_ct_window_and_record_no_ct(trained):
+    """Plans written before `clip_output` existed clip network outputs beyond [-1, 1] to the CT window."""
+    from dgcf_auto.preprocessing.pipeline import preprocess_case, restore_ct
+
+    source = sitk.Image([12, 10, 3], sitk.sitkFloat32) + 100.0
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[16, 16],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "ct_normalization": {"clip_low": -1000.0, "clip_high": 1500.0}}
+    assert "clip_output" not in plans["ct_normalization"]
+    case = preprocess_case(source, None, None, plans, "C")
+    assert case.properties["has_ct"] is False
+    sct = sitk.GetArrayFromImage(restore_ct(np.full(case.source.shape, 1.3, np.float32), case.properties, plans))
+    assert sct.max() == 1500.0 and sct.min() == 1500.0  # 1.3 clipped to 1 -> clip_high, not 1.3 x 1250 + 250

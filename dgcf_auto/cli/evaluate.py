@@ -73,7 +73,7 @@ def build_parser() -> CommandParser:
                       help="prescription in Gy per fraction (default: SynthRAD's by the case id's region letter, "
                            "1B... 2 Gy, 1P... 3 Gy)")
     dose.add_argument("--gamma_cutoff", type=float, default=None, metavar="PERCENT",
-                      help="gamma low-dose cut-off in %% of the CT dose maximum (default: matRad's as SynthRAD "
+                      help="gamma low-dose cut-off in %% of each dose's own maximum (default: matRad's as SynthRAD "
                            "reads it, 2 %%, on either dose inside the body)")
     dose.add_argument("--dose_grid", type=float, default=3.0, help="dose grid spacing in mm")
     dose.add_argument("--photon_beams", type=int, default=5, help="equispaced coplanar photon beams")

@@ -11,8 +11,8 @@
   + mean over the same OARs of |Dmean error| / Dmean_ct (eps = 1e-12 inside the absolute value, as there).
 - `gamma`: pymedphys' gamma, 2 % / 2 mm, global (2 % of the CT dose maximum). Evaluated as matRad's
   matRad_gammaIndex, whose per-structure pass rate SynthRAD reads for its ROI: the voxels inside the body
-  where either dose exceeds the cut-off (default the dose criterion, 2 % of the CT dose maximum; `cutoff_percent`
-  for another, e.g. 10 %); pass rate in % of them with gamma < 1.
+  where either dose exceeds the cut-off, each dose against its own maximum as matRad's `doseIx` has it
+  (default the dose criterion, 2 %; `cutoff_percent` for another, e.g. 10 %); pass rate in % of them with gamma < 1.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ import numpy as np
 MAE_THRESHOLD = 0.9          # fraction of Rx above which mae_target counts voxels
 DVH_EPS = 1e-12
 NUM_OARS = 3
-GAMMA = {"dose_percent_threshold": 2.0, "distance_mm_threshold": 2.0, "lower_percent_dose_cutoff": 0.0,
+# lower_percent_dose_cutoff -inf: every voxel gets its gamma as in matRad, a slightly negative (resampled) CT dose
+# too; which of them are scored is gamma_voxels' rule
+GAMMA = {"dose_percent_threshold": 2.0, "distance_mm_threshold": 2.0, "lower_percent_dose_cutoff": -math.inf,
          "local_gamma": False, "interp_fraction": 10,
-         "skip_once_passed": True}  # stops searching a voxel once gamma <= 1: the same pass/fail, faster
+         "skip_once_passed": True}  # stops searching a voxel once gamma < 1: the same pass/fail, faster
 MATRAD_CUTOFF_PERCENT = GAMMA["dose_percent_threshold"]  # matRad's cut-off is its dose criterion
 
 
@@ -44,8 +46,8 @@ def dose_at_volume(dose_in_structure: np.ndarray, percent: float) -> float:
 def structure_values(dose: np.ndarray, mask: np.ndarray, rx: float, target: bool = False) -> dict[str, float]:
     """D2, D5, D98, Dmean (Gy) of one structure; for the target also V95 and CI95 (matRad's CI_<Rx>Gy)."""
     values = dose[mask].astype(np.float64)
-    if values.size == 0:
-        return {k: math.nan for k in ("D2", "D5", "D98", "Dmean")}
+    if values.size == 0:  # the target's V95 and CI95 too, so that dvh_metric gives NaN rather than a KeyError
+        return {k: math.nan for k in ("D2", "D5", "D98", "Dmean") + (("V95", "CI95") if target else ())}
     out = {"D2": dose_at_volume(values, 2), "D5": dose_at_volume(values, 5),
            "D98": dose_at_volume(values, 98), "Dmean": float(values.mean())}
     if target:
@@ -62,7 +64,8 @@ def _relative(ct: float, sct: float) -> float:
 
 def most_exposed_oars(ct_values: dict[str, dict], num: int = NUM_OARS) -> list[str]:
     """The OARs with the highest (D5 + Dmean) / 2 on the CT dose, as SynthRAD chooses them."""
-    score = {name: (v["D5"] + v["Dmean"]) / 2 for name, v in ct_values.items() if math.isfinite(v["Dmean"])}
+    score = {name: float(np.mean((v["D5"], v["Dmean"]))) for name, v in ct_values.items()
+             if math.isfinite(v["Dmean"])}
     return sorted(score, key=lambda name: score[name], reverse=True)[:num]
 
 
@@ -83,9 +86,10 @@ def dvh_metric(target_ct: dict, target_sct: dict, oars_ct: dict[str, dict], oars
 
 def gamma_voxels(d_ct: np.ndarray, d_sct: np.ndarray, body: np.ndarray,
                  cutoff_percent: float = MATRAD_CUTOFF_PERCENT) -> np.ndarray:
-    """The voxels gamma is scored on: inside the body, either dose above cutoff_percent of the CT maximum."""
-    threshold = cutoff_percent / 100.0 * float(d_ct.max())
-    return body & ((d_ct > threshold) | (d_sct > threshold))
+    """The voxels gamma is scored on: inside the body, either dose above cutoff_percent of its own maximum."""
+    fraction = cutoff_percent / 100.0
+    above = (d_ct > fraction * float(d_ct.max())) | (d_sct > fraction * float(d_sct.max()))
+    return np.asarray(body, dtype=bool) & above
 
 
 def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx, body: np.ndarray,
@@ -97,5 +101,5 @@ def gamma_pass_rate(d_ct: np.ndarray, d_sct: np.ndarray, spacing_zyx, body: np.n
     if not evaluated.any():
         return math.nan
     axes = tuple(np.arange(n, dtype=np.float64) * s for n, s in zip(d_ct.shape, spacing_zyx))
-    gamma = pymedphys.gamma(axes, d_ct.astype(np.float64), axes, d_sct.astype(np.float64), quiet=True, **GAMMA)
+    gamma = pymedphys.gamma(axes, d_ct.astype(np.float64), axes, d_sct.astype(np.float64), **GAMMA)
     return float(100.0 * np.mean(gamma[evaluated] < 1))

@@ -47,7 +47,7 @@ class DoseSettings:
     proton_spot_mm: float = 5.0        # lateral spot spacing
     max_iter: int = 300
     hlut: tuple[tuple[float, float], ...] | None = None   # (HU, relative density) rows; None: pyRadPlan's
-    gamma_cutoff_percent: float | None = None   # None: matRad's rule (SynthRAD); a number: that % of the CT maximum
+    gamma_cutoff_percent: float | None = None   # None: matRad's rule (SynthRAD); a number: % of each dose's max
     case_targets: dict | None = None   # {case: (name, ...)}: per-case target names, before `targets`
 
     def __post_init__(self):
@@ -87,7 +87,7 @@ class DoseSettings:
         out["rx_gy"] = self.rx_gy if self.rx_gy is not None else "by region letter of the case id: " + \
             ", ".join(f"{k} {v:g} Gy" for k, v in SYNTHRAD_RX_GY.items())
         out["gamma_cutoff"] = GAMMA_CUTOFF_RULE if self.gamma_cutoff_percent is None else \
-            f"{self.gamma_cutoff_percent:g} % of the CT dose maximum on either dose, inside the body"
+            f"{self.gamma_cutoff_percent:g} % of each dose's own maximum, on either dose, inside the body"
         out.update(self._plan_settings())
         return out
 
@@ -116,7 +116,7 @@ class DoseSettings:
 
 
 SYNTHRAD_RX_GY = {"B": 2.0, "P": 3.0}   # SynthRAD2023 dose_metrics.py: prescribed_doses = {'B': 2.0, 'P': 3.0}
-GAMMA_CUTOFF_RULE = "matRad: 2 % of the CT dose maximum on either dose, inside the body"
+GAMMA_CUTOFF_RULE = "matRad: 2 % of each dose's own maximum, on either dose, inside the body"
 
 
 def rx_for_case(case: str, rx_gy: float | None) -> tuple[float, str]:

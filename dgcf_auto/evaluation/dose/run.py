@@ -54,7 +54,7 @@ DEFINITIONS = {
     "dvh_<m>": "|dD98|/D98_ct + |dCI95|/CI95_ct of the PTV + mean |dD2|/D2_ct + mean |dDmean|/Dmean_ct of the "
                "3 OARs with the highest (D5 + Dmean)/2 on the CT (SynthRAD DoseMetrics.dvh_metric, eps 1e-12)",
     "gamma_<m>": "% of the dose-grid voxels inside the body where either dose exceeds the cut-off (default matRad's: "
-                 "2 % of the CT dose maximum; --gamma_cutoff) with gamma < 1 at 2 %/2 mm global (pymedphys)",
+                 "2 % of each dose's own maximum; --gamma_cutoff) with gamma < 1 at 2 %/2 mm global (pymedphys)",
 }
 
 
