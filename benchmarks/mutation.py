@@ -112,7 +112,7 @@ class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(compile(self.source, str(self.path), "exec", dont_inherit=True), module.__dict__)
 
 
-def _preload(modules: list[str]) -> None:
+def _preload(modules: list[str], tests: list[str]) -> None:
     """Import the third-party libraries the tests need once, in the parent; our own modules are then forgotten so
     that each child imports them afresh (with the mutant)."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -131,6 +131,8 @@ def _preload(modules: list[str]) -> None:
     for module in modules:
         importlib.import_module("dgcf_auto." + module.removesuffix(".py").replace("/", "."))
     import model_fixtures  # noqa: F401
+    for test in (t for t in tests if t.endswith(".py")):  # the test modules' own third-party imports, once
+        importlib.import_module(Path(test).stem)
     for name in [n for n in sys.modules if n.split(".")[0] in ("dgcf_auto", "model_fixtures", "conftest")
                  or n.startswith("test_")]:
         del sys.modules[name]
@@ -331,7 +333,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     workdir = Path(tempfile.mkdtemp(prefix="dgcf_mutation_", dir=args.workdir))
     os.chdir(ROOT)
-    _preload(args.modules)
+    _preload(args.modules, [t for module in args.modules for t in shlex.split(selections[module])])
     earlier = json.loads(args.rerun.read_text()) if args.rerun else {}
     results = {module: run_module(module, selections[module], args.jobs, workdir, sys.stderr.isatty(),
                                   {s["diff"] for s in earlier[module]["survivors"]} if args.rerun else None)
