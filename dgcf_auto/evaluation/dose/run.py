@@ -93,16 +93,17 @@ class ReferenceCache:
     def __init__(self, folder: Path | None):
         self.folder = Path(folder) if folder is not None else None
 
-    @staticmethod
-    def _entry(folder: Path, case: str, modality: str, key: dict) -> Path:
+    def _entry(self, case: str, modality: str, key: dict) -> Path:
+        if self.folder is None:
+            raise ValueError("a ReferenceCache without a folder has no entries")
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return folder / f"{case}_{modality}_{digest}"
+        return self.folder / f"{case}_{modality}_{digest}"
 
     def load(self, case: str, modality: str, key: dict, num_bixels: int):
         """(weights, dose) when a verified entry exists, else None."""
         if self.folder is None:
             return None
-        entry = self._entry(self.folder, case, modality, key)
+        entry = self._entry(case, modality, key)
         try:
             if json.loads((entry / "key.json").read_text()) != key:
                 return None
@@ -119,7 +120,7 @@ class ReferenceCache:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_folder(self._entry(self.folder, case, modality, key)) as tmp:
+        with atomic_folder(self._entry(case, modality, key)) as tmp:
             write_npy(weights, tmp / "weights.npy")
             write_image(dose, tmp / "dose_ct.nii.gz")
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True))
