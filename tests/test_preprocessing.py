@@ -251,3 +251,21 @@ def test_plans_without_clip_output_keep_the_sct_in_the_ct_window_and_record_no_c
     assert case.properties["has_ct"] is False
     sct = sitk.GetArrayFromImage(restore_ct(np.full(case.source.shape, 1.3, np.float32), case.properties, plans))
     assert sct.max() == 1500.0 and sct.min() == 1500.0  # 1.3 clipped to 1 -> clip_high, not 1.3 x 1250 + 250
+
+
+def test_a_negative_mask_label_is_body_too(trained):
+    """Any non-zero label is body (as for the background and the field-of-view warning), a negative one too."""
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    array = np.random.default_rng(5).uniform(100, 400, (3, 10, 12)).astype(np.float32)
+    mask_array = np.zeros(array.shape, np.int16)
+    mask_array[:, 2:8, 3:6] = 4
+    mask_array[:, 2:8, 6:9] = -1
+    grid = dict(trained["plans"]["configurations"]["2d"], inplane_spacing=[1.0, 1.0], patch_size=[32, 32],
+                interpolation="linear")
+    plans = {**trained["plans"], "configurations": {"2d": grid},
+             "source_normalization": {"scheme": "percentile", "percentile": 99.0}}
+    case = preprocess_case(sitk.GetImageFromArray(array), None, sitk.GetImageFromArray(mask_array), plans, "N")
+    assert case.mask.sum() == np.count_nonzero(mask_array) == 3 * 6 * 6
+    assert case.properties["source_normalization"]["value"] == pytest.approx(
+        np.percentile(array[mask_array != 0], 99), rel=1e-6)

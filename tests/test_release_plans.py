@@ -215,3 +215,25 @@ def test_constant_mr_volume_is_one_clear_error():
     with pytest.raises(DGCFError, match="p1 = 7 and p99 = 7 leave no range to normalise"):
         source_normalization_params(np.full((3, 4, 5), 7.0, np.float32), None,
                                     {"scheme": "percentile_window", "percentiles": [1, 99]})
+
+
+def test_release_plans_stretch_to_a_non_square_patch_and_keep_a_half_covered_mask_node(planned):
+    """patch_size is (rows, columns); 8 rows onto 6 puts output row 1 exactly halfway between stored rows 1 and
+    2 (4:3 with half-pixel centres), where the stretched 0/1 mask is 0.5 and the stored mask counts it in."""
+    import copy
+
+    from dgcf_auto.preprocessing.pipeline import preprocess_case
+
+    plans = copy.deepcopy(read_json(planned / "DGCF_preprocessed" / "Dataset981_MR" / "DGCFReleasePlans.json"))
+    plans["configurations"]["2d"]["patch_size"] = [6, 5]
+    source = np.arange(3 * 8 * 10, dtype=np.float32).reshape(3, 8, 10)
+    mask = np.zeros(source.shape, np.uint8)
+    mask[:, :2] = 1
+    image, mask_image = sitk.GetImageFromArray(source), sitk.GetImageFromArray(mask)
+    prepared = preprocess_case(image, None, mask_image, plans, "wide")
+    low, high = np.percentile(source, [1, 99])
+    np.testing.assert_allclose(prepared.source, resize_slices(to_unit(source, low, high), 6, 5), atol=2e-5, rtol=0)
+    stretched = resize_slices(mask.astype(np.float64), 6, 5)
+    assert stretched[0, 1, 0] == 0.5
+    assert np.array_equal(prepared.mask, (stretched >= 0.5).astype(np.uint8))
+    assert prepared.mask[:, :2].all() and not prepared.mask[:, 2:].any()
