@@ -53,7 +53,7 @@ setup(
         # nnunetv2: the test oracle of the 3d_fullres planner and sliding window (and benchmarks/sliding_window_3d.py)
         "test": ["pytest>=7", "pytest-timeout", "scikit-image", "psutil", "tensorboard", "ruff", "mypy", "nnunetv2>=2.5",
                  *DOSE],
-        "mutation": ["cosmic-ray>=8.3"],  # benchmarks/mutation.py
+        "mutation": ["cosmic-ray>=8.3", "coverage>=7", "pytest-cov>=5"],  # benchmarks/mutation.py
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )
