@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dgcf_auto.errors import DGCFError
-from dgcf_auto.imageio import from_array, geometry, geometry_mismatch
+from dgcf_auto.imageio import from_array, geometry, geometry_mismatch, to_array
 from dgcf_auto.plans import ConfigurationPlans
 from dgcf_auto.preprocessing.normalization import (
     CT_AIR_HU,
@@ -61,10 +61,6 @@ class PreprocessedCase:
     properties: dict = field(default_factory=dict)
 
 
-def _array(image: sitk.Image, dtype=np.float32) -> np.ndarray:
-    return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
-
-
 def _check_same_grid(source: sitk.Image, other: sitk.Image | None, what: str, case: str) -> None:
     if other is not None:
         problem = geometry_mismatch(source, other)
@@ -91,26 +87,26 @@ def preprocess_case(source: sitk.Image, ct: sitk.Image | None, mask: sitk.Image 
     smooth = interpolator(cfg.interpolation)
 
     stored = sitk.GetArrayViewFromImage(source)
-    mask_array = _array(mask, np.uint8) if mask is not None else None
+    mask_array = to_array(mask, np.uint8) if mask is not None else None
     params = source_normalization_params(stored, mask_array, plans["source_normalization"])
     clipped = clip_to_range(stored, *source_clip_range(params))
     background = float(clipped.min())
     del stored, mask_array
-    source_slices = _array(to_slice_grid(from_array(clipped, source), reference, smooth, background))
+    source_slices = to_array(to_slice_grid(from_array(clipped, source), reference, smooth, background))
     del clipped
     source_slices = apply_source_normalization(source_slices, params)
 
     ct_slices = None
     if ct is not None:
         ct = from_array(clip_to_range(sitk.GetArrayViewFromImage(ct), *ct_window(plans)), source)
-        ct_slices = normalize_ct(_array(to_slice_grid(ct, reference, smooth, CT_AIR_HU)),
+        ct_slices = normalize_ct(to_array(to_slice_grid(ct, reference, smooth, CT_AIR_HU)),
                                  *ct_window(plans))
 
     if mask is None:
         # Prediction without a mask: the field of view of the source on the slice grid.
         mask = sitk.Image(source.GetSize(), sitk.sitkUInt8) + 1
         mask.CopyInformation(source)
-    mask_slices = _array(to_slice_grid(mask, reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), np.uint8)
+    mask_slices = to_array(to_slice_grid(mask, reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), np.uint8)
 
     properties = {
         "version": PROPERTIES_VERSION,
@@ -135,17 +131,17 @@ def _preprocess_stretched(source: sitk.Image, ct: sitk.Image | None, mask: sitk.
     Normalising first equals their clip -> resize -> linear map: bilinear weights sum to 1, so the linear map
     commutes with the resize, while the clip must come first (it does, inside the normalisation)."""
     size = (int(cfg.patch_size[0]), int(cfg.patch_size[1]))
-    source_array = _array(source)
+    source_array = to_array(source)
     params = source_normalization_params(source_array, None, plans["source_normalization"])
     source_slices = stretch_slices(apply_source_normalization(source_array, params), size)
     del source_array
     ct_slices = None
     if ct is not None:
-        ct_slices = stretch_slices(normalize_ct(_array(ct), *ct_window(plans)), size)
+        ct_slices = stretch_slices(normalize_ct(to_array(ct), *ct_window(plans)), size)
     if mask is None:
         mask_slices = np.ones(source_slices.shape, np.uint8)
     else:  # their bilinear resize of the mask, binarised at one half (their code uses it nowhere else)
-        mask_slices = (stretch_slices(_array(mask), size) >= 0.5).astype(np.uint8)
+        mask_slices = (stretch_slices(to_array(mask), size) >= 0.5).astype(np.uint8)
     properties = {
         "version": PROPERTIES_VERSION,
         "case": case_name,
